@@ -1,0 +1,1 @@
+"""CLI command groups; see genre_core/cli.py."""
