@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up and run the test suite on a fresh machine (Python 3.11, Debian). Used by README and .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x /usr/bin/chromium ]; then
+  # Real-browser tests drive Debian's chromium through Playwright (Playwright's own download is not used).
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
+fi
+python3 -m pip install -q -r requirements-dev.txt
+export TF_CPP_MIN_LOG_LEVEL=2 CUDA_VISIBLE_DEVICES=""
+python3 -m pytest -q "$@"
