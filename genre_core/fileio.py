@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -13,20 +14,46 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` so that readers see either the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _clear_os_error(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            _write_file(handle, data, path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise _clear_os_error(exc, path) from exc
         raise
     return path
+
+
+def _write_file(handle, data: bytes, path: Path) -> None:
+    """Write, flush and fsync the temporary file (a seam the fault-injection tests patch)."""
+    handle.write(data)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _clear_os_error(exc: OSError, path: Path) -> OSError:
+    """Return an OSError whose message names the file being written (full disk, no permission, ...)."""
+    if str(path) in str(exc):
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        reason = "No space left on device"
+    elif exc.errno == errno.EDQUOT:
+        reason = "Disk quota exceeded"
+    message = f"{reason} while writing {path}"
+    try:
+        return type(exc)(exc.errno, message) if exc.errno else OSError(message)
+    except TypeError:
+        return OSError(exc.errno, message)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -8,6 +8,8 @@ small file lock so that the launcher, the job and the app never lose each other'
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import secrets
@@ -299,23 +301,46 @@ class Run:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
             raise ValueError(f"run {self.id}: {HISTORY_FILE} is corrupt ({exc})") from exc
 
+    def _read_history_rows(self) -> tuple[list[str], list[dict]]:
+        """Read history.csv with the csv module (no pandas, so job processes start fast)."""
+        path = self.path / HISTORY_FILE
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                rows = list(reader)
+                columns = list(reader.fieldnames or [])
+        except FileNotFoundError:
+            return [], []
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ValueError(f"run {self.id}: {HISTORY_FILE} is corrupt ({exc})") from exc
+        if any(None in row for row in rows):
+            raise ValueError(f"run {self.id}: {HISTORY_FILE} has rows with more cells than columns")
+        return columns, rows
+
+    def _write_history_rows(self, columns: list[str], rows: list[dict]) -> None:
+        """Rewrite history.csv atomically."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        fileio.atomic_write_text(self.path / HISTORY_FILE, buffer.getvalue())
+
     def append_history(self, row: dict) -> None:
         """Append one row to history.csv (atomic rewrite; new columns are added, missing ones left empty)."""
-        import pandas as pd
-
-        history = self.history()
-        new_row = pd.DataFrame([{key: _plain(value) for key, value in row.items()}])
-        history = new_row if history.empty else pd.concat([history, new_row], ignore_index=True)
-        fileio.atomic_write_csv(self.path / HISTORY_FILE, history)
+        columns, rows = self._read_history_rows()
+        new_row = {str(key): _csv_value(value) for key, value in row.items()}
+        columns += [key for key in new_row if key not in columns]
+        rows.append(new_row)
+        self._write_history_rows(columns, rows)
 
     def truncate_history(self, last_epoch: int) -> None:
         """Drop history rows after `last_epoch` (used on resume so a re-run epoch is not listed twice)."""
-        history = self.history()
-        if history.empty or "epoch" not in history.columns:
+        columns, rows = self._read_history_rows()
+        if "epoch" not in columns:
             return
-        kept = history[history["epoch"] <= last_epoch]
-        if len(kept) != len(history):
-            fileio.atomic_write_csv(self.path / HISTORY_FILE, kept)
+        kept = [row for row in rows if _epoch_number(row.get("epoch")) <= last_epoch]
+        if len(kept) != len(rows):
+            self._write_history_rows(columns, kept)
 
     def metrics(self) -> dict:
         """Return metrics.json ({} if not written yet)."""
@@ -367,9 +392,21 @@ def effective_status(status: dict) -> dict:
     return status
 
 
-def _plain(value: Any) -> Any:
-    """Turn NumPy scalars into plain Python values for CSV rows."""
-    return value.item() if hasattr(value, "item") else value
+def _csv_value(value: Any) -> Any:
+    """Turn NumPy scalars into plain values and None/NaN into an empty CSV cell."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return value
+
+
+def _epoch_number(value: Any) -> float:
+    """Parse an epoch cell; unparseable cells count as infinitely late so truncation drops them."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("inf")
 
 
 # ----------------------------------------------------------------------------------------------------------
