@@ -15,6 +15,7 @@ import sys
 # Command modules, in the order they appear in --help.
 COMMAND_MODULES = (
     "data",
+    "evaluate",
     "runs",
 )
 

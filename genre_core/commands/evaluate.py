@@ -1,0 +1,127 @@
+"""`evaluate` and `classify` commands: numbers for a run, and genres for new images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+TEXT_PROGRESS_WIDTH = 30
+
+
+def register(subparsers) -> None:
+    """Add the `evaluate` and `classify` sub-commands."""
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="metrics, per-genre table and most-confused pairs of a run (or of its model on another dataset)",
+        description="Without --data, recompute the evaluation from the run's predictions.csv and write "
+                    "evaluation.json, per_class.csv and confusion.csv into the run folder. With --data, run the "
+                    "model over another dataset and write into RUN/evaluations/<dataset name>/.",
+    )
+    evaluate.add_argument("run", metavar="RUN", help="run folder or run id")
+    evaluate.add_argument("--data", help="another dataset (folder, CSV, PBN or ArtGAN root) to evaluate the model on")
+    evaluate.add_argument("--map-genres", action="store_true",
+                          help="map the dataset's genre names onto the run's (e.g. Painter by Numbers -> ArtGAN)")
+    evaluate.add_argument("--broad", action="store_true",
+                          help="with --map-genres, use the broad mapping (e.g. self-portrait -> portrait)")
+    evaluate.add_argument("--split", help="with --data, only this split of the dataset (train, val or test)")
+    evaluate.add_argument("--limit", type=int, help="with --data, at most this many images (quick checks)")
+    evaluate.add_argument("--json", action="store_true", help="print the whole evaluation as JSON")
+    evaluate.set_defaults(func=run_evaluate)
+
+    classify = subparsers.add_parser(
+        "classify",
+        help="top genres for images with a trained run's model",
+        description="Print the top-k genres for each image (JSON for one image, CSV for a folder or several).",
+    )
+    classify.add_argument("--run", required=True, help="run folder or run id")
+    classify.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    classify.add_argument("--top-k", type=int, default=3, help="how many genres to list (default 3)")
+    classify.add_argument("--format", choices=("json", "csv"), help="output format (default: json for one image)")
+    classify.set_defaults(func=run_classify)
+
+
+def _text_progress(event: dict) -> None:
+    """Draw a one-line progress bar on stderr."""
+    done, total = event.get("done", 0), max(event.get("total", 1), 1)
+    filled = int(TEXT_PROGRESS_WIDTH * done / total)
+    bar = "#" * filled + "-" * (TEXT_PROGRESS_WIDTH - filled)
+    end = "\n" if done >= total else ""
+    print(f"\r{event.get('stage', '')} [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a run and print a compact summary."""
+    from genre_core import evaluate
+
+    if args.data is None and (args.map_genres or args.split or args.limit):
+        raise ValueError("--map-genres, --split and --limit only apply together with --data")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    summary = evaluate.evaluate_run(args.run, args.data, map_genres=args.map_genres, broad=args.broad,
+                                    split=args.split, limit=args.limit,
+                                    progress=_text_progress if args.data else None)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(evaluate.format_summary(summary))
+        print(f"\nwritten to {summary['folder']}")
+    return 0
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    """Classify images or folders; exit 0 when at least one image was classified."""
+    from genre_core import classify
+    from genre_core.cli import CliError
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    paths = classify.collect_images(args.inputs)
+    if not paths:
+        raise CliError(f"no image files found in {', '.join(args.inputs)}")
+    classifier = classify.load_classifier(args.run)
+    top_k = min(args.top_k, len(classifier.classes))
+    results = classify_results = classifier.classify([str(p) for p in paths], top_k=top_k)
+    single = len(args.inputs) == 1 and len(paths) == 1 and not _is_folder(args.inputs[0])
+    output_format = args.format or ("json" if single else "csv")
+    if output_format == "json":
+        records = [_json_record(result) for result in results]
+        print(json.dumps(records[0] if single else records, indent=2))
+    else:
+        print(_csv_text(classify_results, top_k), end="")
+    classified = sum(result["ok"] for result in results)
+    if classified == 0:
+        raise CliError(f"none of the {len(results)} image(s) could be classified; first error: {results[0]['error']}")
+    return 0
+
+
+def _is_folder(text: str) -> bool:
+    """True when the argument names a folder."""
+    from pathlib import Path
+
+    return Path(text).is_dir()
+
+
+def _json_record(result: dict) -> dict:
+    """A classify result as JSON: name, ok, error and the top list as {genre, probability} objects."""
+    return {
+        "name": result["name"],
+        "ok": result["ok"],
+        "error": result["error"],
+        "top": [{"genre": genre, "probability": round(probability, 6)} for genre, probability in result["top"]],
+    }
+
+
+def _csv_text(results: list[dict], top_k: int) -> str:
+    """Classify results as CSV: name, ok, error, then genre_i and probability_i for i = 1..top_k."""
+    import pandas as pd
+
+    rows = []
+    for result in results:
+        row = {"name": result["name"], "ok": result["ok"], "error": result["error"] or ""}
+        for rank in range(top_k):
+            genre, probability = result["top"][rank] if rank < len(result["top"]) else ("", None)
+            row[f"genre_{rank + 1}"] = genre
+            row[f"probability_{rank + 1}"] = None if probability is None else round(probability, 6)
+        rows.append(row)
+    return pd.DataFrame(rows).to_csv(index=False)
