@@ -1,0 +1,228 @@
+"""Background jobs with the built-in selftest executor (no TensorFlow): launch, queue, cancel, fail, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from genre_core import cli, jobs, paths, runs
+
+
+@pytest.fixture(autouse=True)
+def stop_leftover_jobs():
+    """After each test, stop any job process this test started that is still alive (only ours, by pid)."""
+    yield
+    for pid, process in list(jobs._children.items()):
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def selftest_run(epochs: int = 2, step_seconds: float = 0.2, **extra) -> runs.Run:
+    """Create a selftest run with `epochs` epochs of `step_seconds` each."""
+    return runs.create_run("selftest", {"epochs": epochs, "step_seconds": step_seconds, "batches": 2, **extra})
+
+
+def wait_for(predicate, timeout: float = 20.0, poll: float = 0.05):
+    """Poll `predicate` until it returns a truthy value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def test_launched_selftest_finishes_with_history_metrics_and_log(isolated_artifacts):
+    run = selftest_run(epochs=3, step_seconds=0.1)
+    pid = jobs.launch(run)
+    assert run.raw_status()["pid"] == pid
+    status = jobs.wait(run, timeout=30)
+    assert status["state"] == "finished", run.log_path.read_text()
+    assert status["epoch"] == 3 and status["epochs"] == 3 and status["error"] is None
+    assert run.history()["epoch"].tolist() == [1, 2, 3]
+    assert run.metrics()["test"]["accuracy"] == pytest.approx(1 - 0.5 / 3, abs=1e-6)
+    log = run.log_path.read_text()
+    assert "launching job" in log and "epoch 3/3 done" in log and "final state: finished" in log
+    assert json.loads((run.checkpoint_dir / "selftest.json").read_text()) == {"epoch": 3}
+    assert jobs.active_jobs() == []
+
+
+def test_failing_executor_marks_the_run_failed_with_its_message(isolated_artifacts):
+    run = selftest_run(epochs=3, step_seconds=0.05, fail_at=2)
+    jobs.launch(run)
+    status = jobs.wait(run, timeout=30)
+    assert status["state"] == "failed"
+    assert status["error"] == "selftest failure injected at epoch 2"
+    assert run.history()["epoch"].tolist() == [1]
+    log = run.log_path.read_text()
+    assert "Traceback" in log and "RuntimeError: selftest failure injected at epoch 2" in log
+
+
+def test_cancel_running_job(isolated_artifacts):
+    run = selftest_run(epochs=50, step_seconds=0.2)
+    jobs.launch(run)
+    wait_for(lambda: run.status()["state"] == "running")
+    assert jobs.cancel(run) == "running"
+    status = jobs.wait(run, timeout=10)
+    assert status["state"] == "cancelled"
+    assert len(run.history()) < 50
+
+
+def test_cancel_queued_job_while_another_runs(isolated_artifacts):
+    first = selftest_run(epochs=50, step_seconds=0.2)
+    second = selftest_run(epochs=1, step_seconds=0.05)
+    jobs.launch(first)
+    wait_for(lambda: first.status()["state"] == "running")
+    jobs.launch(second)
+    wait_for(lambda: second.raw_status().get("message", "").startswith("waiting for a free job slot ("))
+    assert [row["id"] for row in jobs.queue()] == [first.id, second.id]
+    assert [row["position"] for row in jobs.queue()] == [0, 1]
+    jobs.cancel(second)
+    status = jobs.wait(second, timeout=10)
+    assert status["state"] == "cancelled" and status["message"] == "cancelled while queued"
+    assert second.history().empty
+    assert first.status()["state"] == "running"
+    jobs.cancel(first)
+    assert jobs.wait(first, timeout=10)["state"] == "cancelled"
+
+
+def test_cancel_without_a_live_process_marks_cancelled_at_once(isolated_artifacts):
+    never_launched = selftest_run()
+    assert jobs.cancel(never_launched) == "cancelled"
+    assert never_launched.status()["state"] == "cancelled"
+    finished = selftest_run()
+    finished.update_status(state="finished")
+    assert jobs.cancel(finished) == "finished"
+    assert not finished.cancel_requested()
+
+
+def test_launch_refuses_a_run_that_already_ran(isolated_artifacts):
+    run = selftest_run()
+    run.update_status(state="failed")
+    with pytest.raises(ValueError, match="use resume"):
+        jobs.launch(run)
+    run.update_status(state="finished")
+    with pytest.raises(ValueError, match="already finished"):
+        jobs.resume(run)
+
+
+def test_resume_after_failure_continues_and_finishes(isolated_artifacts):
+    run = selftest_run(epochs=3, step_seconds=0.05, fail_at=3)
+    jobs.launch(run)
+    assert jobs.wait(run, timeout=30)["state"] == "failed"
+    config = run.config()
+    config["fail_at"] = None
+    run.write_config(config)
+    jobs.resume(run)
+    status = jobs.wait(run, timeout=30)
+    assert status["state"] == "finished" and status["error"] is None
+    assert run.config()["resume"] is True
+    assert run.history()["epoch"].tolist() == [1, 2, 3]
+    assert "resuming from epoch 2" in run.log_path.read_text()
+
+
+def test_sigterm_marks_the_run_interrupted(isolated_artifacts):
+    run = selftest_run(epochs=50, step_seconds=0.2)
+    pid = jobs.launch(run)
+    wait_for(lambda: run.status()["state"] == "running")
+    os.kill(pid, signal.SIGTERM)
+    status = jobs.wait(run, timeout=10)
+    assert status["state"] == "interrupted"
+    assert run.raw_status()["state"] == "interrupted"
+    assert "SIGTERM" in status["message"]
+
+
+def test_two_slots_run_two_jobs_at_once(isolated_artifacts, monkeypatch):
+    monkeypatch.setenv("GENRE_MAX_JOBS", "2")
+    first, second = selftest_run(epochs=50), selftest_run(epochs=50)
+    jobs.launch(first)
+    jobs.launch(second)
+    wait_for(lambda: first.status()["state"] == second.status()["state"] == "running")
+    assert {row["state"] for row in jobs.active_jobs()} == {"running"}
+    for run in (first, second):
+        jobs.cancel(run)
+    for run in (first, second):
+        assert jobs.wait(run, timeout=10)["state"] == "cancelled"
+
+
+def test_max_jobs_rejects_bad_values(monkeypatch):
+    monkeypatch.setenv("GENRE_MAX_JOBS", "many")
+    with pytest.raises(ValueError, match="GENRE_MAX_JOBS"):
+        jobs.max_jobs()
+    monkeypatch.setenv("GENRE_MAX_JOBS", "0")
+    with pytest.raises(ValueError, match="at least 1"):
+        jobs.max_jobs()
+    monkeypatch.setenv("GENRE_MAX_JOBS", "3")
+    assert [path.name for path in jobs.slot_paths()] == ["jobs.lock", "jobs-1.lock", "jobs-2.lock"]
+
+
+def test_job_in_process_unknown_kind_fails_cleanly(isolated_artifacts):
+    run = selftest_run()
+    config = run.config()
+    config["kind"] = "sculpture"
+    run.write_config(config)
+    assert jobs.run_job(run, poll=0.05) == "failed"
+    assert "unknown kind 'sculpture'" in run.raw_status()["error"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# CLI. Only this area's command module is registered, so these tests do not depend on other commands.
+
+
+@pytest.fixture()
+def runs_cli(monkeypatch):
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("runs",))
+    return cli.main
+
+
+def test_cli_runs_lists_table_and_json(isolated_artifacts, runs_cli, capsys):
+    run = selftest_run()
+    run.write_metrics({"test": {"accuracy": 0.5, "macro_f1": 0.25}})
+    broken = paths.artifacts_root() / "job_runs" / "broken"
+    broken.mkdir()
+    assert runs_cli(["runs", "--kind", "selftest"]) == 0
+    table = capsys.readouterr().out
+    assert "test acc" in table and run.id in table and "0.500" in table and "0.250" in table
+    assert "damaged: config.json is missing" in table
+    assert runs_cli(["runs", "--kind", "all", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {row["id"] for row in rows} == {run.id, "broken"}
+    assert runs_cli(["runs", "--kind", "gan"]) == 0
+    assert "no gan runs yet" in capsys.readouterr().out
+
+
+def test_cli_cancel_resume_and_errors(isolated_artifacts, runs_cli, capsys):
+    run = selftest_run(epochs=1, step_seconds=0.05)
+    assert runs_cli(["cancel", run.id]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert runs_cli(["resume", run.id]) == 0
+    assert "resumed in the background" in capsys.readouterr().out
+    assert jobs.wait(run, timeout=30)["state"] == "finished"
+    assert runs_cli(["resume", run.id]) == 2
+    assert "already finished" in capsys.readouterr().err
+    assert runs_cli(["cancel", "no-such-run"]) == 2
+    assert "no run with id 'no-such-run'" in capsys.readouterr().err
+    assert runs_cli(["cancel", "../../etc"]) == 2
+
+
+def test_job_command_refuses_a_held_run(isolated_artifacts):
+    run = selftest_run(epochs=50, step_seconds=0.2)
+    jobs.launch(run)
+    wait_for(lambda: run.status()["state"] == "running")
+    before = run.raw_status()
+    second = subprocess.run([sys.executable, "-m", "genre_core.jobs", str(run.path)],
+                            capture_output=True, text=True, cwd=paths.PROJECT_DIR, timeout=30)
+    assert second.returncode == 2
+    assert "already has a job process" in second.stderr
+    after = run.raw_status()
+    assert after["pid"] == before["pid"] and after["state"] == "running"
+    jobs.cancel(run)
+    assert jobs.wait(run, timeout=10)["state"] == "cancelled"
