@@ -16,6 +16,7 @@ never fatal. Input that could make us read outside the dataset root (absolute pa
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import io
@@ -236,7 +237,7 @@ def load_pbn(path: str | os.PathLike) -> Dataset:
         if genre_vocab.is_no_genre(genre):
             issues.count("no_genre", "rows have no genre; dropped", f"{where} ({file_name})")
             continue
-        issues.metadata_genres.add(genre)
+        issues.metadata_genres[genre] += 1
         if not genre_vocab.is_known_genre(genre):
             issues.unknown_genre(genre, "rows have a genre that is not a Painter by Numbers genre; kept as new "
                                  "classes", where)
@@ -295,7 +296,7 @@ def load_artgan(root: str | os.PathLike) -> Dataset:
                 issues.add("bad_index", "lines have a genre index that genre_class does not define; dropped",
                            f"{where} (index {class_index})")
                 continue
-            issues.metadata_genres.add(class_names[class_index])
+            issues.metadata_genres[class_names[class_index]] += 1
             relative = _check_inside(root, relative, where)
             found = listings.lookup(relative)
             if found is None:
@@ -398,7 +399,7 @@ def load_csv(csv_path: str | os.PathLike) -> Dataset:
         if genre_vocab.is_no_genre(genre):
             issues.count("no_genre", "rows have no genre; dropped", f"{where} ({relative})")
             continue
-        issues.metadata_genres.add(genre)
+        issues.metadata_genres[genre] += 1
         relative = _check_inside(root, relative, where)
         if not genre_vocab.is_known_genre(genre):
             issues.unknown_genre(genre, "rows have a genre name that is in no known vocabulary; kept as new "
@@ -479,6 +480,7 @@ def load_parquet(path: str | os.PathLike) -> Dataset:
             if genre is None or genre_vocab.is_no_genre(genre):
                 issues.count("no_genre", "rows have no genre (blank or 'Unknown Genre'); dropped", where)
                 continue
+            issues.metadata_genres[genre] += 1
             record = {"path": f"{file}#{row}", "genre": genre, "split": split}
             for column in wanted[1:]:
                 cell = table.at[row, column]
@@ -512,7 +514,7 @@ class _Issues:
         self.unknown_genres: set[str] = set()
         # Every genre named by a metadata row, whether or not its file is present (a partial download still
         # tells us the vocabulary).
-        self.metadata_genres: set[str] = set()
+        self.metadata_genres: collections.Counter = collections.Counter()
         self.files_present: int | None = None
 
     def add(self, kind: str, description: str, example: str) -> None:
@@ -593,7 +595,9 @@ def _finish(source, root, records, issues, rows, metadata_files, hash_contents=T
             "missing_files"),
         "unreadable": len(issues.zero_byte_files),
         "checked": False,
-        "genres": len(issues.metadata_genres | set(classes)),
+        "genres": len(set(issues.metadata_genres) | set(classes)),
+        # Metadata rows per genre (files present or not), most frequent first; empty for folder sources.
+        "rows_per_genre": dict(issues.metadata_genres.most_common()),
         "genres_with_images": len(classes),
         "splits": {name: int(count) for name, count in frame["split"].replace("", "unsplit").value_counts().items()},
         "unknown_genres": sorted(issues.unknown_genres),
