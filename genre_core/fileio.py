@@ -78,6 +78,8 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return default
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: corrupt JSON (not UTF-8 text: {exc.reason} at byte {exc.start})") from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -485,13 +485,13 @@ def open_run(run_id_or_path: str | os.PathLike | Run, kind: str | None = None) -
 def _read_small_json(path: Path) -> tuple[Any, str | None]:
     """Read a small JSON file with the standard library; return (value, problem or None)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return None, f"{path.name} is missing"
     except OSError as exc:
         return None, f"{path.name} cannot be read ({exc.strerror or exc})"
     try:
-        value = json.loads(text)
+        value = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return None, f"{path.name} is corrupt ({getattr(exc, 'msg', exc)})"
     if not isinstance(value, dict):
