@@ -194,9 +194,15 @@ def prepare_cache(
         row_paths = manifest["path"].astype(str).tolist()
         jobs = [(str(images_path), str(chunks_dir), start, stop, row_paths[start:stop], size, policy) for start, stop in pending]
         worker_count = min(_worker_count(workers), max(1, len(jobs)))
-        for start, stop in _run_chunks(jobs, worker_count):
-            done_rows += stop - start
-            _report(progress, done_rows, total, f"decoded {done_rows}/{total} images")
+        finished = _run_chunks(jobs, worker_count)
+        try:
+            for start, stop in finished:
+                done_rows += stop - start
+                _report(progress, done_rows, total, f"decoded {done_rows}/{total} images")
+        finally:
+            # On an error or a cancel raised by `progress`, stop handing out chunks now (not when the
+            # traceback is freed); chunks already running finish and keep their done-markers.
+            finished.close()
         errors = _collect_errors(chunks_dir, bounds)
         result = manifest.copy()
         result["ok"] = [row not in errors for row in range(total)]

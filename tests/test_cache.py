@@ -112,21 +112,27 @@ def test_interrupted_build_resumes_from_done_chunks(isolated_artifacts, broken_d
         if 0 < event["done"] < event["total"]:
             raise Stop()
 
-    counter = DecodeCounter()
-    monkeypatch.setattr(cache_module, "load_rgb", counter)
+    decoded_chunks = []
+    real_decode_chunk = cache_module._decode_chunk
+
+    def spy(images_path, chunks_dir, start, stop, *rest):
+        decoded_chunks.append((start, stop))
+        return real_decode_chunk(images_path, chunks_dir, start, stop, *rest)
+
+    monkeypatch.setattr(cache_module, "_decode_chunk", spy)
     with pytest.raises(Stop):
         prepare_cache(broken_dataset, SIZE, progress=stop_after_first_chunk, workers=1, chunk_rows=8)
-    assert counter.calls == 8
+    assert decoded_chunks == [(0, 8)]
     folder = cache_module.cache_folder(broken_dataset, SIZE)
     assert json.loads((folder / "cache.json").read_text())["complete"] is False
     assert len(list((folder / "chunks").glob("*.json"))) == 1
     with pytest.raises(ValueError, match="incomplete"):
         ImageCache.open(folder)
 
-    # The rerun decodes only the 13 rows of the two chunks that were not done (reads fail fast but still count).
-    counter.calls = 0
+    # The rerun decodes only the two chunks that were not done, keeping the chunk size of the first run.
+    decoded_chunks.clear()
     resumed = prepare_cache(broken_dataset, SIZE, workers=1)
-    assert counter.calls == 21 - 8
+    assert decoded_chunks == [(8, 16), (16, 21)]
     assert len(resumed.ok_indices()) == 18
 
     monkeypatch.setattr(cache_module, "load_rgb", load_rgb)
