@@ -1,0 +1,253 @@
+"""Guarded, cached access to genre_core from the pages.
+
+Every page reaches the core through these helpers so that:
+- a part of the core that is not installed shows a guard ("this needs X") instead of a stack trace;
+- a core error shows as one st.error line naming the problem, never a traceback;
+- data loads are cached on (path, modification time) and models on (run folder, model file time).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import streamlit as st
+
+from genre_core import fileio, paths
+
+DEMO = "demo"
+
+
+def core_function(module: str, name: str) -> Callable | None:
+    """Return genre_core.<module>.<name>, or None when that part of the core is not available."""
+    try:
+        loaded = importlib.import_module(f"genre_core.{module}")
+    except ImportError:
+        return None
+    return getattr(loaded, name, None)
+
+
+def require(module: str, name: str, purpose: str) -> Callable:
+    """Return a core function or show the page's guard (what is missing and why) and stop the page."""
+    function = core_function(module, name)
+    if function is None:
+        st.info(f"This needs `genre_core.{module}.{name}` ({purpose}), which is not available in this installation yet.")
+        st.stop()
+    return function
+
+
+def call(function: Callable, *args, failure: str = "That did not work", **kwargs) -> Any:
+    """Run a core call; on any error show `failure: message` with st.error and stop the page (no traceback)."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the UI shows every failure as one line, never a traceback.
+        st.error(f"{failure}: {describe_error(exc)}")
+        st.stop()
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception: its message, or its type when the message is empty."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text or type(exc).__name__
+
+
+def modification_time(path: str | os.PathLike) -> float:
+    """The file's modification time, or 0.0 when it does not exist."""
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+def dataset_stamp(spec: str) -> float:
+    """A cache key part that changes when the dataset on disk changes (folder or file modification time)."""
+    if spec == DEMO:
+        return modification_time(paths.demo_dir())
+    return modification_time(Path(spec).expanduser())
+
+
+@st.cache_data(show_spinner="Reading the dataset...", max_entries=8)
+def _load_dataset(spec: str, stamp: float):
+    load_dataset = core_function("sources", "load_dataset")
+    return load_dataset(spec)
+
+
+def load_dataset(spec: str):
+    """Load a dataset ("demo" or a path) through the core, cached on (spec, modification time)."""
+    require("sources", "load_dataset", "reading datasets")
+    return call(_load_dataset, spec, dataset_stamp(spec), failure=f"Cannot read the dataset {spec}")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def thumbnail(path: str, size: int, stamp: float):
+    """A small RGB array of one dataset image for galleries (cached per file and size)."""
+    from genre_core import images
+
+    read_image_bytes = core_function("sources", "read_image_bytes")
+    source = read_image_bytes(path) if read_image_bytes is not None and "#" in path else path
+    return images.load_rgb(source, size=size, policy="letterbox", name=path, pad_color=(255, 255, 255))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runs
+
+
+def runs_folder(kind: str = "classifier") -> Path:
+    """The folder holding classifier runs, or GAN runs when kind == "gan"."""
+    return paths.gan_runs_dir() if kind == "gan" else paths.runs_dir()
+
+
+RUN_COLUMNS = ["id", "path", "state", "model", "data", "epoch", "epochs", "test_accuracy", "macro_f1", "message",
+               "error", "created", "damaged"]
+
+
+def run_table(kind: str = "classifier") -> pd.DataFrame:
+    """One row per run folder (newest first): id, path, state, model, data, progress, test metrics.
+
+    Not cached on purpose: it reads only small files (a few milliseconds for 50 runs) and must notice a job
+    whose process died, which changes no file.
+    """
+    list_runs = core_function("runs", "list_runs")
+    if list_runs is not None:
+        rows = list_runs(kind)
+    else:
+        folder = runs_folder(kind)
+        rows = [run_summary(entry) for entry in sorted(folder.iterdir(), reverse=True) if entry.is_dir()]
+    table = pd.DataFrame(rows)
+    for column in RUN_COLUMNS:
+        if column not in table.columns:
+            table[column] = None
+    return table[RUN_COLUMNS + [c for c in table.columns if c not in RUN_COLUMNS]]
+
+
+def run_summary(run_dir: Path) -> dict:
+    """Summarise one run folder from its files; a damaged folder gives state "damaged" instead of an error."""
+    row = {"id": run_dir.name, "path": str(run_dir), "state": "damaged", "model": "", "data": "", "epoch": None,
+           "epochs": None, "test_accuracy": None, "macro_f1": None, "message": "", "error": "", "created": ""}
+    try:
+        config = fileio.read_json(run_dir / "config.json", default=None)
+        status = read_status(run_dir)
+        metrics = fileio.read_json(run_dir / "metrics.json", default={}) or {}
+    except ValueError as exc:
+        row["error"] = str(exc)
+        return row
+    if not isinstance(config, dict) or not isinstance(status, dict):
+        row["error"] = "config.json or status.json is missing"
+        return row
+    test = metrics.get("test") or metrics.get("val") or {}
+    row.update(
+        state=status.get("state", "damaged"),
+        model=str(config.get("model") or config.get("model_name") or config.get("architecture") or ""),
+        data=str(config.get("data", "")),
+        epoch=status.get("epoch"),
+        epochs=status.get("epochs") or config.get("epochs"),
+        test_accuracy=test.get("accuracy"),
+        macro_f1=test.get("macro_f1"),
+        message=str(status.get("message") or ""),
+        error=str(status.get("error") or ""),
+        created=run_dir.name[:15],
+    )
+    return row
+
+
+def read_status(run_dir: str | os.PathLike) -> dict | None:
+    """The run's status, through runs.open_run(...).status() when available (it detects dead jobs)."""
+    open_run = core_function("runs", "open_run")
+    if open_run is not None:
+        try:
+            status = open_run(Path(run_dir)).status()
+            if isinstance(status, dict):
+                return status
+            return {"state": str(status)}
+        except Exception:  # noqa: BLE001 - a damaged run must not break listing; fall back to the file.
+            pass
+    return fileio.read_json(Path(run_dir) / "status.json", default=None)
+
+
+def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The run's history.csv as a DataFrame (empty when the run has not finished an epoch)."""
+    path = Path(run_dir) / "history.csv"
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=["epoch"])
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError):
+        return pd.DataFrame(columns=["epoch"])
+
+
+def finished_runs(kind: str = "classifier", need: str = "model.keras") -> list[str]:
+    """Ids of finished runs of this kind that have the file `need` (newest first)."""
+    table = run_table(kind)
+    folder = runs_folder(kind)
+    return [run_id for run_id in table.loc[table["state"] == "finished", "id"] if (folder / run_id / need).exists()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models and interpretations (cache_resource: live objects, shared by sessions)
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=3)
+def _classifier(run_dir: str, stamp: float):
+    load_classifier = core_function("classify", "load_classifier")
+    return load_classifier(run_dir)
+
+
+def classifier(run_dir: str | os.PathLike):
+    """The run's classifier (loaded once per model file version)."""
+    require("classify", "load_classifier", "loading a saved classifier")
+    run_dir = str(run_dir)
+    return call(_classifier, run_dir, modification_time(Path(run_dir) / "model.keras"), failure=f"Cannot load the model of {Path(run_dir).name}")
+
+
+@st.cache_resource(show_spinner="Reading predictions...", max_entries=8)
+def _interpretation(run_dir: str, stamp: float):
+    interpretation_class = core_function("evaluate", "Interpretation")
+    return interpretation_class.from_run(run_dir)
+
+
+def interpretation(run_dir: str | os.PathLike):
+    """The run's Interpretation (built once per predictions.csv version)."""
+    require("evaluate", "Interpretation", "evaluating a run")
+    run_dir = str(run_dir)
+    return call(
+        _interpretation,
+        run_dir,
+        modification_time(Path(run_dir) / "predictions.csv"),
+        failure=f"Cannot evaluate {Path(run_dir).name}",
+    )
+
+
+@st.cache_resource(show_spinner="Loading the generator...", max_entries=3)
+def _generator(run_dir: str, stamp: float):
+    load_generator = core_function("gan", "load_generator")
+    return load_generator(run_dir)
+
+
+def generator(run_dir: str | os.PathLike):
+    """The GAN run's generator (loaded once per generator file version)."""
+    require("gan", "load_generator", "loading a GAN generator")
+    run_dir = str(run_dir)
+    return call(_generator, run_dir, modification_time(Path(run_dir) / "generator.keras"), failure=f"Cannot load the generator of {Path(run_dir).name}")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _comparison(run_dirs: tuple[str, ...], stamps: tuple[float, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    compare_runs = core_function("evaluate", "compare_runs")
+    learning_curves = core_function("evaluate", "learning_curves")
+    return compare_runs(list(run_dirs)), learning_curves(list(run_dirs))
+
+
+def comparison(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(compare_runs table, learning_curves long table) for these runs, cached on their metrics/history times."""
+    require("evaluate", "compare_runs", "comparing runs")
+    stamps = tuple(
+        modification_time(Path(folder) / name) for folder in run_dirs for name in ("metrics.json", "history.csv")
+    )
+    return call(_comparison, tuple(run_dirs), stamps, failure="Cannot compare the runs")

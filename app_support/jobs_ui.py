@@ -1,0 +1,161 @@
+"""Widgets for background jobs: live progress (polled from status.json), cancel, errors, the demo offer.
+
+Jobs run as their own processes (genre_core.jobs); these widgets only read run folders and write cancel
+requests, so a page reload or a second tab sees the same jobs and never starts or kills one by accident.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app_support import charts, core, state
+
+REFRESH_SECONDS = 1.5
+ACTIVE_STATES = ("queued", "running")
+DEMO_RUN = {"data": "demo", "model": "small_cnn", "epochs": 3, "size": 64, "batch_size": 32}
+
+
+def format_seconds(seconds) -> str:
+    """Return '1 min 05 s' style text for an ETA, or '-' when unknown."""
+    if seconds is None or pd.isna(seconds):
+        return "-"
+    seconds = int(round(float(seconds)))
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def launch(kind: str, config: dict):
+    """Create a run of `kind` with `config` and start its job process; returns the Run (errors as st.error)."""
+    create_run = core.require("runs", "create_run", "creating run folders")
+    launch_job = core.require("jobs", "launch", "starting background jobs")
+    run = core.call(create_run, kind, config, failure=f"Cannot create the {kind} run")
+    core.call(launch_job, run, failure=f"Cannot start the {kind} job")
+    return run
+
+
+def start_training(config_values: dict):
+    """Start a classifier training job through train.start_run (validated TrainConfig), returning its Run."""
+    train_config = core.require("config", "TrainConfig", "training options")
+    start_run = core.require("train", "start_run", "training classifiers")
+    config = core.call(train_config.from_dict, config_values, failure="Invalid training options")
+    run = core.call(start_run, config, background=True, failure="Cannot start training")
+    state.set_active_run(Path(getattr(run, "path", run)).name)
+    return run
+
+
+def cancel(run_path: str) -> None:
+    """Ask the job of this run to stop (it stops at the next batch)."""
+    cancel_job = core.core_function("jobs", "cancel")
+    open_run = core.require("runs", "open_run", "opening run folders")
+    run = core.call(open_run, Path(run_path), failure="Cannot open the run")
+    if cancel_job is not None:
+        core.call(cancel_job, run, failure="Cannot cancel the job")
+    else:
+        core.call(run.request_cancel, failure="Cannot cancel the job")
+
+
+def job_panel(run_path: str, key: str, show_curves: bool = True) -> None:
+    """Live view of one run: state, epoch and batch progress, ETA, curves, cancel button, error and log.
+
+    While the job is queued or running, the panel re-renders itself every REFRESH_SECONDS (a fragment), and
+    reruns the whole page once when the job ends so that the page shows the results.
+    """
+    status = core.read_status(run_path) or {}
+    active = status.get("state") in ACTIVE_STATES
+
+    @st.fragment(run_every=REFRESH_SECONDS if active else None)
+    def _panel():
+        current = core.read_status(run_path) or {"state": "damaged"}
+        if active and current.get("state") not in ACTIVE_STATES:
+            st.rerun(scope="app")
+        _render_status(run_path, current, key)
+        if show_curves:
+            history = core.read_history(run_path)
+            if len(history) and "loss" in history.columns:
+                st.plotly_chart(charts.history_figure(history), key=f"{key}_curves")
+            elif len(history) and "d_loss" in history.columns:
+                st.plotly_chart(charts.gan_loss_figure(history), key=f"{key}_gan_losses")
+
+    _panel()
+
+
+def _render_status(run_path: str, status: dict, key: str) -> None:
+    state_name = status.get("state", "damaged")
+    run_id = Path(run_path).name
+    epoch, epochs = status.get("epoch") or 0, status.get("epochs") or 0
+    batch, batches = status.get("batch") or 0, status.get("batches") or 0
+    header = st.columns([3, 1])
+    header[0].markdown(f"**{run_id}**: {state_name}. {status.get('message') or ''}")
+    if state_name in ACTIVE_STATES:
+        if header[1].button("Cancel", key=f"{key}_cancel", icon=":material/stop:"):
+            cancel(run_path)
+            st.toast(f"Cancel requested for {run_id}")
+        if epochs:
+            st.progress(min(1.0, epoch / epochs), text=f"epoch {epoch}/{epochs}, ETA {format_seconds(status.get('eta_seconds'))}")
+        if batches:
+            st.progress(min(1.0, batch / batches), text=f"batch {batch}/{batches}")
+        elif status.get("total"):
+            done, total = status.get("done") or 0, status.get("total")
+            st.progress(min(1.0, done / total), text=f"{status.get('stage') or 'progress'} {done}/{total}, ETA {format_seconds(status.get('eta_seconds'))}")
+    elif state_name == "finished":
+        st.success(f"{run_id} finished.")
+    elif state_name in ("failed", "interrupted", "damaged"):
+        st.error(f"{run_id} {state_name}: {status.get('error') or status.get('message') or 'no error recorded'}")
+        log = Path(run_path) / "log.txt"
+        if log.exists():
+            with st.expander("Last lines of the job log"):
+                st.code("\n".join(log.read_text(errors="replace").splitlines()[-30:]) or "(empty)", language=None)
+    elif state_name == "cancelled":
+        st.warning(f"{run_id} was cancelled.")
+
+
+def latest_run(kind: str, data: str | None = None) -> dict | None:
+    """The newest run of `kind` (optionally for dataset `data`), as a listing row, or None."""
+    list_runs = core.core_function("runs", "list_runs")
+    if list_runs is None:
+        return None
+    for row in list_runs(kind):
+        if data is None or str(row.get("data")) == str(data):
+            return row
+    return None
+
+
+def demo_run_offer() -> None:
+    """On a fresh install (no finished classifier run), offer one button that trains a small demo model."""
+    table = core.run_table("classifier")
+    if (table["state"] == "finished").any():
+        return
+    running = table[table["state"].isin(ACTIVE_STATES)]
+    if len(running):
+        st.info("A training job is running; every page will have results to show when it finishes.")
+        job_panel(running.iloc[0]["path"], key="demo_offer", show_curves=False)
+        return
+    with st.container(border=True):
+        st.markdown(
+            "**No trained model yet.** Train a small CNN on the demo dataset "
+            f"({DEMO_RUN['epochs']} epochs at {DEMO_RUN['size']} px, about a minute on two CPU cores) so that every page has something to show."
+        )
+        if st.button("Train a demo model", key="demo_train", type="primary", icon=":material/play_arrow:"):
+            start_training(dict(DEMO_RUN))
+            st.rerun()
+
+
+def prepare_panel(dataset_spec: str) -> None:
+    """Launch and watch a "prepare" job that decodes the dataset into the preprocessed image cache."""
+    with st.form("prepare_form"):
+        columns = st.columns(3)
+        size = columns[0].number_input("Size (px)", 16, 1024, 224, step=16, key="prepare_size")
+        policy = columns[1].selectbox("Resize policy", ["squash", "crop", "letterbox"], key="prepare_policy")
+        submitted = columns[2].form_submit_button("Prepare", icon=":material/memory:")
+    previous = latest_run("prepare", dataset_spec)
+    if submitted:
+        if previous and previous.get("state") in ACTIVE_STATES:
+            st.warning("A prepare job for this dataset is already running.")
+        else:
+            launch("prepare", {"data": dataset_spec, "size": int(size), "policy": policy, "name": "prepare"})
+            previous = latest_run("prepare", dataset_spec)
+    if previous:
+        job_panel(previous["path"], key="prepare_job", show_curves=False)

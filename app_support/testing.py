@@ -1,0 +1,97 @@
+"""Hand-built run folders for tests and benchmarks: everything the pages read, without training.
+
+A run built here honours docs/architecture.md (config.json, classes.json, status.json, history.csv,
+metrics.json, predictions.csv and optionally a tiny model.keras that follows the saved-classifier contract).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genre_core import fileio, paths
+
+
+def write_run(
+    run_id: str,
+    image_paths: list[str],
+    true_genres: list[str],
+    classes: list[str],
+    *,
+    seed: int = 0,
+    accuracy: float = 0.7,
+    epochs: int = 3,
+    size: int = 32,
+    state: str = "finished",
+    with_model: bool = False,
+    data: str = "demo",
+) -> Path:
+    """Write a finished classifier run with plausible predictions (about `accuracy` right) and return its folder."""
+    if len(image_paths) != len(true_genres):
+        raise ValueError(f"{len(image_paths)} image paths but {len(true_genres)} genres")
+    rng = np.random.default_rng(seed)
+    folder = paths.runs_dir() / paths.sanitize_id(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = len(classes)
+    labels = np.array([classes.index(genre) for genre in true_genres])
+    logits = rng.normal(0.0, 1.0, (len(labels), count))
+    right = rng.random(len(labels)) < accuracy
+    logits[np.arange(len(labels)), labels] += np.where(right, 3.0, -1.0)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    predicted = probabilities.argmax(axis=1)
+    predictions = pd.DataFrame(
+        {
+            "path": image_paths,
+            "true": [classes[i] for i in labels],
+            "predicted": [classes[i] for i in predicted],
+            "confidence": probabilities.max(axis=1),
+        }
+    )
+    for index, name in enumerate(classes):
+        predictions[name] = probabilities[:, index]
+    test_accuracy = float((predicted == labels).mean())
+    history = pd.DataFrame(
+        {
+            "epoch": np.arange(1, epochs + 1),
+            "loss": np.linspace(1.2, 0.6, epochs),
+            "accuracy": np.linspace(0.4, 0.8, epochs),
+            "val_loss": np.linspace(1.3, 0.8, epochs),
+            "val_accuracy": np.linspace(0.35, test_accuracy, epochs),
+            "lr": [1e-3] * epochs,
+            "seconds": [1.0] * epochs,
+        }
+    )
+    config = {"kind": "classifier", "model": "small_cnn", "data": data, "size": size, "policy": "squash",
+              "epochs": epochs, "batch_size": 8, "seed": seed, "classes": list(classes)}
+    fileio.atomic_write_json(folder / "config.json", config)
+    fileio.atomic_write_json(folder / "classes.json", list(classes))
+    fileio.atomic_write_json(
+        folder / "status.json",
+        {"state": state, "epoch": epochs, "epochs": epochs, "batch": 0, "batches": 0, "eta_seconds": 0,
+         "message": "done", "error": None, "pid": None, "updated": "2026-01-01T00:00:00"},
+    )
+    fileio.atomic_write_csv(folder / "history.csv", history)
+    fileio.atomic_write_csv(folder / "predictions.csv", predictions)
+    scores = {"accuracy": test_accuracy, "macro_f1": test_accuracy * 0.95, "loss": 0.8}
+    fileio.atomic_write_json(folder / "metrics.json", {"train": {"accuracy": 0.8, "macro_f1": 0.78, "loss": 0.6},
+                                                       "val": scores, "test": scores, "wall_seconds": 3.0})
+    if with_model:
+        write_tiny_model(folder / "model.keras", size, count, seed)
+    return folder
+
+
+def write_tiny_model(path: Path, size: int, num_classes: int, seed: int = 0) -> Path:
+    """Save a tiny untrained classifier that follows the saved-classifier contract (0..255 RGB in, softmax out)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="last_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    model = keras.Model(inputs, outputs, name="tiny_classifier")
+    model.save(path)
+    return path

