@@ -186,11 +186,29 @@ def _resize(image: Image.Image, target: tuple[int, int], policy: str, pad_color)
     if image.size == target:
         return image
     method = Image.Resampling.BILINEAR
+    width, height = image.size
+    target_width, target_height = target
     if policy == "squash":
         return image.resize(target, method, reducing_gap=2.0)
     if policy == "crop":
-        return ImageOps.fit(image, target, method, centering=(0.5, 0.5))
-    return ImageOps.pad(image, target, method, color=pad_color, centering=(0.5, 0.5))
+        # Crop the centred box of the target's aspect (whole pixels, at least one each way), then resize with
+        # reducing_gap. (Pillow's resize(box=..., reducing_gap=...) can fail on fractional boxes.)
+        scale = max(target_width / width, target_height / height)
+        box_width = max(1, min(width, round(target_width / scale)))
+        box_height = max(1, min(height, round(target_height / scale)))
+        left, top = (width - box_width) // 2, (height - box_height) // 2
+        image = image.crop((left, top, left + box_width, top + box_height))
+        return image.resize(target, method, reducing_gap=2.0)
+    # Letterbox: fit inside, at least one pixel each way (ImageOps.pad shrinks a 2000x3 strip to nothing).
+    scale = min(target_width / width, target_height / height)
+    inner = (
+        max(1, min(target_width, round(width * scale))),
+        max(1, min(target_height, round(height * scale))),
+    )
+    canvas = Image.new("RGB", target, tuple(pad_color))
+    canvas.paste(image.resize(inner, method, reducing_gap=2.0),
+                 ((target_width - inner[0]) // 2, (target_height - inner[1]) // 2))
+    return canvas
 
 
 def image_info(source: ImageSource, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
