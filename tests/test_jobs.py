@@ -226,3 +226,21 @@ def test_job_command_refuses_a_held_run(isolated_artifacts):
     assert after["pid"] == before["pid"] and after["state"] == "running"
     jobs.cancel(run)
     assert jobs.wait(run, timeout=10)["state"] == "cancelled"
+
+
+def test_prepare_job_builds_the_image_cache(isolated_artifacts, tiny_dataset_dir):
+    run = runs.create_run("prepare", {"data": str(tiny_dataset_dir), "size": 32, "policy": "squash",
+                                      "workers": 1, "name": "prepare"})
+    assert run.path.parent == paths.artifacts_root() / "job_runs"
+    jobs.launch(run)
+    status = jobs.wait(run, timeout=90)
+    assert status["state"] == "finished", run.log_path.read_text()
+    cache_info = json.loads((runs.Path(status["cache"]) / "cache.json").read_text())
+    assert cache_info["complete"] is True and cache_info["rows"] == 30 and cache_info["size"] == [32, 32]
+    assert status["stage"] == "prepare" and status["done"] == status["total"] == 30
+
+
+def test_prepare_job_without_data_fails_with_a_clear_message(isolated_artifacts):
+    run = runs.create_run("prepare", {"size": 32})
+    assert jobs.run_job(run, poll=0.01) == "failed"
+    assert "needs \"data\"" in run.raw_status()["error"]
