@@ -131,7 +131,7 @@ def _reap() -> None:
     """Collect exit codes of finished children so they do not linger as zombies."""
     for pid, process in list(_children.items()):
         if process.poll() is not None:
-            del _children[pid]
+            _children.pop(pid, None)
 
 
 def _spawn(run: Run, lock_fd: int) -> int:
@@ -140,13 +140,17 @@ def _spawn(run: Run, lock_fd: int) -> int:
     # `python -m genre_core.jobs` is the same job runner as `python -m genre_core job`, without loading
     # every CLI command module, so a job starts fast and never depends on unrelated commands importing.
     command = [sys.executable, "-m", "genre_core.jobs", str(run.path), "--lock-fd", str(lock_fd)]
+    # The child must use the same artifacts root (and so the same queue locks) even though it runs in the
+    # project folder: pass the root as an absolute path, whatever the parent's working directory is.
+    environment = dict(os.environ)
+    environment["GENRE_ARTIFACTS"] = str(paths.artifacts_root().resolve())
     try:
         with open(run.log_path, "ab") as log:
             log.write(f"=== {runs.now_iso()} launching job for run {run.id} ===\n".encode())
             log.flush()
             process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=str(paths.PROJECT_DIR), env=dict(os.environ), start_new_session=True,
+                cwd=str(paths.PROJECT_DIR), env=environment, start_new_session=True,
                 pass_fds=(lock_fd,), close_fds=True,
             )
     except OSError as exc:
@@ -351,6 +355,14 @@ def run_job(run: Run | str | os.PathLike, lock_fd: int | None = None, poll: floa
     run = runs.open_run(run)
     if lock_fd is None:
         lock_fd = _acquire_run_lock(run)
+        # Started by hand rather than by launch/resume: never silently redo a finished run.
+        try:
+            recorded = run.raw_status().get("state") if (run.path / runs.STATUS_FILE).exists() else None
+        except ValueError:
+            recorded = None
+        if recorded == "finished":
+            os.close(lock_fd)
+            raise ValueError(f"run {run.id} already finished; create a new run to train again")
     else:
         _adopt_lock(run, lock_fd)
     _write_lock_pid(lock_fd)

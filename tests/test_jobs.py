@@ -244,3 +244,22 @@ def test_prepare_job_without_data_fails_with_a_clear_message(isolated_artifacts)
     run = runs.create_run("prepare", {"size": 32})
     assert jobs.run_job(run, poll=0.01) == "failed"
     assert "needs \"data\"" in run.raw_status()["error"]
+
+
+def test_relative_artifacts_root_reaches_the_child_as_absolute(tmp_path, monkeypatch):
+    # The launcher runs in tmp_path with a relative GENRE_ARTIFACTS; the child runs in the project folder.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GENRE_ARTIFACTS", "relative_artifacts")
+    run = selftest_run(epochs=1, step_seconds=0.01)
+    jobs.launch(run)
+    assert jobs.wait(run, timeout=30)["state"] == "finished", run.log_path.read_text()
+    assert (tmp_path / "relative_artifacts" / "jobs.lock").exists()
+    assert not (paths.PROJECT_DIR / "relative_artifacts").exists()
+
+
+def test_job_started_by_hand_refuses_a_finished_run(isolated_artifacts):
+    run = selftest_run()
+    run.update_status(state="finished")
+    with pytest.raises(ValueError, match="already finished"):
+        jobs.run_job(run)
+    assert not jobs.is_locked(run)
