@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -251,3 +252,31 @@ def comparison(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         modification_time(Path(folder) / name) for folder in run_dirs for name in ("metrics.json", "history.csv")
     )
     return call(_comparison, tuple(run_dirs), stamps, failure="Cannot compare the runs")
+
+
+@st.cache_data(show_spinner="Generating...", max_entries=32)
+def _gan_picture(run_dir: str, stamp: float, what: str, count: int, seed: int, genre: str | None, seed_b: int) -> dict:
+    import io
+
+    from PIL import Image
+
+    from genre_core import gan
+
+    if what == "sample":
+        pictures = gan.sample(run_dir, n=count, seed=seed, genre=genre)
+        columns = int(np.ceil(np.sqrt(len(pictures))))
+    else:
+        pictures = gan.interpolate(run_dir, seed, seed_b, steps=count, genre=genre)
+        columns = len(pictures)
+    image = gan.grid(pictures, columns=columns)
+    buffer = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buffer, format="PNG")
+    return {"image": image, "png": buffer.getvalue()}
+
+
+def gan_picture(run_dir: str, what: str, count: int, seed: int, genre: str | None = None, seed_b: int = 1) -> dict:
+    """A grid of `count` samples for a seed (what="sample") or an interpolation strip from seed to seed_b, as
+    {"image": uint8 array, "png": bytes}; deterministic, so cached per generator file version."""
+    require("gan", "sample", "sampling GANs")
+    stamp = modification_time(Path(run_dir) / "generator.keras")
+    return call(_gan_picture, run_dir, stamp, what, count, seed, genre, seed_b, failure="Cannot generate images")

@@ -27,12 +27,13 @@ def write_run(
     state: str = "finished",
     with_model: bool = False,
     data: str = "demo",
+    runs_root: Path | None = None,
 ) -> Path:
     """Write a finished classifier run with plausible predictions (about `accuracy` right) and return its folder."""
     if len(image_paths) != len(true_genres):
         raise ValueError(f"{len(image_paths)} image paths but {len(true_genres)} genres")
     rng = np.random.default_rng(seed)
-    folder = paths.runs_dir() / paths.sanitize_id(run_id)
+    folder = Path(runs_root or paths.runs_dir()) / paths.sanitize_id(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     count = len(classes)
     labels = np.array([classes.index(genre) for genre in true_genres])
@@ -95,3 +96,42 @@ def write_tiny_model(path: Path, size: int, num_classes: int, seed: int = 0) -> 
     model = keras.Model(inputs, outputs, name="tiny_classifier")
     model.save(path)
     return path
+
+
+def write_gan_run(run_id: str, *, genre: str = "landscape", epochs: int = 2, image_size: int = 16,
+                  latent_dim: int = 8, with_generator: bool = True, seed: int = 0) -> Path:
+    """Write a finished unconditional GAN run (history with KID, a sample grid per epoch, a tiny generator)."""
+    from PIL import Image
+
+    folder = paths.gan_runs_dir() / paths.sanitize_id(run_id)
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    config = {"kind": "gan", "data": "demo", "genre": genre, "conditional": False, "genres": [],
+              "image_size": image_size, "epochs": epochs, "batch_size": 8, "latent_dim": latent_dim, "seed": seed}
+    fileio.atomic_write_json(folder / "config.json", config)
+    fileio.atomic_write_json(folder / "classes.json", [genre])
+    fileio.atomic_write_json(
+        folder / "status.json",
+        {"state": "finished", "epoch": epochs, "epochs": epochs, "message": "done", "error": None, "pid": None},
+    )
+    history = pd.DataFrame({
+        "epoch": np.arange(1, epochs + 1),
+        "d_loss": np.linspace(1.4, 1.1, epochs),
+        "g_loss": np.linspace(0.7, 1.0, epochs),
+        "kid": np.linspace(0.30, 0.10, epochs),
+        "kid_std": [0.01] * epochs,
+        "seconds": [2.0] * epochs,
+    })
+    fileio.atomic_write_csv(folder / "history.csv", history)
+    for epoch in range(1, epochs + 1):
+        picture = rng.integers(0, 255, (image_size * 2, image_size * 2, 3), dtype=np.uint8)
+        Image.fromarray(picture, "RGB").save(folder / "samples" / f"epoch_{epoch:04d}.png")
+    if with_generator:
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((latent_dim,))
+        x = keras.layers.Dense(image_size * image_size * 3, activation="tanh")(inputs)
+        outputs = keras.layers.Reshape((image_size, image_size, 3))(x)
+        keras.Model(inputs, outputs, name="tiny_generator").save(folder / "generator.keras")
+    return folder

@@ -1,12 +1,100 @@
-"""GAN page: launch a GAN training job, browse its sample grids by epoch, follow KID, sample and interpolate."""
+"""GAN page: launch a GAN job like a training job, browse its sample grids by epoch, follow KID, sample N
+paintings with a seed (and a genre), walk between two seeds, and download the pictures as PNG."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app_support import core
+from app_support import charts, core, jobs_ui, state
+from genre_core import runs
 
 st.title("GAN")
 
 # Guard: the GAN core.
-core.require("gan", "start_gan_run", "training GANs")
+start_gan_run = core.require("gan", "start_gan_run", "training GANs")
+remembered = state.read_state()
+dataset_spec = remembered["active_dataset"]
+
+# Inputs: the launch form in the sidebar (genres come from the active dataset).
+if dataset_spec:
+    classes = core.load_dataset(dataset_spec).classes
+    with st.sidebar.form("gan_form"):
+        st.markdown(f"**New GAN run** on `{dataset_spec}`")
+        conditional = st.toggle("Conditional on every genre", key="gan_conditional")
+        genre = st.selectbox("Genre (unconditional)", classes, key="gan_genre")
+        epochs = st.number_input("Epochs", 1, 1000, 20, key="gan_epochs")
+        image_size = st.selectbox("Image size (px)", [32, 64, 128], index=1, key="gan_image_size")
+        batch_size = st.number_input("Batch size", 1, 512, 32, key="gan_batch_size")
+        kid_samples = st.number_input("Images per KID measurement (0 = off)", 0, 5000, 256, step=64, key="gan_kid_samples")
+        budget = st.number_input("Time budget (minutes, 0 = none)", 0.0, 1440.0, 0.0, key="gan_budget")
+        seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="gan_seed")
+        launched = st.form_submit_button("Start GAN training", type="primary", icon=":material/play_arrow:")
+    if launched:
+        run = core.call(
+            start_gan_run,
+            {"data": dataset_spec, "genre": None if conditional else genre, "conditional": bool(conditional),
+             "epochs": int(epochs), "image_size": int(image_size), "batch_size": int(batch_size),
+             "kid_samples": int(kid_samples), "time_budget_minutes": float(budget), "seed": int(seed)},
+            background=True,
+            failure="Cannot start GAN training",
+        )
+        state.set_active_run(run.id, kind="gan")
+        st.toast(f"Started {run.id}")
+else:
+    st.sidebar.info("Choose a dataset on the Dataset page to train a GAN.")
+
+# Guard: at least one GAN run.
+table = core.run_table("gan")
+if table.empty:
+    st.info("No GAN runs yet. Fill in the form in the sidebar and press **Start GAN training**.")
+    st.stop()
+ids = list(table["id"])
+active_ids = list(table.loc[table["state"].isin(jobs_ui.ACTIVE_STATES), "id"])
+default_id = active_ids[0] if active_ids else (remembered["active_gan_run"] if remembered["active_gan_run"] in ids else ids[0])
+run_id = st.selectbox("GAN run", ids, index=ids.index(default_id), key="gan_run")
+run_dir = core.runs_folder("gan") / run_id
+jobs_ui.job_panel(str(run_dir), key="gan_job")
+
+# Sample grids by epoch and the KID curve.
+grids = sorted((run_dir / "samples").glob("epoch_*.png"))
+history = core.read_history(run_dir)
+left, right = st.columns(2)
+with left:
+    st.subheader("Samples by epoch")
+    if not grids:
+        st.info("No epoch has finished yet.")
+    else:
+        epochs_done = [int(path.stem.split("_")[1]) for path in grids]
+        shown = st.select_slider("Epoch", epochs_done, value=epochs_done[-1], key="gan_epoch") if len(grids) > 1 else epochs_done[0]
+        st.image(str(grids[epochs_done.index(shown)]), caption=f"epoch {shown} (fixed latent batch)", width="stretch")
+with right:
+    st.subheader("KID (lower is better)")
+    if "kid" in history.columns and history["kid"].notna().any():
+        st.plotly_chart(charts.kid_figure(history), key="gan_kid")
+    else:
+        st.info("No KID measured yet (it is measured at the end of epochs when KID images are on).")
+
+# Sampling and interpolation from the saved generator (deterministic for a seed, so cached).
+if not (run_dir / "generator.keras").exists():
+    st.info("Sampling needs the generator, which is saved after the first epoch.")
+    st.stop()
+gan_run = core.call(runs.open_run, run_dir, "gan", failure="Cannot open the GAN run")
+run_classes = core.call(gan_run.classes, failure="Cannot read the run's genres")
+conditional_run = bool(core.call(gan_run.config, failure="Cannot read the run's config").get("conditional"))
+st.subheader("Sample")
+columns = st.columns(3)
+count = columns[0].number_input("How many", 1, 64, 16, key="gan_sample_n")
+sample_seed = columns[1].number_input("Seed", 0, 2**31 - 1, 0, key="gan_sample_seed")
+sample_genre = columns[2].selectbox("Genre", run_classes, key="gan_sample_genre", disabled=not conditional_run)
+picture = core.gan_picture(str(run_dir), "sample", int(count), int(sample_seed), sample_genre if conditional_run else None)
+st.image(picture["image"], caption=f"{count} samples, seed {sample_seed}", width="content")
+st.download_button("Download PNG", picture["png"], file_name=f"{run_id}-seed{sample_seed}.png", mime="image/png", key="gan_sample_download", icon=":material/download:")
+
+st.subheader("Interpolate between two seeds")
+columns = st.columns(3)
+seed_a = columns[0].number_input("From seed", 0, 2**31 - 1, 0, key="gan_seed_a")
+seed_b = columns[1].number_input("To seed", 0, 2**31 - 1, 1, key="gan_seed_b")
+steps = columns[2].slider("Steps", 2, 16, 8, key="gan_steps")
+strip = core.gan_picture(str(run_dir), "interpolate", int(steps), int(seed_a), sample_genre if conditional_run else None, int(seed_b))
+st.image(strip["image"], caption=f"seed {seed_a} → seed {seed_b}", width="stretch")
+st.download_button("Download PNG", strip["png"], file_name=f"{run_id}-{seed_a}-to-{seed_b}.png", mime="image/png", key="gan_strip_download", icon=":material/download:")

@@ -365,3 +365,55 @@ def test_gan_page_renders_its_guard_or_form(isolated_artifacts):
     app = page("gan").run()
     assert not app.exception
     assert app.title[0].value == "GAN"
+
+
+def test_gan_page_guard_without_runs(isolated_artifacts, tiny_dataset_dir):
+    state.set_active_dataset(str(tiny_dataset_dir))
+    app = page("gan").run()
+    assert not app.exception
+    assert texts(app.info) == ["No GAN runs yet. Fill in the form in the sidebar and press **Start GAN training**."]
+    assert app.selectbox(key="gan_genre").options == list(TINY_GENRES)
+
+
+def test_gan_page_launches_a_job(isolated_artifacts, tiny_dataset_dir, monkeypatch):
+    from genre_core import gan, runs
+
+    launched = []
+
+    def start_gan_run(config, background=True):
+        launched.append(config)
+        return runs.create_run("gan", config, classes=[config["genre"]])
+
+    monkeypatch.setattr(gan, "start_gan_run", start_gan_run)
+    state.set_active_dataset(str(tiny_dataset_dir))
+    app = page("gan").run()
+    app.selectbox(key="gan_genre").set_value("portrait")
+    app.number_input(key="gan_epochs").set_value(2)
+    app.selectbox(key="gan_image_size").set_value(32)
+    app.sidebar.button[0].click().run()
+    assert not app.exception
+    (config,) = launched
+    assert (config["genre"], config["epochs"], config["image_size"], config["conditional"]) == ("portrait", 2, 32, False)
+    assert state.read_state()["active_gan_run"] == app.selectbox(key="gan_run").value
+
+
+def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
+    from app_support.testing import write_gan_run
+    from genre_core import gan
+
+    folder = write_gan_run("20260101-000000-landscape-gan1", epochs=3, image_size=16)
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert app.select_slider(key="gan_epoch").value == 3
+    app.number_input(key="gan_sample_n").set_value(4)
+    app.number_input(key="gan_sample_seed").set_value(7)
+    app.slider(key="gan_steps").set_value(5).run()
+    assert not app.exception
+    sample_url, strip_url = app.image[1].value[0], app.image[2].value[0]
+    assert sample_url != strip_url
+    # The page shows exactly what the core generates for that seed: a 2 x 2 grid of 16-px images.
+    expected = gan.grid(gan.sample(folder, n=4, seed=7), columns=2)
+    assert expected.shape == (34, 34, 3)
+    assert [image.captions[0] for image in app.image] == [
+        "epoch 3 (fixed latent batch)", "4 samples, seed 7", "seed 0 → seed 1"]
+    assert app.get_by_key("gan_sample_download").label == "Download PNG"
