@@ -598,8 +598,7 @@ class ProgressWriter:
         self.clock = clock
         self.writes = 0
         self._last_write = -float("inf")
-        self._start_time: float | None = None
-        self._start_fraction = 0.0
+        self._origins: dict[str, tuple[float, float]] = {}
         self._epoch = 0
         self._epochs: int | None = None
         self._stage: str | None = None
@@ -612,18 +611,20 @@ class ProgressWriter:
         within = (batch / batches) if batch is not None and batches else 0.0
         return min(1.0, (self._epoch + within) / self._epochs)
 
-    def _eta(self, fraction: float | None) -> float | None:
-        """Estimate the seconds left by extrapolating the speed since the first event."""
+    def _eta(self, fraction: float | None, scale: str = "training") -> float | None:
+        """Estimate the seconds left by extrapolating the speed since the first event on the same scale
+        (training progress for epochs and batches; each other stage has its own done/total scale)."""
         now = self.clock()
         if fraction is None:
             return None
-        if self._start_time is None:
-            self._start_time, self._start_fraction = now, fraction
+        if scale not in self._origins:
+            self._origins[scale] = (now, fraction)
             return None
-        progressed = fraction - self._start_fraction
+        start_time, start_fraction = self._origins[scale]
+        progressed = fraction - start_fraction
         if progressed <= 0:
             return None
-        return round((now - self._start_time) / progressed * (1.0 - fraction), 1)
+        return round((now - start_time) / progressed * (1.0 - fraction), 1)
 
     def __call__(self, event: dict) -> None:
         stage = str(event.get("stage", ""))
@@ -648,7 +649,7 @@ class ProgressWriter:
             fraction = (float(done) / float(total)) if done is not None and total else None
             fields.update(done=done, total=total)
             if not self._epochs:
-                fields["eta_seconds"] = self._eta(fraction)
+                fields["eta_seconds"] = self._eta(fraction, scale=f"stage:{stage}")
             fields["message"] = event.get("message") or (
                 f"{stage} {done}/{total}" if total else stage)
             if done is not None and total and done >= total:

@@ -227,3 +227,20 @@ def test_progress_writer_flushes_pending_and_handles_other_stages(isolated_artif
     status = run.raw_status()
     assert status["done"] == 5 and status["message"] == "decoding" and status["stage"] == "prepare"
     assert status["eta_seconds"] == pytest.approx(1.0)
+
+
+def test_progress_writer_eta_after_a_prepare_stage(isolated_artifacts):
+    # A finished "prepare" stage (fraction 1.0 on its own scale) must not hide the training ETA.
+    run = runs.create_run("classifier", {"model": "m"})
+    clock = FakeClock()
+    writer = runs.ProgressWriter(run, min_interval=0, clock=clock)
+    writer({"stage": "prepare", "done": 0, "total": 2})
+    clock.now += 1
+    writer({"stage": "prepare", "done": 2, "total": 2})
+    writer({"stage": "epoch", "done": 0, "total": 2})
+    clock.now += 2
+    writer({"stage": "batch", "done": 5, "total": 10})
+    assert run.raw_status()["eta_seconds"] == pytest.approx(6.0)
+    clock.now += 2
+    writer({"stage": "epoch", "done": 1, "total": 2})
+    assert run.raw_status()["eta_seconds"] == pytest.approx(4.0)
