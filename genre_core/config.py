@@ -1,0 +1,166 @@
+"""TrainConfig: every option of a classifier run in one typed dataclass, saved as the run's config.json.
+
+A run is rebuilt from its folder alone, so everything that changes the result lives here.
+
+Augmentation and frozen features: when the backbone is frozen (`fine_tune_layers == 0` for a pretrained
+backbone) and `embedding_cache` is on, features are computed once and the head trains on them in seconds.
+Image augmentation cannot act on cached features, so in that mode the image augmentations listed in
+`augmentation` are not applied; the only augmentation is `flip_features`, which also computes features of
+horizontally flipped images (one more backbone pass) and picks the original or the flipped features at
+random for every image in every epoch. Set `embedding_cache=False` to run the backbone on augmented images
+each epoch instead (much slower, real augmentation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+BALANCING = ("none", "class_weights", "focal", "oversample")
+AUGMENTATIONS = ("flip", "crop", "zoom", "rotation", "contrast", "brightness")
+POOLINGS = ("avg", "avgstd")
+TRANSFER_VARIANTS = ("keep_top", "replace_top", "fine_tune")
+
+
+@dataclass
+class TrainConfig:
+    """All options of one classifier training run (see the module docstring for the feature-cache trade-off)."""
+
+    data: str = "demo"
+    model: str = "small_cnn"
+    size: int = 0  # 0: the model's default input size (models.MODELS[name].default_size)
+    policy: str = "squash"
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0  # adamw: decoupled decay; adam/sgd: L2 on the head's kernels
+    dropout: float = 0.0
+    augmentation: list[str] = field(default_factory=list)
+    patience: int = 0  # early stopping on val_loss; 0 switches it off
+    balancing: str = "none"
+    min_per_genre: int = 0  # oversample: top each genre of the train split up to this many images (0: the largest genre)
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    data_fraction: float = 1.0
+    fine_tune_layers: int = 0  # pretrained backbones: train the last N layers (0: frozen)
+    head_units: int = 120  # hidden Dense units before the softmax; 0 puts the softmax right on the features
+    weights: str | None = "default"  # "default" (the model's own), "imagenet", "hed", a local file, or None
+    variant: str = "replace_top"  # resnet50_transfer: keep_top | replace_top | fine_tune
+    feature_layers: list[str] = field(default_factory=lambda: ["block3_conv3", "block4_conv3", "block5_conv3"])
+    pooling: str = "avgstd"  # hed_vgg16 features: "avg" or "avgstd" (mean and standard deviation)
+    embedding_cache: bool = True
+    flip_features: bool = False
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    mixed_precision: bool = False
+    xla: bool = False
+    kind: str = "classifier"
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Build a config from a dict, rejecting unknown keys and invalid values with a clear message."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a training config must be a JSON object, not {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown training option(s) {', '.join(unknown)}; known options are {', '.join(sorted(known))}"
+            )
+        config = cls(**values)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "TrainConfig":
+        """Read a config JSON file (a run's config.json or a user's --config file)."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+    def to_dict(self) -> dict:
+        """Return the config as a plain JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """Return a copy with some options changed (validated)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid option."""
+        from genre_core.images import POLICIES
+
+        def fail(name, reason):
+            raise ValueError(f"option {name}={getattr(self, name)!r}: {reason}")
+
+        if not isinstance(self.data, str) or not self.data:
+            fail("data", "must be a dataset path or 'demo'")
+        if not isinstance(self.model, str) or not self.model:
+            fail("model", "must be a model name")
+        for name in ("size", "epochs", "batch_size", "patience", "min_per_genre", "fine_tune_layers",
+                     "head_units", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                fail(name, "must be a whole number >= 0")
+        if self.size and not 16 <= self.size <= 1024:
+            fail("size", "must be 0 (model default) or between 16 and 1024 pixels")
+        if self.epochs < 1:
+            fail("epochs", "must be at least 1")
+        if self.batch_size < 1:
+            fail("batch_size", "must be at least 1")
+        if self.policy not in POLICIES:
+            fail("policy", f"must be one of {', '.join(POLICIES)}")
+        for name in ("learning_rate", "beta_1", "beta_2", "momentum", "weight_decay", "dropout",
+                     "focal_gamma", "label_smoothing", "data_fraction", "val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(name, "must be a number")
+        if not self.learning_rate > 0:
+            fail("learning_rate", "must be > 0")
+        if not 0 <= self.beta_1 < 1 or not 0 <= self.beta_2 < 1:
+            raise ValueError(f"options beta_1={self.beta_1}, beta_2={self.beta_2}: must be in [0, 1)")
+        if not 0 <= self.dropout < 1:
+            fail("dropout", "must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            fail("label_smoothing", "must be in [0, 1)")
+        if self.weight_decay < 0:
+            fail("weight_decay", "must be >= 0")
+        if not 0 < self.data_fraction <= 1:
+            fail("data_fraction", "must be in (0, 1]")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"options val_fraction={self.val_fraction}, test_fraction={self.test_fraction}: each must be in [0, 1) "
+                "and together below 1"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
+        if self.balancing not in BALANCING:
+            fail("balancing", f"must be one of {', '.join(BALANCING)}")
+        if not isinstance(self.augmentation, list) or any(a not in AUGMENTATIONS for a in self.augmentation):
+            fail("augmentation", f"must be a list drawn from {', '.join(AUGMENTATIONS)}")
+        if self.pooling not in POOLINGS:
+            fail("pooling", f"must be one of {', '.join(POOLINGS)}")
+        if self.variant not in TRANSFER_VARIANTS:
+            fail("variant", f"must be one of {', '.join(TRANSFER_VARIANTS)}")
+        if not isinstance(self.feature_layers, list) or not self.feature_layers:
+            fail("feature_layers", "must be a non-empty list of layer names")
+        if self.weights is not None and not isinstance(self.weights, str):
+            fail("weights", "must be 'default', 'imagenet', 'hed', a file path, or null")
+        if self.kind != "classifier":
+            fail("kind", "must be 'classifier'")

@@ -1,0 +1,78 @@
+"""Small registered Keras layers used inside saved classifiers, so models load with `safe_mode=True`.
+
+Keras is imported when a layer class is first asked for (`caffe_preprocess()`, `mean_std_pooling()`),
+never when this module is imported, so `python -m genre_core --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from genre_core.backbones import CAFFE_BGR_MEAN
+
+
+@functools.lru_cache(maxsize=None)
+def layer_classes() -> dict:
+    """Define (once) and return the registered custom layer classes by name."""
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class CaffePreprocess(keras.layers.Layer):
+        """RGB 0..255 in, Caffe-style input out: BGR channel order minus the ImageNet channel means.
+
+        This is what `keras.applications.vgg16/vgg19/resnet50.preprocess_input` does, as a layer.
+        """
+
+        def call(self, inputs):
+            inputs = ops.cast(inputs, self.compute_dtype)
+            bgr = ops.flip(inputs, axis=-1)
+            mean = ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype=self.compute_dtype)
+            return bgr - mean
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class MeanStdPooling2D(keras.layers.Layer):
+        """Global pooling that keeps per-channel mean and standard deviation ("style" statistics).
+
+        Output is (batch, 2 * channels): the means followed by the standard deviations. Feature-map
+        statistics like these describe texture and brushwork, which is why they help for art.
+        """
+
+        def __init__(self, epsilon: float = 1e-6, **kwargs):
+            super().__init__(**kwargs)
+            self.epsilon = float(epsilon)
+
+        def call(self, inputs):
+            inputs = ops.cast(inputs, "float32")
+            mean = ops.mean(inputs, axis=(1, 2))
+            variance = ops.mean(ops.square(inputs), axis=(1, 2)) - ops.square(mean)
+            std = ops.sqrt(ops.maximum(variance, 0.0) + self.epsilon)
+            return ops.concatenate([mean, std], axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], 2 * input_shape[-1])
+
+        def get_config(self):
+            config = super().get_config()
+            config["epsilon"] = self.epsilon
+            return config
+
+    return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D}
+
+
+def caffe_preprocess(**kwargs):
+    """Return a CaffePreprocess layer (RGB 0..255 -> BGR minus ImageNet means)."""
+    return layer_classes()["CaffePreprocess"](**kwargs)
+
+
+def mean_std_pooling(**kwargs):
+    """Return a MeanStdPooling2D layer (per-channel mean and standard deviation)."""
+    return layer_classes()["MeanStdPooling2D"](**kwargs)
+
+
+def register_all() -> None:
+    """Make sure every custom layer is registered before a model is loaded."""
+    layer_classes()
