@@ -305,7 +305,6 @@ def _queue_position(run: Run) -> int:
 def _wait_for_slot(run: Run, poll: float) -> list[int] | None:
     """Wait in state "queued" until this job holds a global slot lock; None if cancelled while waiting."""
     slot_files = slot_paths()
-    waited = 0.0
     last_position = None
     while True:
         if run.cancel_requested():
@@ -318,10 +317,10 @@ def _wait_for_slot(run: Run, poll: float) -> list[int] | None:
                     return [fd]
                 os.close(fd)
         if position != last_position:
-            run.update_status(message=f"waiting for a free job slot ({position} ahead in the queue)")
+            ahead = "the running job" if position == 0 else f"{position} queued job{'s' if position > 1 else ''}"
+            run.update_status(message=f"waiting for a free job slot (after {ahead})")
             last_position = position
         time.sleep(poll)
-        waited += poll
 
 
 def _remove_stale_temp_files(run: Run) -> None:
@@ -372,7 +371,11 @@ def run_job(run: Run | str | os.PathLike, lock_fd: int | None = None, poll: floa
     slot_fds: list[int] = []
     final: dict[str, Any] = {}
     try:
-        status = run.raw_status() if (run.path / runs.STATUS_FILE).exists() else {}
+        try:
+            status = run.raw_status()
+        except ValueError:
+            # A missing or corrupt status.json is rewritten from here on.
+            status = {}
         run.update_status(state="queued", pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()),
                           queued_at=status.get("queued_at") or runs.now_iso(), error=None,
                           message="waiting for a free job slot")

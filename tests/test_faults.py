@@ -253,3 +253,12 @@ def test_hostile_run_ids_and_file_names_cannot_escape(isolated_artifacts, tmp_pa
     with pytest.raises((ValueError, FileNotFoundError)):
         jobs.cancel("../../etc")
     assert not (tmp_path / "cancel").exists()
+
+
+def test_job_rewrites_a_missing_status_file(isolated_artifacts):
+    run = runs.create_run("selftest", {"epochs": 1, "step_seconds": 0.01, "batches": 1})
+    (run.path / "status.json").unlink()
+    assert runs.list_runs(kind="selftest")[0]["damaged"] == "status.json is missing"
+    assert jobs.run_job(run, poll=0.01) == "finished"
+    assert runs.list_runs(kind="selftest")[0]["damaged"] is None
+    assert run.status()["state"] == "finished"
