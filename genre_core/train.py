@@ -785,7 +785,9 @@ def start_run(config: TrainConfig | dict, background: bool = False, progress: Pr
     config.validate()
     from genre_core import models
 
-    models.get_spec(config.model)  # Unknown model names fail before a folder is made.
+    models.get_spec(config.model)  # Unknown model names and missing data fail before a folder is made.
+    if config.data != "demo" and not Path(config.data).expanduser().exists():
+        raise ValueError(f"dataset path {config.data} does not exist")
     if not is_chief():
         # Other workers of a multi-machine run write to a throwaway artifacts root; only the chief's
         # run folder is kept.
@@ -796,9 +798,17 @@ def start_run(config: TrainConfig | dict, background: bool = False, progress: Pr
     if background:
         jobs.launch(run)
         return run
-    callbacks = [progress] if progress is not None else []
+    log_path = run.log_path
+
+    def log_line(event: dict) -> None:
+        """In the foreground, log.txt gets every message except per-batch ones (a job's log gets stdout)."""
+        if event.get("stage") not in ("batch", "features") and event.get("message"):
+            with open(log_path, "a", encoding="utf-8") as handle:
+                handle.write(f"[{runs.now_iso()}] {event['message']}\n")
+
     with contextlib.ExitStack() as stack:
-        for callback in callbacks:
-            stack.enter_context(progress_to(callback))
+        for callback in (log_line, progress):
+            if callback is not None:
+                stack.enter_context(progress_to(callback))
         jobs.run_job(run)
     return run

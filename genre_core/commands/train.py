@@ -1,0 +1,145 @@
+"""`train` command: train a classifier in the foreground (progress bar) or as a background job.
+
+    python -m genre_core train --data demo --model small_cnn --epochs 5
+    python -m genre_core train --config my_run.json --epochs 20      # flags override the file
+    python -m genre_core train --list-models
+
+It prints the run folder. On several machines, run the same command on every machine with TF_CONFIG set;
+the chief writes the run folder (see genre_core/train.py).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+# Flag name -> (TrainConfig field, type, help). Every flag defaults to None so that only given flags
+# override --config.
+OPTIONS = {
+    "--data": ("data", str, "dataset folder, metadata file (.csv/.parquet) or 'demo'"),
+    "--model": ("model", str, "model name (see --list-models)"),
+    "--size": ("size", int, "input size in pixels (default: the model's own)"),
+    "--policy": ("policy", str, "resize policy: squash, crop or letterbox"),
+    "--epochs": ("epochs", int, "number of epochs"),
+    "--batch-size": ("batch_size", int, "batch size per replica"),
+    "--learning-rate": ("learning_rate", float, "learning rate"),
+    "--optimizer": ("optimizer", str, "adam, adamw or sgd"),
+    "--beta-1": ("beta_1", float, "Adam beta_1"),
+    "--beta-2": ("beta_2", float, "Adam beta_2"),
+    "--weight-decay": ("weight_decay", float, "AdamW decay, or L2 on the head for adam/sgd"),
+    "--dropout": ("dropout", float, "dropout rate before the softmax"),
+    "--augment": ("augmentation", "list", "comma list: flip,crop,zoom,rotation,contrast,brightness"),
+    "--patience": ("patience", int, "early stopping patience in epochs on val_loss (0: off)"),
+    "--balancing": ("balancing", str, "none, class_weights, focal or oversample"),
+    "--min-per-genre": ("min_per_genre", int, "oversample: minimum train images per genre"),
+    "--label-smoothing": ("label_smoothing", float, "label smoothing"),
+    "--data-fraction": ("data_fraction", float, "use this fraction of each split and genre"),
+    "--fine-tune-layers": ("fine_tune_layers", int, "train the backbone's last N layers (0: frozen)"),
+    "--head-units": ("head_units", int, "hidden units in the head (0: softmax on the features)"),
+    "--weights": ("weights", str, "default, imagenet, hed, none or a local weights file"),
+    "--variant": ("variant", str, "resnet50_transfer: keep_top, replace_top or fine_tune"),
+    "--feature-layers": ("feature_layers", "list", "hed_vgg16: comma list of conv layers to pool"),
+    "--pooling": ("pooling", str, "hed_vgg16: avg or avgstd"),
+    "--seed": ("seed", int, "random seed"),
+    "--val-fraction": ("val_fraction", float, "validation fraction when the source has no val split"),
+    "--test-fraction": ("test_fraction", float, "test fraction when the source has no test split"),
+}
+SWITCHES = {
+    "--flip-features": ("flip_features", True, "frozen backbones: also cache features of flipped images"),
+    "--no-embedding-cache": ("embedding_cache", False, "run a frozen backbone every epoch (real augmentation)"),
+    "--mixed-precision": ("mixed_precision", True, "mixed_float16 on GPUs"),
+    "--xla": ("xla", True, "compile the train step with XLA"),
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train a genre classifier; prints the run folder")
+    for flag, (_field, kind, text) in OPTIONS.items():
+        parser.add_argument(flag, type=str if kind == "list" else kind, default=None, help=text)
+    for flag, (_field, _value, text) in SWITCHES.items():
+        parser.add_argument(flag, action="store_true", default=None, help=text)
+    parser.add_argument("--config", default=None, help="JSON file of TrainConfig options (flags override it)")
+    parser.add_argument("--background", action="store_true", help="launch as a background job and return")
+    parser.add_argument("--list-models", action="store_true", help="list the model names and exit")
+    parser.set_defaults(func=cmd_train)
+
+
+def config_from_args(args):
+    """Build the TrainConfig from --config and the flags given (ValueError on bad values)."""
+    from genre_core.config import TrainConfig
+
+    values = TrainConfig.from_json(args.config).to_dict() if args.config else {}
+    for flag, (field, kind, _text) in OPTIONS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if kind == "list":
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if field == "weights" and value.lower() == "none":
+            value = None
+        values[field] = value
+    for flag, (field, switched, _text) in SWITCHES.items():
+        if getattr(args, flag[2:].replace("-", "_")):
+            values[field] = switched
+    if "data" not in values:
+        raise ValueError("--data is required (a dataset path or 'demo'), or give it in --config")
+    return TrainConfig.from_dict(values)
+
+
+def cmd_train(args) -> int:
+    """Train in the foreground with a progress bar (or launch a job) and print the run folder."""
+    from genre_core import models
+
+    if args.list_models:
+        for name, spec in models.MODELS.items():
+            print(f"{name:20s} {spec.default_size:4d} px  {spec.description}")
+        return 0
+    config = config_from_args(args)
+    models.get_spec(config.model)
+    from genre_core import train
+
+    if args.background:
+        run = train.start_run(config, background=True)
+        print(run.path)
+        return 0
+    bar = TrainingBar()
+    run = train.start_run(config, background=False, progress=bar)
+    bar.close()
+    status = run.status()
+    state = status.get("state")
+    print(run.path)
+    if state != "finished":
+        reason = status.get("error") or status.get("message") or state
+        print(f"error: run {state}: {reason}", file=sys.stderr)
+        return 1
+    print(status.get("message", "finished"), file=sys.stderr)
+    return 0
+
+
+class TrainingBar:
+    """Draws batch progress as a one-line bar on stderr and prints every epoch's summary on its own line."""
+
+    def __init__(self, width: int = 30):
+        self.width = width
+        self.started = time.monotonic()
+        self.open_line = False
+
+    def __call__(self, event: dict) -> None:
+        stage = event.get("stage")
+        done, total = event.get("done") or 0, event.get("total") or 0
+        if stage in ("batch", "features", "prepare") and total:
+            filled = int(self.width * min(done / total, 1.0))
+            label = "features" if stage == "features" else ("batch" if stage == "batch" else "prepare")
+            text = f"\r{label} [{'#' * filled}{'-' * (self.width - filled)}] {done}/{total} " \
+                   f"{time.monotonic() - self.started:6.1f}s"
+            print(text, end="", file=sys.stderr, flush=True)
+            self.open_line = True
+        elif event.get("message"):
+            self.close()
+            print(event["message"], file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """End the bar's line."""
+        if self.open_line:
+            print(file=sys.stderr, flush=True)
+            self.open_line = False
