@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "data",
     "evaluate",
     "runs",
+    "gan",
     "train",
 )
 

@@ -1,0 +1,100 @@
+"""`gan train`, `gan sample`, `gan interpolate`: train a DCGAN on a genre and look at what it makes."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from genre_core.gan_models import SUPPORTED_SIZES
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("gan", help="train a GAN on a genre, sample it, interpolate between seeds")
+    commands = parser.add_subparsers(dest="gan_command", metavar="GAN_COMMAND")
+    commands.required = True
+
+    train = commands.add_parser("train", help="train a DCGAN (DiffAugment, spectral norm, EMA) on one genre")
+    train.add_argument("--data", default="demo", help='dataset path or "demo" (default demo)')
+    train.add_argument("--genre", default=None, help="the genre to learn (unconditional; default landscape)")
+    train.add_argument("--conditional", action="store_true", help="one model for several genres, chosen when sampling")
+    train.add_argument("--genres", nargs="+", default=[], help="conditional: the genres to learn (default: all)")
+    train.add_argument("--size", type=int, default=64, choices=SUPPORTED_SIZES, help="image size in pixels (default 64)")
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--minutes", type=float, default=0.0, help="stop after the epoch that passes this time budget")
+    train.add_argument("--max-images", type=int, default=0, help="use at most this many images (0: all)")
+    train.add_argument("--kid-samples", type=int, default=256, help="images per KID measurement (0: no KID)")
+    train.add_argument("--feature-space", default="auto", choices=("auto", "inception_v3", "hed_vgg16"))
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--background", action="store_true", help="run as a background job and return at once")
+    train.set_defaults(func=cmd_train)
+
+    sample = commands.add_parser("sample", help="write a PNG grid of generated images")
+    sample.add_argument("run", help="GAN run id or folder")
+    sample.add_argument("--n", type=int, default=16)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--genre", default=None, help="conditional runs: the genre to draw (default: all in turn)")
+    sample.add_argument("--columns", type=int, default=0, help="images per row (default: a square grid)")
+    sample.add_argument("--out", default=None, help="PNG path (default: <run>/samples/sample_seed<SEED>.png)")
+    sample.set_defaults(func=cmd_sample)
+
+    between = commands.add_parser("interpolate", help="write a strip PNG walking the latent space between two seeds")
+    between.add_argument("run", help="GAN run id or folder")
+    between.add_argument("--seeds", type=int, nargs=2, default=(0, 1), metavar=("A", "B"))
+    between.add_argument("--steps", type=int, default=8)
+    between.add_argument("--genre", default=None)
+    between.add_argument("--out", default=None, help="PNG path (default: <run>/samples/interpolate_A_B.png)")
+    between.set_defaults(func=cmd_interpolate)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from genre_core import gan
+
+    if args.conditional and args.genre:
+        raise ValueError("--genre is for unconditional runs; use --genres with --conditional")
+    config = gan.GanConfig(
+        data=args.data, genre=None if args.conditional else (args.genre or "landscape"),
+        conditional=args.conditional, genres=list(args.genres), image_size=args.size, epochs=args.epochs,
+        batch_size=args.batch_size, time_budget_minutes=args.minutes, max_images=args.max_images,
+        kid_samples=args.kid_samples, feature_space=args.feature_space, seed=args.seed,
+    ).validate()
+    if args.data != "demo" and not Path(args.data).exists():
+        raise FileNotFoundError(f"dataset {args.data} does not exist")
+    run = gan.start_gan_run(config, background=args.background)
+    if args.background:
+        print(f"started GAN run {run.id} in the background: {run.path}")
+        return 0
+    state = run.status().get("state")
+    print(f"GAN run {run.id}: {state} ({run.path})")
+    return 0 if state == "finished" else 1
+
+
+def _default_out(run_ref: str, name: str) -> Path:
+    """A PNG path inside the run's samples folder."""
+    from genre_core import gan, runs
+
+    return runs.open_run(run_ref, kind="gan").path / gan.SAMPLES_DIR / name
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from genre_core import gan
+
+    images = gan.sample(args.run, args.n, args.seed, args.genre)
+    columns = args.columns or int(np.ceil(np.sqrt(len(images))))
+    out = Path(args.out) if args.out else _default_out(args.run, f"sample_seed{args.seed}.png")
+    gan.write_png(gan.grid(images, columns), out)
+    print(out)
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from genre_core import gan
+
+    seed_a, seed_b = args.seeds
+    images = gan.interpolate(args.run, seed_a, seed_b, args.steps, args.genre)
+    out = Path(args.out) if args.out else _default_out(args.run, f"interpolate_{seed_a}_{seed_b}.png")
+    gan.write_png(gan.grid(images, len(images)), out)
+    print(out)
+    return 0

@@ -1,0 +1,313 @@
+"""DCGAN networks, differentiable augmentation and the GAN training model.
+
+The GAN follows keras-io's `dcgan_overriding_train_step.py` and `gan_ada.py`: a thin `keras.Model` subclass
+that overrides `compile` and `train_step`, tracks its losses with `keras.metrics.Mean` and draws all its
+randomness from one `keras.random.SeedGenerator`. On top of the plain DCGAN it adds what makes a GAN work
+on a few thousand images:
+
+- the non-saturating generator loss (as in the report) with a spectrally normalised discriminator
+  (`keras.layers.SpectralNormalization`);
+- DiffAugment (translation, colour, cutout; Zhao et al. 2020) applied to real and generated images alike,
+  in both the discriminator and the generator step, to each image with probability `aug_p`, which can adapt
+  as in ADA / gan_ada.py (raised while the discriminator is too sure of the real images);
+- an exponential moving average (EMA) of the generator weights; the EMA generator is the one sampled and
+  saved.
+
+A conditional model embeds the genre and concatenates it to z in the generator; the discriminator is a
+projection discriminator (Miyato & Koyama 2018).
+
+TensorFlow and Keras are imported inside functions so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+
+SUPPORTED_SIZES = (16, 32, 64, 128)
+AUGMENT_POLICIES = ("translation", "color", "cutout")
+
+
+def check_size(image_size: int) -> int:
+    """Return `image_size` if it is a supported square GAN size, else raise ValueError."""
+    if int(image_size) not in SUPPORTED_SIZES:
+        raise ValueError(f"GAN image size {image_size} is not supported; use one of {SUPPORTED_SIZES}")
+    return int(image_size)
+
+
+def channel_widths(image_size: int, base_channels: int = 32, max_channels: int = 512) -> list[int]:
+    """Channel widths of the generator stages from 4x4 up to image_size/2 (64 px, base 32: 256,128,64,32)."""
+    stages = int(math.log2(check_size(image_size))) - 2
+    return [min(max_channels, base_channels * 2 ** (stages - 1 - i)) for i in range(stages)]
+
+
+def make_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 32):
+    """Build the DCGAN generator: z (and a genre label when num_classes > 0) -> tanh image in [-1, 1]."""
+    import keras
+    from keras import layers
+
+    widths = channel_widths(image_size, base_channels)
+    noise = keras.Input(shape=(latent_dim,), name="z")
+    inputs = [noise]
+    x = noise
+    if num_classes:
+        label = keras.Input(shape=(), dtype="int32", name="label")
+        inputs.append(label)
+        embedded = layers.Embedding(num_classes, latent_dim, name="label_embedding")(label)
+        x = layers.Concatenate(name="z_and_label")([noise, embedded])
+    x = layers.Dense(4 * 4 * widths[0], use_bias=False, name="project")(x)
+    x = layers.Reshape((4, 4, widths[0]))(x)
+    x = layers.BatchNormalization(momentum=0.9, name="project_bn")(x)
+    x = layers.ReLU()(x)
+    for index, width in enumerate(widths[1:], start=1):
+        x = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False, name=f"up{index}")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"up{index}_bn")(x)
+        x = layers.ReLU()(x)
+    image = layers.Conv2DTranspose(3, 4, strides=2, padding="same", activation="tanh", name="to_rgb")(x)
+    return keras.Model(inputs if num_classes else noise, image, name="generator")
+
+
+def make_discriminator(image_size: int, num_classes: int = 0, base_channels: int = 32):
+    """Build the spectrally normalised DCGAN discriminator (a projection discriminator when conditional)."""
+    import keras
+    from keras import layers
+
+    widths = list(reversed(channel_widths(image_size, base_channels)))
+    image = keras.Input(shape=(image_size, image_size, 3), name="image")
+    x = image
+    for index, width in enumerate(widths, start=1):
+        conv = layers.Conv2D(width, 4, strides=2, padding="same", name=f"down{index}")
+        x = layers.SpectralNormalization(conv, name=f"down{index}_sn")(x)
+        x = layers.LeakyReLU(0.2)(x)
+    features = layers.GlobalAveragePooling2D(name="pool")(x)
+    logit = layers.SpectralNormalization(layers.Dense(1, name="logit"), name="logit_sn")(features)
+    if not num_classes:
+        return keras.Model(image, logit, name="discriminator")
+    label = keras.Input(shape=(), dtype="int32", name="label")
+    embedded = layers.Embedding(num_classes, widths[-1], name="label_projection")(label)
+    projection = layers.Dot(axes=1, name="projection")([embedded, features])
+    logit = layers.Add(name="logit_plus_projection")([logit, projection])
+    return keras.Model([image, label], logit, name="discriminator")
+
+
+def diff_augment(images, seed_generator, probability=1.0, policy=AUGMENT_POLICIES):
+    """DiffAugment on a batch in [-1, 1]: each image is augmented with `probability`; differentiable."""
+    import tensorflow as tf
+    from keras import random
+
+    batch = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    augmented = images
+    if "color" in policy:
+        brightness = random.uniform((batch, 1, 1, 1), -0.5, 0.5, seed=seed_generator)
+        augmented = augmented + brightness
+        mean = tf.reduce_mean(augmented, axis=3, keepdims=True)
+        saturation = random.uniform((batch, 1, 1, 1), 0.0, 2.0, seed=seed_generator)
+        augmented = (augmented - mean) * saturation + mean
+        mean = tf.reduce_mean(augmented, axis=[1, 2, 3], keepdims=True)
+        contrast = random.uniform((batch, 1, 1, 1), 0.5, 1.5, seed=seed_generator)
+        augmented = (augmented - mean) * contrast + mean
+    if "translation" in policy:
+        # Shift by up to 1/8 of the size with zero padding: pad, then gather shifted rows and columns.
+        pad_y, pad_x = height // 8, width // 8
+        padded = tf.pad(augmented, [[0, 0], [pad_y, pad_y], [pad_x, pad_x], [0, 0]])
+        shift_y = tf.cast(random.randint((batch, 1), 0, 2 * pad_y + 1, seed=seed_generator), tf.int32)
+        shift_x = tf.cast(random.randint((batch, 1), 0, 2 * pad_x + 1, seed=seed_generator), tf.int32)
+        rows = shift_y + tf.range(height)[None, :]
+        columns = shift_x + tf.range(width)[None, :]
+        augmented = tf.gather(padded, rows, axis=1, batch_dims=1)
+        augmented = tf.gather(augmented, columns, axis=2, batch_dims=1)
+    if "cutout" in policy:
+        # Zero one square of half the size per image, centred anywhere in the image.
+        centre_y = random.uniform((batch, 1, 1), 0.0, float(height), seed=seed_generator)
+        centre_x = random.uniform((batch, 1, 1), 0.0, float(width), seed=seed_generator)
+        grid_y = tf.cast(tf.range(height), images.dtype)[None, :, None] + 0.5
+        grid_x = tf.cast(tf.range(width), images.dtype)[None, None, :] + 0.5
+        inside = tf.logical_and(
+            tf.abs(grid_y - centre_y) < height / 4, tf.abs(grid_x - centre_x) < width / 4
+        )
+        augmented = augmented * (1.0 - tf.cast(inside, images.dtype))[..., None]
+    if isinstance(probability, (int, float)) and probability >= 1.0:
+        return augmented
+    chosen = random.uniform((batch, 1, 1, 1), seed=seed_generator) < probability
+    return tf.where(chosen, augmented, images)
+
+
+def slerp(start, end, fractions):
+    """Spherical interpolation between two latent vectors at the given fractions -> (len(fractions), dim)."""
+    import numpy as np
+
+    start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+    fractions = np.asarray(fractions, dtype=np.float64)[:, None]
+    cosine = np.dot(start, end) / (np.linalg.norm(start) * np.linalg.norm(end))
+    angle = np.arccos(np.clip(cosine, -1.0, 1.0))
+    if angle < 1e-6:
+        return (1.0 - fractions) * start + fractions * end
+    return (np.sin((1.0 - fractions) * angle) * start + np.sin(fractions * angle) * end) / np.sin(angle)
+
+
+def make_gan(config):
+    """Build a compiled `Gan` for a GanConfig-like object (image_size, latent_dim, num_classes, ...)."""
+    import keras
+
+    num_classes = config.num_classes if config.conditional else 0
+    gan = Gan(
+        generator=make_generator(config.image_size, config.latent_dim, num_classes, config.base_channels),
+        discriminator=make_discriminator(config.image_size, num_classes, config.base_channels),
+        latent_dim=config.latent_dim,
+        num_classes=num_classes,
+        ema_decay=config.ema_decay,
+        augment_probability=config.augment_probability,
+        adaptive_augment=config.adaptive_augment,
+        augment_target=config.augment_target,
+        augment_speed=config.augment_speed,
+        seed=config.seed,
+    )
+    gan.compile(
+        generator_optimizer=keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1),
+        discriminator_optimizer=keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1),
+    )
+    return gan
+
+
+def _gan_class():
+    """Define the Gan model class on first use, so that importing this module does not import Keras."""
+    import keras
+    import tensorflow as tf
+
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class Gan(keras.Model):
+        """DCGAN with DiffAugment, spectral norm, EMA generator and an optional genre label."""
+
+        def __init__(self, generator, discriminator, latent_dim, num_classes=0, ema_decay=0.999,
+                     augment_probability=1.0, adaptive_augment=False, augment_target=0.6,
+                     augment_speed=0.001, seed=0, **kwargs):
+            super().__init__(**kwargs)
+            self.generator = generator
+            self.discriminator = discriminator
+            self.ema_generator = keras.models.clone_model(generator)
+            self.ema_generator.set_weights(generator.get_weights())
+            self.latent_dim = latent_dim
+            self.num_classes = num_classes
+            self.ema_decay = ema_decay
+            self.adaptive_augment = adaptive_augment
+            self.augment_target = augment_target
+            self.augment_speed = augment_speed
+            self.seed_generator = keras.random.SeedGenerator(seed)
+            self.augment_probability = keras.Variable(
+                float(augment_probability), trainable=False, name="augment_probability"
+            )
+
+        def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
+            """Attach one optimizer per network and the loss trackers."""
+            super().compile(**kwargs)
+            self.generator_optimizer = generator_optimizer
+            self.discriminator_optimizer = discriminator_optimizer
+            self.loss_function = keras.losses.BinaryCrossentropy(from_logits=True)
+            self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
+            self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
+            self.real_accuracy_tracker = keras.metrics.Mean(name="real_accuracy")
+            self.generator_optimizer.build(self.generator.trainable_variables)
+            self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+
+        @property
+        def metrics(self):
+            return [self.d_loss_tracker, self.g_loss_tracker, self.real_accuracy_tracker]
+
+        def state_variables(self):
+            """Every variable that defines the training state, in a fixed order (for checkpoints)."""
+            return (
+                list(self.generator.weights) + list(self.discriminator.weights) + list(self.ema_generator.weights)
+                + list(self.generator_optimizer.variables) + list(self.discriminator_optimizer.variables)
+                + [self.seed_generator.state, self.augment_probability]
+            )
+
+        def _inputs(self, images_or_noise, labels):
+            """Pair a tensor with its labels when the model is conditional."""
+            return [images_or_noise, labels] if self.num_classes else images_or_noise
+
+        def _augment(self, images):
+            return diff_augment(images, self.seed_generator, self.augment_probability)
+
+        def train_step(self, data):
+            # fit() passes (images, labels); train_on_batch adds a sample weight, which a GAN ignores.
+            real_images, labels = data[0], data[1]
+            batch_size = tf.shape(real_images)[0]
+            noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
+
+            # Discriminator step: real images are "1", generated images are "0".
+            with tf.GradientTape() as tape:
+                fake_images = self.generator(self._inputs(noise, labels), training=True)
+                real_logits = self.discriminator(self._inputs(self._augment(real_images), labels), training=True)
+                fake_logits = self.discriminator(self._inputs(self._augment(fake_images), labels), training=True)
+                d_loss = self.loss_function(tf.ones_like(real_logits), real_logits) + self.loss_function(
+                    tf.zeros_like(fake_logits), fake_logits
+                )
+            gradients = tape.gradient(d_loss, self.discriminator.trainable_variables)
+            self.discriminator_optimizer.apply_gradients(zip(gradients, self.discriminator.trainable_variables))
+
+            # Generator step with the non-saturating loss: make D call the generated images real.
+            noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
+            with tf.GradientTape() as tape:
+                fake_images = self.generator(self._inputs(noise, labels), training=True)
+                fake_logits = self.discriminator(self._inputs(self._augment(fake_images), labels), training=False)
+                g_loss = self.loss_function(tf.ones_like(fake_logits), fake_logits)
+            gradients = tape.gradient(g_loss, self.generator.trainable_variables)
+            self.generator_optimizer.apply_gradients(zip(gradients, self.generator.trainable_variables))
+
+            # The EMA generator follows the trained one, with a shorter memory during the first steps (as in
+            # tf.train.ExponentialMovingAverage with num_updates) so that short runs are not dominated by the
+            # random initial weights. Its BatchNorm statistics are recalibrated at each epoch end.
+            step = tf.cast(self.generator_optimizer.iterations, "float32")
+            decay = tf.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+            for ema_weight, weight in zip(self.ema_generator.trainable_weights, self.generator.trainable_weights):
+                ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
+
+            # ADA-style heuristic: raise the augmentation probability while D is too sure of the reals.
+            real_accuracy = tf.reduce_mean(tf.cast(real_logits > 0.0, "float32"))
+            if self.adaptive_augment:
+                step = (real_accuracy - self.augment_target) * self.augment_speed
+                self.augment_probability.assign(tf.clip_by_value(self.augment_probability + step, 0.0, 1.0))
+
+            self.d_loss_tracker.update_state(d_loss)
+            self.g_loss_tracker.update_state(g_loss)
+            self.real_accuracy_tracker.update_state(real_accuracy)
+            return {
+                "d_loss": self.d_loss_tracker.result(),
+                "g_loss": self.g_loss_tracker.result(),
+                "real_accuracy": self.real_accuracy_tracker.result(),
+                "aug_p": self.augment_probability.value,
+            }
+
+        def recalibrate_ema(self, labels=None, samples=256, seed=0):
+            """Re-estimate the EMA generator's BatchNorm statistics from one large batch in training mode."""
+            import numpy as np
+
+            rng = np.random.default_rng(seed)
+            noise = rng.standard_normal((samples, self.latent_dim)).astype("float32")
+            inputs = noise
+            if self.num_classes:
+                choices = np.arange(self.num_classes) if labels is None else np.asarray(labels)
+                inputs = [noise, rng.choice(choices, samples).astype("int32")]
+            norms = [layer for layer in self.ema_generator.layers if isinstance(layer, keras.layers.BatchNormalization)]
+            momenta = [layer.momentum for layer in norms]
+            # Momentum 0 makes the moving statistics exactly this batch's statistics.
+            for layer in norms:
+                layer.momentum = 0.0
+            try:
+                self.ema_generator(inputs, training=True)
+            finally:
+                for layer, momentum in zip(norms, momenta):
+                    layer.momentum = momentum
+
+    return Gan
+
+
+_GAN_CLASS = None
+
+
+def Gan(*args, **kwargs):  # noqa: N802 - behaves as the class constructor
+    """Create a `Gan` model (the class is defined lazily; see `_gan_class`)."""
+    global _GAN_CLASS
+    if _GAN_CLASS is None:
+        _GAN_CLASS = _gan_class()
+    return _GAN_CLASS(*args, **kwargs)

@@ -1,0 +1,187 @@
+"""DCGAN models, training step, run folder (checkpoint, resume, cancel), sampling and the gan CLI; all tiny."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genre_core import cli, fileio, gan, gan_models, runs
+
+
+def tiny_model_config(conditional=False, num_classes=2, image_size=16):
+    """A GanConfig-like object for gan_models.make_gan with tiny sizes."""
+    config = gan.GanConfig(image_size=image_size, latent_dim=8, base_channels=8, conditional=conditional,
+                           genre=None if conditional else "landscape", augment_probability=1.0)
+    return gan._ModelShape(config, num_classes)
+
+
+def test_channel_widths_and_network_shapes():
+    assert gan_models.channel_widths(64) == [256, 128, 64, 32]
+    assert gan_models.channel_widths(32, base_channels=8) == [32, 16, 8]
+    with pytest.raises(ValueError, match="not supported"):
+        gan_models.check_size(48)
+    generator = gan_models.make_generator(32, latent_dim=8, base_channels=8)
+    discriminator = gan_models.make_discriminator(32, base_channels=8)
+    images = np.asarray(generator(np.zeros((3, 8), np.float32), training=False))
+    assert images.shape == (3, 32, 32, 3)
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    assert tuple(discriminator(images).shape) == (3, 1)
+
+
+def test_diff_augment_keeps_shape_passes_gradients_and_probability_zero_is_identity():
+    import keras
+    import tensorflow as tf
+
+    seed = keras.random.SeedGenerator(0)
+    images = tf.Variable(np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        augmented = gan_models.diff_augment(images, seed, 1.0)
+        total = tf.reduce_sum(augmented)
+    assert augmented.shape == images.shape
+    assert not np.allclose(augmented.numpy(), images.numpy())
+    assert tape.gradient(total, images) is not None
+    unchanged = gan_models.diff_augment(images, seed, tf.constant(0.0))
+    np.testing.assert_array_equal(unchanged.numpy(), images.numpy())
+
+
+def test_one_train_step_changes_both_networks_and_the_ema():
+    model = gan_models.make_gan(tiny_model_config())
+    before = [w.numpy().copy() for w in (model.generator.weights[0], model.discriminator.trainable_weights[0],
+                                    model.ema_generator.weights[0])]
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    logs = model.train_on_batch(images, np.zeros(8, np.int32), return_dict=True)
+    after = [w.numpy().copy() for w in (model.generator.weights[0], model.discriminator.trainable_weights[0],
+                                   model.ema_generator.weights[0])]
+    for name, old, new in zip(("generator", "discriminator", "ema generator"), before, after):
+        assert not np.allclose(old, new), f"{name} weights did not change"
+    assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
+
+
+def test_conditional_label_changes_the_output():
+    model = gan_models.make_gan(tiny_model_config(conditional=True, num_classes=2))
+    noise = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    first = np.asarray(model.generator([noise, np.array([0, 0], np.int32)], training=False))
+    second = np.asarray(model.generator([noise, np.array([1, 1], np.int32)], training=False))
+    assert not np.allclose(first, second)
+    logits = [np.asarray(model.discriminator([first, np.array([label] * 2, np.int32)])) for label in (0, 1)]
+    assert not np.allclose(logits[0], logits[1])
+
+
+def test_grid_tiles_images_and_rejects_bad_input():
+    images = np.stack([np.full((4, 5, 3), value, np.uint8) for value in (10, 20, 30)])
+    canvas = gan.grid(images, columns=2, gap=1)
+    assert canvas.shape == (4 * 2 + 1, 5 * 2 + 1, 3)
+    assert canvas[0, 0, 0] == 10 and canvas[0, 6, 0] == 20 and canvas[5, 0, 0] == 30
+    assert canvas[5, 6, 0] == 255  # the empty fourth cell stays white
+    with pytest.raises(ValueError, match="shape"):
+        gan.grid(np.zeros((4, 5, 3)), 2)
+
+
+def test_slerp_ends_at_both_vectors():
+    start, end = np.array([1.0, 0.0]), np.array([0.0, 2.0])
+    path = gan_models.slerp(start, end, [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(path[0], start, atol=1e-12)
+    np.testing.assert_allclose(path[-1], end, atol=1e-12)
+    assert path[1, 0] > 0 and path[1, 1] > 0
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ValueError, match="not supported"):
+        gan.GanConfig(image_size=100).validate()
+    with pytest.raises(ValueError, match="needs a genre"):
+        gan.GanConfig(genre=None).validate()
+    with pytest.raises(ValueError, match="batch_size"):
+        gan.GanConfig(batch_size=0).validate()
+
+
+def run_config(data_dir, **overrides):
+    """A tiny GAN run config on the tiny folder dataset."""
+    values = dict(data=str(data_dir), genre="landscape", image_size=16, epochs=2, batch_size=4,
+                  min_steps_per_epoch=3, latent_dim=8, base_channels=8, kid_samples=0, grid_images=4)
+    values.update(overrides)
+    return gan.GanConfig(**values).validate()
+
+
+def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_dir, isolated_artifacts):
+    config = run_config(tiny_dataset_dir, kid_samples=6, kid_image_size=32, feature_space="hed_vgg16")
+    run = runs.create_run("gan", config.to_dict(), classes=[config.genre])
+    gan.execute(run)
+    for name in ("config.json", "classes.json", "generator.keras", "history.csv", "quality.json",
+                 "samples/epoch_0001.png", "samples/epoch_0002.png", "checkpoint/state.npz"):
+        assert (run.path / name).exists(), name
+    history = run.history()
+    assert list(history["epoch"]) == [1, 2]
+    assert {"d_loss", "g_loss", "kid", "kid_std", "aug_p", "seconds"} <= set(history.columns)
+    assert history["kid"].notna().all()
+    quality = fileio.read_json(run.path / "quality.json")
+    assert quality["latest"]["feature_space"] == "hed_vgg16_pool345@32"
+    assert fileio.read_json(run.path / "checkpoint/state.json")["epoch"] == 2
+    grid_image = Image.open(run.path / "samples/epoch_0001.png")
+    assert grid_image.size == (16 * 2 + 2, 16 * 2 + 2)
+
+    first = gan.sample(run, 3, seed=5)
+    gan._GENERATORS.clear()  # Reload the saved generator from disk.
+    again = gan.sample(run, 3, seed=5)
+    assert first.shape == (3, 16, 16, 3) and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, gan.sample(run, 3, seed=6))
+    strip = gan.interpolate(run, 0, 1, steps=4)
+    np.testing.assert_array_equal(strip[0], gan.sample(run, 1, seed=0)[0])
+    with pytest.raises(ValueError, match="only genre"):
+        gan.sample(run, 2, seed=0, genre="portrait")
+
+    out = isolated_artifacts / "grid.png"
+    assert cli.main(["gan", "sample", str(run.path), "--n", "4", "--seed", "1", "--out", str(out)]) == 0
+    assert Image.open(out).size == (16 * 2 + 2, 16 * 2 + 2)
+    assert cli.main(["gan", "interpolate", run.id, "--seeds", "0", "3", "--steps", "3"]) == 0
+    assert Image.open(run.path / "samples/interpolate_0_3.png").size == (16 * 3 + 4, 16)
+    assert cli.main(["gan", "sample", "no-such-run"]) == 2
+
+
+def test_cancel_then_resume_continues_from_the_checkpoint(tiny_dataset_dir, isolated_artifacts):
+    config = run_config(tiny_dataset_dir, epochs=3)
+    run = runs.create_run("gan", config.to_dict(), classes=[config.genre])
+    events = []
+
+    def cancel_in_second_epoch(event):
+        events.append(event)
+        if event["stage"] == "batch" and any(e["stage"] == "epoch" and e["done"] == 1 for e in events):
+            run.request_cancel()
+
+    with pytest.raises(runs.Cancelled):
+        gan.execute(run, progress=cancel_in_second_epoch)
+    assert list(run.history()["epoch"]) == [1]
+    assert fileio.read_json(run.path / "checkpoint/state.json")["epoch"] == 1
+    assert not (run.path / "samples/epoch_0002.png").exists()
+
+    run.clear_cancel()
+    gan.execute(run)
+    assert list(run.history()["epoch"]) == [1, 2, 3]
+    assert fileio.read_json(run.path / "checkpoint/state.json")["epoch"] == 3
+
+
+def test_conditional_run_samples_the_chosen_genre(tiny_dataset_dir, isolated_artifacts, monkeypatch):
+    config = run_config(tiny_dataset_dir, conditional=True, genre=None, genres=["landscape", "portrait"], epochs=1)
+    run = runs.create_run("gan", config.to_dict())
+    gan.execute(run)
+    assert run.classes() == ["landscape", "portrait"]
+    seen = []
+    original = gan._generate
+
+    def spy(generator, noise, labels, batch_size=64):
+        seen.append(None if labels is None else labels.tolist())
+        return original(generator, noise, labels, batch_size)
+
+    monkeypatch.setattr(gan, "_generate", spy)
+    portraits = gan.sample(run, 2, seed=0, genre="portrait")
+    landscapes = gan.sample(run, 2, seed=0, genre="landscape")
+    assert seen == [[1, 1], [0, 0]]
+    assert not np.array_equal(portraits, landscapes)
+    with pytest.raises(ValueError, match="not one of"):
+        gan.sample(run, 2, seed=0, genre="abstract")
+
+
+def test_gan_train_cli_rejects_bad_input(capsys):
+    assert cli.main(["gan", "train", "--data", "/no/such/folder", "--epochs", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err

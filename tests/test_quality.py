@@ -1,0 +1,73 @@
+"""KID/FID maths on known feature sets, and the named offline feature space."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from genre_core import quality
+
+
+def test_kid_of_constant_sets_has_the_closed_form_value():
+    # With d = 1, a = 0 and b = 1: k(a, a) = 1, k(b, b) = (1 + 1)^3 = 8, k(a, b) = 1, so MMD^2 = 1 + 8 - 2 = 7.
+    mean, std = quality.kid(np.zeros((20, 1)), np.ones((20, 1)), subsets=5, subset_size=10)
+    assert mean == pytest.approx(7.0)
+    assert std == pytest.approx(0.0)
+
+
+def test_kid_of_a_set_against_itself_is_about_zero_and_against_noise_is_large():
+    rng = np.random.default_rng(0)
+    features = rng.normal(0.0, 1.0, (400, 32))
+    same_mean, same_std = quality.kid(features, features, subsets=20, subset_size=200)
+    other_draw, _ = quality.kid(features, rng.normal(0.0, 1.0, (400, 32)), subsets=20, subset_size=200)
+    noise_mean, noise_std = quality.kid(features, rng.uniform(0.0, 3.0, (400, 32)), subsets=20, subset_size=200)
+    # Subsets of one set share samples, which biases the estimate slightly; it stays near 0 next to noise.
+    assert abs(same_mean) < 0.1 and abs(other_draw) < 0.02
+    assert noise_mean > 10.0
+    assert noise_mean > 100 * max(abs(same_mean), same_std)
+    assert noise_std >= 0.0
+
+
+def test_kid_rejects_bad_input_with_a_clear_message():
+    with pytest.raises(ValueError, match="differ in dimension"):
+        quality.kid(np.zeros((5, 3)), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        quality.kid(np.zeros((1, 3)), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        quality.kid(np.full((4, 3), np.nan), np.zeros((5, 3)))
+
+
+def test_fid_is_zero_for_identical_sets_and_the_mean_shift_squared_otherwise():
+    rng = np.random.default_rng(1)
+    features = rng.normal(0.0, 1.0, (500, 4))
+    assert quality.fid(features, features) == pytest.approx(0.0, abs=1e-6)
+    # Shifting every feature by 2 moves the mean by 2 in each of 4 dimensions: FID = 4 * 2^2 = 16.
+    assert quality.fid(features, features + 2.0) == pytest.approx(16.0, abs=1e-4)
+
+
+def test_compare_names_the_feature_space_and_skips_fid_on_small_sets():
+    rng = np.random.default_rng(2)
+    small = quality.compare(rng.normal(size=(100, 8)), rng.normal(size=(120, 8)), "test_space@1", subsets=3)
+    assert small["feature_space"] == "test_space@1"
+    assert small["fid"] is None and "2048" in small["fid_note"]
+    assert (small["n_generated"], small["n_real"]) == (100, 120)
+    large = quality.compare(rng.normal(size=(2048, 4)), rng.normal(size=(2048, 4)), "test_space@1", subsets=2,
+                            subset_size=100)
+    assert large["fid"] is not None and large["fid"] < 0.1
+
+
+def test_feature_space_names_and_hed_features(monkeypatch):
+    monkeypatch.setattr(quality.backbones, "keras_cached_weights", lambda name: None)
+    assert quality.resolve_feature_space("auto") == "hed_vgg16"
+    with pytest.raises(ValueError, match="unknown feature space"):
+        quality.resolve_feature_space("clip")
+    extractor = quality.FeatureExtractor("auto", image_size=32)
+    assert extractor.name == "hed_vgg16_pool345@32"
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (3, 20, 20, 3), dtype=np.uint8)
+    features = extractor(np.concatenate([images, images[:1]]))
+    assert features.shape == (4, 256 + 512 + 512)
+    np.testing.assert_allclose(features[0], features[3], rtol=1e-5)
+    assert not np.allclose(features[0], features[1])
+    with pytest.raises(ValueError, match="shape"):
+        extractor(np.zeros((2, 20, 20), dtype=np.uint8))
