@@ -152,6 +152,12 @@ def _load_classifier_cached(run_dir: str, mtime_ns: int, size: int) -> Classifie
     return Classifier(model=model, classes=list(classes), size=size, policy=policy, run_dir=folder)
 
 
+def classify_images(run_or_path: Any, sources: Sequence[images.ImageSource], names: Sequence[str] | None = None,
+                    top_k: int = 3) -> list[dict]:
+    """Load a run's classifier (cached) and classify files or bytes; see `Classifier.classify`."""
+    return load_classifier(run_or_path).classify(sources, names=names, top_k=top_k)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Grad-CAM
 # ----------------------------------------------------------------------------------------------------------
@@ -164,30 +170,12 @@ def _is_model(layer: Any) -> bool:
     return isinstance(layer, keras.Model)
 
 
-def _rank(tensor: Any) -> int:
-    """Number of dimensions of a symbolic tensor (batch included)."""
-    return len(tensor.shape)
-
-
-def _node_in(model: Any, layer: Any) -> Any | None:
-    """The node where `model`'s own graph calls `layer` (a layer can be shared by several models)."""
-    graph_nodes = {id(node) for nodes in getattr(model, "_nodes_by_depth", {}).values() for node in nodes}
-    for node in getattr(layer, "_inbound_nodes", None) or []:
-        if id(node) in graph_nodes:
-            return node
-    return None
-
-
-def _output_in(model: Any, layer: Any) -> Any:
-    """The symbolic output of `layer` in the graph of `model`."""
-    node = _node_in(model, layer)
-    return node.output_tensors[0] if node is not None else layer.output
-
-
-def _input_in(model: Any, layer: Any) -> Any:
-    """The symbolic input of `layer` in the graph of `model`."""
-    node = _node_in(model, layer)
-    return node.input_tensors[0] if node is not None else layer.input
+def _graph_of(model: Any) -> Any | None:
+    """The functional graph of a model: itself when Functional, its inner graph when Sequential, else None."""
+    if hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth"):
+        return model
+    inner = getattr(model, "_functional", None)
+    return inner if inner is not None and hasattr(inner, "_run_through_graph") else None
 
 
 def _has_convolution(model: Any) -> bool:
@@ -198,79 +186,72 @@ def _has_convolution(model: Any) -> bool:
     return False
 
 
-def _find_conv_target(model: Any) -> tuple[Any, Any | None]:
-    """Find the last layer with a 4-D output: returns (outer layer, inner layer inside it or None)."""
-    import keras
-
-    if not _has_convolution(model):
-        raise ValueError(NO_CONV_MESSAGE)
-    for layer in reversed(model.layers):
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if _is_model(layer):
-            if _rank(layer.output) == 4:
-                return layer, None
-            for inner in reversed(layer.layers):
-                if isinstance(inner, keras.layers.InputLayer) or _is_model(inner):
-                    continue
-                if _rank(inner.output) == 4:
-                    return layer, inner
-            continue
-        try:
-            if _rank(_output_in(model, layer)) == 4:
-                return layer, None
-        except (AttributeError, ValueError, IndexError):
-            continue
-    raise ValueError(NO_CONV_MESSAGE)
+def _is_softmax(layer: Any) -> bool:
+    """True for a Softmax layer, an Activation("softmax") layer or a Dense layer with softmax activation."""
+    name = type(layer).__name__
+    activation = getattr(getattr(layer, "activation", None), "__name__", "")
+    return name == "Softmax" or (name in ("Activation", "Dense") and activation == "softmax")
 
 
-@dataclass
-class _GradCamGraph:
-    """Callables that map an input batch to (conv feature map, class scores) with the feature map on the tape."""
+class _Tap:
+    """What one traced forward pass records: the last 4-D feature map after a convolution, and the logits."""
 
-    prefix: Any           # input -> nested model's input (None for a flat target)
-    features: Any         # (prefix output or input) -> [feature map, stage output]
-    head: Any             # stage output -> penultimate activations or probabilities
-    dense: Any | None     # final softmax Dense layer whose logits we use, or None to use probabilities
+    def __init__(self):
+        self.seen_convolution = False
+        self.feature_map = None
+        self.logits = None
+
+    def after(self, layer: Any, inputs: tuple, outputs: Any) -> None:
+        """Record a layer's output when it is a feature map, and the input of a softmax as the logits."""
+        import keras
+
+        if "Conv" in type(layer).__name__:
+            self.seen_convolution = True
+        if self.seen_convolution and not isinstance(outputs, (list, tuple)) and len(outputs.shape) == 4:
+            self.feature_map = outputs
+        if _is_softmax(layer) and inputs:
+            logits = inputs[0]
+            if type(layer).__name__ == "Dense":
+                logits = keras.ops.matmul(logits, layer.kernel.value)
+                if layer.use_bias:
+                    logits = logits + layer.bias.value
+            self.logits = logits
 
 
-def _final_softmax_dense(model: Any) -> Any | None:
-    """The model's last layer when it is a Dense with softmax activation (so Grad-CAM can use its logits)."""
-    import keras
+def _traced_call(model: Any, inputs: Any, tap: _Tap) -> Any:
+    """Run a model layer by layer in inference mode, descending into nested models, reporting to `tap`."""
+    graph = _graph_of(model)
+    if graph is None:
+        raise ValueError(f"Grad-CAM needs a functional or sequential Keras model, not {type(model).__name__}")
 
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Dense) and getattr(last.activation, "__name__", "") == "softmax":
-        return last
-    return None
+    def operation_fn(operation):
+        nested = _graph_of(operation) if _is_model(operation) else None
 
+        def call(*args, **kwargs):
+            if nested is not None:
+                return _traced_call(operation, args[0], tap)
+            # As Keras's own graph runner does: pass training=False to the layers that take it.
+            if "training" in getattr(operation, "_call_context_args", {}):
+                kwargs["training"] = False
+            outputs = operation(*args, **kwargs)
+            tap.after(operation, args, outputs)
+            return outputs
 
-@functools.lru_cache(maxsize=8)
-def _gradcam_graph(model: Any) -> _GradCamGraph:
-    """Build (once per model) the sub-models Grad-CAM needs, for flat models and nested backbones."""
-    import keras
+        return call
 
-    outer, inner = _find_conv_target(model)
-    dense = _final_softmax_dense(model)
-    final = _input_in(model, dense) if dense is not None else model.outputs[0]
-    if inner is None:
-        features = keras.Model(model.inputs, [_output_in(model, outer), final])
-        return _GradCamGraph(prefix=None, features=features, head=None, dense=dense)
-    # The feature map lives inside a nested model: run the layers before it, the nested model (exposing the
-    # inner feature map), then the layers after it, each as its own sub-model.
-    prefix = keras.Model(model.inputs, _input_in(model, outer))
-    features = keras.Model(outer.inputs, [_output_in(outer, inner), outer.outputs[0]])
-    stage_output = _output_in(model, outer)
-    # When the nested model feeds the final layer directly there is nothing in between to run.
-    head = None if stage_output is final else keras.Model(stage_output, final)
-    return _GradCamGraph(prefix=prefix, features=features, head=head, dense=dense)
+    if hasattr(graph, "_standardize_inputs"):
+        inputs = graph._standardize_inputs(inputs)
+    outputs = graph._run_through_graph(inputs, operation_fn=operation_fn)
+    return outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
 
 
 def gradcam(classifier: Classifier | Any, image_uint8: np.ndarray, class_index: int | None = None
             ) -> tuple[np.ndarray, int]:
     """Grad-CAM heat map (H x W floats in 0..1, the image's size) for one image; class defaults to the top one.
 
-    Works for a flat convolutional model and for one whose backbone is a nested Keras model; a model without a
-    4-D (convolutional) output raises ValueError.
+    The feature map is the last 4-D output after a convolution, found while running the model layer by layer,
+    also inside nested backbones (at any depth). The class score is the logit before the final softmax when
+    there is one, else the probability. A model without convolutions raises ValueError.
     """
     import tensorflow as tf
 
@@ -278,27 +259,25 @@ def gradcam(classifier: Classifier | Any, image_uint8: np.ndarray, class_index: 
     image = np.asarray(image_uint8)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"Grad-CAM needs one RGB image of shape (H, W, 3), got {image.shape}")
-    graph = _gradcam_graph(model)
+    if not _has_convolution(model):
+        raise ValueError(NO_CONV_MESSAGE)
     batch = tf.convert_to_tensor(image[None].astype(np.float32))
+    tap = _Tap()
     with tf.GradientTape() as tape:
-        stage_input = graph.prefix(batch, training=False) if graph.prefix is not None else batch
-        feature_map, stage_output = graph.features(stage_input, training=False)
-        final = graph.head(stage_output, training=False) if graph.head is not None else stage_output
-        if graph.dense is not None:
-            scores = tf.matmul(final, graph.dense.kernel.value)
-            if graph.dense.use_bias:
-                scores = scores + graph.dense.bias.value
-        else:
-            scores = final
+        probabilities = _traced_call(model, batch, tap)
+        if tap.feature_map is None:
+            raise ValueError(NO_CONV_MESSAGE)
+        scores = tf.cast(tap.logits if tap.logits is not None else probabilities, tf.float32)
         if class_index is None:
             class_index = int(tf.argmax(scores[0]))
         if not 0 <= class_index < scores.shape[-1]:
             raise ValueError(f"class index {class_index} is outside 0..{scores.shape[-1] - 1}")
         score = scores[:, class_index]
-    gradients = tape.gradient(score, feature_map)
+    gradients = tape.gradient(score, tap.feature_map)
     if gradients is None:
-        raise ValueError("Grad-CAM got no gradient from the class score to the feature map")
-    weights = tf.reduce_mean(gradients, axis=(1, 2))                        # (1, channels)
+        raise ValueError("Grad-CAM got no gradient from the class score to the last feature map")
+    feature_map = tf.cast(tap.feature_map, tf.float32)
+    weights = tf.reduce_mean(tf.cast(gradients, tf.float32), axis=(1, 2))           # (1, channels)
     cam = tf.nn.relu(tf.reduce_sum(feature_map * weights[:, None, None, :], axis=-1))[0]
     cam = tf.image.resize(cam[..., None], image.shape[:2], method="bilinear")[..., 0].numpy()
     peak = float(cam.max())

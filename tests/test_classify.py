@@ -88,7 +88,7 @@ def test_classify_bytes_and_a_bad_file_among_good_ones(run_dir, image_files):
     assert [r["name"] for r in results] == ["upload.png", "broken.jpg", "landscape.jpg"]
     assert [r["ok"] for r in results] == [True, False, True]
     assert "broken.jpg" in results[1]["error"] and results[1]["top"] == []
-    from_path = classifier.classify([image_files / "a_portrait.png"])[0]
+    from_path = classify.classify_images(run_dir, [image_files / "a_portrait.png"])[0]
     np.testing.assert_allclose(results[0]["top"][0][1], from_path["top"][0][1], rtol=1e-6)
     with pytest.raises(ValueError, match="names"):
         classifier.classify([png_bytes], names=["a", "b"])
@@ -216,10 +216,20 @@ def square_models():
     pooled_backbone = keras.Model(pooled_input, pool(conv2(conv1(pooled_input))), name="pooled_backbone")
     top_input = keras.Input((SIZE, SIZE, 3))
     nested_pooled = keras.Model(top_input, dense(pooled_backbone(rescale(top_input))))
-    return {"flat": flat, "nested_4d": nested_4d, "nested_pooled": nested_pooled}
+    # ... and shaped like the project's transfer models: classifier(head(extractor(backbone))), where the
+    # head ends with a logits Dense and a separate softmax Activation.
+    extractor_input = keras.Input((SIZE, SIZE, 3))
+    extractor = keras.Model(extractor_input, pool(backbone(rescale(extractor_input))), name="features")
+    head_input = keras.Input((8,))
+    logits = keras.layers.Dense(2, name="logits")
+    head = keras.Model(head_input, keras.layers.Activation("softmax")(logits(head_input)), name="head")
+    logits.set_weights(dense.get_weights())
+    image = keras.Input((SIZE, SIZE, 3))
+    deep = keras.Model(image, head(extractor(image)))
+    return {"flat": flat, "nested_4d": nested_4d, "nested_pooled": nested_pooled, "deep": deep}
 
 
-@pytest.mark.parametrize("variant", ["flat", "nested_4d", "nested_pooled"])
+@pytest.mark.parametrize("variant", ["flat", "nested_4d", "nested_pooled", "deep"])
 def test_gradcam_peaks_in_the_square(square_models, variant):
     model = square_models[variant]
     rng = np.random.default_rng(11)
@@ -237,7 +247,7 @@ def test_gradcam_peaks_in_the_square(square_models, variant):
 def test_gradcam_same_for_flat_and_nested(square_models):
     image = square_image(np.random.default_rng(5), 2)
     flat, _ = classify.gradcam(square_models["flat"], image, class_index=1)
-    for variant in ("nested_4d", "nested_pooled"):
+    for variant in ("nested_4d", "nested_pooled", "deep"):
         nested, index = classify.gradcam(square_models[variant], image, class_index=1)
         assert index == 1
         np.testing.assert_allclose(nested, flat, atol=1e-4)
