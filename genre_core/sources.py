@@ -897,8 +897,9 @@ def _parse_parquet_reference(text: str) -> tuple[str, int] | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _open_parquet(file: str, size: int, mtime_ns: int):
-    """Open a Parquet file once per process (keyed by size and mtime): (file, row-group starts, image column)."""
+def _open_parquet(file: str, size: int, mtime_ns: int, pid: int):
+    """Open a Parquet file once per process (keyed by size, mtime and process id, so a forked worker opens its
+    own handle): (file, row-group starts, image column)."""
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(file)
@@ -910,9 +911,9 @@ def _open_parquet(file: str, size: int, mtime_ns: int):
 
 
 @functools.lru_cache(maxsize=4)
-def _parquet_group_images(file: str, size: int, mtime_ns: int, group: int) -> list:
+def _parquet_group_images(file: str, size: int, mtime_ns: int, pid: int, group: int) -> list:
     """The image cells of one row group, cached so that reading rows in order decodes each group once."""
-    parquet, _starts, column = _open_parquet(file, size, mtime_ns)
+    parquet, _starts, column = _open_parquet(file, size, mtime_ns, pid)
     return parquet.read_row_group(group, columns=[column]).column(0).to_pylist()
 
 
@@ -925,7 +926,7 @@ def _parquet_image_bytes(file: str, row: int) -> bytes:
         raise ImageError(label, f"cannot read the Parquet file ({exc.strerror or exc})") from None
     with _PARQUET_LOCK:
         try:
-            _parquet, starts, column = _open_parquet(file, stat.st_size, stat.st_mtime_ns)
+            _parquet, starts, column = _open_parquet(file, stat.st_size, stat.st_mtime_ns, os.getpid())
         except Exception as exc:  # pyarrow raises several error types for a damaged file.
             raise ImageError(label, f"not a readable Parquet file ({exc})") from None
         if column is None:
@@ -933,7 +934,7 @@ def _parquet_image_bytes(file: str, row: int) -> bytes:
         if not 0 <= row < starts[-1]:
             raise ImageError(label, f"row {row} is out of range (the file has {starts[-1]} rows)")
         group = next(index for index in range(len(starts) - 1) if starts[index] <= row < starts[index + 1])
-        cell = _parquet_group_images(file, stat.st_size, stat.st_mtime_ns, group)[row - starts[group]]
+        cell = _parquet_group_images(file, stat.st_size, stat.st_mtime_ns, os.getpid(), group)[row - starts[group]]
     if isinstance(cell, dict):
         data, stored_path = cell.get("bytes"), cell.get("path")
         if data:
