@@ -386,7 +386,7 @@ def run_job(run: Run | str | os.PathLike, lock_fd: int | None = None, poll: floa
             _say("cancelled while queued")
             final = {"state": "cancelled", "message": "cancelled while queued"}
             return "cancelled"
-        run.update_status(state="running", started_at=runs.now_iso(), message="running")
+        run.update_status(state="running", started_at=runs.now_iso(), message=f"starting the {run.kind} job")
         _say(f"running ({run.kind})")
         final = _execute(run)
         return final["state"]
