@@ -263,3 +263,17 @@ def test_job_started_by_hand_refuses_a_finished_run(isolated_artifacts):
     with pytest.raises(ValueError, match="already finished"):
         jobs.run_job(run)
     assert not jobs.is_locked(run)
+
+
+def test_cli_job_command_runs_a_job_in_the_foreground(isolated_artifacts, runs_cli):
+    run = selftest_run(epochs=2, step_seconds=0.01)
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    assert runs_cli(["job", str(run.path)]) == 0
+    assert signal.getsignal(signal.SIGTERM) == previous_handler
+    assert run.status()["state"] == "finished" and run.history()["epoch"].tolist() == [1, 2]
+    failing = selftest_run(epochs=2, step_seconds=0.01, fail_at=1)
+    assert runs_cli(["job", str(failing.path)]) == 1
+    cancelled = selftest_run(epochs=2, step_seconds=0.01)
+    cancelled.request_cancel()
+    assert runs_cli(["job", str(cancelled.path)]) == 3
+    assert runs_cli(["job", str(run.path)]) == 2  # already finished
