@@ -235,14 +235,14 @@ def load_pbn(path: str | os.PathLike) -> Dataset:
         if found is not None:
             present += 1
         if genre_vocab.is_no_genre(genre):
-            issues.count("no_genre", "rows have no genre; dropped", f"{where} ({file_name})")
+            issues.add("no_genre", "rows have no genre; dropped", f"{where} ({file_name})")
             continue
         issues.metadata_genres[genre] += 1
         if not genre_vocab.is_known_genre(genre):
             issues.unknown_genre(genre, "rows have a genre that is not a Painter by Numbers genre; kept as new "
                                  "classes", where)
         if found is None:
-            issues.count("missing_files", "rows with a genre name a file that is not present (a partial "
+            issues.add("missing_files", "rows with a genre name a file that is not present (a partial "
                          "download?)", f"{where} ({row_split}/{file_name})")
             continue
         full_path, size, mtime = found
@@ -300,7 +300,7 @@ def load_artgan(root: str | os.PathLike) -> Dataset:
             relative = _check_inside(root, relative, where)
             found = listings.lookup(relative)
             if found is None:
-                issues.count("missing_files", "rows name a file that is not present (a partial download?)",
+                issues.add("missing_files", "rows name a file that is not present (a partial download?)",
                              f"{where} ({relative})")
                 continue
             full_path, size, mtime = found
@@ -397,7 +397,7 @@ def load_csv(csv_path: str | os.PathLike) -> Dataset:
             continue
         genre = frame.at[index, genre_column].strip()
         if genre_vocab.is_no_genre(genre):
-            issues.count("no_genre", "rows have no genre; dropped", f"{where} ({relative})")
+            issues.add("no_genre", "rows have no genre; dropped", f"{where} ({relative})")
             continue
         issues.metadata_genres[genre] += 1
         relative = _check_inside(root, relative, where)
@@ -414,7 +414,7 @@ def load_csv(csv_path: str | os.PathLike) -> Dataset:
                            f"{where} ({raw_split!r})")
         found = listings.lookup(relative)
         if found is None:
-            issues.count("missing_files", "rows name a file that is not present", f"{where} ({relative})")
+            issues.add("missing_files", "rows name a file that is not present", f"{where} ({relative})")
             continue
         full_path, size, mtime = found
         if size == 0:
@@ -478,7 +478,7 @@ def load_parquet(path: str | os.PathLike) -> Dataset:
                            f"{where} (label {value})")
                 continue
             if genre is None or genre_vocab.is_no_genre(genre):
-                issues.count("no_genre", "rows have no genre (blank or 'Unknown Genre'); dropped", where)
+                issues.add("no_genre", "rows have no genre (blank or 'Unknown Genre'); dropped", where)
                 continue
             issues.metadata_genres[genre] += 1
             record = {"path": f"{file}#{row}", "genre": genre, "split": split}
@@ -519,14 +519,10 @@ class _Issues:
 
     def add(self, kind: str, description: str, example: str) -> None:
         """Count one problem of `kind`, keeping the first few examples; it is listed in report["problems"]."""
-        entry = self.kinds.setdefault(kind, {"count": 0, "description": description, "examples": [], "list": True})
+        entry = self.kinds.setdefault(kind, {"count": 0, "description": description, "examples": []})
         entry["count"] += 1
         if len(entry["examples"]) < EXAMPLES_PER_PROBLEM:
             entry["examples"].append(example)
-
-    def count(self, kind: str, description: str, example: str) -> None:
-        """Like `add`, for expected situations (missing files, blank genres) that still get one summary line."""
-        self.add(kind, description, example)
 
     def unknown_genre(self, genre: str, description: str, where: str) -> None:
         """Record a genre name outside the known vocabularies (kept as a new class)."""

@@ -138,3 +138,10 @@ def test_text_progress_prints_one_line_per_tenth_when_not_a_terminal():
     assert len(lines) == 11
     assert lines[-1].startswith("work [" + "#" * 30 + "] 100/100")
     assert "decoding" in lines[0]
+
+
+def test_prepare_with_no_usable_images_is_an_error(capsys, tmp_path, isolated_artifacts):
+    (tmp_path / "all_data_info.csv").write_text("artist,genre,in_train,new_filename\nA,portrait,True,1.jpg\n")
+    code, out, err = run_cli(capsys, "data", "prepare", str(tmp_path), "--size", "16")
+    assert code == 2 and out == ""
+    assert "no usable images to prepare (1 metadata rows, 1 missing files" in err

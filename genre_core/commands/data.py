@@ -60,6 +60,10 @@ def cmd_prepare(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be 1 or more, not {args.workers}")
     dataset = load_dataset(args.path, source=args.source)
+    if dataset.manifest.empty:
+        report = dataset.report
+        raise ValueError(f"{args.path}: no usable images to prepare ({report['rows']:,} metadata rows, "
+                         f"{report['missing_files']:,} missing files, {report['no_genre']:,} without a genre)")
     started = time.perf_counter()
     cache = prepare_cache(dataset, size, args.policy, progress=TextProgress("preparing"), workers=args.workers)
     seconds = time.perf_counter() - started
