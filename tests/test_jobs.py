@@ -277,3 +277,21 @@ def test_cli_job_command_runs_a_job_in_the_foreground(isolated_artifacts, runs_c
     cancelled.request_cancel()
     assert runs_cli(["job", str(cancelled.path)]) == 3
     assert runs_cli(["job", str(run.path)]) == 2  # already finished
+
+
+def test_queue_is_first_come_first_served(isolated_artifacts):
+    first = selftest_run(epochs=2, step_seconds=0.2)
+    jobs.launch(first)
+    wait_for(lambda: first.status()["state"] == "running")
+    waiting = [selftest_run(epochs=1, step_seconds=0.05) for _ in range(3)]
+    for run in waiting:
+        jobs.launch(run)
+        time.sleep(0.02)  # Distinct queued_at stamps.
+    wait_for(lambda: [row["id"] for row in jobs.queue()] == [first.id] + [run.id for run in waiting])
+    for run in waiting:
+        assert jobs.wait(run, timeout=30)["state"] == "finished"
+    started = [run.raw_status()["started_at"] for run in [first, *waiting]]
+    assert started == sorted(started)
+    finished = [run.raw_status()["finished_at"] for run in [first, *waiting]]
+    # One at a time: each job starts only after the previous one finished.
+    assert all(finished[index] <= started[index + 1] for index in range(3))
