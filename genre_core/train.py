@@ -25,10 +25,10 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -241,12 +241,7 @@ class LoopResult:
 
 def predict_probabilities(model, inputs, batch_size: int = 64) -> np.ndarray:
     """Softmax outputs for an array (images or features) or a tf.data dataset of (x, y) batches."""
-    import tensorflow as tf
-
-    @tf.function(reduce_retracing=True)
-    def forward(batch):
-        return tf.cast(model(tf.cast(batch, tf.float32), training=False), tf.float32)
-
+    forward = _forward_function(model)
     outputs = []
     if isinstance(inputs, np.ndarray):
         for start in range(0, len(inputs), batch_size):
@@ -257,6 +252,32 @@ def predict_probabilities(model, inputs, batch_size: int = 64) -> np.ndarray:
     if not outputs:
         return np.zeros((0, int(model.output.shape[-1])), dtype=np.float32)
     return np.concatenate(outputs).astype(np.float32)
+
+
+_FORWARD = weakref.WeakKeyDictionary()
+
+
+def _forward_function(model):
+    """One traced inference function per model (float32 probabilities), reused across calls."""
+    import tensorflow as tf
+
+    if model not in _FORWARD:
+        @tf.function(reduce_retracing=True)
+        def forward(batch):
+            return tf.cast(model(tf.cast(batch, tf.float32), training=False), tf.float32)
+
+        _FORWARD[model] = forward
+    return _FORWARD[model]
+
+
+def agree(strategy, value: float) -> float:
+    """Average a number over all workers, so every worker takes the same early-stopping decision."""
+    if worker_count() <= 1 or not math.isfinite(value):
+        return value
+    import tensorflow as tf
+
+    per_replica = strategy.run(lambda: tf.constant(value, tf.float32))
+    return float(strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None))
 
 
 def scores(labels: np.ndarray, probabilities: np.ndarray, num_classes: int) -> dict:
@@ -370,6 +391,7 @@ def fit(
         train_loss = loss_sum / max(steps_per_epoch, 1)
         train_accuracy = correct_sum / max(seen, 1)
         val_loss, val_accuracy = evaluate_val() if evaluate_val is not None else (float("nan"), float("nan"))
+        val_loss, val_accuracy = agree(strategy, val_loss), agree(strategy, val_accuracy)
         learning_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         row = {"epoch": epoch + 1, "loss": round(train_loss, 6), "accuracy": round(train_accuracy, 6),
                "val_loss": round(val_loss, 6), "val_accuracy": round(val_accuracy, 6),
@@ -426,7 +448,9 @@ def prepare_data(config: TrainConfig, size: int, progress: Progress | None = Non
     dataset = sources.load_dataset(config.data)
     if len(dataset.manifest) == 0:
         raise ValueError(f"dataset {config.data} has no usable images")
-    cache = image_cache.prepare_cache(dataset, (size, size), config.policy, progress=progress)
+    # Small datasets decode faster in this process than through a pool of fresh worker processes.
+    workers = 1 if len(dataset.manifest) < 500 else None
+    cache = image_cache.prepare_cache(dataset, (size, size), config.policy, progress=progress, workers=workers)
     manifest = cache.manifest.copy()
     manifest["row"] = np.arange(len(manifest))
     manifest = manifest[manifest["ok"]].reset_index(drop=True)
