@@ -441,12 +441,7 @@ class Interpretation:
     def train_counts(self) -> pd.Series:
         """Training images per genre: recorded in metrics.json/config.json if present, else recounted; NaN if unknown."""
         if self._train_counts is None:
-            counts = _recorded_train_counts(self.run_metrics, self.config, self.classes)
-            if counts is None and self.config:
-                counts = _recount_train_counts(self.config, self.classes, self.notes)
-            if counts is None:
-                counts = pd.Series(np.nan, index=self.classes, dtype=float)
-            self._train_counts = counts.reindex(self.classes).astype(float)
+            self._train_counts = run_train_counts(self.run_metrics, self.config, self.classes, self.notes)
         return self._train_counts
 
     # ---- everything at once ------------------------------------------------------------------------------
@@ -468,6 +463,18 @@ class Interpretation:
                              "examples": _records(issues.drop(columns=["top3"]))},
             "notes": list(self.notes),
         }
+
+
+def run_train_counts(metrics: dict | None, config: dict | None, classes: list[str], notes: list[str] | None = None
+                 ) -> pd.Series:
+    """Training images per genre for a run: recorded counts, else recounted from its dataset, else NaN."""
+    notes = notes if notes is not None else []
+    counts = _recorded_train_counts(metrics, config, classes)
+    if counts is None and isinstance(config, dict):
+        counts = _recount_train_counts(config, classes, notes)
+    if counts is None:
+        counts = pd.Series(np.nan, index=classes, dtype=float)
+    return counts.reindex(classes).astype(float)
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
@@ -543,6 +550,7 @@ def _recount_train_counts(config: dict, classes: list[str], notes: list[str]) ->
         if len(train) == 0:
             notes.append(f"training counts unknown: the run did not record them and {data} has no train split")
             return None
+        notes.append(f"training counts recounted from the train split of {data} (the run did not record them)")
         return train["genre"].value_counts().reindex(classes).fillna(0).astype(float)
     except Exception as exc:  # noqa: BLE001 - a missing or changed dataset must not break evaluation.
         notes.append(f"training counts unknown: could not recount from {data} ({exc})")
@@ -654,6 +662,10 @@ def _evaluate_on_dataset(run_dir: Path, data, *, map_genres: bool, broad: bool, 
     folder = run_dir / "evaluations" / paths.sanitize_id(Path(os.fspath(data)).name or str(data))
     fileio.atomic_write_csv(folder / "predictions.csv", frame)
     interpretation = Interpretation.from_predictions(frame, classifier.classes, run_dir=run_dir)
+    # Training counts are the run's own (what the model learnt from), not the other dataset's.
+    run_files = _RunFiles.read(run_dir)
+    interpretation._train_counts = run_train_counts(run_files.metrics, run_files.config, classifier.classes,
+                                                interpretation.notes)
     extra = {
         "data": os.fspath(data),
         "map_genres": map_genres,
@@ -702,7 +714,10 @@ def format_summary(summary: dict, pairs: int = 5) -> str:
         lines.append("skipped: " + ", ".join(f"{key} {value}" for key, value in summary["skipped"].items()))
     table = pd.DataFrame(summary["per_class"])
     columns = [c for c in ("genre", "train_count", "support", "precision", "recall", "f1") if c in table.columns]
-    lines += ["", table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}")]
+    table = table[columns].copy()
+    if "train_count" in table.columns:
+        table["train_count"] = pd.to_numeric(table["train_count"], errors="coerce").astype("Int64")
+    lines += ["", table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")]
     confused = summary.get("most_confused") or []
     lines += ["", "most confused (true -> predicted: count):"]
     lines += [f"  {row['true']} -> {row['predicted']}: {row['count']}" for row in confused[:pairs]] or ["  none"]

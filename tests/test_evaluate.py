@@ -309,3 +309,31 @@ def test_learning_curves_long_table(tmp_path):
     val = curves[(curves["run"] == "good") & (curves["metric"] == "val_accuracy")]
     assert val["value"].tolist() == [0.5, 0.58, 0.55]
     assert learning_curves([]).empty
+
+
+def test_train_counts_recounted_from_the_dataset(tmp_path, monkeypatch):
+    from genre_core import sources
+    from genre_core.dataset import Dataset
+
+    manifest = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(7)],
+                             "genre": ["abstract"] * 3 + ["portrait"] * 2 + ["landscape"] * 2,
+                             "split": ["train", "train", "test", "train", "train", "train", "val"]})
+    seen = []
+
+    def fake_load_dataset(path, source=None):
+        seen.append(path)
+        return Dataset(source="csv", root=tmp_path, manifest=manifest, classes=sorted(set(manifest["genre"])))
+
+    monkeypatch.setattr(sources, "load_dataset", fake_load_dataset)
+    interp = Interpretation.from_run(write_run(tmp_path / "run-f", train_counts=False))
+    assert interp.train_counts().tolist() == [2, 1, 2, 0]
+    assert seen == ["nowhere"]
+    assert any("recounted" in note for note in interp.notes)
+
+    def broken_load_dataset(path, source=None):
+        raise FileNotFoundError(f"{path} does not exist")
+
+    monkeypatch.setattr(sources, "load_dataset", broken_load_dataset)
+    interp = Interpretation.from_run(write_run(tmp_path / "run-g", train_counts=False))
+    assert interp.train_counts().isna().all()
+    assert any("does not exist" in note for note in interp.notes)
