@@ -169,6 +169,31 @@ def check_images(dataset: Dataset, progress=None) -> list[tuple[str, str]]:
     return failures
 
 
+def map_dataset_genres(dataset: Dataset, target: str = "artgan", *, broad: bool = False) -> Dataset:
+    """Rename genres into another vocabulary with `genres.map_genre`; rows with no counterpart are dropped.
+
+    Classes, labels, report counts and the fingerprint are recomputed; the report says how many rows were
+    dropped and which genres had no counterpart.
+    """
+    mapped = dataset.manifest["genre"].map(lambda name: genre_vocab.map_genre(name, target, broad=broad))
+    keep = mapped.notna()
+    manifest = dataset.manifest.loc[keep].copy()
+    manifest["genre"] = mapped[keep].astype(str)
+    classes = sorted(manifest["genre"].unique().tolist())
+    manifest["label"] = manifest["genre"].map({genre: label for label, genre in enumerate(classes)}).astype("int64")
+    manifest = manifest.reset_index(drop=True)
+    unmapped = sorted(dataset.manifest.loc[~keep, "genre"].unique().tolist())
+    report = dict(dataset.report, images=int(len(manifest)), genres_with_images=len(classes),
+                  problems=list(dataset.report.get("problems", [])))
+    report["genre_mapping"] = {"target": target, "broad": broad, "dropped_rows": int((~keep).sum()), "unmapped": unmapped}
+    if unmapped:
+        report["problems"].append(
+            f"{int((~keep).sum()):,} images dropped: genre(s) with no {target} counterpart: {', '.join(unmapped)}")
+    digest = hashlib.blake2b(f"{dataset.fingerprint}\0{target}\0{broad}".encode(), digest_size=16)
+    return Dataset(source=dataset.source, root=dataset.root, manifest=manifest, classes=classes, report=report,
+                   fingerprint=digest.hexdigest())
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Loaders
 

@@ -554,3 +554,14 @@ def test_manifest_matches_the_dataset_contract(tiny_dataset_dir, pbn_dir, artgan
         assert len(dataset.fingerprint) == 32
         json.dumps(dataset.report)
         assert isinstance(manifest, pd.DataFrame) and np.issubdtype(manifest["label"].dtype, np.integer)
+
+
+def test_map_dataset_genres_to_artgan(pbn_dir):
+    dataset = load_dataset(pbn_dir)
+    mapped = sources.map_dataset_genres(dataset, "artgan")
+    assert mapped.classes == ["landscape", "portrait"]
+    assert mapped.manifest["label"].tolist() == [mapped.classes.index(g) for g in mapped.manifest["genre"]]
+    assert mapped.report["genre_mapping"]["unmapped"] == ["gold leaf"]
+    assert mapped.report["images"] == 2 and mapped.fingerprint != dataset.fingerprint
+    assert any("no artgan counterpart: gold leaf" in problem for problem in mapped.report["problems"])
+    assert len(dataset.manifest) == 3  # the original is unchanged
