@@ -32,6 +32,7 @@ def assign_splits(
     test_fraction: float = 0.1,
     seed: int = 0,
     notes: list[str] | None = None,
+    keep_source_split: bool = True,
 ) -> pd.DataFrame | Dataset:
     """Give every row a split ("train", "val" or "test"), stratified by genre and deterministic for a seed.
 
@@ -39,7 +40,8 @@ def assign_splits(
     `test_fraction` of the unsplit and train rows is carved out as test; when it has no val rows,
     `val_fraction` of them is carved out as val (so for a source with train and test, val comes out of
     train). Genres with fewer than 3 images stay in train (said in `notes`); if stratification is still
-    impossible the split falls back to an unstratified random one and says so.
+    impossible the split falls back to an unstratified random one and says so. `keep_source_split=False`
+    ignores the source's split and splits everything afresh.
     """
     _check_fraction("val_fraction", val_fraction)
     _check_fraction("test_fraction", test_fraction)
@@ -49,13 +51,19 @@ def assign_splits(
     _require_columns(manifest, ("genre",))
     notes = notes if notes is not None else []
     frame = manifest.copy()
-    split = frame["split"].fillna("").astype(str) if "split" in frame.columns else pd.Series("", index=frame.index)
+    if "split" in frame.columns and keep_source_split:
+        split = frame["split"].fillna("").astype(str)
+    else:
+        split = pd.Series("", index=frame.index, dtype=object)
     unknown = sorted(set(split) - set(SPLITS) - {""})
     if unknown:
         raise ValueError(f"split column holds values other than train/val/test/blank: {', '.join(map(repr, unknown))}")
     # Work in path order (when there is a path) so the result does not depend on the manifest's row order.
     order = frame.sort_values("path", kind="stable").index if "path" in frame.columns else frame.index
     pool = [index for index in order if split[index] in ("", "train")]
+    if not pool and len(frame):
+        notes.append("the source's own split leaves no rows for training (every image is in val or test); "
+                     "pass keep_source_split=False to split them afresh")
     has_test = (split == "test").any()
     has_val = (split == "val").any()
     genres = frame["genre"].astype(str)

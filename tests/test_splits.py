@@ -197,3 +197,13 @@ def test_splits_on_a_loaded_folder_dataset(tiny_dataset_dir):
     table = pd.crosstab(dataset.manifest["genre"], dataset.manifest["split"])
     assert (table["test"] == 2).all() and (table["val"] == 2).all() and (table["train"] == 6).all()
     assert np.isclose(sum(splits.class_weights(dataset).values()), 3.0)
+
+
+def test_a_source_split_with_no_training_rows_is_explained_or_resplit():
+    manifest = manifest_of({"a": 10, "b": 10}, "test")
+    notes: list[str] = []
+    kept = splits.assign_splits(manifest, seed=0, notes=notes)
+    assert (kept["split"] == "test").all()
+    assert any("leaves no rows for training" in note for note in notes)
+    fresh = splits.assign_splits(manifest, val_fraction=0.1, test_fraction=0.1, seed=0, keep_source_split=False)
+    assert fresh["split"].value_counts().to_dict() == {"train": 16, "test": 2, "val": 2}
