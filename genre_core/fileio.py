@@ -19,6 +19,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except OSError as exc:
         raise _clear_os_error(exc, path) from exc
     try:
+        # mkstemp creates the file readable by its owner only; give it the old file's mode, or rw-r--r--.
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            mode = 0o644
+        try:
+            os.fchmod(fd, mode)
+        except (AttributeError, OSError):
+            pass  # Some platforms and file systems have no POSIX modes; the write itself still counts.
         with os.fdopen(fd, "wb") as handle:
             _write_file(handle, data, path)
         os.replace(tmp, path)

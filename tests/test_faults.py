@@ -262,3 +262,13 @@ def test_job_rewrites_a_missing_status_file(isolated_artifacts):
     assert jobs.run_job(run, poll=0.01) == "finished"
     assert runs.list_runs(kind="selftest")[0]["damaged"] is None
     assert run.status()["state"] == "finished"
+
+
+def test_atomic_writes_leave_files_readable_and_keep_their_mode(tmp_path):
+    target = tmp_path / "status.json"
+    fileio.atomic_write_json(target, {"state": "queued"})
+    assert target.stat().st_mode & 0o777 == 0o644
+    os.chmod(target, 0o664)
+    fileio.atomic_write_json(target, {"state": "running"})
+    assert target.stat().st_mode & 0o777 == 0o664
+    assert fileio.read_json(target) == {"state": "running"}
