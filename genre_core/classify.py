@@ -103,7 +103,8 @@ def run_input_size(config: dict | None, model: Any = None) -> tuple[int, int]:
     config = config if isinstance(config, dict) else {}
     for key in ("size", "image_size", "input_size"):
         value = config.get(key)
-        if value is not None:
+        # A size of 0 means "the model's default"; the model's own input shape says what that is.
+        if value not in (None, 0, "", "0"):
             return images.parse_size(tuple(value) if isinstance(value, list) else value)
     shape = getattr(model, "input_shape", None)
     if shape and len(shape) == 4 and shape[1] and shape[2]:

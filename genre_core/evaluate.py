@@ -537,20 +537,27 @@ def _recorded_train_counts(metrics: dict | None, config: dict | None, classes: l
 
 
 def _recount_train_counts(config: dict, classes: list[str], notes: list[str]) -> pd.Series | None:
-    """Recount training images per genre from the run's dataset when its split column says "train"."""
+    """Recount training images per genre by splitting the run's dataset again the way training does."""
     data = config.get("data")
     if not data:
         return None
     try:
-        from genre_core import sources
+        from genre_core import sources, splits
 
-        dataset = sources.load_dataset(data)
-        manifest = dataset.manifest
+        manifest = sources.load_dataset(data).manifest
+        if "val_fraction" in config or "test_fraction" in config:
+            # The same deterministic, seeded split (and subsample) the training run used.
+            manifest = splits.assign_splits(manifest, float(config.get("val_fraction", 0.1)),
+                                            float(config.get("test_fraction", 0.1)), int(config.get("seed", 0)))
+            fraction = float(config.get("data_fraction", 1.0) or 1.0)
+            if fraction < 1:
+                manifest = splits.subsample(manifest, fraction, int(config.get("seed", 0)))
         train = manifest[manifest["split"] == "train"] if "split" in manifest.columns else manifest.iloc[0:0]
         if len(train) == 0:
             notes.append(f"training counts unknown: the run did not record them and {data} has no train split")
             return None
-        notes.append(f"training counts recounted from the train split of {data} (the run did not record them)")
+        notes.append(f"training counts recounted from {data} with the run's split settings (unreadable images "
+                     "and oversampling not taken into account)")
         return train["genre"].value_counts().reindex(classes).fillna(0).astype(float)
     except Exception as exc:  # noqa: BLE001 - a missing or changed dataset must not break evaluation.
         notes.append(f"training counts unknown: could not recount from {data} ({exc})")
@@ -738,7 +745,7 @@ def _input_size(config: dict | None) -> str | None:
         return None
     for key in ("size", "image_size", "input_size"):
         value = config.get(key)
-        if value is None:
+        if value in (None, 0, "", "0"):
             continue
         try:
             from genre_core.images import parse_size

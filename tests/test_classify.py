@@ -323,3 +323,8 @@ def test_classify_import_is_light():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.stdout.strip() == "False False", result.stderr
+
+
+def test_size_zero_in_config_means_the_models_input_size(tmp_path):
+    classifier = classify.load_classifier(write_classifier_run(tmp_path / "size0", size=0, policy="crop"))
+    assert classifier.size == (SIZE, SIZE) and classifier.policy == "crop"

@@ -337,3 +337,24 @@ def test_train_counts_recounted_from_the_dataset(tmp_path, monkeypatch):
     interp = Interpretation.from_run(write_run(tmp_path / "run-g", train_counts=False))
     assert interp.train_counts().isna().all()
     assert any("does not exist" in note for note in interp.notes)
+
+
+def test_train_counts_recount_uses_the_runs_split_settings(tmp_path, monkeypatch):
+    from genre_core import sources, splits
+    from genre_core.dataset import Dataset
+
+    genres = ["abstract"] * 10 + ["landscape"] * 20 + ["portrait"] * 10
+    manifest = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(len(genres))], "genre": genres,
+                             "split": [""] * len(genres)})
+    monkeypatch.setattr(sources, "load_dataset", lambda path, source=None: Dataset(
+        source="folder", root=tmp_path, manifest=manifest.copy(), classes=sorted(set(genres))))
+    folder = write_run(tmp_path / "run-h", train_counts=False)
+    config = fileio.read_json(folder / "config.json")
+    config.update(val_fraction=0.2, test_fraction=0.2, seed=4)
+    fileio.atomic_write_json(folder / "config.json", config)
+    expected = splits.assign_splits(manifest.copy(), 0.2, 0.2, 4)
+    expected = expected[expected["split"] == "train"]["genre"].value_counts()
+    counts = Interpretation.from_run(folder).train_counts()
+    assert counts["landscape"] == expected["landscape"] and counts["abstract"] == expected["abstract"]
+    assert 0 < counts.sum() < len(genres)
+    assert counts["still_life"] == 0
