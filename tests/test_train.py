@@ -1,0 +1,154 @@
+"""The training loop end to end on the tiny dataset: run folder contents, reload, frozen features, cancel, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genre_core import fileio, jobs, runs, train
+from genre_core.config import TrainConfig
+
+TINY = {"model": "small_cnn", "size": 32, "epochs": 2, "batch_size": 8, "seed": 0, "val_fraction": 0.2,
+        "test_fraction": 0.2}
+RUN_FILES = ("config.json", "classes.json", "history.csv", "model.keras", "metrics.json", "predictions.csv",
+             "status.json", "log.txt", "checkpoint")
+
+
+def test_two_epoch_run_writes_every_file_and_reloads(tiny_dataset_dir, isolated_artifacts):
+    from genre_core import images, models
+
+    events = []
+    run = train.start_run({**TINY, "data": str(tiny_dataset_dir)}, progress=events.append)
+    assert run.status()["state"] == "finished", run.status()
+    for name in RUN_FILES:
+        assert (run.path / name).exists(), f"{name} is missing from the run folder"
+    assert run.path.parent == isolated_artifacts / "runs"
+
+    config = TrainConfig.from_dict({k: v for k, v in run.config().items() if k not in train.RUN_ONLY_KEYS})
+    assert config.model == "small_cnn" and config.size == 32
+    assert run.classes() == ["abstract", "landscape", "portrait"]
+
+    history = pd.read_csv(run.path / "history.csv")
+    assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+    assert history["epoch"].tolist() == [1, 2]
+    assert np.isfinite(history[["loss", "val_loss"]].to_numpy()).all()
+
+    metrics = fileio.read_json(run.path / "metrics.json")
+    for split in ("train", "val", "test"):
+        assert {"accuracy", "macro_f1", "loss"} <= set(metrics[split])
+        assert 0.0 <= metrics[split]["accuracy"] <= 1.0
+    assert metrics["train"]["count"] + metrics["val"]["count"] + metrics["test"]["count"] == 30
+
+    predictions = pd.read_csv(run.path / "predictions.csv")
+    assert list(predictions.columns[:4]) == ["path", "true", "predicted", "confidence"]
+    assert list(predictions.columns[4:]) == run.classes()
+    assert len(predictions) == metrics["test"]["count"]
+    probabilities = predictions[run.classes()].to_numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    accuracy = float((predictions["true"] == predictions["predicted"]).mean())
+    assert accuracy == pytest.approx(metrics["test"]["accuracy"])
+
+    # The saved model, loaded with safe_mode=True from the folder alone, predicts what predictions.csv says.
+    model = models.load_model(run.path / "model.keras")
+    batch = np.stack([images.load_rgb(path, config.size, config.policy) for path in predictions["path"]])
+    np.testing.assert_allclose(np.asarray(model(batch.astype("float32"), training=False)), probabilities, atol=1e-4)
+
+    stages = {event["stage"] for event in events}
+    assert {"prepare", "batch", "epoch"} <= stages
+    assert "epoch 2/2" in (run.path / "log.txt").read_text()
+
+
+def test_frozen_backbone_trains_its_head_on_cached_features(tiny_dataset_dir, isolated_artifacts):
+    from genre_core import models
+
+    config = {**TINY, "data": str(tiny_dataset_dir), "model": "hed_vgg16", "head_units": 0,
+              "feature_layers": ["block3_conv3", "block5_conv3"], "flip_features": True,
+              "balancing": "class_weights", "epochs": 3, "learning_rate": 0.01}
+    first_events = []
+    first = train.start_run(config, progress=first_events.append)
+    assert first.status()["state"] == "finished", first.status()
+    metrics = first.metrics()
+    assert metrics["frozen_features"] is True
+    assert any(event["stage"] == "features" for event in first_events)
+    folders = list((isolated_artifacts / "cache" / "embeddings").iterdir())
+    assert len(folders) == 1
+    assert {"features.npy", "features_flip.npy", "embeddings.json"} <= {p.name for p in folders[0].iterdir()}
+    # The separable synthetic genres are learnt from features alone.
+    assert metrics["train"]["accuracy"] >= 0.8
+
+    # A second run with another head reuses the features: no backbone pass at all.
+    second_events = []
+    second = train.start_run({**config, "dropout": 0.1}, progress=second_events.append)
+    assert second.status()["state"] == "finished"
+    assert not any(event["stage"] == "features" for event in second_events)
+
+    # The saved model is the whole image classifier (extractor + head).
+    model = models.load_model(second.path / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 3)
+
+
+def test_cancel_stops_within_one_batch_keeps_the_model_and_resume_continues(tiny_dataset_dir, isolated_artifacts):
+    config = {**TINY, "data": str(tiny_dataset_dir), "epochs": 3, "batch_size": 4}
+    seen = []
+    holder = {}
+
+    def cancel_in_second_epoch(event):
+        seen.append(event)
+        epochs_done = sum(1 for item in seen if item["stage"] == "epoch")
+        if event["stage"] == "batch" and epochs_done == 1 and event["done"] == 2:
+            # The only run folder is this one; a cancel request is just the `cancel` file.
+            runs.open_run(next((isolated_artifacts / "runs").iterdir())).request_cancel()
+            holder["cancelled_at"] = len(seen)
+
+    run = train.start_run(config, progress=cancel_in_second_epoch)
+    status = run.status()
+    assert status["state"] == "cancelled", status
+    later_batches = [event for event in seen[holder["cancelled_at"]:] if event["stage"] == "batch"]
+    assert len(later_batches) <= 1, "training went on for more than one batch after the cancel request"
+    assert (run.path / "model.keras").exists()
+    assert pd.read_csv(run.path / "history.csv")["epoch"].tolist() == [1]
+    assert fileio.read_json(run.path / "checkpoint" / "state.json")["epoch"] == 1
+
+    # Resume: the run continues after its last finished epoch and its history continues too.
+    run.clear_cancel()
+    run.write_config({**run.config(), "resume": True})
+    resumed = []
+    with train.progress_to(resumed.append):
+        state = jobs.run_job(run)
+    assert state == "finished", run.status()
+    assert pd.read_csv(run.path / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    assert any(event["stage"] == "resume" and event["done"] == 1 for event in resumed)
+    assert sum(1 for event in resumed if event["stage"] == "epoch") == 2
+    assert run.metrics()["epochs_run"] == 3
+
+
+def test_train_cli_reports_bad_input_in_one_line(tiny_dataset_dir, isolated_artifacts, capsys, tmp_path):
+    from genre_core import cli
+
+    assert cli.main(["train", "--data", str(tmp_path / "missing"), "--model", "small_cnn"]) == 2
+    assert "does not exist" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert cli.main(["train", "--data", str(tiny_dataset_dir), "--model", "vgg99"]) == 2
+    assert "unknown model 'vgg99'" in capsys.readouterr().err
+    bad_config = tmp_path / "bad.json"
+    bad_config.write_text(json.dumps({"data": "demo", "epoks": 3}))
+    assert cli.main(["train", "--config", str(bad_config)]) == 2
+    assert "unknown training option(s) epoks" in capsys.readouterr().err
+    assert not list((isolated_artifacts / "runs").glob("*")) if (isolated_artifacts / "runs").exists() else True
+
+
+def test_train_cli_runs_a_config_file_with_flag_overrides(tiny_dataset_dir, isolated_artifacts, capsys, tmp_path):
+    from genre_core import cli
+
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps({**TINY, "data": str(tiny_dataset_dir), "epochs": 5}))
+    code = cli.main(["train", "--config", str(config_file), "--epochs", "1", "--augment", "flip,contrast",
+                     "--balancing", "oversample"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    run = runs.open_run(out.out.strip().splitlines()[-1])
+    assert run.config()["epochs"] == 1
+    assert run.config()["augmentation"] == ["flip", "contrast"]
+    assert len(run.history()) == 1
