@@ -36,7 +36,7 @@ from genre_core.images import ImageError, load_rgb, parse_size, POLICIES
 
 CACHE_VERSION = 1
 MAX_CHUNK_ROWS = 256
-MIN_CHUNK_ROWS = 16
+MIN_CHUNK_ROWS = 1
 Progress = Callable[[dict], None]
 
 
@@ -435,7 +435,10 @@ def _worker_count(workers: int | None) -> int:
 
 
 def _default_chunk_rows(total: int, workers: int) -> int:
-    """Chunks small enough to keep every worker busy (about four chunks each), at most 256 rows."""
+    """Chunks small enough to keep every worker busy (about four chunks each), at most 256 rows.
+
+    A few large paintings therefore still spread over all workers; the done-markers stay few (4 per worker).
+    """
     if total <= 0:
         return MAX_CHUNK_ROWS
     return int(min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, math.ceil(total / (4 * workers)))))
@@ -472,8 +475,7 @@ def _run_chunks(jobs: list[tuple], worker_count: int):
         for job in jobs:
             yield _decode_chunk(*job)
         return
-    # "spawn" keeps workers safe when the caller has already started TensorFlow threads (fork would not).
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(_start_method())
     with concurrent.futures.ProcessPoolExecutor(max_workers=worker_count, mp_context=context) as pool:
         futures = [pool.submit(_decode_chunk, *job) for job in jobs]
         try:
@@ -483,6 +485,15 @@ def _run_chunks(jobs: list[tuple], worker_count: int):
             for future in futures:
                 future.cancel()
             raise
+
+
+def _start_method() -> str:
+    """"fork" (workers start in milliseconds) unless TensorFlow already runs threads here; then "spawn"."""
+    import sys
+
+    if sys.platform == "linux" and "tensorflow" not in sys.modules and "keras" not in sys.modules:
+        return "fork"
+    return "spawn"
 
 
 _READ_IMAGE_BYTES = None

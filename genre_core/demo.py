@@ -14,7 +14,6 @@ so an interrupted generation never leaves a half demo behind.
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import multiprocessing
 import os
 import shutil
@@ -200,9 +199,8 @@ def _write_images(folder: str, genre: str, start: int, stop: int, seed: int, siz
 
     for index in range(start, stop):
         array = generate_demo_image(genre, seed, size, index=index)
-        buffer = io.BytesIO()
-        Image.fromarray(array, "RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        fileio.atomic_write_bytes(Path(folder) / genre / _file_name(genre, index), buffer.getvalue())
+        # A plain write is enough: the whole folder is renamed into place only once it is complete.
+        Image.fromarray(array, "RGB").save(Path(folder) / genre / _file_name(genre, index), format="JPEG", quality=JPEG_QUALITY)
     return stop - start
 
 
@@ -364,13 +362,15 @@ class _Painter:
 
     def smear(self, image: np.ndarray, cos: np.ndarray, sin: np.ndarray, length: float, taps: int) -> np.ndarray:
         """Average `image` along the stroke direction (line-integral convolution with `taps` samples)."""
-        total = np.zeros_like(image)
-        reach = length * self.size
+        size = self.size
+        flat = image.reshape(size * size, -1)
+        total = np.zeros_like(flat)
+        reach = length * size
         for step in np.linspace(-reach, reach, taps, dtype=np.float32):
-            rows = np.clip(np.rint(self.pixel_y + step * sin), 0, self.size - 1).astype(np.intp)
-            cols = np.clip(np.rint(self.pixel_x + step * cos), 0, self.size - 1).astype(np.intp)
-            total += image[rows, cols]
-        return total / taps
+            rows = np.clip(np.rint(self.pixel_y + step * sin), 0, size - 1)
+            cols = np.clip(np.rint(self.pixel_x + step * cos), 0, size - 1)
+            total += np.take(flat, (rows * size + cols).astype(np.intp).ravel(), axis=0)
+        return (total / np.float32(taps)).reshape(image.shape)
 
     def finish(self) -> np.ndarray:
         """Brushwork (dabs and streaks along a direction field), varnish and canvas grain; return uint8."""
