@@ -417,7 +417,9 @@ class Interpretation:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     indices = np.asarray(find_label_issues(
-                        self.labels, self.probabilities, return_indices_ranked_by="self_confidence"
+                        self.labels, self.probabilities, return_indices_ranked_by="self_confidence",
+                        # One process: spawning workers costs more than the whole job on a test split.
+                        n_jobs=1,
                     ), dtype=int)
             except (ValueError, IndexError, ZeroDivisionError, np.linalg.LinAlgError) as exc:
                 note = f"cleanlab could not run ({exc}); showing misclassified examples ranked by self-confidence"

@@ -1,0 +1,114 @@
+"""Benchmarks for classify and evaluate: one-image latency, Grad-CAM cost, a full evaluation of a large split."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+INPUT_SIZE = 128
+NUM_CLASSES = 10
+REPEATS = 40
+
+
+def _median_interleaved(first, second, repeats: int = REPEATS) -> tuple[float, float]:
+    """Median timings of two functions, run alternately so background load hits both equally."""
+    first_times, second_times = [], []
+    for _ in range(repeats):
+        for function, times in ((first, first_times), (second, second_times)):
+            began = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - began)
+    return statistics.median(first_times), statistics.median(second_times)
+
+
+def _row(name: str, baseline: float, candidate: float, limit: float, note: str) -> dict:
+    """One row whose ratio is candidate / baseline, ok when it is at most `limit`."""
+    ratio = candidate / baseline if baseline > 0 else float("inf")
+    return {"name": name, "baseline_s": round(baseline, 5), "candidate_s": round(candidate, 5),
+            "ratio": round(ratio, 2), "target": f"<={limit:g}x", "ok": ratio <= limit, "note": note}
+
+
+def _classifier(folder: Path):
+    """Save a small_cnn (random weights) as a run folder and load it through the classify API."""
+    from genre_core import classify, fileio, models
+
+    model = models.build_model("small_cnn", NUM_CLASSES, INPUT_SIZE, weights=None)
+    model.save(folder / "model.keras")
+    fileio.atomic_write_json(folder / "classes.json", [f"genre_{i}" for i in range(NUM_CLASSES)])
+    fileio.atomic_write_json(folder / "config.json", {"kind": "classifier", "model": "small_cnn",
+                                                      "size": INPUT_SIZE, "policy": "squash"})
+    return classify.load_classifier(folder)
+
+
+def bench_latency(classifier) -> dict:
+    """Classifier.predict_arrays on one image against the bare `model(x)` call it wraps."""
+    image = np.random.default_rng(0).integers(0, 256, (1, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    batch = image.astype(np.float32)
+    for _ in range(5):
+        classifier.predict_arrays(image)
+        classifier.model(batch, training=False)
+    bare, wrapped = _median_interleaved(lambda: np.asarray(classifier.model(batch, training=False)),
+                                        lambda: classifier.predict_arrays(image))
+    return _row("classify: one image, predict_arrays vs bare model(x)", bare, wrapped, 1.3,
+                f"small_cnn {INPUT_SIZE}px, median of {REPEATS}")
+
+
+def bench_gradcam(classifier) -> dict:
+    """Grad-CAM (layer-by-layer traced forward + gradient) against one plain forward pass."""
+    from genre_core import classify
+
+    image = np.random.default_rng(1).integers(0, 256, (INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    batch = image[None].astype(np.float32)
+    classify.gradcam(classifier, image)
+    forward, heat = _median_interleaved(lambda: np.asarray(classifier.model(batch, training=False)),
+                                        lambda: classify.gradcam(classifier, image), repeats=10)
+    return _row("classify: Grad-CAM vs one forward pass", forward, heat, 6.0,
+                "traced forward + backward; interactive use needs well under a second")
+
+
+def bench_full_evaluation() -> dict:
+    """Interpretation.summary() on a 5,354 x 10 split against bare scikit-learn report + matrix + log loss."""
+    from sklearn.metrics import classification_report, confusion_matrix, log_loss
+
+    from genre_core import evaluate
+
+    rng = np.random.default_rng(2)
+    rows, classes = 5354, [f"genre_{i}" for i in range(NUM_CLASSES)]
+    labels = rng.integers(0, NUM_CLASSES, rows)
+    logits = rng.normal(0, 1, (rows, NUM_CLASSES))
+    logits[np.arange(rows), labels] += 1.5
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    frame = evaluate.predictions_frame([f"/img/{i}.jpg" for i in range(rows)], [classes[i] for i in labels],
+                                       probabilities, classes)
+    predicted = probabilities.argmax(axis=1)
+
+    def bare() -> None:
+        classification_report(labels, predicted, labels=list(range(NUM_CLASSES)), output_dict=True, zero_division=0)
+        confusion_matrix(labels, predicted, labels=list(range(NUM_CLASSES)))
+        log_loss(labels, probabilities, labels=list(range(NUM_CLASSES)))
+
+    ours = lambda: evaluate.Interpretation.from_predictions(frame, classes).summary()  # noqa: E731
+    bare()
+    ours()
+    baseline, candidate = _median_interleaved(bare, ours, repeats=5)
+    return _row("evaluate: full summary of 5,354 predictions vs bare sklearn report", baseline, candidate, 5.0,
+                "adds top-3, balanced accuracy, most confused, label issues (cleanlab), JSON-ready tables")
+
+
+def run() -> list[dict]:
+    """All classify/evaluate benchmark rows."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="bench_evaluate_") as folder:
+        folder = Path(folder)
+        classifier = _classifier(folder)
+        return [bench_latency(classifier), bench_gradcam(classifier), bench_full_evaluation()]
+
+
+if __name__ == "__main__":
+    for result in run():
+        print(result)
