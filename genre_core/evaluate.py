@@ -52,10 +52,11 @@ def resolve_run_dir(run_or_path: Any) -> Path:
     if candidate.is_dir():
         return candidate
     text = os.fspath(run_or_path)
-    if os.sep not in text and "/" not in text:
-        by_id = paths.runs_dir() / text
-        if by_id.is_dir():
-            return by_id
+    if os.sep not in text and "/" not in text and text.strip():
+        from genre_core import runs
+
+        # A run id: genre_core.runs knows where run folders live (and checks the id).
+        return runs.open_run(text, kind="classifier").path
     raise FileNotFoundError(f"run {text!r} not found (neither a folder nor a run id in {paths.runs_dir()})")
 
 

@@ -358,3 +358,15 @@ def test_train_counts_recount_uses_the_runs_split_settings(tmp_path, monkeypatch
     assert counts["landscape"] == expected["landscape"] and counts["abstract"] == expected["abstract"]
     assert 0 < counts.sum() < len(genres)
     assert counts["still_life"] == 0
+
+
+def test_runs_are_found_by_id_and_by_run_object(isolated_artifacts):
+    from genre_core import paths, runs
+
+    folder = write_run(paths.runs_dir() / "20260101-000000-tiny-abc")
+    by_id = Interpretation.from_run("20260101-000000-tiny-abc")
+    by_object = Interpretation.from_run(runs.open_run(folder))
+    assert by_id.run_dir.resolve() == by_object.run_dir.resolve() == folder.resolve()
+    with pytest.raises(FileNotFoundError, match="no-such-run"):
+        Interpretation.from_run("no-such-run")
+    assert compare_runs(["20260101-000000-tiny-abc"])["test_accuracy"].tolist() == [pytest.approx(0.6)]
