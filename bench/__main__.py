@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(names))
         return 0
-    selected = [name[len(PREFIX):] if name.startswith(PREFIX) else name.removesuffix(".py") for name in args.names] or names
+    # Accept "preprocess", "bench_preprocess" and "bench/bench_preprocess.py" alike.
+    selected = [Path(name).name.removesuffix(".py").removeprefix(PREFIX) for name in args.names] or names
     unknown = [name for name in selected if name not in names]
     if unknown:
         print(f"error: unknown benchmark {', '.join(unknown)}; available: {', '.join(names)}", file=sys.stderr)
