@@ -38,7 +38,7 @@ def write_classifier_run(folder, model=None, classes=TINY_GENRES, size=SIZE, pol
     (model or tiny_model(len(classes))).save(folder / "model.keras")
     fileio.atomic_write_json(folder / "classes.json", list(classes))
     fileio.atomic_write_json(folder / "config.json", {"kind": "classifier", "model": "tiny", "size": size,
-                                                      "policy": policy, "data": "demo"})
+                                                      "policy": policy, "data": str(folder / "no-dataset")})
     return folder
 
 
