@@ -462,6 +462,8 @@ class Interpretation:
             "confusion_matrix": self.confusion_matrix().to_numpy().tolist(),
             "confusion_matrix_normalized": self.confusion_matrix("true").to_numpy().tolist(),
             "most_confused": _records(self.most_confused().head(most_confused) if most_confused else self.most_confused()),
+            "mistakes_by_confidence": _records(self.mistakes(k=20).drop(columns=["top3"])),
+            "mistakes_by_loss": _records(self.mistakes(k=20, by="loss").drop(columns=["top3"])),
             "label_issues": {"method": issues.attrs["method"], "note": issues.attrs["note"],
                              "examples": _records(issues.drop(columns=["top3"]))},
             "notes": list(self.notes),

@@ -237,6 +237,9 @@ def test_evaluate_run_writes_files(tmp_path):
     assert saved["metrics"]["accuracy"] == pytest.approx(0.6)
     assert saved["most_confused"][0] == {"true": "portrait", "predicted": "landscape", "count": 2}
     assert saved["confusion_matrix"][2] == [0, 2, 1, 0]
+    assert [row["index"] for row in saved["mistakes_by_confidence"]] == [7, 9, 2, 3]
+    assert [row["index"] for row in saved["mistakes_by_loss"]] == [9, 7, 3, 2]
+    assert [row["index"] for row in saved["label_issues"]["examples"]] == [9, 7, 3, 2]
     assert summary["folder"] == str(folder)
     per_class = pd.read_csv(folder / "per_class.csv")
     assert per_class["support"].tolist() == [4, 3, 3, 0]
