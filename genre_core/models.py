@@ -149,7 +149,9 @@ def _small_cnn(num_classes, input_size, weights, options):
     x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     for block, filters in enumerate((width, width * 2, width * 4)):
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block + 1}")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{block + 1}")(x)
+        # Synchronized batch statistics keep the moving averages identical on every worker of a
+        # multi-worker run; in one process it is plain batch normalization.
+        x = keras.layers.BatchNormalization(synchronized=True, name=f"bn{block + 1}")(x)
         x = keras.layers.Activation("relu", name=f"relu{block + 1}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{block + 1}")(x)
     x = keras.layers.Conv2D(width * 4, 3, padding="same", activation="relu", name="conv4")(x)

@@ -515,18 +515,42 @@ def execute(run, progress: Progress | None = None) -> dict:
     from genre_core import runs
 
     strategy = get_strategy()  # First: MultiWorkerMirroredStrategy must exist before other TF work.
+    if not is_chief():
+        run = _worker_run(run)
     config = config_from_run(run)
-    chief = is_chief()
-    writer = runs.ProgressWriter(run) if chief else None
+    writer = runs.ProgressWriter(run)
     progress = _fan_out(writer, progress)
     try:
-        return _execute(run, config, strategy, chief, progress)
+        return _execute(run, config, strategy, progress)
     finally:
         if writer is not None:
             writer.flush()
 
 
-def _execute(run, config: TrainConfig, strategy, chief: bool, progress: Progress) -> dict:
+def worker_root() -> Path:
+    """The throwaway artifacts root of a non-chief worker: $GENRE_WORKER_ARTIFACTS, else a new temp folder."""
+    root = os.environ.get("GENRE_WORKER_ARTIFACTS")
+    if not root:
+        root = tempfile.mkdtemp(prefix="genre-worker-")
+        os.environ["GENRE_WORKER_ARTIFACTS"] = root
+    return Path(root).resolve()
+
+
+def _worker_run(run):
+    """A non-chief worker's private copy of the run (in its throwaway root), so only the chief writes `run`."""
+    from genre_core import runs
+
+    root = worker_root()
+    if root in run.path.parents:
+        return run
+    folder = root / "runs" / run.id
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = runs.Run(folder, "classifier")
+    copy.write_config(run.config())
+    return copy
+
+
+def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
     """The body of `execute` (see there)."""
     import keras
     import tensorflow as tf
@@ -538,8 +562,7 @@ def _execute(run, config: TrainConfig, strategy, chief: bool, progress: Progress
     options = models.model_options(config)
     if size != config.size:
         config = config.replace(size=size)
-    if chief:
-        run.write_config({**run.config(), **config.to_dict()})
+    run.write_config({**run.config(), **config.to_dict()})
     mixed = set_precision(config)
     try:
         progress({"stage": "prepare", "done": 0, "total": 1, "message": f"preparing {config.data} at {size} px"})
@@ -547,9 +570,8 @@ def _execute(run, config: TrainConfig, strategy, chief: bool, progress: Progress
         num_classes = len(data.classes)
         if num_classes < 2:
             raise ValueError(f"dataset {config.data} has {num_classes} genre; a classifier needs at least 2")
-        if chief:
-            run.write_classes(data.classes)
-            run.update_status(epochs=config.epochs, message="; ".join(data.notes) or "data ready")
+        run.write_classes(data.classes)
+        run.update_status(epochs=config.epochs, message="; ".join(data.notes) or "data ready")
         labels = data.cache.labels
         frozen = models.uses_frozen_features(config.model, options) and config.embedding_cache
         weights = models.resolve_weights_option(config.model, config.weights)
@@ -625,8 +647,7 @@ def _execute(run, config: TrainConfig, strategy, chief: bool, progress: Progress
         state = None
         if (checkpoint_dir / CHECKPOINT_STATE).exists():
             state = _restore_checkpoint(checkpoint_dir, model, optimizer)
-            if chief:
-                run.truncate_history(state.epoch)
+            run.truncate_history(state.epoch)
             progress({"stage": "resume", "done": state.epoch, "total": config.epochs,
                       "message": f"resuming after epoch {state.epoch}"})
             if state.epoch >= config.epochs:
@@ -634,17 +655,14 @@ def _execute(run, config: TrainConfig, strategy, chief: bool, progress: Progress
         best_file = checkpoint_dir / "best.weights.h5"
 
         def on_improvement(loop_state: LoopState) -> None:
-            if chief:
-                checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                _save_weights_atomically(model, best_file)
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            _save_weights_atomically(model, best_file)
 
         def on_epoch_end(row: dict) -> None:
-            if chief:
-                run.append_history(row)
+            run.append_history(row)
 
         def checkpoint(loop_state: LoopState) -> None:
-            if chief:
-                _save_checkpoint(checkpoint_dir, model, optimizer, loop_state, config)
+            _save_checkpoint(checkpoint_dir, model, optimizer, loop_state, config)
 
         if run.cancel_requested():
             raise runs.Cancelled(f"run {run.id} was cancelled before training started")
@@ -661,8 +679,7 @@ def _execute(run, config: TrainConfig, strategy, chief: bool, progress: Progress
             model.load_weights(best_file)
 
         full_model = models.assemble(extractor, model, name=config.model) if frozen else model
-        if chief:
-            _save_model_atomically(full_model, run.path / runs.MODEL_FILE)
+        _save_model_atomically(full_model, run.path / runs.MODEL_FILE)
         if result.cancelled:
             raise runs.Cancelled(f"run {run.id} was cancelled; the best model so far is saved")
 
@@ -684,11 +701,10 @@ def _execute(run, config: TrainConfig, strategy, chief: bool, progress: Progress
             "replicas": strategy.num_replicas_in_sync,
             "notes": data.notes,
         })
-        if chief:
-            run.write_metrics(metrics)
-            _write_predictions(run.path / "predictions.csv", data, test_probabilities)
-            run.update_status(state="finished", epoch=result.state.epoch, message=_summary_line(metrics),
-                              eta_seconds=0)
+        run.write_metrics(metrics)
+        _write_predictions(run.path / "predictions.csv", data, test_probabilities)
+        run.update_status(state="finished", epoch=result.state.epoch, message=_summary_line(metrics),
+                          eta_seconds=0)
         progress({"stage": "done", "done": 1, "total": 1, "message": _summary_line(metrics)})
         return metrics
     finally:
@@ -813,9 +829,9 @@ def start_run(config: TrainConfig | dict, background: bool = False, progress: Pr
     if config.data != "demo" and not Path(config.data).expanduser().exists():
         raise ValueError(f"dataset path {config.data} does not exist")
     if not is_chief():
-        # Other workers of a multi-machine run write to a throwaway artifacts root; only the chief's
-        # run folder is kept.
-        os.environ["GENRE_ARTIFACTS"] = tempfile.mkdtemp(prefix="genre-worker-")
+        # Other workers of a multi-machine run write to a throwaway artifacts root ($GENRE_WORKER_ARTIFACTS
+        # or a new temporary folder); only the chief's run folder is kept.
+        os.environ["GENRE_ARTIFACTS"] = str(worker_root())
     values = config.to_dict()
     values.pop("kind", None)
     run = runs.create_run("classifier", values)
