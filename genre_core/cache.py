@@ -143,7 +143,13 @@ def prepare_cache(
     size = parse_size(size)
     if policy not in POLICIES:
         raise ValueError(f"resize policy {policy!r} is not one of {', '.join(POLICIES)}")
+    worker_count = _worker_count(workers)
+    if chunk_rows is not None and int(chunk_rows) < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     manifest = _checked_manifest(dataset)
+    total = len(manifest)
+    if total == 0:
+        raise ValueError(f"dataset {getattr(dataset, 'root', '')} has no images to prepare (its manifest is empty)")
     classes = [str(name) for name in dataset.classes]
     fingerprint = _fingerprint(dataset)
     folder = paths.cache_dir() / cache_key(fingerprint, size, policy)
@@ -157,9 +163,15 @@ def prepare_cache(
         "manifest_digest": _manifest_digest(manifest, classes),
         "classes": classes,
     }
-    total = len(manifest)
-    with _folder_lock(folder):
-        info = fileio.read_json(folder / "cache.json", None) if (folder / "cache.json").exists() else None
+
+    def waiting() -> None:
+        _report(progress, 0, total, "waiting for another process that is building this cache")
+
+    with _folder_lock(folder, on_wait=waiting):
+        try:
+            info = fileio.read_json(folder / "cache.json", None)
+        except ValueError:
+            info = {}  # A corrupt cache.json: treat the folder as stale.
         if info is not None and not _matches(info, expected):
             _wipe(folder)
             info = None
@@ -174,7 +186,7 @@ def prepare_cache(
                 return cache
         started = time.perf_counter()
         if info is None:
-            rows_per_chunk = int(chunk_rows or _default_chunk_rows(total, _worker_count(workers)))
+            rows_per_chunk = int(chunk_rows or _default_chunk_rows(total, worker_count))
             info = dict(expected, chunk_rows=rows_per_chunk, complete=False)
             fileio.atomic_write_json(folder / "cache.json", info)
         rows_per_chunk = int(info["chunk_rows"])
@@ -193,8 +205,7 @@ def prepare_cache(
         _report(progress, done_rows, total, f"decoding {total - done_rows} of {total} images")
         row_paths = manifest["path"].astype(str).tolist()
         jobs = [(str(images_path), str(chunks_dir), start, stop, row_paths[start:stop], size, policy) for start, stop in pending]
-        worker_count = min(_worker_count(workers), max(1, len(jobs)))
-        finished = _run_chunks(jobs, worker_count)
+        finished = _run_chunks(jobs, min(worker_count, max(1, len(jobs))))
         try:
             for start, stop in finished:
                 done_rows += stop - start
@@ -221,7 +232,10 @@ def prepare_cache(
 def open_cache(dataset, size=(224, 224), policy: str = "squash") -> ImageCache | None:
     """The complete cache of `dataset` at this size and policy if one exists and is current, else None."""
     folder = cache_folder(dataset, size, policy)
-    info = fileio.read_json(folder / "cache.json", None)
+    try:
+        info = fileio.read_json(folder / "cache.json", None)
+    except ValueError:
+        return None
     if not info or not info.get("complete"):
         return None
     manifest = _checked_manifest(dataset)
@@ -410,7 +424,7 @@ def _wipe(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path):
+def _folder_lock(folder: Path, on_wait: Callable[[], None] | None = None):
     """Hold an exclusive lock on the cache folder, so two processes never build the same cache at once."""
     try:
         import fcntl
@@ -418,7 +432,12 @@ def _folder_lock(folder: Path):
         yield
         return
     with open(folder / ".lock", "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -475,8 +494,7 @@ def _run_chunks(jobs: list[tuple], worker_count: int):
         for job in jobs:
             yield _decode_chunk(*job)
         return
-    context = multiprocessing.get_context(_start_method())
-    with concurrent.futures.ProcessPoolExecutor(max_workers=worker_count, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=worker_count, mp_context=worker_context()) as pool:
         futures = [pool.submit(_decode_chunk, *job) for job in jobs]
         try:
             for future in concurrent.futures.as_completed(futures):
@@ -487,13 +505,22 @@ def _run_chunks(jobs: list[tuple], worker_count: int):
             raise
 
 
-def _start_method() -> str:
-    """"fork" (workers start in milliseconds) unless TensorFlow already runs threads here; then "spawn"."""
-    import sys
+def worker_context():
+    """The multiprocessing context for worker pools: "fork" when that is safe here, else "spawn".
 
-    if sys.platform == "linux" and "tensorflow" not in sys.modules and "keras" not in sys.modules:
-        return "fork"
-    return "spawn"
+    Fork starts workers in milliseconds, but forking a process that runs other threads (TensorFlow's thread
+    pools, a Streamlit server) can deadlock the child; such callers get "spawn" (a second or two per worker).
+    """
+    import sys
+    import threading
+
+    safe_to_fork = (
+        sys.platform == "linux"
+        and threading.active_count() == 1
+        and "tensorflow" not in sys.modules
+        and "keras" not in sys.modules
+    )
+    return multiprocessing.get_context("fork" if safe_to_fork else "spawn")
 
 
 _READ_IMAGE_BYTES = None

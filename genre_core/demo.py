@@ -14,7 +14,6 @@ so an interrupted generation never leaves a half demo behind.
 from __future__ import annotations
 
 import concurrent.futures
-import multiprocessing
 import os
 import shutil
 import time
@@ -185,8 +184,9 @@ def _generate_into(folder: Path, counts: dict[str, int], seed: int, size: int, p
             done += written
             _report(progress, done, total, f"painted {done}/{total} demo images")
         return
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=worker_count, mp_context=context) as pool:
+    from genre_core.cache import worker_context
+
+    with concurrent.futures.ProcessPoolExecutor(max_workers=worker_count, mp_context=worker_context()) as pool:
         futures = [pool.submit(_write_images, str(folder), genre, start, stop, seed, size) for genre, start, stop in jobs]
         for future in concurrent.futures.as_completed(futures):
             done += future.result()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +269,40 @@ def test_load_arrays_and_genre_images(tiny_cache, tiny_dataset_dir):
     with pytest.raises(ValueError, match="size is required"):
         load_genre_images(folder_dataset(tiny_dataset_dir, "tf"), "portrait")
     assert tuple(TINY_GENRES) == tuple(tiny_cache.classes)
+
+
+def test_corrupt_cache_json_and_empty_datasets(isolated_artifacts, tiny_dataset_dir):
+    dataset = folder_dataset(tiny_dataset_dir, "corrupt")
+    first = prepare_cache(dataset, SIZE, workers=1)
+    (first.folder / "cache.json").write_text("{ not json")
+    assert cache_module.open_cache(dataset, SIZE) is None
+    rebuilt = prepare_cache(dataset, SIZE, workers=1)
+    np.testing.assert_array_equal(rebuilt.images, first.images)
+    assert rebuilt.info()["complete"] is True
+
+    empty = Dataset(source="folder", root=tiny_dataset_dir, manifest=dataset.manifest.iloc[:0].copy(),
+                    classes=dataset.classes, fingerprint="empty")
+    with pytest.raises(ValueError, match="no images to prepare"):
+        prepare_cache(empty, SIZE, workers=1)
+
+
+def test_a_second_builder_waits_for_the_first(isolated_artifacts, tiny_dataset_dir):
+    fcntl = pytest.importorskip("fcntl")
+    import threading
+
+    dataset = folder_dataset(tiny_dataset_dir, "locked")
+    folder = cache_module.cache_folder(dataset, SIZE)
+    folder.mkdir(parents=True)
+    events, results = [], []
+    with open(folder / ".lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # Another "process" is building.
+        builder = threading.Thread(target=lambda: results.append(prepare_cache(dataset, SIZE, progress=events.append, workers=1)))
+        builder.start()
+        deadline = time.time() + 10
+        while not events and time.time() < deadline:
+            time.sleep(0.02)
+        assert events and "waiting for another process" in events[0]["message"]
+        assert not results
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    builder.join(timeout=30)
+    assert results and len(results[0].ok_indices()) == 30
