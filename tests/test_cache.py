@@ -306,3 +306,28 @@ def test_a_second_builder_waits_for_the_first(isolated_artifacts, tiny_dataset_d
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
     builder.join(timeout=30)
     assert results and len(results[0].ok_indices()) == 30
+
+
+def test_parallel_build_interrupted_by_progress_resumes(isolated_artifacts, tiny_dataset_dir):
+    # A cancel raised from the progress callback (as jobs do) stops the worker pool; done chunks are kept.
+    dataset = folder_dataset(tiny_dataset_dir, "parallel-cancel")
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_after_first_chunk(event):
+        if 0 < event["done"] < event["total"]:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        prepare_cache(dataset, SIZE, progress=cancel_after_first_chunk, workers=2, chunk_rows=5)
+    folder = cache_module.cache_folder(dataset, SIZE)
+    # How many chunks finish before the pool stops depends on timing; the build is incomplete either way.
+    done = len(list((folder / "chunks").glob("*.json")))
+    assert done >= 1
+    assert json.loads((folder / "cache.json").read_text())["complete"] is False
+    events = []
+    resumed = prepare_cache(dataset, SIZE, progress=events.append, workers=2)
+    assert events[0]["done"] == 5 * done
+    single = prepare_cache(folder_dataset(tiny_dataset_dir, "parallel-cancel-single"), SIZE, workers=1)
+    np.testing.assert_array_equal(resumed.images, single.images)
