@@ -373,3 +373,14 @@ def test_runs_are_found_by_id_and_by_run_object(isolated_artifacts):
     with pytest.raises(FileNotFoundError, match="no-such-run"):
         Interpretation.from_run("no-such-run")
     assert compare_runs(["20260101-000000-tiny-abc"])["test_accuracy"].tolist() == [pytest.approx(0.6)]
+
+
+def test_two_genres_and_integer_labels():
+    classes = ["portrait", "landscape"]
+    frame = pd.DataFrame({"true": [0, 1, 1, 0], "portrait": [0.9, 0.3, 0.6, 0.2], "landscape": [0.1, 0.7, 0.4, 0.8]})
+    interp = Interpretation.from_predictions(frame, classes)
+    metrics = interp.metrics()
+    assert metrics["top_k"] == 2 and metrics["top3_accuracy"] == 1.0
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert interp.predicted.tolist() == [0, 1, 0, 1]
+    assert interp.cell("landscape", "portrait")["path"].tolist() == ["row 2"]
