@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from conftest import TINY_GENRES, make_tiny_image
 from genre_core import classify, cli, fileio, images

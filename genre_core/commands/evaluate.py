@@ -81,14 +81,14 @@ def run_classify(args: argparse.Namespace) -> int:
         raise CliError(f"no image files found in {', '.join(args.inputs)}")
     classifier = classify.load_classifier(args.run)
     top_k = min(args.top_k, len(classifier.classes))
-    results = classify_results = classifier.classify([str(p) for p in paths], top_k=top_k)
+    results = classifier.classify([str(p) for p in paths], top_k=top_k)
     single = len(args.inputs) == 1 and len(paths) == 1 and not _is_folder(args.inputs[0])
     output_format = args.format or ("json" if single else "csv")
     if output_format == "json":
         records = [_json_record(result) for result in results]
         print(json.dumps(records[0] if single else records, indent=2))
     else:
-        print(_csv_text(classify_results, top_k), end="")
+        print(_csv_text(results, top_k), end="")
     classified = sum(result["ok"] for result in results)
     if classified == 0:
         raise CliError(f"none of the {len(results)} image(s) could be classified; first error: {results[0]['error']}")
