@@ -423,15 +423,20 @@ def _wipe(folder: Path) -> None:
             child.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
 def _folder_lock(folder: Path, on_wait: Callable[[], None] | None = None):
     """Hold an exclusive lock on the cache folder, so two processes never build the same cache at once."""
+    return file_lock(folder / ".lock", on_wait)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, on_wait: Callable[[], None] | None = None):
+    """Hold an exclusive advisory lock on `path` (created if needed); call `on_wait` first if another holds it."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; builds are still resumable and atomic per chunk.
         yield
         return
-    with open(folder / ".lock", "a+") as handle:
+    with open(path, "a+") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -107,18 +107,37 @@ def ensure_demo(
     The folder holds one sub-folder per genre of JPEG files and a `demo.json` marker with the generator
     version, seed, size and counts; a missing or different marker, or missing files, regenerate it.
     """
+    from genre_core.cache import file_lock
+
     root = Path(root) if root is not None else paths.demo_dir()
     counts = demo_counts(total)
     expected = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "size": int(size), "counts": counts}
     if _demo_is_current(root, expected):
         _report(progress, sum(counts.values()), sum(counts.values()), "demo dataset already generated")
         return root
+    _refuse_foreign_folder(root)
     root.parent.mkdir(parents=True, exist_ok=True)
+
+    def waiting() -> None:
+        _report(progress, 0, sum(counts.values()), "waiting for another process that is generating the demo")
+
+    # One generator at a time; whoever waited finds the finished demo and returns at once.
+    with file_lock(root.parent / f".{root.name}.lock", on_wait=waiting):
+        if _demo_is_current(root, expected):
+            _report(progress, sum(counts.values()), sum(counts.values()), "demo dataset already generated")
+            return root
+        _generate_and_swap(root, expected, progress, workers)
+    return root
+
+
+def _generate_and_swap(root: Path, expected: dict, progress: Progress | None, workers: int | None) -> None:
+    """Paint the demo into a temporary sibling folder, write its marker, then rename it to `root`."""
+    counts, seed, size = expected["counts"], expected["seed"], expected["size"]
     partial = root.parent / f".{root.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     started = time.perf_counter()
     try:
-        _generate_into(partial, counts, int(seed), int(size), progress, workers)
+        _generate_into(partial, counts, seed, size, progress, workers)
         borrowed = [
             {"file": f"{genre}/{_file_name(genre, index)}", "genre": genre, "painted_as": painted_genre(genre, seed, index)}
             for genre, count in counts.items() for index in range(count)
@@ -130,14 +149,13 @@ def ensure_demo(
         _swap_into_place(partial, root, expected)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return root
 
 
 def _demo_is_current(root: Path, expected: dict) -> bool:
     """True if `root` holds a finished demo made with exactly these parameters and all its files."""
     try:
         marker = fileio.read_json(root / MARKER_NAME, None)
-    except ValueError:
+    except (ValueError, OSError):
         return False
     if not marker or any(marker.get(key) != value for key, value in expected.items()):
         return False
@@ -146,6 +164,16 @@ def _demo_is_current(root: Path, expected: dict) -> bool:
         if not folder.is_dir() or sum(1 for name in os.listdir(folder) if name.endswith(".jpg")) != count:
             return False
     return True
+
+
+def _refuse_foreign_folder(root: Path) -> None:
+    """Raise ValueError if `root` exists but is not a demo folder: regenerating would delete someone's files."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise ValueError(f"{root} exists and is not a folder; choose another place for the demo dataset")
+    if not (root / MARKER_NAME).exists() and any(root.iterdir()):
+        raise ValueError(f"{root} holds files but no {MARKER_NAME}: it is not a demo folder, so it will not be replaced")
 
 
 def _swap_into_place(partial: Path, root: Path, expected: dict) -> None:

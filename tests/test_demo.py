@@ -78,7 +78,8 @@ def test_ensure_demo_writes_a_folder_per_genre_once(tmp_path):
     total = sum(counts.values())
     assert 115 <= total <= 125
     assert events[-1] == {"stage": "demo", "done": total, "total": total, "message": events[-1]["message"]}
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # Only the finished folder and the generator lock remain; no temporary folders.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".demo.lock", "demo"]
 
     # A second call finds the finished demo and writes nothing.
     probe = root / "portrait" / "portrait_0000.jpg"
@@ -119,7 +120,7 @@ def test_interrupted_generation_leaves_no_half_demo(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ensure_demo(tmp_path / "demo", seed=0, size=32, total=300, workers=1)
     assert not (tmp_path / "demo").exists()
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".demo.lock"]
 
     monkeypatch.setattr(demo, "_write_images", real_write)
     root = ensure_demo(tmp_path / "demo", seed=0, size=32, total=80, workers=1)
@@ -146,3 +147,18 @@ def test_demo_loads_through_the_folder_source(tmp_path):
     dataset = sources.load_folder(root)
     assert sorted(dataset.classes) == sorted(DEMO_GENRES)
     assert len(dataset.manifest) == 80
+
+
+def test_ensure_demo_never_replaces_a_folder_that_is_not_a_demo(tmp_path):
+    mine = tmp_path / "my paintings"
+    (mine / "landscape").mkdir(parents=True)
+    (mine / "landscape" / "precious.jpg").write_bytes(b"not really a jpeg, but mine")
+    with pytest.raises(ValueError, match="not a demo folder"):
+        ensure_demo(mine, size=24, total=80, workers=1)
+    assert (mine / "landscape" / "precious.jpg").exists()
+    (tmp_path / "a file").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        ensure_demo(tmp_path / "a file", size=24, total=80, workers=1)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (ensure_demo(empty, size=24, total=80, workers=1) / "demo.json").exists()
