@@ -24,7 +24,7 @@ import numpy as np
 
 from genre_core import fileio, paths
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DEFAULT_SIZE = 128
 DEFAULT_TOTAL = 600
 MARKER_NAME = "demo.json"
@@ -409,8 +409,11 @@ class _Painter:
         # along the direction field; fine noise smeared the same way gives the bristle streaks.
         cells = max(4, size // 5)
         dabs = rng.normal(0, 0.04, (cells, cells, 1)) + rng.normal(0, 0.015, (cells, cells, 3))
-        index = (np.arange(size) * cells // size).astype(np.intp)
-        painted = self.canvas + dabs.astype(np.float32)[index[:, None], index[None, :]]
+        # Looking the dabs up at jittered, warped positions gives them ragged edges instead of grid squares.
+        jitter = rng.uniform(-0.6, 0.6, (2, size, size)).astype(np.float32) / cells
+        rows = np.clip((self.y + jitter[0]) * cells, 0, cells - 1).astype(np.intp)
+        cols = np.clip((self.x + jitter[1]) * cells, 0, cells - 1).astype(np.intp)
+        painted = self.canvas + dabs.astype(np.float32)[rows, cols]
         painted = self.smear(painted, cos, sin, self.stroke_length * 0.6, 5)
         streaks = self.smear(rng.standard_normal((size, size)).astype(np.float32), cos, sin, self.stroke_length, 9)
         streaks /= streaks.std() + 1e-6
