@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-SPLIT_COLORS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B", "unsplit": "#9D755D"}
+SPLIT_COLORS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B", "unsplit": "#4C78A8"}
 
 
 def genre_counts_figure(table: pd.DataFrame, sort_by: str = "count", log_scale: bool = False) -> go.Figure:
@@ -42,9 +42,9 @@ def genre_counts_figure(table: pd.DataFrame, sort_by: str = "count", log_scale: 
     return figure
 
 
-def image_size_figure(manifest: pd.DataFrame) -> go.Figure:
-    """Scatter of image width against height (one point per image)."""
-    sizes = manifest.dropna(subset=["width", "height"])
+def image_size_figure(sizes: pd.DataFrame) -> go.Figure:
+    """Scatter of image width against height (one point per image; columns width, height, genre)."""
+    sizes = sizes.dropna(subset=["width", "height"])
     figure = go.Figure(
         go.Scattergl(
             x=sizes["width"],
@@ -102,6 +102,9 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], normalized: bool = 
                 colorbar=dict(title="share" if normalized else "images", thickness=12),
                 line=dict(width=1, color="white"),
             ),
+            # A clicked cell keeps its colour and the others fade a little, so the matrix stays readable.
+            selected=dict(marker=dict(opacity=1.0)),
+            unselected=dict(marker=dict(opacity=0.55)),
             hovertemplate="true: %{y}<br>predicted: %{x}<br>value: %{text}<extra></extra>",
         )
     )

@@ -96,6 +96,33 @@ def thumbnail(path: str, size: int, stamp: float):
     return images.load_rgb(source, size=size, policy="letterbox", name=path, pad_color=(255, 255, 255))
 
 
+@st.cache_data(show_spinner="Reading image sizes...", max_entries=8)
+def _image_sizes(fingerprint: str, rows: tuple[tuple[str, str], ...]) -> pd.DataFrame:
+    from genre_core import images
+
+    read_image_bytes = core_function("sources", "read_image_bytes")
+    records = []
+    for path, genre in rows:
+        try:
+            source = read_image_bytes(path) if "#" in path and read_image_bytes is not None else path
+            info = images.image_info(source, name=path)
+        except (ValueError, OSError):
+            continue
+        records.append({"width": info["width"], "height": info["height"], "genre": genre})
+    return pd.DataFrame(records, columns=["width", "height", "genre"])
+
+
+def image_sizes(dataset, sample: int = 400) -> pd.DataFrame:
+    """Width and height per image: the manifest's columns when the source records them, else read from the
+    headers of an evenly spaced sample of at most `sample` images (cached per dataset fingerprint)."""
+    manifest = dataset.manifest
+    if {"width", "height"} <= set(manifest.columns) and manifest["width"].notna().any():
+        return manifest[["width", "height", "genre"]]
+    step = max(1, len(manifest) // sample)
+    chosen = manifest.iloc[::step].head(sample)
+    return _image_sizes(dataset.fingerprint, tuple(zip(chosen["path"].astype(str), chosen["genre"].astype(str))))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Runs
 

@@ -88,7 +88,9 @@ def _render_status(run_path: str, status: dict, key: str) -> None:
     epoch, epochs = status.get("epoch") or 0, status.get("epochs") or 0
     batch, batches = status.get("batch") or 0, status.get("batches") or 0
     header = st.columns([3, 1])
-    header[0].markdown(f"**{run_id}**: {state_name}. {status.get('message') or ''}")
+    message = str(status.get("message") or "")
+    detail = message if message.startswith(state_name) else f"{state_name}. {message}".strip()
+    header[0].markdown(f"**{run_id}**: {detail}")
     if state_name in ACTIVE_STATES:
         if header[1].button("Cancel", key=f"{key}_cancel", icon=":material/stop:"):
             cancel(run_path)

@@ -99,11 +99,11 @@ def write_tiny_model(path: Path, size: int, num_classes: int, seed: int = 0) -> 
 
 
 def write_gan_run(run_id: str, *, genre: str = "landscape", epochs: int = 2, image_size: int = 16,
-                  latent_dim: int = 8, with_generator: bool = True, seed: int = 0) -> Path:
+                  latent_dim: int = 8, with_generator: bool = True, seed: int = 0, runs_root: Path | None = None) -> Path:
     """Write a finished unconditional GAN run (history with KID, a sample grid per epoch, a tiny generator)."""
     from PIL import Image
 
-    folder = paths.gan_runs_dir() / paths.sanitize_id(run_id)
+    folder = Path(runs_root or paths.gan_runs_dir()) / paths.sanitize_id(run_id)
     (folder / "samples").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     config = {"kind": "gan", "data": "demo", "genre": genre, "conditional": False, "genres": [],

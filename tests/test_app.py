@@ -32,7 +32,7 @@ RUN_ID = "20260101-000000-small_cnn-test"
 
 def page(name: str) -> AppTest:
     """An AppTest of one page file (run on its own, as the task asks)."""
-    return AppTest.from_file(str(PROJECT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
+    return AppTest.from_file(str(PROJECT / "app_pages" / f"{name}.py"), default_timeout=TIMEOUT)
 
 
 def texts(elements) -> list[str]:
@@ -125,7 +125,7 @@ def test_first_launch_creates_the_demo_and_offers_a_demo_run(isolated_artifacts,
     assert metrics["Images"] == "30" and metrics["Genres"] == "3"
     # Every page is reachable through the navigation and renders without an exception.
     for name, title in (("train", "Train"), ("evaluate", "Evaluate"), ("classify", "Classify"), ("gan", "GAN")):
-        app.switch_page(f"pages/{name}.py").run()
+        app.switch_page(f"app_pages/{name}.py").run()
         assert not app.exception, name
         assert app.title[0].value == title
 

@@ -1,0 +1,244 @@
+"""Real-browser tests: Playwright drives Debian's chromium against `streamlit run app.py`.
+
+Three journeys: drop paintings on Classify and see predictions; click a confusion-matrix cell on Evaluate and
+see its paintings; launch a training run from the Train sidebar and see it finish. Each page is also saved
+as a full-page screenshot in docs/screenshots/<page>.png for the README.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SCREENSHOTS = PROJECT / "docs" / "screenshots"
+RUN_ID = "20260101-000000-small_cnn-browser"
+DEMO_TOTAL = 120
+DEMO_GENRES = ("abstract", "cityscape", "flower painting", "landscape", "marina", "portrait", "religious painting",
+               "still life")
+WIDTH = 1280
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium); CI installs it", allow_module_level=True)
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+@contextlib.contextmanager
+def artifacts_env(root: Path):
+    """Point GENRE_ARTIFACTS at `root` while building fixtures, then restore the session's value."""
+    previous = os.environ.get("GENRE_ARTIFACTS")
+    os.environ["GENRE_ARTIFACTS"] = str(root)
+    try:
+        yield
+    finally:
+        os.environ["GENRE_ARTIFACTS"] = previous or ""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory):
+    """`streamlit run app.py` on a free localhost port over a temp artifacts root holding a small demo-style
+    dataset (120 procedural paintings, 8 genres, generated in a few seconds), a finished classifier run with a
+    tiny saved model, and a finished GAN run."""
+    from app_support import state
+    from app_support.testing import write_gan_run, write_run
+    from genre_core import demo
+
+    base = tmp_path_factory.mktemp("browser")
+    root = base / "artifacts"
+    dataset = demo.ensure_demo(base / "paintings", total=DEMO_TOTAL, size=96)
+    image_paths = sorted(str(p) for p in dataset.rglob("*.jpg"))
+    genres = [Path(p).parent.name for p in image_paths]
+    with artifacts_env(root):
+        write_run(RUN_ID, image_paths, genres, sorted(set(genres)), seed=3, with_model=True, data=str(dataset))
+        write_gan_run("20260101-000000-landscape-browser", epochs=3, image_size=32, seed=1)
+        state.set_active_dataset(str(dataset))
+        state.set_active_run(RUN_ID)
+    port = free_port()
+    environment = dict(os.environ, GENRE_ARTIFACTS=str(root), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    log = open(base / "streamlit.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
+         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=PROJECT, env=environment, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    break
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            pytest.fail(f"streamlit did not start: {(base / 'streamlit.log').read_text(errors='replace')[-2000:]}")
+        time.sleep(0.3)
+    yield url
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": WIDTH, "height": 900})
+    tab = context.new_page()
+    tab.set_default_timeout(60_000)
+    yield tab
+    context.close()
+
+
+def open_page(page, url: str, name: str, ready_text: str) -> None:
+    """Open one app page and wait until `ready_text` shows and the script has stopped running."""
+    # The default page (Dataset) lives at the root URL.
+    page.goto(f"{url}/{'' if name == 'dataset' else name}")
+    page.get_by_text(ready_text, exact=False).first.wait_for()
+    settle(page)
+
+
+def settle(page, quiet_seconds: float = 1.5, timeout: float = 60.0) -> None:
+    """Wait until the app's script has not been running for `quiet_seconds` in a row (reruns included)."""
+    app = page.locator('[data-testid="stApp"]')
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if app.get_attribute("data-test-script-state") == "running":
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_seconds:
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError("the app kept running its script for more than a minute")
+
+
+def screenshot(page, name: str) -> Path:
+    """Save the whole page (the app scrolls inside its main area, so the viewport is stretched to fit)."""
+    page.evaluate("document.querySelectorAll('[data-testid=\"stSidebarContent\"], [data-testid=\"stMain\"]')"
+                  ".forEach(element => element.scrollTop = 0)")
+    height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": WIDTH, "height": max(900, min(int(height) + 40, 6000))})
+    page.wait_for_timeout(800)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": WIDTH, "height": 900})
+    return path
+
+
+def test_dataset_and_gan_pages_render(page, app_url):
+    open_page(page, app_url, "dataset", "Images per genre")
+    page.get_by_text("Gallery").wait_for()
+    images_metric = page.locator('[data-testid="stMetric"]').filter(has_text="Images")
+    images_metric.wait_for()
+    from genre_core import demo
+
+    expected = sum(demo.demo_counts(DEMO_TOTAL).values())
+    assert images_metric.locator('[data-testid="stMetricValue"]').inner_text() == str(expected)
+    assert page.locator('[data-testid="stSidebar"]').get_by_text("Active").is_visible()
+    screenshot(page, "dataset")
+    open_page(page, app_url, "gan", "Interpolate between two seeds")
+    assert page.get_by_text("epoch 3 (fixed latent batch)").is_visible()
+    screenshot(page, "gan")
+
+
+def test_drop_paintings_and_see_predictions(page, app_url, tmp_path):
+    from genre_core import demo
+
+    portrait = tmp_path / "portrait.png"
+    Image.fromarray(demo.generate_demo_image("portrait", seed=5, size=160)).save(portrait)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"this is not a JPEG")
+    open_page(page, app_url, "classify", "Drop paintings here")
+    page.locator('input[type="file"]').set_input_files([str(portrait), str(broken)])
+    page.get_by_text("Batch results").wait_for(timeout=90_000)
+    settle(page)
+    # The bad file gets one clear error naming it; the good one is classified with top-k bars and Grad-CAM.
+    errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+    assert errors == ["broken.jpg: not an image file Pillow can read"]
+    assert page.get_by_text("Grad-CAM", exact=True).first.is_visible()
+    assert page.locator(".js-plotly-plot").count() == 1  # the top-k bars of the one good painting
+    top_genre = page.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"] strong').first.inner_text()
+    assert top_genre in DEMO_GENRES
+    screenshot(page, "classify")
+
+
+def test_click_a_confusion_matrix_cell_and_see_its_paintings(page, app_url):
+    open_page(page, app_url, "evaluate", "Confusion matrix")
+    page.get_by_text("Compare runs").wait_for()
+    settle(page)
+    # The default cell is the most-confused pair; clicking the top-left square (abstract, abstract) replaces it.
+    points = page.locator(".st-key-eval_confusion .scatterlayer path.point")
+    assert points.count() == len(DEMO_GENRES) ** 2
+    box = points.nth(0).bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.get_by_text("of true genre abstract predicted as abstract").wait_for(timeout=30_000)
+    settle(page)
+    captions = page.locator('[data-testid="stImageCaption"]').all_inner_texts()
+    assert captions and all(caption.startswith("abstract → abstract (") for caption in captions)
+    page.mouse.move(0, 0)  # No hover label in the screenshot.
+    # The keyboard pickers follow the click.
+    for key in ("eval_true", "eval_predicted"):
+        picker = page.locator(f".st-key-{key}")
+        shown = picker.inner_text() + " ".join(field.input_value() for field in picker.locator("input").all())
+        assert "abstract" in shown, shown
+    screenshot(page, "evaluate")
+
+
+def test_launch_a_training_run_from_the_sidebar_and_see_it_finish(page, app_url):
+    pytest.importorskip("genre_core.train", reason="genre_core.train has not landed")
+    open_page(page, app_url, "train", "Queue and history")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_label("Epochs").fill("1")
+    sidebar.get_by_label("Image size (px, 0 = the model's default)").fill("32")
+    sidebar.get_by_label("Batch size").fill("8")
+    sidebar.get_by_role("button", name="Start training").click()
+    # The job runs as its own process; the page follows the new run and shows "finished" once it ends.
+    finished = page.locator('[data-testid="stAlertContentSuccess"]').filter(has_text="finished.").filter(
+        has_not_text=RUN_ID)
+    failed = page.locator('[data-testid="stAlertContentError"]')
+    progress_seen = []
+    deadline = time.monotonic() + 150
+    while finished.count() == 0 and failed.count() == 0 and time.monotonic() < deadline:
+        progress_seen += page.locator('[data-testid="stProgress"]').all_inner_texts()
+        page.wait_for_timeout(500)
+    assert failed.count() == 0, failed.first.inner_text()
+    assert any(text.startswith("epoch 0/1") for text in progress_seen), progress_seen
+    assert finished.count() == 1, "the training run did not finish within 150 s"
+    run_id = finished.first.inner_text().split(" finished.")[0].strip()
+    assert run_id != RUN_ID and "small_cnn" in run_id
+    settle(page)
+    screenshot(page, "train")
