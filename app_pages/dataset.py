@@ -106,10 +106,12 @@ with right:
     st.dataframe(plan, hide_index=True, key="dataset_topup")
     st.caption(f"{int(plan['copies'].sum()):,} augmented copies in total; training applies the plan as oversampling with augmentation.")
 
-# Image sizes, where the source records them.
-if {"width", "height"} <= set(manifest.columns) and manifest["width"].notna().any():
-    st.subheader("Image sizes")
-    st.plotly_chart(charts.image_size_figure(manifest), key="dataset_sizes")
+# Image sizes (from the manifest, or from the headers of a sample of images).
+st.subheader("Image sizes")
+sizes = core.image_sizes(dataset)
+if len(sizes):
+    st.plotly_chart(charts.image_size_figure(sizes), key="dataset_sizes")
+    st.caption(f"{len(sizes):,} images; median {int(sizes['width'].median())} x {int(sizes['height'].median())} px.")
 
 # Gallery of one genre: the clicked bar, or the selectbox (keyboard-usable fallback).
 st.subheader("Gallery")

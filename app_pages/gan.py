@@ -39,6 +39,7 @@ if dataset_spec:
             failure="Cannot start GAN training",
         )
         state.set_active_run(run.id, kind="gan")
+        st.session_state["gan_run"] = run.id  # Follow the new run (widget state, not storage).
         st.toast(f"Started {run.id}")
 else:
     st.sidebar.info("Choose a dataset on the Dataset page to train a GAN.")
@@ -87,7 +88,7 @@ count = columns[0].number_input("How many", 1, 64, 16, key="gan_sample_n")
 sample_seed = columns[1].number_input("Seed", 0, 2**31 - 1, 0, key="gan_sample_seed")
 sample_genre = columns[2].selectbox("Genre", run_classes, key="gan_sample_genre", disabled=not conditional_run)
 picture = core.gan_picture(str(run_dir), "sample", int(count), int(sample_seed), sample_genre if conditional_run else None)
-st.image(picture["image"], caption=f"{count} samples, seed {sample_seed}", width="content")
+st.image(picture["image"], caption=f"{count} samples, seed {sample_seed}", width=int(min(640, max(256, 2 * picture["image"].shape[1]))))
 st.download_button("Download PNG", picture["png"], file_name=f"{run_id}-seed{sample_seed}.png", mime="image/png", key="gan_sample_download", icon=":material/download:")
 
 st.subheader("Interpolate between two seeds")

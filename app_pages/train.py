@@ -56,6 +56,7 @@ if launched:
             "seed": int(seed),
         }
     )
+    st.session_state["train_followed_run"] = run.id  # Follow the new run (widget state, not storage).
     st.toast(f"Started {run.id}")
 
 # Rendering: the followed run (the active one by default), then the queue and history.
