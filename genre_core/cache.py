@@ -247,6 +247,30 @@ def open_cache(dataset, size=(224, 224), policy: str = "squash") -> ImageCache |
         return None
 
 
+def list_caches() -> list[dict]:
+    """Every cache folder under the artifacts root: fingerprint, size, policy, rows, failed, complete, bytes."""
+    records = []
+    for folder in sorted(p for p in paths.cache_dir().iterdir() if p.is_dir()):
+        try:
+            info = fileio.read_json(folder / "cache.json", None)
+        except ValueError:
+            info = None
+        if not isinstance(info, dict) or "fingerprint" not in info:
+            continue  # Not an image cache (embedding caches live here too) or a damaged one.
+        size_on_disk = sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
+        records.append({
+            "folder": str(folder),
+            "fingerprint": info.get("fingerprint"),
+            "size": info.get("size"),
+            "policy": info.get("policy"),
+            "rows": info.get("rows"),
+            "failed": info.get("failed"),
+            "complete": bool(info.get("complete")),
+            "bytes": int(size_on_disk),
+        })
+    return records
+
+
 def load_arrays(cache: ImageCache, indices: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Copy the images (uint8 N x H x W x 3) and int32 labels of `indices` (default: all ok rows) into memory."""
     indices = cache.ok_indices() if indices is None else _checked_indices(cache, indices)

@@ -331,3 +331,13 @@ def test_parallel_build_interrupted_by_progress_resumes(isolated_artifacts, tiny
     assert events[0]["done"] == 5 * done
     single = prepare_cache(folder_dataset(tiny_dataset_dir, "parallel-cancel-single"), SIZE, workers=1)
     np.testing.assert_array_equal(resumed.images, single.images)
+
+
+def test_list_caches_reports_each_cache(isolated_artifacts, tiny_dataset_dir):
+    dataset = folder_dataset(tiny_dataset_dir, "listed")
+    prepare_cache(dataset, SIZE, workers=1)
+    prepare_cache(dataset, 24, workers=1)
+    (isolated_artifacts / "cache" / "embeddings-something").mkdir()  # Not an image cache: skipped.
+    listed = cache_module.list_caches()
+    assert [(c["size"], c["rows"], c["complete"], c["failed"]) for c in listed] == [([24, 24], 30, True, 0), ([SIZE, SIZE], 30, True, 0)]
+    assert all(c["bytes"] >= c["rows"] * c["size"][0] * c["size"][1] * 3 for c in listed)
