@@ -417,3 +417,34 @@ def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
     assert [image.captions[0] for image in app.image] == [
         "epoch 3 (fixed latent batch)", "4 samples, seed 7", "seed 0 → seed 1"]
     assert app.get_by_key("gan_sample_download").label == "Download PNG"
+
+
+def test_demo_run_button_starts_the_small_demo_training(isolated_artifacts, tiny_dataset_dir, fake_start_run):
+    state.set_active_dataset(str(tiny_dataset_dir))
+    app = page("evaluate").run()
+    assert texts(app.info)[0].startswith("No finished run with test predictions yet.")
+    app.button(key="demo_train").click().run()
+    assert not app.exception
+    (config,) = fake_start_run
+    assert (config.data, config.model, config.epochs, config.size) == ("demo", "small_cnn", 3, 64)
+    # The offer turns into the live job panel of that run (here: epoch 1 of 3 running).
+    app.run()
+    assert texts(app.info)[-1] == "A training job is running; every page will have results to show when it finishes."
+    assert [bar.text for bar in app.get("progress")][0].startswith("epoch 1/3")
+
+
+def test_dataset_page_prepares_the_cache_as_a_background_job(isolated_artifacts, tiny_dataset_dir):
+    from genre_core import jobs, runs
+
+    state.set_active_dataset(str(tiny_dataset_dir))
+    app = page("dataset").run()
+    app.number_input(key="prepare_size").set_value(32)
+    (prepare,) = [button for button in app.button if button.label == "Prepare"]
+    prepare.click().run()
+    assert not app.exception
+    (row,) = runs.list_runs("prepare")
+    assert row["data"] == str(tiny_dataset_dir)
+    assert jobs.wait(row["path"], timeout=60)["state"] == "finished"
+    app.run()
+    assert f"{row['id']} finished." in texts(app.success)
+    assert (isolated_artifacts / "cache").is_dir() and any((isolated_artifacts / "cache").iterdir())
