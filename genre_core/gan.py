@@ -8,7 +8,7 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `classes.json` | the genres, label order (one genre for an unconditional run) |
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
 | `generator.keras` | the EMA generator (loads with `safe_mode=True`) |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, seconds, real_accuracy, feature_space` |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, seconds, cpu_seconds, real_accuracy, feature_space` |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
@@ -301,6 +301,7 @@ def _epoch_callback_class():
             self.start_time = start_time
             self.previous_seconds = previous_seconds
             self.epoch_start = time.monotonic()
+            self.epoch_cpu_start = time.process_time()
             conditional = config.conditional
             self.grid_noise = latent_vectors(config.seed + 1, config.grid_images, config.latent_dim)
             self.grid_labels = (np.arange(config.grid_images) % len(classes)).astype(np.int32) if conditional else None
@@ -309,6 +310,7 @@ def _epoch_callback_class():
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_start = time.monotonic()
+            self.epoch_cpu_start = time.process_time()
 
         def on_train_batch_end(self, batch, logs=None):
             self.progress({"stage": "batch", "done": batch + 1, "total": self.steps_per_epoch})
@@ -343,6 +345,7 @@ def _epoch_callback_class():
                 "kid_std": measured["kid_std"],
                 "aug_p": float(logs.get("aug_p", np.nan)),
                 "seconds": round(seconds, 2),
+                "cpu_seconds": round(time.process_time() - self.epoch_cpu_start, 2),
                 "real_accuracy": float(logs.get("real_accuracy", np.nan)),
                 "feature_space": measured["feature_space"],
             }
