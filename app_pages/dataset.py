@@ -82,7 +82,7 @@ with left:
     st.subheader("Imbalance" + (" (train split)" if split else ""))
     counts = stats["counts"]
     cards = st.columns(3)
-    cards[0].metric("Imbalance ratio (largest / smallest)", f"{stats['imbalance_ratio']:.1f}")
+    cards[0].metric("Imbalance ratio", f"{stats['imbalance_ratio']:.1f}", help="images in the largest genre / images in the smallest")
     largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
     cards[1].metric(f"Largest: {largest}", f"{counts[largest]:,}")
     cards[2].metric(f"Smallest: {smallest}", f"{counts[smallest]:,}")
@@ -115,7 +115,9 @@ if len(sizes):
 
 # Gallery of one genre: the clicked bar, or the selectbox (keyboard-usable fallback).
 st.subheader("Gallery")
-if clicked_genre in dataset.classes:
+if clicked_genre in dataset.classes and clicked_genre != st.session_state.get("dataset_last_click"):
+    # A new click moves the genre picker to the clicked bar; the picker stays free to change afterwards.
+    st.session_state["dataset_last_click"] = clicked_genre
     st.session_state["dataset_gallery_genre"] = clicked_genre
 genre = st.selectbox("Genre", dataset.classes, key="dataset_gallery_genre")
 count = st.slider("Paintings to show", 4, 48, 12, step=4, key="dataset_gallery_count")

@@ -159,7 +159,7 @@ def test_dataset_page_reads_a_folder_dataset(isolated_artifacts, tiny_dataset_di
     assert state.read_state()["active_dataset"] == str(tiny_dataset_dir)
     metrics = {metric.label: metric.value for metric in app.metric}
     assert metrics["Images"] == "30" and metrics["Genres"] == "3" and metrics["Source"] == "folder"
-    assert metrics["Imbalance ratio (largest / smallest)"] == "1.0"
+    assert metrics["Imbalance ratio"] == "1.0"
     plan = table_with(app, "genre", "have", "copies")
     assert list(plan["copies"]) == [0, 0, 0]
     app.number_input(key="dataset_topup_min").set_value(14).run()

@@ -169,6 +169,22 @@ def test_dataset_and_gan_pages_render(page, app_url):
     expected = sum(demo.demo_counts(DEMO_TOTAL).values())
     assert images_metric.locator('[data-testid="stMetricValue"]').inner_text() == str(expected)
     assert page.locator('[data-testid="stSidebar"]').get_by_text("Active").is_visible()
+    # Clicking a genre's bar opens its gallery (bars are sorted by count, largest first).
+    counts = demo.demo_counts(DEMO_TOTAL)
+    second = sorted(counts, key=counts.get, reverse=True)[1]
+    bars = page.locator(".st-key-dataset_bars .barlayer .point path")
+    bars.first.wait_for()
+    assert bars.count() == len(counts)
+    bars.nth(1).scroll_into_view_if_needed()
+    box = bars.nth(1).bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.8)
+    captions = page.locator('[data-testid="stImageCaption"]')
+    deadline = time.monotonic() + 30
+    while not (captions.count() and all(text.startswith(f"{second}_") for text in captions.all_inner_texts())):
+        assert time.monotonic() < deadline, f"the gallery did not switch to {second}: {captions.all_inner_texts()}"
+        page.wait_for_timeout(250)
+    settle(page)
+    page.mouse.move(0, 0)
     screenshot(page, "dataset")
     open_page(page, app_url, "gan", "Interpolate between two seeds")
     assert page.get_by_text("epoch 3 (fixed latent batch)").is_visible()
@@ -202,7 +218,9 @@ def test_click_a_confusion_matrix_cell_and_see_its_paintings(page, app_url):
     settle(page)
     # The default cell is the most-confused pair; clicking the top-left square (abstract, abstract) replaces it.
     points = page.locator(".st-key-eval_confusion .scatterlayer path.point")
+    points.first.wait_for()
     assert points.count() == len(DEMO_GENRES) ** 2
+    points.nth(0).scroll_into_view_if_needed()
     box = points.nth(0).bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.get_by_text("of true genre abstract predicted as abstract").wait_for(timeout=30_000)
