@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from genre_core import fileio, paths
+from genre_core import paths, runs
 
 DEMO = "demo"
 
@@ -128,8 +128,8 @@ def image_sizes(dataset, sample: int = 400) -> pd.DataFrame:
 
 
 def runs_folder(kind: str = "classifier") -> Path:
-    """The folder holding classifier runs, or GAN runs when kind == "gan"."""
-    return paths.gan_runs_dir() if kind == "gan" else paths.runs_dir()
+    """The folder holding runs of this kind (classifier runs, or GAN runs when kind == "gan")."""
+    return runs.kind_root(kind)
 
 
 RUN_COLUMNS = ["id", "path", "state", "model", "data", "epoch", "epochs", "test_accuracy", "macro_f1", "message",
@@ -137,77 +137,33 @@ RUN_COLUMNS = ["id", "path", "state", "model", "data", "epoch", "epochs", "test_
 
 
 def run_table(kind: str = "classifier") -> pd.DataFrame:
-    """One row per run folder (newest first): id, path, state, model, data, progress, test metrics.
+    """runs.list_runs as a table (newest first), with every listing column present even when there are no runs.
 
-    Not cached on purpose: it reads only small files (a few milliseconds for 50 runs) and must notice a job
-    whose process died, which changes no file.
+    Not cached on purpose: it reads only small files (milliseconds for 50 runs) and must notice a job whose
+    process died, which changes no file.
     """
-    list_runs = core_function("runs", "list_runs")
-    if list_runs is not None:
-        rows = list_runs(kind)
-    else:
-        folder = runs_folder(kind)
-        rows = [run_summary(entry) for entry in sorted(folder.iterdir(), reverse=True) if entry.is_dir()]
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(runs.list_runs(kind))
     for column in RUN_COLUMNS:
         if column not in table.columns:
             table[column] = None
     return table[RUN_COLUMNS + [c for c in table.columns if c not in RUN_COLUMNS]]
 
 
-def run_summary(run_dir: Path) -> dict:
-    """Summarise one run folder from its files; a damaged folder gives state "damaged" instead of an error."""
-    row = {"id": run_dir.name, "path": str(run_dir), "state": "damaged", "model": "", "data": "", "epoch": None,
-           "epochs": None, "test_accuracy": None, "macro_f1": None, "message": "", "error": "", "created": ""}
+def read_status(run_dir: str | os.PathLike) -> dict:
+    """The run's effective status (a dead job reads "interrupted"); a missing or corrupt file reads "damaged"."""
     try:
-        config = fileio.read_json(run_dir / "config.json", default=None)
-        status = read_status(run_dir)
-        metrics = fileio.read_json(run_dir / "metrics.json", default={}) or {}
+        return runs.Run(run_dir).status()
     except ValueError as exc:
-        row["error"] = str(exc)
-        return row
-    if not isinstance(config, dict) or not isinstance(status, dict):
-        row["error"] = "config.json or status.json is missing"
-        return row
-    test = metrics.get("test") or metrics.get("val") or {}
-    row.update(
-        state=status.get("state", "damaged"),
-        model=str(config.get("model") or config.get("model_name") or config.get("architecture") or ""),
-        data=str(config.get("data", "")),
-        epoch=status.get("epoch"),
-        epochs=status.get("epochs") or config.get("epochs"),
-        test_accuracy=test.get("accuracy"),
-        macro_f1=test.get("macro_f1"),
-        message=str(status.get("message") or ""),
-        error=str(status.get("error") or ""),
-        created=run_dir.name[:15],
-    )
-    return row
-
-
-def read_status(run_dir: str | os.PathLike) -> dict | None:
-    """The run's status, through runs.open_run(...).status() when available (it detects dead jobs)."""
-    open_run = core_function("runs", "open_run")
-    if open_run is not None:
-        try:
-            status = open_run(Path(run_dir)).status()
-            if isinstance(status, dict):
-                return status
-            return {"state": str(status)}
-        except Exception:  # noqa: BLE001 - a damaged run must not break listing; fall back to the file.
-            pass
-    return fileio.read_json(Path(run_dir) / "status.json", default=None)
+        return {"state": "damaged", "error": str(exc)}
 
 
 def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:
-    """The run's history.csv as a DataFrame (empty when the run has not finished an epoch)."""
-    path = Path(run_dir) / "history.csv"
-    if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame(columns=["epoch"])
+    """The run's history.csv (an empty table with an epoch column before the first epoch or when corrupt)."""
     try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError):
-        return pd.DataFrame(columns=["epoch"])
+        history = runs.Run(run_dir).history()
+    except ValueError:
+        history = pd.DataFrame()
+    return history if "epoch" in history.columns else pd.DataFrame(columns=["epoch"])
 
 
 def finished_runs(kind: str = "classifier", need: str = "model.keras") -> list[str]:
@@ -250,19 +206,6 @@ def interpretation(run_dir: str | os.PathLike):
         modification_time(Path(run_dir) / "predictions.csv"),
         failure=f"Cannot evaluate {Path(run_dir).name}",
     )
-
-
-@st.cache_resource(show_spinner="Loading the generator...", max_entries=3)
-def _generator(run_dir: str, stamp: float):
-    load_generator = core_function("gan", "load_generator")
-    return load_generator(run_dir)
-
-
-def generator(run_dir: str | os.PathLike):
-    """The GAN run's generator (loaded once per generator file version)."""
-    require("gan", "load_generator", "loading a GAN generator")
-    run_dir = str(run_dir)
-    return call(_generator, run_dir, modification_time(Path(run_dir) / "generator.keras"), failure=f"Cannot load the generator of {Path(run_dir).name}")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

@@ -32,8 +32,7 @@ def status_panel() -> None:
         st.markdown(f"**Dataset:** `{dataset}`")
         run_id = remembered["active_run"]
         if run_id:
-            summary = core.run_summary(core.runs_folder() / run_id)
-            st.markdown(f"**Run:** `{run_id}` ({summary['state']})")
+            st.markdown(f"**Run:** `{run_id}` ({core.read_status(core.runs_folder() / run_id)['state']})")
         else:
             st.markdown("**Run:** none yet")
         active_jobs = core.core_function("jobs", "active_jobs")

@@ -10,7 +10,6 @@ Rows:
 
 from __future__ import annotations
 
-import io
 import os
 import statistics
 import tempfile
@@ -19,6 +18,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from bench import make_row
 
 PROJECT = Path(__file__).resolve().parents[1]
 PAGES = ("dataset", "train", "evaluate", "classify", "gan")
@@ -36,12 +37,6 @@ def _median_interleaved(first, second, repeats: int) -> tuple[float, float]:
             function()
             times.append(time.perf_counter() - began)
     return statistics.median(first_times), statistics.median(second_times)
-
-
-def _row(name: str, baseline: float, candidate: float, limit: float, note: str) -> dict:
-    ratio = candidate / baseline if baseline > 0 else float("inf")
-    return {"name": name, "baseline_s": round(baseline, 5), "candidate_s": round(candidate, 5),
-            "ratio": round(ratio, 2), "target": f"<={limit:g}x", "ok": bool(ratio <= limit), "note": note}
 
 
 def _build_root(root: Path, dataset: Path, runs: int) -> None:
@@ -76,7 +71,7 @@ def bench_classify_latency(root: Path, dataset: Path) -> dict:
         app_path()
         bare()
     baseline, candidate = _median_interleaved(bare, app_path, LATENCY_REPEATS)
-    return _row("app classify: one dropped painting vs bare model(x)", baseline, candidate, 1.3,
+    return make_row("app classify: one dropped painting vs bare model(x)", baseline, candidate, "<=1.3x",
                 f"small_cnn 64 px, {painting.stat().st_size // 1024} KB JPEG 128 px, median of {LATENCY_REPEATS}")
 
 
@@ -107,9 +102,10 @@ def bench_page_renders(few_root: Path, many_root: Path) -> list[dict]:
         for _ in range(RENDER_REPEATS):
             few.append(_first_render(page, few_root))
             many.append(_first_render(page, many_root))
-        rows.append(_row(f"app page {page}: first render, {MANY_RUNS} runs vs 1", statistics.median(few),
-                         statistics.median(many), 1.5,
-                         f"AppTest, caches cleared, median of {RENDER_REPEATS}; {statistics.median(many):.2f} s with {MANY_RUNS} runs"))
+        rows.append(make_row(f"app page {page}: first render, {MANY_RUNS} runs vs 1", statistics.median(few),
+                             statistics.median(many), "<=1.5x",
+                             f"AppTest, caches cleared, median of {RENDER_REPEATS}; {statistics.median(many):.2f} s "
+                             f"with {MANY_RUNS} runs"))
     return rows
 
 
