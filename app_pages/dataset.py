@@ -49,7 +49,7 @@ if not active:
 if active == core.DEMO:
     ensure_demo = core.require("demo", "ensure_demo", "creating the demo dataset")
     core.call(ensure_demo, failure="Cannot create the demo dataset")
-dataset = core.load_dataset(active)
+dataset = core.load_dataset(active, reload=chosen)
 jobs_ui.demo_run_offer()
 
 # Rendering: headline numbers.

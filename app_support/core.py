@@ -74,14 +74,19 @@ def dataset_stamp(spec: str) -> float:
     return modification_time(Path(spec).expanduser())
 
 
-@st.cache_data(show_spinner="Reading the dataset...", max_entries=8)
+@st.cache_resource(show_spinner="Reading the dataset...", max_entries=4)
 def _load_dataset(spec: str, stamp: float):
+    # cache_resource, not cache_data: a manifest of 100,000 rows is shared read-only instead of unpickled on
+    # every rerun. Pages never modify it.
     load_dataset = core_function("sources", "load_dataset")
     return load_dataset(spec)
 
 
-def load_dataset(spec: str):
-    """Load a dataset ("demo" or a path) through the core, cached on (spec, modification time)."""
+def load_dataset(spec: str, reload: bool = False):
+    """Load a dataset ("demo" or a path) through the core, cached on (spec, modification time); `reload`
+    drops the cached copy first (files inside a genre folder change no top-level modification time)."""
+    if reload:
+        _load_dataset.clear(spec, dataset_stamp(spec))
     require("sources", "load_dataset", "reading datasets")
     return call(_load_dataset, spec, dataset_stamp(spec), failure=f"Cannot read the dataset {spec}")
 

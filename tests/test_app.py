@@ -394,6 +394,7 @@ def test_gan_page_launches_a_job(isolated_artifacts, tiny_dataset_dir, monkeypat
     assert not app.exception
     (config,) = launched
     assert (config["genre"], config["epochs"], config["image_size"], config["conditional"]) == ("portrait", 2, 32, False)
+    assert gan.GanConfig.from_dict(config).validate().to_dict()["data"] == str(tiny_dataset_dir)  # a valid config
     assert state.read_state()["active_gan_run"] == app.selectbox(key="gan_run").value
 
 
