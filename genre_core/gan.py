@@ -372,7 +372,8 @@ def measure(generator, noise, labels, real_features, extractor, seed: int = 0) -
 
     generated = _generate(generator, noise, labels)
     features = extractor(generated)
-    subset_size = min(len(features), len(real_features), 1000)
+    # Subsets of half the smaller set, so that the spread over subsets says how stable the number is.
+    subset_size = max(2, min(len(features), len(real_features), 2000) // 2)
     return quality.compare(features, real_features, extractor.name, subsets=50, subset_size=subset_size, seed=seed)
 
 
