@@ -176,7 +176,9 @@ def history_figure(history: pd.DataFrame) -> go.Figure:
                 row=1,
                 col=col_index,
             )
-    figure.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h"))
+    figure.update_layout(
+        height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", yanchor="top", y=-0.25, x=0)
+    )
     figure.update_xaxes(title="epoch")
     return figure
 

@@ -149,7 +149,8 @@ def screenshot(page, name: str) -> Path:
     """Save the whole page (the app scrolls inside its main area, so the viewport is stretched to fit)."""
     page.evaluate("document.querySelectorAll('[data-testid=\"stSidebarContent\"], [data-testid=\"stMain\"]')"
                   ".forEach(element => element.scrollTop = 0)")
-    height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    height = page.evaluate("Math.max(...Array.from(document.querySelectorAll("
+                           "'[data-testid=\"stMain\"], [data-testid=\"stSidebarContent\"]'), e => e.scrollHeight))")
     page.set_viewport_size({"width": WIDTH, "height": max(900, min(int(height) + 40, 6000))})
     page.wait_for_timeout(800)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
