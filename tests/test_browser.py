@@ -46,7 +46,10 @@ def artifacts_env(root: Path):
     try:
         yield
     finally:
-        os.environ["GENRE_ARTIFACTS"] = previous or ""
+        if previous is None:
+            os.environ.pop("GENRE_ARTIFACTS", None)
+        else:
+            os.environ["GENRE_ARTIFACTS"] = previous
 
 
 def free_port() -> int:
