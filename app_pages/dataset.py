@@ -43,12 +43,8 @@ if chosen:
 
 # Guard: a dataset must be chosen and readable.
 if not active:
-    ensure_demo = core.require("demo", "ensure_demo", "creating the demo dataset")
     st.info("No dataset is active yet. Pick the demo or enter a path above.")
     st.stop()
-if active == core.DEMO:
-    ensure_demo = core.require("demo", "ensure_demo", "creating the demo dataset")
-    core.call(ensure_demo, failure="Cannot create the demo dataset")
 dataset = core.load_dataset(active, reload=chosen)
 jobs_ui.demo_run_offer()
 

@@ -67,6 +67,17 @@ def modification_time(path: str | os.PathLike) -> float:
 # Datasets
 
 
+def ensure_demo():
+    """Generate the demo dataset if it is missing or outdated, in this process and one worker.
+
+    Never in a worker pool from here: Streamlit installs the page script as `__main__`, so "spawn" workers
+    (the only safe start method in a threaded server) would re-run the page script while importing.
+    About 12 s on one core the first time; instant once the demo is there.
+    """
+    ensure = require("demo", "ensure_demo", "creating the demo dataset")
+    return call(ensure, workers=1, failure="Cannot create the demo dataset")
+
+
 def dataset_stamp(spec: str) -> float:
     """A cache key part that changes when the dataset on disk changes (folder or file modification time)."""
     if spec == DEMO:
@@ -85,6 +96,8 @@ def _load_dataset(spec: str, stamp: float):
 def load_dataset(spec: str, reload: bool = False):
     """Load a dataset ("demo" or a path) through the core, cached on (spec, modification time); `reload`
     drops the cached copy first (files inside a genre folder change no top-level modification time)."""
+    if spec == DEMO:
+        ensure_demo()  # Otherwise sources.load_dataset("demo") would generate it with a worker pool.
     if reload:
         _load_dataset.clear(spec, dataset_stamp(spec))
     require("sources", "load_dataset", "reading datasets")

@@ -14,9 +14,9 @@ def first_launch() -> None:
     ensure_demo = core.core_function("demo", "ensure_demo")
     if ensure_demo is None:
         return
-    with st.spinner("Creating the demo dataset (first launch)..."):
+    with st.spinner("Creating the demo dataset (first launch, about 15 seconds)..."):
         try:
-            ensure_demo()
+            ensure_demo(workers=1)  # One worker: see core.ensure_demo.
         except Exception as exc:  # noqa: BLE001 - the pages still work with a dataset chosen by hand.
             st.sidebar.error(f"Cannot create the demo dataset: {core.describe_error(exc)}")
             return

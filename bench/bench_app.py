@@ -119,7 +119,7 @@ def run() -> list[dict]:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-app-") as temporary:
             base = Path(temporary)
-            dataset = demo.ensure_demo(base / "paintings", total=80, size=128)
+            dataset = demo.ensure_demo(base / "paintings", total=80, size=128, workers=1)
             few_root, many_root = base / "few", base / "many"
             _build_root(few_root, dataset, 1)
             _build_root(many_root, dataset, MANY_RUNS)

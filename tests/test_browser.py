@@ -69,7 +69,8 @@ def app_url(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("browser")
     root = base / "artifacts"
-    dataset = demo.ensure_demo(base / "paintings", total=DEMO_TOTAL, size=96)
+    # One worker: earlier AppTest runs in this process leave a page script installed as __main__.
+    dataset = demo.ensure_demo(base / "paintings", total=DEMO_TOTAL, size=96, workers=1)
     image_paths = sorted(str(p) for p in dataset.rglob("*.jpg"))
     genres = [Path(p).parent.name for p in image_paths]
     with artifacts_env(root):
