@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_support import charts, core, jobs_ui, state, uploads
+from app_support import charts, core, jobs_ui, uploads
 
 st.title("Classify")
 
-# Guard: the classification core and a finished run with a saved model.
+# Guard and input: the classification core and a finished run with a saved model (the active run by default).
 core.require("classify", "load_classifier", "classifying paintings")
-models = core.finished_runs("classifier", need="model.keras")
-if not models:
-    st.info("No finished run with a saved model yet. Train one on the Train page, or start the demo run here.")
-    jobs_ui.demo_run_offer()
-    st.stop()
-
-# Inputs: the model, the paintings and how much to show.
-remembered = state.read_state()
-run_id = st.selectbox(
-    "Model (finished runs)",
-    models,
-    index=models.index(remembered["active_run"]) if remembered["active_run"] in models else 0,
-    key="classify_run",
+run_id = jobs_ui.finished_run_picker(
+    "Model (finished runs)", "model.keras", "classify_run",
+    "No finished run with a saved model yet. Train one on the Train page, or start the demo run here.",
 )
+
+# Inputs: the paintings and how much to show.
 files = st.file_uploader(
     "Drop paintings here",
     type=uploads.UPLOAD_TYPES,
@@ -59,15 +51,15 @@ overlay = core.require("classify", "overlay", "Grad-CAM overlays")
 for position, (file, result) in enumerate(good[:6]):
     with st.container(border=True):
         picture, bars, heat = st.columns([1, 2, 1])
-        image = classifier.load(file.getvalue(), name=file.name)
-        picture.image(image, caption=file.name, width="stretch")
+        picture.image(file.getvalue(), caption=file.name, width="stretch")
         bars.markdown(f"**{result['top'][0][0]}** ({result['top'][0][1]:.0%})")
         genres, probabilities = zip(*result["top"])
         bars.plotly_chart(charts.topk_figure(list(genres), list(probabilities)), key=f"classify_bars_{position}")
         if show_heatmap:
+            # Grad-CAM on the image exactly as the model saw it (the run's size and resize policy).
             try:
-                heatmap, _ = gradcam(classifier, image)
-                heat.image(overlay(image, heatmap), caption="Grad-CAM", width="stretch")
+                heatmap, _ = gradcam(classifier, result["image"])
+                heat.image(overlay(result["image"], heatmap), caption="Grad-CAM", width="stretch")
             except Exception as exc:  # noqa: BLE001 - a model without a conv layer still classifies.
                 heat.caption(f"No heat map: {core.describe_error(exc)}")
 if len(good) > 6:

@@ -8,28 +8,16 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_support import charts, core, jobs_ui, state
+from app_support import charts, core, jobs_ui
 
 st.title("Evaluate")
 
-# Guard: the evaluation core and at least one run with test predictions.
+# Guard and input: the evaluation core and a run with test predictions (the active run by default).
 core.require("evaluate", "Interpretation", "evaluating runs")
-evaluated = core.finished_runs("classifier", need="predictions.csv")
-if not evaluated:
-    st.info("No finished run with test predictions yet. Train one on the Train page, or start the demo run here.")
-    jobs_ui.demo_run_offer()
-    st.stop()
-
-# Inputs: the run (the active run by default).
-remembered = state.read_state()
-run_id = st.selectbox(
-    "Run",
-    evaluated,
-    index=evaluated.index(remembered["active_run"]) if remembered["active_run"] in evaluated else 0,
-    key="eval_run",
+run_id = jobs_ui.finished_run_picker(
+    "Run", "predictions.csv", "eval_run",
+    "No finished run with test predictions yet. Train one on the Train page, or start the demo run here.",
 )
-if run_id != remembered["active_run"]:
-    state.set_active_run(run_id)
 run_dir = core.runs_folder() / run_id
 interpretation = core.interpretation(run_dir)
 classes = list(interpretation.classes)
@@ -106,7 +94,8 @@ st.dataframe(issues.drop(columns=["top3"], errors="ignore"), hide_index=True, ke
 
 # Comparison of finished runs and their learning curves.
 st.subheader("Compare runs")
-compared = st.multiselect("Runs", evaluated, default=evaluated[:5], key="eval_compare")
+finished = core.finished_runs("classifier", need="predictions.csv")
+compared = st.multiselect("Runs", finished, default=finished[:5], key="eval_compare")
 if compared:
     table, curves = core.comparison([str(core.runs_folder() / name) for name in compared])
     st.dataframe(table, hide_index=True, key="eval_compare_table")

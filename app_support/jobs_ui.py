@@ -161,3 +161,21 @@ def prepare_panel(dataset_spec: str) -> None:
             previous = latest_run("prepare", dataset_spec)
     if previous:
         job_panel(previous["path"], key="prepare_job", show_curves=False)
+
+
+def finished_run_picker(label: str, need: str, key: str, missing: str) -> str:
+    """Guard and picker for finished classifier runs that have the file `need`.
+
+    With none, shows `missing` and the demo-run offer, then stops the page. Otherwise returns the chosen run
+    id (the active run by default) and makes it the active run.
+    """
+    choices = core.finished_runs("classifier", need=need)
+    if not choices:
+        st.info(missing)
+        demo_run_offer()
+        st.stop()
+    active = state.read_state()["active_run"]
+    run_id = st.selectbox(label, choices, index=choices.index(active) if active in choices else 0, key=key)
+    if run_id != active:
+        state.set_active_run(run_id)
+    return run_id

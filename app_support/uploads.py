@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 
 from genre_core import images
@@ -15,26 +16,29 @@ UPLOAD_TYPES = [extension.lstrip(".") for extension in images.IMAGE_EXTENSIONS]
 
 def classify_uploads(classifier, uploads: list[tuple[str, bytes]], top_k: int = 3,
                      max_pixels: int | None = None) -> list[dict]:
-    """Classify (name, bytes) pairs; files over the pixel cap or unreadable get ok=False and a one-line error.
+    """Classify (name, bytes) pairs in upload order, in one batch through the classifier.
 
-    The header of every file is checked first (cheap: no decode), so an oversized image is refused before
-    any pixels are decoded; the rest go through the classifier in one batch, in upload order.
+    Each file is decoded once with images.load_rgb at the run's size and policy, refusing images over the
+    pixel cap before any pixel is decoded. A result is {name, ok, error, top: [(genre, p)], probabilities,
+    image}: `image` is the decoded uint8 array (for display and Grad-CAM), None for a file that failed.
     """
+    from genre_core.classify import top_genres
+
     max_pixels = max_pixels or MAX_UPLOAD_PIXELS
-    results: list[dict | None] = [None] * len(uploads)
-    good_positions, good_sources, good_names = [], [], []
-    for position, (name, data) in enumerate(uploads):
+    results = []
+    for name, data in uploads:
+        result = {"name": name, "ok": False, "error": None, "top": [], "probabilities": {}, "image": None}
         try:
-            images.image_info(data, name=name, max_pixels=max_pixels)
-        except ValueError as exc:
-            results[position] = {"name": name, "ok": False, "error": str(exc), "top": [], "probabilities": {}}
-            continue
-        good_positions.append(position)
-        good_sources.append(data)
-        good_names.append(name)
-    if good_sources:
-        for position, result in zip(good_positions, classifier.classify(good_sources, good_names, top_k=top_k)):
-            results[position] = result
+            result["image"] = images.load_rgb(data, classifier.size, classifier.policy, name=name, max_pixels=max_pixels)
+        except (ValueError, OSError) as exc:
+            result["error"] = str(exc)
+        results.append(result)
+    loaded = [result for result in results if result["image"] is not None]
+    if loaded:
+        probabilities = classifier.predict_arrays(np.stack([result["image"] for result in loaded]))
+        for result, row in zip(loaded, probabilities):
+            result.update(ok=True, top=top_genres(row, classifier.classes, top_k),
+                          probabilities={genre: float(p) for genre, p in zip(classifier.classes, row)})
     return results
 
 

@@ -19,24 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import make_row
+from bench import best_of, make_row
 
 PROJECT = Path(__file__).resolve().parents[1]
 PAGES = ("dataset", "train", "evaluate", "classify", "gan")
 MANY_RUNS = 50
 LATENCY_REPEATS = 40
 RENDER_REPEATS = 3
-
-
-def _median_interleaved(first, second, repeats: int) -> tuple[float, float]:
-    """Median timings of two functions run alternately, so background load hits both alike."""
-    first_times, second_times = [], []
-    for _ in range(repeats):
-        for function, times in ((first, first_times), (second, second_times)):
-            began = time.perf_counter()
-            function()
-            times.append(time.perf_counter() - began)
-    return statistics.median(first_times), statistics.median(second_times)
 
 
 def _build_root(root: Path, dataset: Path, runs: int) -> None:
@@ -70,9 +59,9 @@ def bench_classify_latency(root: Path, dataset: Path) -> dict:
     for _ in range(5):
         app_path()
         bare()
-    baseline, candidate = _median_interleaved(bare, app_path, LATENCY_REPEATS)
+    baseline, candidate = best_of(bare, LATENCY_REPEATS), best_of(app_path, LATENCY_REPEATS)
     return make_row("app classify: one dropped painting vs bare model(x)", baseline, candidate, "<=1.3x",
-                f"small_cnn 64 px, {painting.stat().st_size // 1024} KB JPEG 128 px, median of {LATENCY_REPEATS}")
+                f"small_cnn 64 px, {painting.stat().st_size // 1024} KB JPEG 128 px, best of {LATENCY_REPEATS}")
 
 
 def _first_render(page: str, root: Path) -> float:
