@@ -74,5 +74,8 @@ if followed != remembered["active_run"] and followed in set(table.loc[table["sta
 jobs_ui.job_panel(table.loc[table["id"] == followed, "path"].iloc[0], key="train_job")
 
 st.subheader("Queue and history")
-shown = table[["id", "state", "model", "data", "epoch", "epochs", "test_accuracy", "macro_f1", "message"]]
+queue = core.require("jobs", "queue", "the job queue")
+positions = {row["id"]: row["position"] for row in queue()}  # 0: running, 1, 2, ...: waiting in this order.
+shown = table.assign(queue=table["id"].map(positions))
+shown = shown[["id", "state", "queue", "model", "data", "epoch", "epochs", "test_accuracy", "macro_f1", "message"]]
 st.dataframe(shown, hide_index=True, width="stretch", key="train_runs_table")

@@ -234,7 +234,7 @@ def test_train_page_launches_a_run_and_shows_live_progress(isolated_artifacts, t
     app.button(key="train_job_cancel").click().run()
     assert (isolated_artifacts / "runs" / run_id / "cancel").exists()
     table = table_with(app, "id", "state", "model")
-    assert list(table["state"]) == ["running"]
+    assert list(table["state"]) == ["running"] and list(table["queue"]) == [0]  # 0: the running job
 
 
 def test_train_page_shows_a_failed_job_with_its_error(isolated_artifacts, tiny_dataset_dir, fake_start_run):
