@@ -624,19 +624,19 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
                                     num_parallel_calls=tf.data.AUTOTUNE)
             return stream
 
-        def evaluate_rows(rows: np.ndarray, head_model=None) -> np.ndarray:
+        def evaluate_rows(rows: np.ndarray) -> np.ndarray:
             """Probabilities for cache rows, in the order of `rows`."""
             if len(rows) == 0:
                 return np.zeros((0, num_classes), np.float32)
             order = np.argsort(rows, kind="stable")
             probabilities = np.empty((len(rows), num_classes), np.float32)
             if frozen:
-                probabilities[order] = predict_probabilities(head_model or model, features[rows[order]], 256)
+                probabilities[order] = predict_probabilities(model, features[rows[order]], 256)
             else:
                 from genre_core import cache as image_cache
 
                 stream = image_cache.make_tf_dataset(data.cache, rows[order], config.batch_size, shuffle=False)
-                probabilities[order] = predict_probabilities(head_model or model, stream)
+                probabilities[order] = predict_probabilities(model, stream)
             return probabilities
 
         def evaluate_val():
