@@ -427,7 +427,7 @@ def test_demo_run_button_starts_the_small_demo_training(isolated_artifacts, tiny
     app.button(key="demo_train").click().run()
     assert not app.exception
     (config,) = fake_start_run
-    assert (config.data, config.model, config.epochs, config.size) == ("demo", "small_cnn", 3, 64)
+    assert (config.data, config.model, config.epochs, config.size) == ("demo", "hed_vgg16", 40, 96)
     # The offer turns into the live job panel of that run (here: epoch 1 of 3 running).
     app.run()
     assert texts(app.info)[-1] == "A training job is running; every page will have results to show when it finishes."

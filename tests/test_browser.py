@@ -2,7 +2,8 @@
 
 Three journeys: drop paintings on Classify and see predictions; click a confusion-matrix cell on Evaluate and
 see its paintings; launch a training run from the Train sidebar and see it finish. Each page is also saved
-as a full-page screenshot in docs/screenshots/<page>.png for the README.
+as a full-page screenshot: into docs/screenshots/<page>.png for the README when GENRE_UPDATE_SCREENSHOTS=1,
+otherwise into the test's temporary artifacts root (so a test run leaves the working tree clean).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(PROJECT))
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-SCREENSHOTS = PROJECT / "docs" / "screenshots"
+DOC_SCREENSHOTS = PROJECT / "docs" / "screenshots"
 RUN_ID = "20260101-000000-small_cnn-browser"
 DEMO_TOTAL = 120
 DEMO_GENRES = ("abstract", "cityscape", "flower painting", "landscape", "marina", "portrait", "religious painting",
@@ -157,8 +158,10 @@ def screenshot(page, name: str) -> Path:
                            "'[data-testid=\"stMain\"], [data-testid=\"stSidebarContent\"]'), e => e.scrollHeight))")
     page.set_viewport_size({"width": WIDTH, "height": max(900, min(int(height) + 40, 6000))})
     page.wait_for_timeout(800)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    folder = DOC_SCREENSHOTS if os.environ.get("GENRE_UPDATE_SCREENSHOTS") == "1" else (
+        Path(os.environ["GENRE_ARTIFACTS"]) / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size({"width": WIDTH, "height": 900})
     return path
