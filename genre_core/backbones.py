@@ -72,8 +72,8 @@ def resolve_weights(weights: str | None, cached_file_name: str | None) -> str | 
 
     - None / "none": random initialisation.
     - a path to an existing file: that file.
-    - "imagenet": Keras's cached file if present; otherwise, when GENRE_OFFLINE is set or the network is
-      unreachable, raise WeightsUnavailableError saying how to supply the file.
+    - "imagenet": Keras's cached file if present, or a download when GENRE_ALLOW_DOWNLOAD=1; otherwise raise
+      WeightsUnavailableError at once, saying how to supply the file (no network is tried).
     """
     if weights in (None, "", "none", "None"):
         return None
