@@ -523,8 +523,9 @@ def _run_chunks(jobs: list[tuple], worker_count: int):
         for job in jobs:
             yield _decode_chunk(*job)
         return
-    with concurrent.futures.ProcessPoolExecutor(max_workers=worker_count, mp_context=worker_context()) as pool:
-        futures = [pool.submit(_decode_chunk, *job) for job in jobs]
+    with worker_pool(worker_count) as pool:
+        with spawnable_main():
+            futures = [pool.submit(_decode_chunk, *job) for job in jobs]
         try:
             for future in concurrent.futures.as_completed(futures):
                 yield future.result()
@@ -550,6 +551,33 @@ def worker_context():
         and "keras" not in sys.modules
     )
     return multiprocessing.get_context("fork" if safe_to_fork else "spawn")
+
+
+def worker_pool(worker_count: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A process pool on `worker_context()`; submit its first jobs inside `spawnable_main()`."""
+    return concurrent.futures.ProcessPoolExecutor(max_workers=worker_count, mp_context=worker_context())
+
+
+@contextlib.contextmanager
+def spawnable_main():
+    """Hide a script `__main__` while "spawn" workers start (they start on submit).
+
+    A spawned worker re-runs the parent's `__main__` script. Inside Streamlit (and AppTest) that script is a
+    page, which must not run again in every worker; our worker functions live in importable modules, so the
+    workers need no `__main__` at all. A `python -m` main is left alone: workers never re-run those.
+    """
+    import sys
+    import types
+
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 _READ_IMAGE_BYTES = None

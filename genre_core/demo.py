@@ -212,10 +212,11 @@ def _generate_into(folder: Path, counts: dict[str, int], seed: int, size: int, p
             done += written
             _report(progress, done, total, f"painted {done}/{total} demo images")
         return
-    from genre_core.cache import worker_context
+    from genre_core.cache import spawnable_main, worker_pool
 
-    with concurrent.futures.ProcessPoolExecutor(max_workers=worker_count, mp_context=worker_context()) as pool:
-        futures = [pool.submit(_write_images, str(folder), genre, start, stop, seed, size) for genre, start, stop in jobs]
+    with worker_pool(worker_count) as pool:
+        with spawnable_main():
+            futures = [pool.submit(_write_images, str(folder), genre, start, stop, seed, size) for genre, start, stop in jobs]
         for future in concurrent.futures.as_completed(futures):
             done += future.result()
             _report(progress, done, total, f"painted {done}/{total} demo images")

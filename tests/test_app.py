@@ -428,10 +428,10 @@ def test_demo_run_button_starts_the_small_demo_training(isolated_artifacts, tiny
     assert not app.exception
     (config,) = fake_start_run
     assert (config.data, config.model, config.epochs, config.size) == ("demo", "hed_vgg16", 40, 96)
-    # The offer turns into the live job panel of that run (here: epoch 1 of 3 running).
+    # The offer turns into the live job panel of that run (here: epoch 1 of 40 running).
     app.run()
     assert texts(app.info)[-1] == "A training job is running; every page will have results to show when it finishes."
-    assert [bar.text for bar in app.get("progress")][0].startswith("epoch 1/3")
+    assert [bar.text for bar in app.get("progress")][0].startswith("epoch 1/40")
 
 
 def test_dataset_page_prepares_the_cache_as_a_background_job(isolated_artifacts, tiny_dataset_dir):

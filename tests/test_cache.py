@@ -341,3 +341,25 @@ def test_list_caches_reports_each_cache(isolated_artifacts, tiny_dataset_dir):
     listed = cache_module.list_caches()
     assert [(c["size"], c["rows"], c["complete"], c["failed"]) for c in listed] == [([24, 24], 30, True, 0), ([SIZE, SIZE], 30, True, 0)]
     assert all(c["bytes"] >= c["rows"] * c["size"][0] * c["size"][1] * 3 for c in listed)
+
+
+def test_spawned_workers_never_rerun_a_script_main(tmp_path, monkeypatch):
+    """Inside Streamlit/AppTest `__main__` is a page script; spawned workers must not run it again."""
+    import multiprocessing
+    import sys
+    import types
+
+    from genre_core import cache
+
+    script = tmp_path / "page.py"
+    script.write_text("raise SystemExit('the page script ran again in a worker')\n")
+    page_main = types.ModuleType("__main__")
+    page_main.__file__ = str(script)
+    page_main.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", page_main)
+    monkeypatch.setattr(cache, "worker_context", lambda: multiprocessing.get_context("spawn"))
+    with cache.worker_pool(2) as pool:
+        with cache.spawnable_main():
+            futures = [pool.submit(abs, -index) for index in range(4)]
+        assert sorted(future.result() for future in futures) == [0, 1, 2, 3]
+    assert sys.modules["__main__"] is page_main
