@@ -8,9 +8,14 @@ seconds, are what compare across machines. `make_row` and `best_of` below are op
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 import time
-from typing import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
 
 ROW_KEYS = ("name", "baseline_s", "candidate_s", "ratio", "target", "ok", "note")
 _TARGET = re.compile(r"^\s*(>=|<=)\s*([0-9]*\.?[0-9]+)\s*x\s*$")
@@ -52,3 +57,19 @@ def best_of(function: Callable[[], object], repeats: int = 3) -> float:
         function()
         timings.append(time.perf_counter() - started)
     return min(timings)
+
+
+@contextmanager
+def temporary_artifacts(prefix: str = "bench_") -> Iterator[Path]:
+    """Point GENRE_ARTIFACTS at `<fresh temp folder>/artifacts` for the block; yield the temp folder."""
+    previous = os.environ.get("GENRE_ARTIFACTS")
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ["GENRE_ARTIFACTS"] = str(folder / "artifacts")
+    try:
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop("GENRE_ARTIFACTS", None)
+        else:
+            os.environ["GENRE_ARTIFACTS"] = previous
+        shutil.rmtree(folder, ignore_errors=True)

@@ -18,36 +18,18 @@ folder. Rows:
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from bench import best_of, make_row
+from bench import best_of, make_row, temporary_artifacts
 
 PBN_ORIGINALS = Path("/work/shared/data/painter-by-numbers/test")
 SIZE = 224
 GENERATED_COUNT = 16
 GENERATED_SIZE = (3000, 2000)
-
-
-@contextmanager
-def _temporary_artifacts():
-    """Point GENRE_ARTIFACTS at a fresh temporary folder for the duration of the block."""
-    previous = os.environ.get("GENRE_ARTIFACTS")
-    folder = tempfile.mkdtemp(prefix="bench_preprocess_")
-    os.environ["GENRE_ARTIFACTS"] = folder
-    try:
-        yield Path(folder)
-    finally:
-        if previous is None:
-            os.environ.pop("GENRE_ARTIFACTS", None)
-        else:
-            os.environ["GENRE_ARTIFACTS"] = previous
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _generate_large_jpegs(folder: Path, count: int = GENERATED_COUNT) -> list[Path]:
@@ -169,7 +151,7 @@ def run() -> list[dict]:
         naive_s = best_of(lambda: [_naive_one(path) for path in files], repeats=2)
         builds = []
         for attempt in range(2):
-            with _temporary_artifacts():
+            with temporary_artifacts("bench_preprocess_"):
                 dataset = _dataset(files, f"bench-{attempt}")
                 started = time.perf_counter()
                 image_cache = cache.prepare_cache(dataset, SIZE, workers=workers)
@@ -196,7 +178,7 @@ def run() -> list[dict]:
             "make_tf_dataset memmap gather per batch vs the naive loop per epoch",
         ))
 
-    with _temporary_artifacts():
+    with temporary_artifacts("bench_preprocess_"):
         started = time.perf_counter()
         demo.ensure_demo()
         demo_s = time.perf_counter() - started

@@ -2,45 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-import time
-from contextlib import contextmanager
-from pathlib import Path
+
+from bench import best_of, make_row, temporary_artifacts
 
 RUN_COUNT = 50
-
-
-@contextmanager
-def _temporary_artifacts():
-    """Point GENRE_ARTIFACTS at a fresh temporary folder for the duration of the block."""
-    previous = os.environ.get("GENRE_ARTIFACTS")
-    with tempfile.TemporaryDirectory(prefix="bench_runs_") as folder:
-        os.environ["GENRE_ARTIFACTS"] = folder
-        try:
-            yield Path(folder)
-        finally:
-            if previous is None:
-                os.environ.pop("GENRE_ARTIFACTS", None)
-            else:
-                os.environ["GENRE_ARTIFACTS"] = previous
-
-
-def _best_of(function, repeats: int = 3) -> float:
-    """Return the fastest of `repeats` timings of `function()` in seconds."""
-    timings = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        timings.append(time.perf_counter() - began)
-    return min(timings)
-
-
-def _row(name: str, baseline: float, candidate: float, target_ratio: float, note: str) -> dict:
-    """Build one result row; ok when baseline/candidate reaches `target_ratio`."""
-    ratio = baseline / candidate if candidate > 0 else float("inf")
-    return {"name": name, "baseline_s": round(baseline, 4), "candidate_s": round(candidate, 4),
-            "ratio": round(ratio, 2), "target": f">={target_ratio:g}x", "ok": ratio >= target_ratio, "note": note}
 
 
 def bench_listing() -> dict:
@@ -67,9 +32,9 @@ def bench_listing() -> dict:
                          "test": run.metrics().get("test", {}).get("accuracy"), "model": run.config()["model"]})
         return pd.DataFrame(rows)
 
-    baseline = _best_of(pandas_listing)
-    candidate = _best_of(lambda: runs.list_runs("classifier"))
-    return _row(f"list_runs, {RUN_COUNT} runs", baseline, candidate, 2,
+    baseline = best_of(pandas_listing)
+    candidate = best_of(lambda: runs.list_runs("classifier"))
+    return make_row(f"list_runs, {RUN_COUNT} runs", baseline, candidate, ">=2x",
                 f"{candidate / RUN_COUNT * 1000:.2f} ms per run; baseline reads history.csv with pandas per run")
 
 
@@ -91,9 +56,9 @@ def bench_progress() -> dict:
             writer(event)
         writer({"stage": "epoch", "done": 1, "total": 1})
 
-    baseline = _best_of(unthrottled, repeats=1)
-    candidate = _best_of(throttled, repeats=1)
-    return _row("ProgressWriter, 500 batch events", baseline, candidate, 20,
+    baseline = best_of(unthrottled, repeats=1)
+    candidate = best_of(throttled, repeats=1)
+    return make_row("ProgressWriter, 500 batch events", baseline, candidate, ">=20x",
                 "baseline writes status.json (fsync) per batch; candidate at most 2 writes/s plus epoch ends")
 
 
@@ -101,7 +66,7 @@ def run() -> list[dict]:
     """Run every benchmark of this area and return the rows."""
     rows = []
     for bench in (bench_listing, bench_progress):
-        with _temporary_artifacts():
+        with temporary_artifacts("bench_runs_"):
             try:
                 rows.append(bench())
             except Exception as exc:  # One broken benchmark must not hide the others.

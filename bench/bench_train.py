@@ -14,37 +14,17 @@ Timings are wall-clock on a possibly shared machine; ratios are what matter.
 from __future__ import annotations
 
 import os
-import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from bench import make_row
+from bench import make_row, temporary_artifacts
 
 PROJECT = Path(__file__).resolve().parents[1]
 GENRES = ("abstract", "landscape", "portrait", "still_life")
-
-
-@contextmanager
-def _temporary_artifacts():
-    """Point GENRE_ARTIFACTS at a fresh temporary folder for the duration of the block."""
-    previous = os.environ.get("GENRE_ARTIFACTS")
-    folder = tempfile.mkdtemp(prefix="bench_train_")
-    os.environ["GENRE_ARTIFACTS"] = str(Path(folder) / "artifacts")
-    try:
-        yield Path(folder)
-    finally:
-        if previous is None:
-            os.environ.pop("GENRE_ARTIFACTS", None)
-        else:
-            os.environ["GENRE_ARTIFACTS"] = previous
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _write_folder_dataset(root: Path, count: int, size: int = 64) -> Path:
@@ -182,7 +162,7 @@ def run() -> list[dict]:
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     rows = []
-    with _temporary_artifacts() as root:
+    with temporary_artifacts("bench_train_") as root:
         rows.append(bench_embedding_cache())
         rows.append(bench_cache_pipeline(root))
         rows.append(bench_memory(root))

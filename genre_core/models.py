@@ -338,7 +338,6 @@ def build_model(name: str, num_classes: int, input_size: int | None = None, weig
     options: dropout, head_units, weight_decay (L2 on the head), fine_tune_layers, variant
     (resnet50_transfer), feature_layers and pooling (hed_vgg16), width (small_cnn).
     """
-    keras = _keras()
     spec = get_spec(name)
     _check_classes(num_classes)
     input_size = _check_size(name, input_size or spec.default_size)
