@@ -152,3 +152,21 @@ def test_train_cli_runs_a_config_file_with_flag_overrides(tiny_dataset_dir, isol
     assert run.config()["epochs"] == 1
     assert run.config()["augmentation"] == ["flip", "contrast"]
     assert len(run.history()) == 1
+
+
+def test_mixed_precision_without_a_gpu_falls_back_to_float32_with_a_warning(capsys):
+    """Mixed precision asked for on a machine without a GPU: a warning, and training stays in float32."""
+    import keras
+    import tensorflow as tf
+
+    from genre_core.config import TrainConfig
+    from genre_core.train import set_precision
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU, so mixed precision is really used")
+    try:
+        assert set_precision(TrainConfig(data="demo", model="small_cnn", mixed_precision=True)) is False
+        assert keras.mixed_precision.global_policy().name == "float32"
+        assert "mixed_precision needs a GPU" in capsys.readouterr().err
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
