@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,14 @@ def write_tiny_folder_dataset(root: Path, per_genre: int = 10, size: int = 48) -
 def tiny_dataset_dir(tmp_path_factory) -> Path:
     """A folder-per-genre dataset: 3 genres x 10 synthetic 48-px images (PNG and JPEG). Read-only by convention."""
     return write_tiny_folder_dataset(tmp_path_factory.mktemp("tiny_dataset"))
+
+
+def wait_for(predicate, timeout: float = 20.0, poll: float = 0.05):
+    """Poll `predicate` until it returns a truthy value; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"condition not met within {timeout} s")

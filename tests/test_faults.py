@@ -17,6 +17,7 @@ import time
 import pytest
 
 from genre_core import fileio, jobs, paths, runs
+from conftest import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -27,17 +28,6 @@ def stop_leftover_jobs():
         if process.poll() is None:
             process.terminate()
             process.wait(timeout=10)
-
-
-def wait_for(predicate, timeout: float = 20.0, poll: float = 0.02):
-    """Poll `predicate` until it returns a truthy value; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def read_csv_rows(path) -> list[dict]:

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from genre_core import cli, jobs, paths, runs
+from conftest import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -27,17 +28,6 @@ def stop_leftover_jobs():
 def selftest_run(epochs: int = 2, step_seconds: float = 0.2, **extra) -> runs.Run:
     """Create a selftest run with `epochs` epochs of `step_seconds` each."""
     return runs.create_run("selftest", {"epochs": epochs, "step_seconds": step_seconds, "batches": 2, **extra})
-
-
-def wait_for(predicate, timeout: float = 20.0, poll: float = 0.05):
-    """Poll `predicate` until it returns a truthy value; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def test_launched_selftest_finishes_with_history_metrics_and_log(isolated_artifacts):
