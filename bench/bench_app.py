@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from bench import best_of, make_row
+from bench import best_of, make_row, temporary_artifacts
 
 PROJECT = Path(__file__).resolve().parents[1]
 PAGES = ("dataset", "train", "evaluate", "classify", "gan")
@@ -103,24 +102,15 @@ def run() -> list[dict]:
     from genre_core import demo
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    previous = os.environ.get("GENRE_ARTIFACTS")
     warnings.filterwarnings("ignore")
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-app-") as temporary:
-            base = Path(temporary)
-            dataset = demo.ensure_demo(base / "paintings", total=80, size=128, workers=1)
-            few_root, many_root = base / "few", base / "many"
-            _build_root(few_root, dataset, 1)
-            _build_root(many_root, dataset, MANY_RUNS)
-            rows = [bench_classify_latency(many_root, dataset)]
-            rows += bench_page_renders(few_root, many_root)
-            return rows
-    finally:
-        if previous is None:
-            os.environ.pop("GENRE_ARTIFACTS", None)
-        else:
-            os.environ["GENRE_ARTIFACTS"] = previous
-
+    with temporary_artifacts("bench-app-") as base:
+        dataset = demo.ensure_demo(base / "paintings", total=80, size=128, workers=1)
+        few_root, many_root = base / "few", base / "many"
+        _build_root(few_root, dataset, 1)
+        _build_root(many_root, dataset, MANY_RUNS)
+        rows = [bench_classify_latency(many_root, dataset)]
+        rows += bench_page_renders(few_root, many_root)
+        return rows
 
 if __name__ == "__main__":
     for result in run():

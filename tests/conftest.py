@@ -86,3 +86,15 @@ def wait_for(predicate, timeout: float = 20.0, poll: float = 0.05):
             return value
         time.sleep(poll)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture()
+def stop_leftover_jobs():
+    """After the test, stop any job process it started that is still alive (only ours, by pid)."""
+    from genre_core import jobs
+
+    yield
+    for _pid, process in list(jobs._children.items()):
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=10)

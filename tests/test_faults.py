@@ -20,14 +20,7 @@ from genre_core import fileio, jobs, paths, runs
 from conftest import wait_for
 
 
-@pytest.fixture(autouse=True)
-def stop_leftover_jobs():
-    """After each test, stop any job process this test started that is still alive (only ours, by pid)."""
-    yield
-    for pid, process in list(jobs._children.items()):
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=10)
+pytestmark = pytest.mark.usefixtures("stop_leftover_jobs")
 
 
 def read_csv_rows(path) -> list[dict]:
