@@ -68,14 +68,9 @@ def modification_time(path: str | os.PathLike) -> float:
 
 
 def ensure_demo():
-    """Generate the demo dataset if it is missing or outdated, in this process and one worker.
-
-    Never in a worker pool from here: Streamlit installs the page script as `__main__`, so "spawn" workers
-    (the only safe start method in a threaded server) would re-run the page script while importing.
-    About 12 s on one core the first time; instant once the demo is there.
-    """
+    """Generate the demo dataset if it is missing or outdated (about 10 s the first time; instant after)."""
     ensure = require("demo", "ensure_demo", "creating the demo dataset")
-    return call(ensure, workers=1, failure="Cannot create the demo dataset")
+    return call(ensure, failure="Cannot create the demo dataset")
 
 
 def dataset_stamp(spec: str) -> float:

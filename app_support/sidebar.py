@@ -16,7 +16,7 @@ def first_launch() -> None:
         return
     with st.spinner("Creating the demo dataset (first launch, about 15 seconds)..."):
         try:
-            ensure_demo(workers=1)  # One worker: see core.ensure_demo.
+            ensure_demo()
         except Exception as exc:  # noqa: BLE001 - the pages still work with a dataset chosen by hand.
             st.sidebar.error(f"Cannot create the demo dataset: {core.describe_error(exc)}")
             return
