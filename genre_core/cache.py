@@ -205,6 +205,8 @@ def prepare_cache(
         _report(progress, done_rows, total, f"decoding {total - done_rows} of {total} images")
         row_paths = manifest["path"].astype(str).tolist()
         jobs = [(str(images_path), str(chunks_dir), start, stop, row_paths[start:stop], size, policy) for start, stop in pending]
+        if worker_count > 1:
+            jobs = _largest_first(jobs)
         finished = _run_chunks(jobs, min(worker_count, max(1, len(jobs))))
         try:
             for start, stop in finished:
@@ -490,6 +492,24 @@ def _default_chunk_rows(total: int, workers: int) -> int:
     if total <= 0:
         return MAX_CHUNK_ROWS
     return int(min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, math.ceil(total / (4 * workers)))))
+
+
+def _largest_first(jobs: list[tuple]) -> list[tuple]:
+    """Order chunk jobs by the bytes of their files, largest first, so that one huge painting does not
+    start last and leave the other workers idle at the end (a longest-processing-time-first schedule).
+
+    Row paths that are not plain files (a Parquet row "file.parquet#3") count as 0 bytes.
+    """
+    def chunk_bytes(job: tuple) -> int:
+        total = 0
+        for path in job[4]:
+            try:
+                total += os.stat(path).st_size
+            except (OSError, ValueError):
+                pass
+        return total
+
+    return sorted(jobs, key=chunk_bytes, reverse=True)
 
 
 def _chunk_marker(chunks_dir: Path, bounds: tuple[int, int]) -> Path:

@@ -363,3 +363,15 @@ def test_spawned_workers_never_rerun_a_script_main(tmp_path, monkeypatch):
             futures = [pool.submit(abs, -index) for index in range(4)]
         assert sorted(future.result() for future in futures) == [0, 1, 2, 3]
     assert sys.modules["__main__"] is page_main
+
+
+def test_parallel_chunks_start_with_the_largest_files(tmp_path):
+    # Longest-processing-time first: a huge painting in the last chunk would leave the other workers idle.
+    sizes = {"a.jpg": 10, "b.jpg": 5000, "c.jpg": 20, "d.jpg": 300}
+    for name, count in sizes.items():
+        (tmp_path / name).write_bytes(b"x" * count)
+    jobs = [("images.npy", "chunks", row, row + 1, [str(tmp_path / name)], (8, 8), "squash")
+            for row, name in enumerate(sizes)]
+    jobs.append(("images.npy", "chunks", 4, 5, ["table.parquet#3"], (8, 8), "squash"))  # no file: 0 bytes
+    ordered = cache_module._largest_first(jobs)
+    assert [job[2] for job in ordered] == [1, 3, 2, 0, 4]
