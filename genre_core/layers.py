@@ -60,7 +60,31 @@ def layer_classes() -> dict:
             config["epsilon"] = self.epsilon
             return config
 
-    return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D}
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class SignedSqrt(keras.layers.Layer):
+        """Power normalisation: sign(x) * sqrt(|x|), elementwise (Perronnin et al. 2010, for pooled features).
+
+        Pooled CNN statistics are heavy-tailed (a few channels fire strongly on some paintings); the square
+        root evens them out before a linear classifier. A small epsilon keeps the gradient finite at zero.
+        """
+
+        def __init__(self, epsilon: float = 1e-6, **kwargs):
+            super().__init__(**kwargs)
+            self.epsilon = float(epsilon)
+
+        def call(self, inputs):
+            inputs = ops.cast(inputs, self.compute_dtype)
+            return ops.sign(inputs) * ops.sqrt(ops.abs(inputs) + self.epsilon)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            config = super().get_config()
+            config["epsilon"] = self.epsilon
+            return config
+
+    return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D, "SignedSqrt": SignedSqrt}
 
 
 def caffe_preprocess(**kwargs):
@@ -71,6 +95,19 @@ def caffe_preprocess(**kwargs):
 def mean_std_pooling(**kwargs):
     """Return a MeanStdPooling2D layer (per-channel mean and standard deviation)."""
     return layer_classes()["MeanStdPooling2D"](**kwargs)
+
+
+def signed_sqrt(**kwargs):
+    """Return a SignedSqrt layer (sign(x) * sqrt(|x|), elementwise)."""
+    return layer_classes()["SignedSqrt"](**kwargs)
+
+
+def signed_sqrt_numpy(values, epsilon: float = 1e-6):
+    """What a SignedSqrt layer computes, in NumPy (to adapt a head's normalisation on transformed features)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    return np.sign(values) * np.sqrt(np.abs(values) + epsilon)
 
 
 def register_all() -> None:

@@ -52,16 +52,23 @@ def _keras():
 
 
 def build_head(feature_dim: int, num_classes: int, head_units: int = 0, dropout: float = 0.0,
-               weight_decay: float = 0.0, name: str = "head"):
-    """A head on a feature vector: Normalization, [Dense(head_units, relu)], [Dropout], Dense softmax.
+               weight_decay: float = 0.0, name: str = "head", feature_transform: str = "none"):
+    """A head on a feature vector: [SignedSqrt], Normalization, [Dense(head_units, relu)], [Dropout], Dense softmax.
 
-    The Normalization layer starts as the identity; training adapts it to the training features
-    (`adapt_head(head, features)`), since raw backbone features have very uneven scales.
+    feature_transform "sqrt" puts a power normalisation (sign(x) * sqrt(|x|)) first. The Normalization
+    layer starts as the identity; training adapts it to the training features (`adapt_head(head,
+    features)`), since raw backbone features have very uneven scales.
     """
+    from genre_core.config import FEATURE_TRANSFORMS
+    from genre_core.layers import signed_sqrt
+
+    if feature_transform not in FEATURE_TRANSFORMS:
+        raise ValueError(f"feature_transform {feature_transform!r} is not one of {', '.join(FEATURE_TRANSFORMS)}")
     keras = _keras()
     regularizer = keras.regularizers.L2(weight_decay) if weight_decay > 0 else None
     inputs = keras.Input((feature_dim,), name="features")
-    x = keras.layers.Normalization(axis=-1, name="normalize")(inputs)
+    x = signed_sqrt(name="transform")(inputs) if feature_transform == "sqrt" else inputs
+    x = keras.layers.Normalization(axis=-1, name="normalize")(x)
     if head_units > 0:
         x = keras.layers.Dense(head_units, activation="relu", kernel_regularizer=regularizer, name="hidden")(x)
     if dropout > 0:
@@ -80,9 +87,13 @@ def adapt_head(head, features, variance_floor: float = 0.01) -> None:
     """
     import numpy as np
 
+    from genre_core.layers import signed_sqrt_numpy
+
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2 or len(features) == 0:
         raise ValueError(f"adapt_head needs a non-empty (N, D) feature array, got shape {features.shape}")
+    if any(layer.name == "transform" for layer in head.layers):
+        features = signed_sqrt_numpy(features, head.get_layer("transform").epsilon)
     mean = features.mean(axis=0)
     variance = features.var(axis=0)
     variance = np.maximum(variance, variance_floor * float(variance.mean()) + 1e-12)
@@ -347,7 +358,8 @@ def build_model(name: str, num_classes: int, input_size: int | None = None, weig
     extractor = build_feature_extractor(name, input_size, weights, **options)
     head = build_head(int(extractor.output.shape[-1]), num_classes,
                       head_units=int(options.get("head_units", 0)), dropout=float(options.get("dropout", 0.0)),
-                      weight_decay=float(options.get("weight_decay", 0.0)))
+                      weight_decay=float(options.get("weight_decay", 0.0)),
+                      feature_transform=str(options.get("feature_transform", "none")))
     return assemble(extractor, head, name=name)
 
 
@@ -386,6 +398,7 @@ def model_options(config) -> dict:
         "variant": config.variant,
         "feature_layers": list(config.feature_layers),
         "pooling": config.pooling,
+        "feature_transform": config.feature_transform,
     }
 
 

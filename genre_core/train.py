@@ -144,17 +144,25 @@ def config_from_run(run) -> TrainConfig:
         raise ValueError(f"run {run.id}: config.json: {exc}") from None
 
 
-def make_optimizer(config: TrainConfig):
-    """Adam (beta_1/beta_2 as given), AdamW (decoupled weight decay) or SGD with momentum."""
+def make_optimizer(config: TrainConfig, total_steps: int = 0):
+    """Adam (beta_1/beta_2 as given), AdamW (decoupled weight decay) or SGD with momentum.
+
+    lr_schedule "cosine" decays the learning rate from config.learning_rate to 0 over `total_steps`
+    optimizer steps (keras.optimizers.schedules.CosineDecay); the step count lives in the optimizer, so a
+    resumed run continues the same curve.
+    """
     import keras
 
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, max(1, int(total_steps)))
     if config.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
+        optimizer = keras.optimizers.Adam(learning_rate, beta_1=config.beta_1, beta_2=config.beta_2)
     elif config.optimizer == "adamw":
-        optimizer = keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay or 0.004,
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay or 0.004,
                                            beta_1=config.beta_1, beta_2=config.beta_2)
     else:
-        optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True)
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=True)
     if config.mixed_precision and keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -585,12 +593,13 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
             identity = models.extractor_id(config.model, size, weights, options)
             cached = embeddings.compute_embeddings(
                 data.cache, extractor, identity, flip=config.flip_features, batch_size=32, progress=progress,
-                cancel_check=run.cancel_requested)
+                cancel_check=run.cancel_requested, jit_compile=config.xla)
             features = np.asarray(cached.features)
             flipped = np.asarray(cached.flipped) if cached.flipped is not None else None
             with strategy.scope():
                 model = models.build_head(cached.dim, num_classes, head_units=config.head_units,
-                                          dropout=config.dropout, weight_decay=options["weight_decay"])
+                                          dropout=config.dropout, weight_decay=options["weight_decay"],
+                                          feature_transform=config.feature_transform)
             normalization_rows = np.unique(data.train_rows)
             sample = [features[normalization_rows]] + ([flipped[normalization_rows]] if flipped is not None else [])
             models.adapt_head(model, np.concatenate(sample))
@@ -598,10 +607,10 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
             if models.get_spec(config.model).pretrained_backbone:
                 _adapt_head_normalization(model, data, size)
 
-        with strategy.scope():
-            optimizer = make_optimizer(config)
-        augmenter = None if frozen else make_augmenter(config.augmentation, config.seed)
         steps_per_epoch = max(1, math.ceil(len(data.train_rows) / (config.batch_size * strategy.num_replicas_in_sync)))
+        with strategy.scope():
+            optimizer = make_optimizer(config, total_steps=steps_per_epoch * config.epochs)
+        augmenter = None if frozen else make_augmenter(config.augmentation, config.seed)
 
         def make_dataset(epoch: int, context):
             """The per-worker training stream of one epoch: this worker's shard, shuffled by (seed, epoch)."""

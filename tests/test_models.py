@@ -151,6 +151,41 @@ def test_adapt_head_normalises_features_and_floors_variance():
     assert np.all(np.abs(normalised[:, 2]) < 1e-3)
 
 
+def test_sqrt_feature_transform_head_adapts_on_transformed_features_and_reloads(tmp_path):
+    head = models.build_head(2, 2, feature_transform="sqrt")
+    features = np.array([[0.0, 4.0], [16.0, 64.0], [4.0, 16.0]])
+    models.adapt_head(head, features)
+    # sqrt first: 0, 4, 2 and 2, 8, 4 are then standardised (not the raw values).
+    transformed = np.asarray(head.get_layer("transform")(features.astype("float32")))
+    np.testing.assert_allclose(transformed, np.sqrt(features), atol=1e-5)
+    normalised = np.asarray(head.get_layer("normalize")(transformed))
+    np.testing.assert_allclose(normalised.mean(axis=0), [0.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(normalised.std(axis=0), [1.0, 1.0], atol=1e-4)
+    # Signed: negative inputs keep their sign.
+    np.testing.assert_allclose(np.asarray(head.get_layer("transform")(np.array([[-9.0, 9.0]], "float32"))),
+                               [[-3.0, 3.0]], atol=1e-5)
+    path = tmp_path / "head.keras"
+    head.save(path)
+    reloaded = models.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(features, verbose=0), head.predict(features, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="feature_transform 'log'"):
+        models.build_head(2, 2, feature_transform="log")
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_run():
+    from genre_core.train import make_optimizer
+
+    optimizer = make_optimizer(TrainConfig(learning_rate=0.01, lr_schedule="cosine"), total_steps=100)
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
+    optimizer.iterations.assign(50)
+    assert float(optimizer.learning_rate) == pytest.approx(0.005, rel=1e-3)
+    optimizer.iterations.assign(100)
+    assert float(optimizer.learning_rate) == pytest.approx(0.0, abs=1e-7)
+    constant = make_optimizer(TrainConfig(learning_rate=0.01), total_steps=100)
+    constant.iterations.assign(100)
+    assert float(constant.learning_rate) == pytest.approx(0.01)
+
+
 def test_train_config_round_trips_and_rejects_bad_input(tmp_path):
     config = TrainConfig.from_dict({"data": "demo", "model": "hed_vgg16", "balancing": "class_weights",
                                     "augmentation": ["flip", "contrast"], "epochs": 3})
@@ -165,6 +200,10 @@ def test_train_config_round_trips_and_rejects_bad_input(tmp_path):
         TrainConfig.from_dict({"augmentation": ["mixup"]})
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig.from_dict({"epochs": 0})
+    with pytest.raises(ValueError, match="feature_transform='log'"):
+        TrainConfig.from_dict({"feature_transform": "log"})
+    with pytest.raises(ValueError, match="lr_schedule='step'"):
+        TrainConfig.from_dict({"lr_schedule": "step"})
     with pytest.raises(ValueError, match="val_fraction"):
         TrainConfig.from_dict({"val_fraction": 0.6, "test_fraction": 0.5})
     path.write_text("{not json")
