@@ -14,6 +14,8 @@ remembered = state.read_state()
 dataset_spec = remembered["active_dataset"]
 models = core.require("models", "MODELS", "the model registry")
 core.require("train", "start_run", "training classifiers")
+recipes = core.require("config", "RECIPES", "named training recipes")
+recipe_values = core.require("config", "recipe_values", "named training recipes")
 if not dataset_spec:
     st.info("Choose a dataset on the Dataset page first.")
     st.stop()
@@ -37,6 +39,12 @@ with st.sidebar.form("train_form"):
     fine_tune_layers = st.number_input("Layers to fine-tune (pretrained backbones; 0 = frozen)", 0, 500, 0, key="train_fine_tune")
     data_fraction = st.slider("Data fraction", 0.05, 1.0, 1.0, 0.05, key="train_fraction")
     seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
+    recipe = st.selectbox(
+        "Recipe", ["", *recipes], key="train_recipe",
+        format_func=lambda name: "the settings above" if not name else f"{name} (measured on real paintings)",
+        help="A recipe replaces the model and training settings above with ones measured on real paintings "
+             "(README, 'Results on real paintings'); the data fraction and seed stay yours.",
+    )
     launched = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
 
 # Action: launch one job (a new run folder each time; the job queue runs one job at a time).
@@ -54,6 +62,7 @@ if launched:
             "fine_tune_layers": int(fine_tune_layers),
             "data_fraction": float(data_fraction),
             "seed": int(seed),
+            **(recipe_values(recipe) if recipe else {}),
         }
     )
     st.session_state["train_followed_run"] = run.id  # Follow the new run (widget state, not storage).

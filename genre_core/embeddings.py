@@ -59,11 +59,14 @@ def compute_embeddings(
     batch_size: int = 32,
     progress: Callable[[dict], None] | None = None,
     cancel_check: Callable[[], bool] | None = None,
+    jit_compile: bool = False,
 ) -> Embeddings:
     """Return the cached features of every image-cache row, computing (or finishing) them if needed.
 
     `extractor` maps float images 0..255 (B, H, W, 3) to (B, D). `cancel_check` is polled every batch;
     when it returns True the partial work is kept (resumable) and `genre_core.runs.Cancelled` is raised.
+    `jit_compile` compiles the backbone pass with XLA (on 2 CPU cores: HED-VGG16 at 176 px, 0.130 s per
+    image against 0.150 s without).
     """
     import tensorflow as tf
 
@@ -81,7 +84,7 @@ def compute_embeddings(
         info = {**expected, "files": {}}
     files = {"features.npy": False} | ({"features_flip.npy": True} if flip else {})
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, jit_compile=bool(jit_compile))
     def forward(batch, flipped):
         batch = tf.cast(batch, tf.float32)
         if flipped:

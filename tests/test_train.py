@@ -79,15 +79,21 @@ def test_frozen_backbone_trains_its_head_on_cached_features(tiny_dataset_dir, is
     # The separable synthetic genres are learnt from features alone.
     assert metrics["train"]["accuracy"] >= 0.8
 
-    # A second run with another head reuses the features: no backbone pass at all.
+    # A second run with another head reuses the features: no backbone pass at all. This head power-normalises
+    # the features and decays its learning rate along a cosine.
     second_events = []
-    second = train.start_run({**config, "dropout": 0.1}, progress=second_events.append)
+    second = train.start_run({**config, "dropout": 0.1, "feature_transform": "sqrt", "lr_schedule": "cosine"},
+                             progress=second_events.append)
     assert second.status()["state"] == "finished"
     assert not any(event["stage"] == "features" for event in second_events)
+    learning_rates = pd.read_csv(second.path / "history.csv")["lr"].tolist()
+    assert learning_rates[0] < 0.01 and learning_rates == sorted(learning_rates, reverse=True)
+    assert learning_rates[-1] == pytest.approx(0.0, abs=1e-6)
 
     # The saved model is the whole image classifier (extractor + head).
     model = models.load_model(second.path / "model.keras")
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 3)
+    assert any(layer.name == "transform" for layer in model.get_layer("head").layers)
 
 
 def test_cancel_stops_within_one_batch_keeps_the_model_and_resume_continues(tiny_dataset_dir, isolated_artifacts):
@@ -152,6 +158,30 @@ def test_train_cli_runs_a_config_file_with_flag_overrides(tiny_dataset_dir, isol
     assert run.config()["epochs"] == 1
     assert run.config()["augmentation"] == ["flip", "contrast"]
     assert len(run.history()) == 1
+
+
+def test_recipe_then_config_file_then_flags(tmp_path):
+    import argparse
+
+    from genre_core.commands import train as train_command
+    from genre_core.config import RECIPES
+
+    parser = argparse.ArgumentParser()
+    train_command.register(parser.add_subparsers())
+    config_file = tmp_path / "run.json"
+    config_file.write_text(json.dumps({"data": "demo", "epochs": 7}))
+    args = parser.parse_args(["train", "--recipe", "cpu-15min", "--config", str(config_file), "--size", "160"])
+    config = train_command.config_from_args(args)
+    recipe = RECIPES["cpu-15min"]
+    # The file sets only data and epochs; it does not reset the recipe's other options to their defaults.
+    assert (config.data, config.epochs, config.size) == ("demo", 7, 160)
+    assert (config.model, config.feature_transform, config.lr_schedule, config.weight_decay) == (
+        recipe["model"], recipe["feature_transform"], recipe["lr_schedule"], recipe["weight_decay"])
+    # Every recipe is a valid config.
+    for name in RECIPES:
+        TrainConfig.from_dict({"data": "demo", **RECIPES[name]})
+    with pytest.raises(ValueError, match="unknown recipe 'fast'; known recipes: cpu-15min"):
+        train_command.config_from_args(parser.parse_args(["train", "--data", "demo", "--recipe", "fast"]))
 
 
 def test_mixed_precision_without_a_gpu_falls_back_to_float32_with_a_warning(capsys):

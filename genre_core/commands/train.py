@@ -2,6 +2,7 @@
 
     python -m genre_core train --data demo --model small_cnn --epochs 5
     python -m genre_core train --config my_run.json --epochs 20      # flags override the file
+    python -m genre_core train --data PATH --recipe cpu-15min          # the measured real-painting recipe
     python -m genre_core train --list-models
 
 It prints the run folder. On several machines, run the same command on every machine with TF_CONFIG set;
@@ -10,8 +11,10 @@ the chief writes the run folder (see genre_core/train.py).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 # Flag name -> (TrainConfig field, type, help). Every flag defaults to None so that only given flags
 # override --config.
@@ -40,6 +43,8 @@ OPTIONS = {
     "--variant": ("variant", str, "resnet50_transfer: keep_top, replace_top or fine_tune"),
     "--feature-layers": ("feature_layers", "list", "hed_vgg16: comma list of conv layers to pool"),
     "--pooling": ("pooling", str, "hed_vgg16: avg or avgstd"),
+    "--feature-transform": ("feature_transform", str, "frozen features: none or sqrt (power normalisation)"),
+    "--lr-schedule": ("lr_schedule", str, "constant or cosine (decay to 0 over the epochs)"),
     "--seed": ("seed", int, "random seed"),
     "--val-fraction": ("val_fraction", float, "validation fraction when the source has no val split"),
     "--test-fraction": ("test_fraction", float, "test fraction when the source has no test split"),
@@ -58,6 +63,9 @@ def register(subparsers) -> None:
         parser.add_argument(flag, type=str if kind == "list" else kind, default=None, help=text)
     for flag, (_field, _value, text) in SWITCHES.items():
         parser.add_argument(flag, action="store_true", default=None, help=text)
+    parser.add_argument("--recipe", default=None,
+                        help="start from a named recipe measured on real paintings (cpu-15min); "
+                             "--config and flags override it")
     parser.add_argument("--config", default=None, help="JSON file of TrainConfig options (flags override it)")
     parser.add_argument("--background", action="store_true", help="launch as a background job and return")
     parser.add_argument("--list-models", action="store_true", help="list the model names and exit")
@@ -66,9 +74,13 @@ def register(subparsers) -> None:
 
 def config_from_args(args):
     """Build the TrainConfig from --config and the flags given (ValueError on bad values)."""
-    from genre_core.config import TrainConfig
+    from genre_core.config import TrainConfig, recipe_values
 
-    values = TrainConfig.from_json(args.config).to_dict() if args.config else {}
+    values = recipe_values(args.recipe) if getattr(args, "recipe", None) else {}
+    if args.config:
+        file_config = TrainConfig.from_json(args.config)  # validates, with errors that name the file
+        given = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        values.update({key: getattr(file_config, key) for key in given})  # only the options the file sets
     for flag, (field, kind, _text) in OPTIONS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is None:
