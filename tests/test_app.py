@@ -237,6 +237,25 @@ def test_train_page_launches_a_run_and_shows_live_progress(isolated_artifacts, t
     assert list(table["state"]) == ["running"] and list(table["queue"]) == [0]  # 0: the running job
 
 
+def test_train_page_recipe_replaces_the_model_settings_but_keeps_fraction_and_seed(
+        isolated_artifacts, tiny_dataset_dir, fake_start_run):
+    from genre_core.config import RECIPES
+
+    state.set_active_dataset(str(tiny_dataset_dir))
+    app = page("train").run()
+    app.selectbox(key="train_model").set_value("small_cnn")
+    app.slider(key="train_fraction").set_value(0.5)
+    app.number_input(key="train_seed").set_value(3)
+    app.selectbox(key="train_recipe").set_value("cpu-15min")
+    app.sidebar.button[0].click().run()
+    assert not app.exception
+    (config,) = fake_start_run
+    recipe = RECIPES["cpu-15min"]
+    assert (config.model, config.size, config.feature_transform, config.lr_schedule, config.xla) == (
+        recipe["model"], recipe["size"], "sqrt", "cosine", True)
+    assert (config.data, config.data_fraction, config.seed) == (str(tiny_dataset_dir), 0.5, 3)
+
+
 def test_train_page_shows_a_failed_job_with_its_error(isolated_artifacts, tiny_dataset_dir, fake_start_run):
     from genre_core import runs
 
