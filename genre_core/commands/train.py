@@ -53,7 +53,7 @@ SWITCHES = {
     "--flip-features": ("flip_features", True, "frozen backbones: also cache features of flipped images"),
     "--no-embedding-cache": ("embedding_cache", False, "run a frozen backbone every epoch (real augmentation)"),
     "--mixed-precision": ("mixed_precision", True, "mixed_float16 on GPUs"),
-    "--xla": ("xla", True, "compile the train step with XLA"),
+    "--xla": ("xla", True, "compile the train step (and a frozen backbone's feature pass) with XLA"),
 }
 
 
