@@ -593,7 +593,9 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
             identity = models.extractor_id(config.model, size, weights, options)
             cached = embeddings.compute_embeddings(
                 data.cache, extractor, identity, flip=config.flip_features, batch_size=32, progress=progress,
-                cancel_check=run.cancel_requested, jit_compile=config.xla)
+                cancel_check=run.cancel_requested, jit_compile=config.xla, engine=config.feature_engine,
+                notes=data.notes)
+            progress({"stage": "prepare", "message": data.notes[-1]})
             features = np.asarray(cached.features)
             flipped = np.asarray(cached.flipped) if cached.flipped is not None else None
             with strategy.scope():

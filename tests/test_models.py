@@ -204,6 +204,8 @@ def test_train_config_round_trips_and_rejects_bad_input(tmp_path):
         TrainConfig.from_dict({"feature_transform": "log"})
     with pytest.raises(ValueError, match="lr_schedule='step'"):
         TrainConfig.from_dict({"lr_schedule": "step"})
+    with pytest.raises(ValueError, match="feature_engine='tpu'.*auto, keras, ncnn"):
+        TrainConfig.from_dict({"feature_engine": "tpu"})
     with pytest.raises(ValueError, match="val_fraction"):
         TrainConfig.from_dict({"val_fraction": 0.6, "test_fraction": 0.5})
     path.write_text("{not json")

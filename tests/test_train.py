@@ -62,7 +62,7 @@ def test_two_epoch_run_writes_every_file_and_reloads(tiny_dataset_dir, isolated_
 
 
 def test_frozen_backbone_trains_its_head_on_cached_features(tiny_dataset_dir, isolated_artifacts):
-    from genre_core import models
+    from genre_core import images, models
 
     config = {**TINY, "data": str(tiny_dataset_dir), "model": "hed_vgg16", "head_units": 0,
               "feature_layers": ["block3_conv3", "block5_conv3"], "flip_features": True,
@@ -78,6 +78,11 @@ def test_frozen_backbone_trains_its_head_on_cached_features(tiny_dataset_dir, is
     assert {"features.npy", "features_flip.npy", "embeddings.json"} <= {p.name for p in folders[0].iterdir()}
     # The separable synthetic genres are learnt from features alone.
     assert metrics["train"]["accuracy"] >= 0.8
+    # On a CPU the feature pass ran on ncnn (feature_engine "auto"); the run says so.
+    info = fileio.read_json(folders[0] / "embeddings.json")
+    assert info["engine"].startswith("ncnn ")
+    assert any("computed with ncnn" in note for note in metrics["notes"])
+    assert "computed with ncnn" in (first.path / "log.txt").read_text()
 
     # A second run with another head reuses the features: no backbone pass at all. This head power-normalises
     # the features and decays its learning rate along a cosine.
@@ -90,10 +95,17 @@ def test_frozen_backbone_trains_its_head_on_cached_features(tiny_dataset_dir, is
     assert learning_rates[0] < 0.01 and learning_rates == sorted(learning_rates, reverse=True)
     assert learning_rates[-1] == pytest.approx(0.0, abs=1e-6)
 
-    # The saved model is the whole image classifier (extractor + head).
+    assert any("read from the embedding cache (computed with ncnn" in note for note in second.metrics()["notes"])
+
+    # The saved model is the whole image classifier (extractor + head), all Keras: on the test images it
+    # gives the probabilities that the head gave on ncnn's features.
     model = models.load_model(second.path / "model.keras")
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 3)
     assert any(layer.name == "transform" for layer in model.get_layer("head").layers)
+    predictions = pd.read_csv(second.path / "predictions.csv")
+    probabilities = predictions[second.classes()].to_numpy()
+    batch = np.stack([images.load_rgb(path, 32, "squash") for path in predictions["path"]]).astype("float32")
+    np.testing.assert_allclose(np.asarray(model(batch, training=False)), probabilities, atol=1e-4)
 
 
 def test_cancel_stops_within_one_batch_keeps_the_model_and_resume_continues(tiny_dataset_dir, isolated_artifacts):
@@ -170,11 +182,12 @@ def test_recipe_then_config_file_then_flags(tmp_path):
     train_command.register(parser.add_subparsers())
     config_file = tmp_path / "run.json"
     config_file.write_text(json.dumps({"data": "demo", "epochs": 7}))
-    args = parser.parse_args(["train", "--recipe", "cpu-15min", "--config", str(config_file), "--size", "160"])
+    args = parser.parse_args(["train", "--recipe", "cpu-15min", "--config", str(config_file), "--size", "160",
+                              "--feature-engine", "keras"])
     config = train_command.config_from_args(args)
     recipe = RECIPES["cpu-15min"]
     # The file sets only data and epochs; it does not reset the recipe's other options to their defaults.
-    assert (config.data, config.epochs, config.size) == ("demo", 7, 160)
+    assert (config.data, config.epochs, config.size, config.feature_engine) == ("demo", 7, 160, "keras")
     assert (config.model, config.feature_transform, config.lr_schedule, config.weight_decay) == (
         recipe["model"], recipe["feature_transform"], recipe["lr_schedule"], recipe["weight_decay"])
     # Every recipe is a valid config.

@@ -45,6 +45,8 @@ OPTIONS = {
     "--pooling": ("pooling", str, "hed_vgg16: avg or avgstd"),
     "--feature-transform": ("feature_transform", str, "frozen features: none or sqrt (power normalisation)"),
     "--lr-schedule": ("lr_schedule", str, "constant or cosine (decay to 0 over the epochs)"),
+    "--feature-engine": ("feature_engine", str, "frozen backbones' feature pass: auto, keras or ncnn "
+                                                 "(auto: ncnn on a CPU when the backbone converts)"),
     "--seed": ("seed", int, "random seed"),
     "--val-fraction": ("val_fraction", float, "validation fraction when the source has no val split"),
     "--test-fraction": ("test_fraction", float, "test fraction when the source has no test split"),
