@@ -32,7 +32,7 @@ FEATURE_ENGINES = ("auto", "keras", "ncnn")
 RECIPES = {
     # Frozen HED-VGG16 block3/4/5 mean+std features at 224 px, power-normalised, and a linear softmax head
     # with L2, trained along a cosine learning-rate curve. The backbone pass runs on ncnn (feature_engine
-    # "auto" on a CPU; 2.5x TensorFlow's speed). 9 min 02 s from nothing on 2 CPU cores for the 5,354 ArtGAN
+    # "auto" on a CPU; 2-2.5x TensorFlow's speed). 9-11 min from nothing on 2 CPU cores for the 5,354 ArtGAN
     # paintings (almost all of it one backbone pass); about 50 s once the features are cached. XLA compiles
     # the head's train step (and the backbone pass when Keras runs it).
     "cpu-15min": {

@@ -68,7 +68,7 @@ def compute_embeddings(
     `extractor` maps float images 0..255 (B, H, W, 3) to (B, D). `cancel_check` is polled every batch;
     when it returns True the partial work is kept (resumable) and `genre_core.runs.Cancelled` is raised.
     `engine` runs the pass: "keras"; "ncnn" (genre_core.ncnn_engine: Winograd convolutions on the CPU,
-    HED-VGG16 at 224 px in ~0.09 s per image on 2 cores against Keras's 0.24 s); or "auto" (ncnn when it
+    HED-VGG16 at 224 px in ~0.1 s per image on 2 cores against Keras's 0.24 s); or "auto" (ncnn when it
     is installed, no GPU is visible and the backbone converts; Keras otherwise). `jit_compile` compiles
     the Keras pass with XLA (on 2 CPU cores: HED-VGG16 at 176 px, 0.130 s per image against 0.150 s).
     The engine that ran is recorded in embeddings.json and appended to `notes` when given.

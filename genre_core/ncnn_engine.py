@@ -3,8 +3,8 @@
 Why: on the 2 AVX2 cores this project targets, TensorFlow runs VGG-style 3x3 convolutions directly at
 close to the cores' peak, and HED-VGG16 at 224 px still takes 0.24 s per painting. ncnn computes the same
 convolutions with Winograd transforms (F(6,3) / F(4,3): 2-5x fewer multiplications) and does the pass in
-about a third of the time (`python3 -m bench features` measures both in one process). The features agree
-with Keras's to about 1e-5 of their scale, so heads trained on them work on the Keras model that is saved
+0.4-0.6 of the time (`python3 -m bench features` measures both in one process). The features agree with
+Keras's to about 1e-6 of their scale, so heads trained on them work on the Keras model that is saved
 in the run (the saved model never depends on ncnn).
 
 Scope: a trunk is converted when it is a plain chain of `InputLayer`, `Conv2D` (stride 1, no dilation,
