@@ -71,3 +71,25 @@ def test_feature_space_names_and_hed_features(monkeypatch):
     assert not np.allclose(features[0], features[1])
     with pytest.raises(ValueError, match="shape"):
         extractor(np.zeros((2, 20, 20), dtype=np.uint8))
+
+
+def test_inception_feature_space_loads_a_local_weights_file(tmp_path, monkeypatch):
+    """The InceptionV3 path, offline: a weights file standing in for Keras's cached ImageNet file."""
+    import keras
+
+    source = keras.applications.InceptionV3(include_top=False, weights=None, input_shape=(299, 299, 3))
+    weights_file = tmp_path / "inception_v3_notop.weights.h5"
+    source.save_weights(weights_file)
+    asked = []
+    monkeypatch.setattr(quality.backbones, "keras_cached_weights",
+                        lambda name: asked.append(name) or weights_file)
+    assert quality.resolve_feature_space("auto") == "inception_v3"
+    assert asked == [quality.INCEPTION_WEIGHTS_FILE]
+    extractor = quality.FeatureExtractor("auto", image_size=64)
+    assert (extractor.name, extractor.image_size) == ("inception_v3_pool@299", 299)
+    images = np.random.default_rng(4).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    features = extractor(images)
+    assert features.shape == (2, 2048) and np.isfinite(features).all()
+    # The file's weights, not a fresh initialisation, are in the feature network.
+    loaded = extractor._model.get_layer(index=1).get_weights()[0]
+    np.testing.assert_array_equal(loaded, source.get_layer(index=1).get_weights()[0])
