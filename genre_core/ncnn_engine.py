@@ -151,11 +151,19 @@ def _split_extractor(extractor):
     return before, trunk, after
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class NcnnExtractor:
     """Callable like the Keras extractor on a batch of images (B, H, W, 3) 0..255 -> features (B, D).
 
     Preprocessing and pooling run in Keras (split from `extractor`); the trunk runs in ncnn, one image at a
-    time on `threads` threads (default: all cores).
+    time on `threads` threads (default: every core this process may use).
     """
 
     def __init__(self, extractor, threads: int | None = None):
@@ -168,7 +176,7 @@ class NcnnExtractor:
         self.spec = convert_trunk(trunk)
         net = ncnn.Net()
         options = net.opt
-        options.num_threads = int(threads or os.cpu_count() or 1)
+        options.num_threads = int(threads or _usable_cores())
         for name in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
                      "use_bf16_packed", "use_int8_inference", "use_int8_storage", "use_int8_packed",
                      "use_int8_arithmetic", "use_vulkan_compute"):
