@@ -87,8 +87,7 @@ def compute_embeddings(
         info = {**expected, "files": {}}
     files = {"features.npy": False} | ({"features_flip.npy": True} if flip else {})
 
-    total = sum(0 if info["files"].get(name, {}).get("complete") and (folder / name).exists()
-                else rows - int(info["files"].get(name, {}).get("done_rows", 0)) for name in files)
+    total = sum(rows - _done_rows(info, folder / name) for name in files)
     if total == 0:
         if notes is not None:
             notes.append(f"backbone features read from the embedding cache (computed with {info.get('engine', 'keras')})")
@@ -101,9 +100,8 @@ def compute_embeddings(
     started = time.monotonic()
     for name, flipped in files.items():
         path = folder / name
-        state = info["files"].get(name, {})
-        done_rows = int(state.get("done_rows", 0)) if path.exists() else 0
-        if done_rows >= rows and state.get("complete"):
+        done_rows = _done_rows(info, path)
+        if done_rows >= rows:
             continue
         mode = "r+" if path.exists() and done_rows > 0 else "w+"
         array = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(rows, dim))
@@ -133,6 +131,11 @@ def compute_embeddings(
             fileio.atomic_write_json(info_path, info)
         del array
     return open_embeddings(image_cache, extractor_id, flip=flip)
+
+
+def _done_rows(info: dict, path: Path) -> int:
+    """Rows of a feature file already computed: as recorded in embeddings.json, or 0 if the file is gone."""
+    return int(info["files"].get(path.name, {}).get("done_rows", 0)) if path.exists() else 0
 
 
 ENGINES = ("auto", "keras", "ncnn")

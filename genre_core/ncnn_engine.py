@@ -94,7 +94,7 @@ def convert_trunk(trunk) -> NcnnTrunk:
         inbound = nodes[0].input_tensors if nodes else []
         if len(nodes) != 1 or len(inbound) != 1 or producers.get(id(inbound[0])) != previous:
             raise NcnnUnsupported(f"{trunk.name}: layer {layer.name} is not part of a simple chain")
-        if isinstance(layer, keras.layers.Conv2D) and type(layer) is keras.layers.Conv2D:
+        if type(layer) is keras.layers.Conv2D:
             kernel_h, kernel_w = layer.kernel_size
             if tuple(layer.strides) != (1, 1) or tuple(layer.dilation_rate) != (1, 1) or layer.groups != 1:
                 raise NcnnUnsupported(f"layer {layer.name}: only stride 1, dilation 1, groups 1 are converted")
@@ -102,17 +102,16 @@ def convert_trunk(trunk) -> NcnnTrunk:
                 raise NcnnUnsupported(f"layer {layer.name}: only channels_last and odd kernels are converted")
             if layer.padding not in ("same", "valid"):
                 raise NcnnUnsupported(f"layer {layer.name}: padding {layer.padding!r} is not converted")
-            kernel = np.asarray(layer.kernel.numpy() if hasattr(layer.kernel, "numpy") else layer.kernel,
-                                dtype=np.float32)
+            kernel, *bias = (np.asarray(value, dtype=np.float32) for value in layer.get_weights())
             pad_w, pad_h = ((kernel_w // 2, kernel_h // 2) if layer.padding == "same" else (0, 0))
-            bias_term = 1 if layer.use_bias else 0
+            bias_term = 1 if bias else 0
             lines.append(
                 f"Convolution {layer.name} 1 1 {previous} {layer.name} 0={layer.filters} 1={kernel_w} 11={kernel_h} "
                 f"4={pad_w} 14={pad_h} 5={bias_term} 6={kernel.size} 9={_activation_code(layer)}")
             weights += np.zeros(1, np.uint32).tobytes()  # tag 0: raw float32 weights follow
             weights += np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)).tobytes()  # HWIO -> OIHW
-            if layer.use_bias:
-                weights += np.asarray(layer.bias.numpy(), dtype=np.float32).tobytes()
+            if bias:
+                weights += bias[0].tobytes()
         elif type(layer) is keras.layers.MaxPooling2D:
             pool_h, pool_w = layer.pool_size
             if tuple(layer.strides) != (pool_h, pool_w) or layer.padding != "valid":

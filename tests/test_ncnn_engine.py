@@ -117,3 +117,37 @@ def test_auto_keeps_keras_when_a_gpu_is_visible_or_ncnn_is_missing(monkeypatch):
     assert "ncnn is not installed" in notes[-1]
     with pytest.raises(ncnn_engine.NcnnUnsupported, match="pip install ncnn"):
         embeddings.feature_pass(extractor, "ncnn")
+
+
+def test_embedding_cache_records_the_engine_reuses_features_and_recomputes_a_deleted_file(tmp_path,
+                                                                                        isolated_artifacts):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from genre_core import fileio
+
+    pictures = _images(32, count=5, seed=5).astype(np.uint8)
+    image_cache = SimpleNamespace(images=pictures, manifest=pd.DataFrame({"ok": [True] * 4 + [False]}),
+                                  folder=tmp_path / "cache-32")
+    extractor = models.build_feature_extractor("hed_vgg16", 32, None, feature_layers=["block3_conv3"])
+    notes: list[str] = []
+    first = embeddings.compute_embeddings(image_cache, extractor, "tiny", flip=True, batch_size=2,
+                                          engine="auto", notes=notes)
+    expected = np.asarray(extractor(pictures.astype("float32"), training=False))
+    assert _relative_error(expected[:4], np.asarray(first.features)[:4]) < 1e-4
+    assert not np.asarray(first.features)[4].any()  # the row that failed to decode stays zero
+    info = fileio.read_json(first.folder / "embeddings.json")
+    assert info["engine"].startswith("ncnn ") and "computed with ncnn" in notes[-1]
+
+    again = embeddings.compute_embeddings(image_cache, extractor, "tiny", flip=True, engine="keras", notes=notes)
+    assert "read from the embedding cache (computed with ncnn" in notes[-1]
+    np.testing.assert_array_equal(np.asarray(again.features), np.asarray(first.features))
+
+    # A deleted feature file is computed again (here by Keras), not reported as cached.
+    (first.folder / "features_flip.npy").unlink()
+    redone = embeddings.compute_embeddings(image_cache, extractor, "tiny", flip=True, engine="keras", notes=notes)
+    assert notes[-1] == "backbone features computed with keras"
+    flipped = np.asarray(extractor(pictures[:, :, ::-1].astype("float32"), training=False))
+    assert _relative_error(flipped[:4], np.asarray(redone.flipped)[:4]) < 1e-4
+    assert fileio.read_json(first.folder / "embeddings.json")["engine"] == "keras"
