@@ -82,9 +82,10 @@ def convert_trunk(trunk) -> NcnnTrunk:
     layers = list(trunk.layers)
     if not layers or not isinstance(layers[0], keras.layers.InputLayer):
         raise NcnnUnsupported(f"{trunk.name}: the trunk must start with its Input layer")
-    shape = tuple(int(v) for v in trunk.input_shape[1:])
+    shape = tuple(trunk.input_shape[1:])
     if len(shape) != 3 or any(v is None for v in shape):
         raise NcnnUnsupported(f"{trunk.name}: needs a fixed (height, width, channels) input, got {shape}")
+    shape = tuple(int(v) for v in shape)
     producers = {id(trunk.inputs[0]): layers[0].name}
     lines = [f"Input {layers[0].name} 0 1 {layers[0].name} 0={shape[1]} 1={shape[0]} 2={shape[2]}"]
     weights = bytearray()

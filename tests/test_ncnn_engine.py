@@ -84,6 +84,10 @@ def test_layers_ncnn_cannot_take_are_refused_by_name_and_auto_falls_back_to_kera
                                        keras.layers.BatchNormalization(name="bn")])
     with pytest.raises(ncnn_engine.NcnnUnsupported, match="bn"):
         ncnn_engine.NcnnExtractor(batchnorm)
+    any_size = keras.Input((None, None, 3))
+    flexible_trunk = keras.Model(any_size, keras.layers.Conv2D(4, 3, padding="same")(any_size), name="backbone")
+    with pytest.raises(ncnn_engine.NcnnUnsupported, match="fixed"):
+        ncnn_engine.convert_trunk(flexible_trunk)
     no_backbone = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.GlobalAveragePooling2D()])
     with pytest.raises(ncnn_engine.NcnnUnsupported, match="backbone"):
         ncnn_engine.NcnnExtractor(no_backbone)
