@@ -455,20 +455,26 @@ def _folder_lock(folder: Path, on_wait: Callable[[], None] | None = None):
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, on_wait: Callable[[], None] | None = None):
-    """Hold an exclusive advisory lock on `path` (created if needed); call `on_wait` first if another holds it."""
+def file_lock(path: Path, on_wait: Callable[[], None] | None = None, repeat_seconds: float = 5.0):
+    """Hold an exclusive advisory lock on `path` (created if needed). While another process holds it, call
+    `on_wait` at once and then every `repeat_seconds`, so a waiting job keeps its heartbeat (the wait is
+    progress of the process that builds)."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; builds are still resumable and atomic per chunk.
         yield
         return
     with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        next_call = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if on_wait is not None and time.monotonic() >= next_call:
+                    on_wait()
+                    next_call = time.monotonic() + repeat_seconds
+                time.sleep(0.2)
         try:
             yield
         finally:

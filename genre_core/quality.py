@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from genre_core import backbones
+from genre_core import backbones, runs
 
 MIN_FID_IMAGES = 2048
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -160,6 +160,7 @@ class FeatureExtractor:
             else:
                 batch = keras.applications.vgg16.preprocess_input(batch)
             outputs.append(np.asarray(self._model(batch, training=False), dtype=np.float64))
+            runs.beat()  # A KID feature pass inside a GAN epoch is progress of the job.
         return np.concatenate(outputs) if outputs else np.zeros((0, 0))
 
 

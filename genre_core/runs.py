@@ -30,9 +30,18 @@ KIND_ROOTS = {
     "prepare": "job_runs",
     "selftest": "job_runs",
 }
+# States status.json records. "stalled" is never recorded: like "interrupted" for a dead process, it is how a
+# live job with no heartbeat for its stall limit reads (see `effective_status`).
 STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
-ACTIVE_STATES = ("queued", "running")
+RECORDED_ACTIVE_STATES = ("queued", "running")
+ACTIVE_STATES = ("queued", "running", "stalled")
 FINAL_STATES = ("finished", "failed", "cancelled")
+STALLED = "stalled"
+
+# Stall limits: a live job whose heartbeat is older than this reads "stalled". $GENRE_STALL_SECONDS overrides
+# every kind. The working code paths beat at least once per batch, chunk or feature batch, so these limits
+# only have to cover the slowest single step of each kind.
+DEFAULT_STALL_SECONDS = {"classifier": 600.0, "gan": 900.0, "prepare": 600.0, "selftest": 120.0}
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -41,6 +50,7 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 CANCEL_FILE = "cancel"
 LOG_FILE = "log.txt"
+OLD_LOG_FILE = "log.1.txt"
 MODEL_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoint"
 RUN_LOCK_FILE = ".lock"
@@ -134,6 +144,112 @@ def pid_alive(pid: Any, start_time: Any = None) -> bool:
             # The pid was reused by an unrelated process started later.
             return False
     return True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Heartbeat and stall limits.
+
+
+def positive_env(name: str, default: float | None) -> float | None:
+    """Return $name as a positive number, `default` when unset; ValueError naming the variable otherwise."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a number") from None
+    if not value > 0:
+        raise ValueError(f"{name}={text} must be more than 0")
+    return value
+
+
+def stall_seconds(kind: str | None = None) -> float:
+    """Return the stall limit in seconds: $GENRE_STALL_SECONDS, else the default for `kind` (ValueError if the
+    variable is not a positive number)."""
+    return float(positive_env("GENRE_STALL_SECONDS", DEFAULT_STALL_SECONDS.get(kind or "", 600.0)))
+
+
+class _Heartbeat:
+    """This process's heartbeat: when the working code path last made progress, and which run it beats for."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.run: "Run | None" = None
+        self.write_every = 2.0
+        self.written = -float("inf")
+
+
+_HEARTBEAT = _Heartbeat()
+
+
+def attach_heartbeat(run: "Run | None", limit: float | None = None) -> None:
+    """Make `beat()` stamp `heartbeat` into this run's status.json (None detaches). The job runner calls this.
+
+    Beats are written at most every 2 s, and at least five times per stall limit when the limit is short."""
+    _HEARTBEAT.run = run
+    _HEARTBEAT.written = -float("inf")
+    _HEARTBEAT.last = time.monotonic()
+    _HEARTBEAT.write_every = min(2.0, float(limit) / 5.0) if limit else 2.0
+
+
+def beat() -> None:
+    """Record progress of the working code path (a batch, a chunk, a feature batch, a queue poll).
+
+    Called from the loops that do the work, never from a free-running thread, so a deadlock or a hung read
+    stops the heartbeat. Cheap: the status file is written at most every couple of seconds."""
+    now = time.monotonic()
+    _HEARTBEAT.last = now
+    run = _HEARTBEAT.run
+    if run is not None and now - _HEARTBEAT.written >= _HEARTBEAT.write_every:
+        _HEARTBEAT.written = now
+        try:
+            run.update_status(heartbeat=now_iso())
+        except OSError:
+            pass  # A full disk is reported by the writes that matter; a missed beat is not an error.
+
+
+def _heartbeat_written(run: "Run") -> None:
+    """Note that `run`'s status was just written with a fresh heartbeat (so `beat` need not write again)."""
+    now = time.monotonic()
+    _HEARTBEAT.last = now
+    if _HEARTBEAT.run is not None and _HEARTBEAT.run.path == run.path:
+        _HEARTBEAT.written = now
+
+
+def seconds_since_beat() -> float:
+    """Seconds since this process last called `beat()` (or attached a run)."""
+    return time.monotonic() - _HEARTBEAT.last
+
+
+def heartbeat_age(status: dict, now: datetime | None = None) -> float | None:
+    """Seconds since the status's `heartbeat` (else its `updated` stamp), or None when neither parses."""
+    for key in ("heartbeat", "updated"):
+        text = status.get(key)
+        if not text:
+            continue
+        try:
+            stamp = datetime.fromisoformat(str(text))
+        except ValueError:
+            continue
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=timezone.utc)
+        return max(0.0, ((now or datetime.now(timezone.utc)) - stamp).total_seconds())
+    return None
+
+
+def _status_stall_limit(status: dict) -> float:
+    """The stall limit the job recorded for itself, else this process's setting (never raises)."""
+    try:
+        recorded = float(status.get("stall_seconds") or 0)
+    except (TypeError, ValueError):
+        recorded = 0.0
+    if recorded > 0:
+        return recorded
+    try:
+        return stall_seconds(status.get("kind"))
+    except ValueError:
+        return DEFAULT_STALL_SECONDS.get(str(status.get("kind")), 600.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -380,15 +496,28 @@ class Run:
         return _summarise(self.path, self._kind)
 
 
-def effective_status(status: dict) -> dict:
-    """Return a copy of `status` whose state is "interrupted" if it claims to be active but its process died."""
+def effective_status(status: dict, now: datetime | None = None) -> dict:
+    """Return a copy of `status` with the effective state: "interrupted" if it claims to be queued or running
+    but its process died; "stalled" if the process lives but its heartbeat is older than the stall limit the
+    job recorded (`stall_seconds`). The recorded state is kept under "recorded_state"; a stalled status gets
+    `stalled_seconds` and a message naming the last thing the job was doing."""
     status = dict(status)
     state = status.get("state")
-    if state in ACTIVE_STATES and status.get("pid") is not None:
+    if state in RECORDED_ACTIVE_STATES and status.get("pid") is not None:
         if not pid_alive(status.get("pid"), status.get("pid_start")):
             status["recorded_state"] = state
             status["state"] = "interrupted"
             status["message"] = f"the job process (pid {status.get('pid')}) stopped without finishing"
+            return status
+        age = heartbeat_age(status, now)
+        limit = _status_stall_limit(status)
+        if age is not None and age > limit:
+            last = str(status.get("message") or state)
+            status["recorded_state"] = state
+            status["state"] = STALLED
+            status["stalled_seconds"] = round(age, 1)
+            status["last_message"] = last
+            status["message"] = f"no progress for {age:.0f} s (limit {limit:g} s); last: {last}"
     return status
 
 
@@ -627,6 +756,7 @@ class ProgressWriter:
         return round((now - start_time) / progressed * (1.0 - fraction), 1)
 
     def __call__(self, event: dict) -> None:
+        beat()
         stage = str(event.get("stage", ""))
         done = event.get("done")
         total = event.get("total")
@@ -666,7 +796,8 @@ class ProgressWriter:
         self._pending = None
         self._last_write = now
         self.writes += 1
-        self.run.update_status(**fields)
+        self.run.update_status(heartbeat=now_iso(), **fields)
+        _heartbeat_written(self.run)
 
     def flush(self) -> None:
         """Write any throttled progress now."""
