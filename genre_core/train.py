@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from genre_core import fileio
+from genre_core import fileio, runs
 from genre_core.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -254,9 +254,11 @@ def predict_probabilities(model, inputs, batch_size: int = 64) -> np.ndarray:
     if isinstance(inputs, np.ndarray):
         for start in range(0, len(inputs), batch_size):
             outputs.append(forward(np.asarray(inputs[start:start + batch_size])).numpy())
+            runs.beat()  # Validation and final scoring report no progress events; they still beat.
     else:
         for batch, _labels in inputs:
             outputs.append(forward(batch).numpy())
+            runs.beat()
     if not outputs:
         return np.zeros((0, int(model.output.shape[-1])), dtype=np.float32)
     return np.concatenate(outputs).astype(np.float32)
