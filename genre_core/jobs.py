@@ -10,24 +10,44 @@
   as "interrupted" by `Run.status()`, because its recorded pid is no longer alive.
 - `resume(run)` relaunches an interrupted, cancelled or failed run with `config["resume"] = True`; the
   executor picks up from `run.checkpoint_dir`.
+- Stalls. The job's working code path beats (`runs.beat`, per batch, chunk or queue poll) into status.json;
+  a live job with no beat for its stall limit reads "stalled". A stalled job keeps its slot lock while its
+  process lives, so the job first in line ends it (SIGTERM and SIGCONT, then SIGKILL after a grace period),
+  records it as failed with the reason, and takes the slot: the queue moves on. `cancel` ends a stalled job
+  the same way. A multi-worker job also runs a watchdog that fails the process when no step completes
+  within the limit (a dead peer leaves the others waiting in a collective op).
+- Logs. A job whose stdout/stderr is its run's log.txt rotates it when it passes $GENRE_LOG_MAX_BYTES:
+  log.txt moves to log.1.txt and a new log.txt starts with the old one's tail, so the pages' tail survives.
+- Queue limit: inside `queue_limit(n)` (the app in shared mode), or with $GENRE_MAX_QUEUED set, `launch`
+  refuses a job when n jobs already wait (QueueFullError) and marks the new run cancelled, never started.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from genre_core import fileio, paths, runs
 from genre_core.runs import ACTIVE_STATES, FINAL_STATES, Cancelled, Run
 
 POLL_SECONDS = 0.2
 STALE_TEMP_SECONDS = 60.0
+STALL_CHECK_SECONDS = 1.0
+DEFAULT_STOP_GRACE_SECONDS = 10.0
+DEFAULT_LOG_MAX_BYTES = 20_000_000
+LOG_TAIL_BYTES = 64_000
+LOG_CHECK_SECONDS = 2.0
+# The waiting-job limit of the current launch (set by `queue_limit`, e.g. by the app in shared mode).
+_QUEUE_LIMIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("genre_queue_limit", default=None)
 
 # Child processes started by this process, kept so they can be reaped (no zombies in a long-lived app).
 _children: dict[int, subprocess.Popen] = {}
@@ -35,6 +55,10 @@ _children: dict[int, subprocess.Popen] = {}
 
 class JobLockedError(RuntimeError):
     """The run already has a job process (its run lock is held)."""
+
+
+class QueueFullError(RuntimeError):
+    """The queue already holds the allowed number of waiting jobs; the new job was not started."""
 
 
 class _Terminated(BaseException):
@@ -57,6 +81,35 @@ def max_jobs() -> int:
     if value < 1:
         raise ValueError(f"GENRE_MAX_JOBS={value} must be at least 1")
     return value
+
+
+def stop_grace_seconds() -> float:
+    """Seconds between SIGTERM and SIGKILL when a stalled job is ended: $GENRE_STOP_GRACE_SECONDS (default 10)."""
+    return float(runs.positive_env("GENRE_STOP_GRACE_SECONDS", DEFAULT_STOP_GRACE_SECONDS))
+
+
+def log_max_bytes() -> int:
+    """The size at which a job rotates its log.txt: $GENRE_LOG_MAX_BYTES (default 20 MB)."""
+    return int(runs.positive_env("GENRE_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES))
+
+
+def max_queued() -> int | None:
+    """The waiting-job limit in force: `queue_limit`'s value, else $GENRE_MAX_QUEUED, else None (no limit)."""
+    limit = _QUEUE_LIMIT.get()
+    if limit is not None:
+        return limit
+    value = runs.positive_env("GENRE_MAX_QUEUED", None)
+    return int(value) if value is not None else None
+
+
+@contextlib.contextmanager
+def queue_limit(limit: int | None) -> Iterator[None]:
+    """Within this block, `launch` (also through train.start_run) refuses a job when `limit` jobs wait."""
+    token = _QUEUE_LIMIT.set(int(limit) if limit is not None else None)
+    try:
+        yield
+    finally:
+        _QUEUE_LIMIT.reset(token)
 
 
 def slot_paths(count: int | None = None) -> list[Path]:
@@ -165,27 +218,68 @@ def _spawn(run: Run, lock_fd: int) -> int:
     return process.pid
 
 
+def waiting_jobs() -> list[dict]:
+    """Listing rows of live jobs waiting for a slot (effective state "queued"), in queue order."""
+    return [row for row in active_jobs() if row["state"] == "queued"]
+
+
+@contextlib.contextmanager
+def _launch_lock() -> Iterator[None]:
+    """Serialise count-then-spawn between launchers, so a queue limit cannot be overrun by a race."""
+    import fcntl
+
+    fd = os.open(paths.artifacts_root() / "launch.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_queue_room(run: Run) -> None:
+    """Refuse (QueueFullError) when the waiting-job limit is reached; the run is marked cancelled, never started."""
+    limit = max_queued()
+    if limit is None:
+        return
+    waiting = [row for row in waiting_jobs() if row["id"] != run.id]
+    if len(waiting) >= limit:
+        reason = (f"the queue is full: {len(waiting)} jobs are already waiting (limit {limit}, GENRE_MAX_QUEUED); "
+                  "try again when one has started")
+        run.update_status(state="cancelled", message=f"not started: {reason}", finished_at=runs.now_iso())
+        raise QueueFullError(reason)
+
+
+def _start_fields(run: Run, message: str) -> dict:
+    """Status fields of a (re)launched run: queued now, with a fresh heartbeat and the job's stall limit."""
+    now = runs.now_iso()
+    return {"state": "queued", "queued_at": now, "heartbeat": now, "stall_seconds": runs.stall_seconds(run.kind),
+            "pid": None, "pid_start": None, "error": None, "message": message, "finished_at": None}
+
+
 def launch(run: Run | str | os.PathLike) -> int:
     """Start the job for a freshly created (queued) run in the background and return its pid.
 
     Refused (JobLockedError) while another job process holds the run; refused (ValueError) for a run
-    that already ran (use `resume`)."""
+    that already ran (use `resume`); refused (QueueFullError) when a queue limit is in force and reached."""
     run = runs.open_run(run)
     _reap()
     lock_fd = _acquire_run_lock(run)
-    try:
-        status = run.status()
-        state = status.get("state")
-        if state != "queued":
-            raise ValueError(f"run {run.id} is {state}; only a new (queued) run can be launched — "
-                             "use resume to continue it")
-        run.config()  # A run without a readable config cannot be executed.
-        run.update_status(state="queued", queued_at=runs.now_iso(), pid=None, pid_start=None, error=None,
-                          message="waiting for a free job slot", finished_at=None)
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    return _spawn(run, lock_fd)
+    with contextlib.ExitStack() as stack:
+        try:
+            status = run.status()
+            state = status.get("state")
+            if state != "queued":
+                raise ValueError(f"run {run.id} is {state}; only a new (queued) run can be launched — "
+                                 "use resume to continue it")
+            run.config()  # A run without a readable config cannot be executed.
+            # Counting the waiting jobs and spawning this one happen under one lock.
+            stack.enter_context(_launch_lock())
+            _check_queue_room(run)
+            run.update_status(**_start_fields(run, "waiting for a free job slot"))
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return _spawn(run, lock_fd)
 
 
 def resume(run: Run | str | os.PathLike) -> int:
@@ -203,8 +297,7 @@ def resume(run: Run | str | os.PathLike) -> int:
         config["resume"] = True
         run.write_config(config)
         run.clear_cancel()
-        run.update_status(state="queued", queued_at=runs.now_iso(), pid=None, pid_start=None, error=None,
-                          message=f"resuming after {state}", finished_at=None)
+        run.update_status(**_start_fields(run, f"resuming after {state}"))
     except BaseException:
         os.close(lock_fd)
         raise
@@ -230,7 +323,76 @@ def cancel(run: Run | str | os.PathLike) -> str:
     if state in ("interrupted", "damaged") or never_launched:
         run.update_status(state="cancelled", message="cancelled", finished_at=runs.now_iso())
         return "cancelled"
+    if state == runs.STALLED:
+        # A stalled job never reaches its next cancel check: end its process.
+        return stop_stalled(run, status, final_state="cancelled",
+                            reason=f"cancelled while stalled ({status.get('message')})")
     return state
+
+
+def _terminate(pid: int, pid_start: Any, grace: float) -> bool:
+    """Send SIGTERM (and SIGCONT, so a stopped process acts on it), then SIGKILL after `grace` seconds if
+    it still lives; True once the process is gone. A pid reused by another process is never signalled."""
+    def alive() -> bool:
+        _reap()
+        return runs.pid_alive(pid, pid_start)
+
+    for number in (signal.SIGTERM, signal.SIGCONT):
+        if not alive():
+            return True
+        try:
+            os.kill(int(pid), number)
+        except ProcessLookupError:
+            return True
+    for limit, kill in ((grace, True), (5.0, False)):
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if not alive():
+                return True
+            time.sleep(0.05)
+        if kill and alive():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                return True
+    # Still there five seconds after SIGKILL: stuck in the kernel (an uninterruptible read on a dead mount).
+    return not alive()
+
+
+def stop_stalled(run: Run, status: dict, final_state: str, reason: str) -> str:
+    """End the process of a stalled job (SIGTERM, SIGCONT, SIGKILL after the grace period) and record
+    `final_state` with `reason`. Returns the state afterwards ("stalled" when the process would not die)."""
+    pid, pid_start = status.get("pid"), status.get("pid_start")
+    grace = stop_grace_seconds()
+    _say(f"ending stalled job {run.id} (pid {pid}): {reason}")
+    if not _terminate(pid, pid_start, grace):
+        return runs.STALLED
+    fields: dict[str, Any] = {"state": final_state, "finished_at": runs.now_iso()}
+    if final_state == "failed":
+        fields.update(error=reason, message="stalled; stopped")
+    else:
+        fields.update(message=reason)
+    run.update_status(**fields)
+    return final_state
+
+
+def _end_stalled_slot_holders(waiting: Run) -> bool:
+    """End running jobs that are stalled (each holds a slot lock); True if one was ended."""
+    ended = False
+    for row in runs.list_runs(kind=None):
+        if row.get("state") != runs.STALLED or row["id"] == waiting.id:
+            continue
+        try:
+            stalled = runs.open_run(Path(row["path"]))
+            status = stalled.status()
+        except (OSError, ValueError):
+            continue
+        if status.get("state") != runs.STALLED or status.get("recorded_state") != "running":
+            continue
+        reason = (f"stalled: {status.get('message')}; stopped so that the queued job {waiting.id} could start")
+        if stop_stalled(stalled, status, final_state="failed", reason=reason) == "failed":
+            ended = True
+    return ended
 
 
 def active_jobs() -> list[dict]:
@@ -239,16 +401,17 @@ def active_jobs() -> list[dict]:
     _reap()
     rows = [row for row in runs.list_runs(kind=None)
             if row.get("state") in ACTIVE_STATES and row.get("pid") is not None and not row.get("damaged")]
-    rows.sort(key=lambda row: (row["state"] != "running", str(row.get("queued_at") or ""), row["id"]))
+    # Running (or stalled while running) jobs hold slots: they come first, then the waiting ones.
+    rows.sort(key=lambda row: (row["state"] == "queued", str(row.get("queued_at") or ""), row["id"]))
     return rows
 
 
 def queue() -> list[dict]:
-    """Like `active_jobs()`, with "position": 0 for running jobs, 1, 2, ... for waiting ones."""
+    """Like `active_jobs()`, with "position": 0 for running (or stalled) jobs, 1, 2, ... for waiting ones."""
     rows = active_jobs()
     waiting = 0
     for row in rows:
-        if row["state"] == "running":
+        if row["state"] != "queued":
             row["position"] = 0
         else:
             waiting += 1
@@ -296,17 +459,23 @@ def _queue_position(run: Run) -> int:
                 continue
             if not isinstance(status, dict) or status.get("state") != "queued" or status.get("pid") is None:
                 continue
-            if (str(status.get("queued_at") or ""), folder.name) < my_key and runs.pid_alive(
-                    status.get("pid"), status.get("pid_start")):
+            # A queued job whose process died, or that stopped beating (stalled), holds nobody up.
+            if (str(status.get("queued_at") or ""), folder.name) < my_key and \
+                    runs.effective_status(status).get("state") == "queued":
                 ahead += 1
     return ahead
 
 
 def _wait_for_slot(run: Run, poll: float) -> list[int] | None:
-    """Wait in state "queued" until this job holds a global slot lock; None if cancelled while waiting."""
+    """Wait in state "queued" until this job holds a global slot lock; None if cancelled while waiting.
+
+    The waiting loop beats, so a queued job that stops (SIGSTOP) reads "stalled" and drops out of line.
+    When this job is next in line and every slot is held, stalled slot holders are ended."""
     slot_files = slot_paths()
     last_position = None
+    last_stall_check = time.monotonic()
     while True:
+        runs.beat()
         if run.cancel_requested():
             return None
         position = _queue_position(run)
@@ -316,6 +485,10 @@ def _wait_for_slot(run: Run, poll: float) -> list[int] | None:
                 if _try_flock(fd):
                     return [fd]
                 os.close(fd)
+            if time.monotonic() - last_stall_check >= STALL_CHECK_SECONDS:
+                last_stall_check = time.monotonic()
+                if _end_stalled_slot_holders(run):
+                    continue
         if position != last_position:
             ahead = "the running job" if position == 0 else f"{position} queued job{'s' if position > 1 else ''}"
             run.update_status(message=f"waiting for a free job slot (after {ahead})")
@@ -370,15 +543,19 @@ def run_job(run: Run | str | os.PathLike, lock_fd: int | None = None, poll: floa
         previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     slot_fds: list[int] = []
     final: dict[str, Any] = {}
+    stop_helpers = threading.Event()
     try:
+        limit = runs.stall_seconds(run.kind)
         try:
             status = run.raw_status()
         except ValueError:
             # A missing or corrupt status.json is rewritten from here on.
             status = {}
+        runs.attach_heartbeat(run, limit)
         run.update_status(state="queued", pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()),
                           queued_at=status.get("queued_at") or runs.now_iso(), error=None,
-                          message="waiting for a free job slot")
+                          message="waiting for a free job slot", heartbeat=runs.now_iso(), stall_seconds=limit)
+        _start_log_rotation(run, stop_helpers)
         _remove_stale_temp_files(run)
         _say(f"job {run.id} (pid {os.getpid()}) queued")
         slot_fds = _wait_for_slot(run, poll) or []
@@ -386,8 +563,13 @@ def run_job(run: Run | str | os.PathLike, lock_fd: int | None = None, poll: floa
             _say("cancelled while queued")
             final = {"state": "cancelled", "message": "cancelled while queued"}
             return "cancelled"
-        run.update_status(state="running", started_at=runs.now_iso(), message=f"starting the {run.kind} job")
+        run.update_status(state="running", started_at=runs.now_iso(), message=f"starting the {run.kind} job",
+                          heartbeat=runs.now_iso())
+        runs.beat()
         _say(f"running ({run.kind})")
+        workers = _worker_count()
+        if workers > 1:
+            _start_watchdog(run, limit, workers, stop_helpers)
         final = _execute(run)
         return final["state"]
     except _Terminated:
@@ -398,6 +580,8 @@ def run_job(run: Run | str | os.PathLike, lock_fd: int | None = None, poll: floa
         final = {"state": "interrupted", "message": "stopped by an interrupt; resume to continue"}
         raise
     finally:
+        stop_helpers.set()
+        runs.attach_heartbeat(None)
         if final:
             try:
                 run.update_status(finished_at=runs.now_iso(), **final)
@@ -409,6 +593,96 @@ def run_job(run: Run | str | os.PathLike, lock_fd: int | None = None, poll: floa
         os.close(lock_fd)
         if handle_signals and previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _worker_count() -> int:
+    """How many training processes TF_CONFIG names (1 without it, or when it cannot be read)."""
+    if not os.environ.get("TF_CONFIG", "").strip():
+        return 1
+    try:
+        from genre_core import train
+
+        return train.worker_count()
+    except (ImportError, ValueError):
+        return 1
+
+
+def _start_watchdog(run: Run, limit: float, workers: int, stop: threading.Event) -> None:
+    """Fail this multi-worker job when its working code path has not beaten for `limit` seconds.
+
+    When a peer worker dies, the others can wait in a collective op forever (TensorFlow's own peer health
+    check aborts them too, but on its own schedule). The watchdog only reads the heartbeat, so it never
+    keeps a hung job looking alive; it records the failure and exits the process (exit code 1)."""
+    def watch() -> None:
+        while not stop.wait(min(1.0, limit / 5.0)):
+            age = runs.seconds_since_beat()
+            if age <= limit:
+                continue
+            try:
+                last = run.raw_status().get("message") or "no progress message"
+            except (OSError, ValueError):
+                last = "no progress message"
+            reason = (f"no progress for {age:.0f} s (limit {limit:g} s) in a {workers}-worker run: a peer worker "
+                      f"probably stopped; last: {last}")
+            try:
+                run.update_status(state="failed", error=reason, message="failed: stalled", finished_at=runs.now_iso())
+            except OSError:
+                pass
+            _say(f"final state: failed ({reason})")
+            print(f"error: run {run.id}: {reason}", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=watch, name="genre-watchdog", daemon=True).start()
+
+
+def _rotate_log(run: Run, max_bytes: int) -> bool:
+    """If this process's stdout is the run's log.txt and it is over `max_bytes`, move it to log.1.txt and
+    continue in a new log.txt that starts with the old one's last lines; True when it rotated."""
+    log_path = run.log_path
+    try:
+        current = os.fstat(1)
+        if not os.path.samestat(current, os.stat(log_path)) or current.st_size <= max_bytes:
+            return False
+    except OSError:
+        return False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    keep = min(LOG_TAIL_BYTES, max_bytes // 4)
+    with open(log_path, "rb") as handle:
+        handle.seek(max(0, current.st_size - keep))
+        tail = handle.read(keep)
+    if b"\n" in tail[:-1]:
+        tail = tail[tail.index(b"\n") + 1:]  # Start at a whole line.
+    old_log = run.path / runs.OLD_LOG_FILE
+    os.replace(log_path, old_log)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, f"[{runs.now_iso()}] log rotated at {current.st_size:,} bytes; earlier output is in "
+                     f"{runs.OLD_LOG_FILE}; its last lines follow\n".encode() + tail)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _start_log_rotation(run: Run, stop: threading.Event) -> None:
+    """Check the job's log size every couple of seconds (only when stdout is the run's log.txt)."""
+    try:
+        if not os.path.samestat(os.fstat(1), os.stat(run.log_path)):
+            return
+    except OSError:
+        return
+    max_bytes = log_max_bytes()
+
+    def check() -> None:
+        while not stop.wait(LOG_CHECK_SECONDS):
+            try:
+                _rotate_log(run, max_bytes)
+            except OSError as exc:
+                print(f"[{runs.now_iso()}] could not rotate the log: {exc}", flush=True)
+
+    threading.Thread(target=check, name="genre-log-rotation", daemon=True).start()
 
 
 def _execute(run: Run) -> dict:
@@ -506,7 +780,8 @@ def execute_prepare(run: Run) -> None:
 
 
 def execute_selftest(run: Run) -> None:
-    """A tiny job without TensorFlow: `epochs` epochs of `batches` sleeps totalling `step_seconds` each.
+    """A tiny job without TensorFlow: `epochs` epochs of `batches` sleeps totalling `step_seconds` each
+    (and, with `chatter`, a log line of that many dots per batch).
 
     Writes history rows, progress and a checkpoint per epoch, honours cancel every batch, resumes from its
     checkpoint, and raises at epoch `fail_at` when asked. Used by the job tests and the app's tests."""
@@ -517,6 +792,7 @@ def execute_selftest(run: Run) -> None:
         batches = int(config.get("batches", 4))
         fail_at = config.get("fail_at")
         fail_at = int(fail_at) if fail_at is not None else None
+        chatter = int(config.get("chatter", 0))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"run {run.id}: bad selftest config ({exc})") from None
     if epochs < 1 or batches < 1 or step_seconds < 0:
@@ -537,6 +813,8 @@ def execute_selftest(run: Run) -> None:
         for batch in range(1, batches + 1):
             run.check_cancel()
             time.sleep(step_seconds / batches)
+            if chatter:
+                print(f"epoch {epoch} batch {batch} " + "." * chatter, flush=True)
             progress({"stage": "batch", "done": batch, "total": batches})
         if fail_at is not None and epoch == fail_at:
             raise RuntimeError(f"selftest failure injected at epoch {epoch}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -278,3 +279,148 @@ def test_queue_is_first_come_first_served(isolated_artifacts):
     finished = [run.raw_status()["finished_at"] for run in [first, *waiting]]
     # One at a time: each job starts only after the previous one finished.
     assert all(finished[index] <= started[index + 1] for index in range(3))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stalls, the queue limit and log rotation.
+
+
+def wait_until_running_a_batch(run: runs.Run) -> None:
+    wait_for(lambda: run.status()["state"] == "running" and run.raw_status().get("batch"), timeout=30)
+
+
+def test_a_sigstopped_job_reads_stalled_and_the_next_queued_job_starts(isolated_artifacts, monkeypatch, runs_cli,
+                                                                       capsys):
+    monkeypatch.setenv("GENRE_STALL_SECONDS", "3")
+    first = selftest_run(epochs=500, step_seconds=0.2)
+    pid = jobs.launch(first)
+    wait_until_running_a_batch(first)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status = wait_for(lambda: (current := first.status())["state"] == "stalled" and current, timeout=30)
+        assert status["recorded_state"] == "running" and status["stalled_seconds"] >= 3
+        assert status["message"].startswith("no progress for ") and "(limit 3 s); last: epoch 1/500" in status["message"]
+        assert [(row["id"], row["state"]) for row in jobs.active_jobs()] == [(first.id, "stalled")]
+        assert runs_cli(["runs", "--kind", "selftest"]) == 0
+        assert "stalled: no progress for" in capsys.readouterr().out
+        # The next job is first in line and every slot is held by a stalled job: it ends that job and starts.
+        second = selftest_run(epochs=1, step_seconds=0.05)
+        jobs.launch(second)
+        assert jobs.wait(second, timeout=60)["state"] == "finished", second.log_path.read_text()
+        ended = first.status()
+        assert ended["state"] == "failed" and ended["message"] == "stalled; stopped"
+        assert ended["error"].startswith("stalled: no progress for") and second.id in ended["error"]
+        assert "ending stalled job" in second.log_path.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_cancel_ends_a_stalled_job(isolated_artifacts, monkeypatch):
+    monkeypatch.setenv("GENRE_STALL_SECONDS", "3")
+    run = selftest_run(epochs=500, step_seconds=0.2)
+    pid = jobs.launch(run)
+    wait_until_running_a_batch(run)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: run.status()["state"] == "stalled", timeout=30)
+        assert jobs.cancel(run) == "cancelled"
+        jobs._reap()
+        assert not runs.pid_alive(pid)
+        status = run.status()
+        assert status["state"] == "cancelled" and status["message"].startswith("cancelled while stalled (no progress")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_terminate_escalates_to_sigkill_for_a_process_that_ignores_sigterm():
+    ignoring = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\n"
+                                 "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert ignoring.stdout.readline().strip() == "ready"
+        jobs._children[ignoring.pid] = ignoring
+        assert jobs._terminate(ignoring.pid, runs.process_start_time(ignoring.pid), grace=0.5)
+        assert ignoring.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if ignoring.poll() is None:
+            ignoring.kill()
+            ignoring.wait()
+
+
+def test_a_stalled_queued_job_drops_out_of_line(isolated_artifacts, monkeypatch):
+    monkeypatch.setenv("GENRE_STALL_SECONDS", "3")
+    first = selftest_run(epochs=500, step_seconds=0.2)
+    jobs.launch(first)
+    wait_until_running_a_batch(first)
+    stopped, later = selftest_run(epochs=1, step_seconds=0.05), selftest_run(epochs=1, step_seconds=0.05)
+    stopped_pid = jobs.launch(stopped)
+    wait_for(lambda: stopped.raw_status().get("message", "").startswith("waiting for a free job slot ("))
+    time.sleep(0.02)
+    jobs.launch(later)
+    os.kill(stopped_pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: stopped.status()["state"] == "stalled", timeout=30)
+        wait_for(lambda: later.raw_status().get("message") == "waiting for a free job slot (after the running job)",
+                 timeout=30)
+        jobs.cancel(first)
+        assert jobs.wait(later, timeout=60)["state"] == "finished"
+        assert jobs.cancel(stopped) == "cancelled"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stopped_pid, signal.SIGCONT)
+
+
+def test_an_eleventh_waiting_job_is_refused_with_max_queued_10(isolated_artifacts, monkeypatch):
+    monkeypatch.setenv("GENRE_MAX_QUEUED", "10")
+    first = selftest_run(epochs=500, step_seconds=0.2)
+    jobs.launch(first)
+    wait_for(lambda: first.status()["state"] == "running")
+    waiting = [selftest_run(epochs=1, step_seconds=0.05) for _ in range(10)]
+    for run in waiting:
+        jobs.launch(run)
+    assert len(jobs.waiting_jobs()) == 10
+    eleventh = selftest_run(epochs=1, step_seconds=0.05)
+    with pytest.raises(jobs.QueueFullError, match=r"^the queue is full: 10 jobs are already waiting \(limit 10"):
+        jobs.launch(eleventh)
+    status = eleventh.status()
+    assert status["state"] == "cancelled" and status["pid"] is None
+    assert status["message"].startswith("not started: the queue is full")
+    assert len(jobs.waiting_jobs()) == 10
+    for run in [first, *waiting]:
+        jobs.cancel(run)
+    for run in [first, *waiting]:
+        assert jobs.wait(run, timeout=30)["state"] == "cancelled"
+
+
+def test_queue_limit_applies_only_inside_its_block(isolated_artifacts, monkeypatch):
+    monkeypatch.delenv("GENRE_MAX_QUEUED", raising=False)
+    assert jobs.max_queued() is None
+    first = selftest_run(epochs=500, step_seconds=0.2)
+    jobs.launch(first)
+    wait_for(lambda: first.status()["state"] == "running")
+    queued = selftest_run(epochs=1, step_seconds=0.05)
+    with jobs.queue_limit(1):
+        jobs.launch(queued)
+        with pytest.raises(jobs.QueueFullError):
+            jobs.launch(selftest_run())
+    assert jobs.max_queued() is None
+    for run in (queued, first):
+        jobs.cancel(run)
+        assert jobs.wait(run, timeout=30)["state"] == "cancelled"
+
+
+def test_a_job_log_is_rotated_and_keeps_the_tail_the_pages_show(isolated_artifacts, monkeypatch):
+    monkeypatch.setenv("GENRE_LOG_MAX_BYTES", "40000")
+    run = selftest_run(epochs=20, step_seconds=0.5, batches=20, chatter=150)
+    jobs.launch(run)
+    assert jobs.wait(run, timeout=90)["state"] == "finished", run.log_path.read_text()[-2000:]
+    old_log = run.path / runs.OLD_LOG_FILE
+    assert old_log.exists()
+    # Checked every 2 s, at about 7 kB/s here: never far over the cap.
+    assert run.log_path.stat().st_size < 80000 and old_log.stat().st_size < 80000
+    lines = run.log_path.read_text().splitlines()
+    assert any("log rotated at" in line for line in lines)
+    assert lines[-1].endswith("final state: finished")
+    assert len(lines) >= 30  # The job panel shows the last 30 lines.

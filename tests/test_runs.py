@@ -244,3 +244,54 @@ def test_progress_writer_eta_after_a_prepare_stage(isolated_artifacts):
     clock.now += 2
     writer({"stage": "epoch", "done": 1, "total": 2})
     assert run.raw_status()["eta_seconds"] == pytest.approx(4.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Heartbeat and stalls.
+
+
+def test_a_live_job_without_a_heartbeat_for_its_limit_reads_stalled(isolated_artifacts, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    monkeypatch.delenv("GENRE_STALL_SECONDS", raising=False)
+    run = runs.create_run("selftest", {"epochs": 1})
+    beat = datetime.now(timezone.utc)
+    run.update_status(state="running", pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()),
+                      heartbeat=beat.isoformat(), stall_seconds=30, message="epoch 2/5, batch 7/9")
+    assert run.status()["state"] == "running"
+    later = runs.effective_status(run.raw_status(), now=beat + timedelta(seconds=31))
+    assert later["state"] == "stalled" and later["recorded_state"] == "running"
+    assert later["message"] == "no progress for 31 s (limit 30 s); last: epoch 2/5, batch 7/9"
+    assert later["last_message"] == "epoch 2/5, batch 7/9"
+    # Without a recorded limit the observer's setting applies; a dead process is interrupted, never stalled.
+    status = {**run.raw_status(), "stall_seconds": None}
+    monkeypatch.setenv("GENRE_STALL_SECONDS", "100")
+    assert runs.effective_status(status, now=beat + timedelta(seconds=31))["state"] == "running"
+    dead = {**status, "pid": 2 ** 22 + 12345}
+    assert runs.effective_status(dead, now=beat + timedelta(seconds=999))["state"] == "interrupted"
+
+
+def test_stall_seconds_defaults_per_kind_and_rejects_bad_values(monkeypatch):
+    monkeypatch.delenv("GENRE_STALL_SECONDS", raising=False)
+    assert runs.stall_seconds("classifier") == 600 and runs.stall_seconds("gan") == 900
+    monkeypatch.setenv("GENRE_STALL_SECONDS", "3")
+    assert runs.stall_seconds("gan") == 3
+    for bad in ("soon", "0", "-5"):
+        monkeypatch.setenv("GENRE_STALL_SECONDS", bad)
+        with pytest.raises(ValueError, match="GENRE_STALL_SECONDS"):
+            runs.stall_seconds()
+
+
+def test_progress_writes_and_beats_stamp_the_heartbeat(isolated_artifacts):
+    run = runs.create_run("selftest", {"epochs": 1})
+    writer = runs.ProgressWriter(run, min_interval=0.0)
+    writer({"stage": "features", "done": 1, "total": 4})
+    first = run.raw_status()["heartbeat"]
+    runs.attach_heartbeat(run, limit=1.0)
+    try:
+        time.sleep(0.25)
+        runs.beat()
+        assert run.raw_status()["heartbeat"] > first
+        assert runs.seconds_since_beat() < 1.0
+    finally:
+        runs.attach_heartbeat(None)

@@ -58,6 +58,8 @@ def format_table(rows: list[dict]) -> str:
                 cells.append(f"{done if done is not None else 0}/{total}" if total else _cell(done, key))
             elif key == "state" and row.get("damaged"):
                 cells.append(f"damaged: {row['damaged']}")
+            elif key == "state" and row.get("state") == "stalled":
+                cells.append(f"stalled: {row.get('message')}")
             else:
                 cells.append(_cell(row.get(key), key))
         body.append(cells)
@@ -87,6 +89,10 @@ def cmd_cancel(args) -> int:
         print(f"{args.run}: cancelled")
     elif state in ("finished", "failed"):
         print(f"{args.run}: already {state}; nothing to cancel")
+    elif state == "stalled":
+        print(f"{args.run}: stalled, and its process did not end even after SIGKILL (stuck in the kernel, e.g. "
+              "a read on a dead network folder); it ends when that call returns")
+        return 1
     else:
         print(f"{args.run}: cancel requested; the {state} job stops at its next check")
     return 0
