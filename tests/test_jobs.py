@@ -289,15 +289,24 @@ def wait_until_running_a_batch(run: runs.Run) -> None:
     wait_for(lambda: run.status()["state"] == "running" and run.raw_status().get("batch"), timeout=30)
 
 
+@contextlib.contextmanager
+def stopped(pid: int, run: runs.Run):
+    """SIGSTOP the job process `pid`, wait until its run reads "stalled", yield; SIGCONT it afterwards."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield wait_for(lambda: (current := run.status())["state"] == "stalled" and current, timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_a_sigstopped_job_reads_stalled_and_the_next_queued_job_starts(isolated_artifacts, monkeypatch, runs_cli,
                                                                        capsys):
     monkeypatch.setenv("GENRE_STALL_SECONDS", "3")
     first = selftest_run(epochs=500, step_seconds=0.2)
     pid = jobs.launch(first)
     wait_until_running_a_batch(first)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        status = wait_for(lambda: (current := first.status())["state"] == "stalled" and current, timeout=30)
+    with stopped(pid, first) as status:
         assert status["recorded_state"] == "running" and status["stalled_seconds"] >= 3
         assert status["message"].startswith("no progress for ") and "(limit 3 s); last: epoch 1/500" in status["message"]
         assert [(row["id"], row["state"]) for row in jobs.active_jobs()] == [(first.id, "stalled")]
@@ -311,9 +320,6 @@ def test_a_sigstopped_job_reads_stalled_and_the_next_queued_job_starts(isolated_
         assert ended["state"] == "failed" and ended["message"] == "stalled; stopped"
         assert ended["error"].startswith("stalled: no progress for") and second.id in ended["error"]
         assert "ending stalled job" in second.log_path.read_text()
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
 
 
 def test_cancel_ends_a_stalled_job(isolated_artifacts, monkeypatch):
@@ -321,17 +327,12 @@ def test_cancel_ends_a_stalled_job(isolated_artifacts, monkeypatch):
     run = selftest_run(epochs=500, step_seconds=0.2)
     pid = jobs.launch(run)
     wait_until_running_a_batch(run)
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: run.status()["state"] == "stalled", timeout=30)
+    with stopped(pid, run):
         assert jobs.cancel(run) == "cancelled"
         jobs._reap()
         assert not runs.pid_alive(pid)
         status = run.status()
         assert status["state"] == "cancelled" and status["message"].startswith("cancelled while stalled (no progress")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
 
 
 def test_terminate_escalates_to_sigkill_for_a_process_that_ignores_sigterm():
@@ -354,22 +355,17 @@ def test_a_stalled_queued_job_drops_out_of_line(isolated_artifacts, monkeypatch)
     first = selftest_run(epochs=500, step_seconds=0.2)
     jobs.launch(first)
     wait_until_running_a_batch(first)
-    stopped, later = selftest_run(epochs=1, step_seconds=0.05), selftest_run(epochs=1, step_seconds=0.05)
-    stopped_pid = jobs.launch(stopped)
-    wait_for(lambda: stopped.raw_status().get("message", "").startswith("waiting for a free job slot ("))
+    stopped_run, later = selftest_run(epochs=1, step_seconds=0.05), selftest_run(epochs=1, step_seconds=0.05)
+    stopped_pid = jobs.launch(stopped_run)
+    wait_for(lambda: stopped_run.raw_status().get("message", "").startswith("waiting for a free job slot ("))
     time.sleep(0.02)
     jobs.launch(later)
-    os.kill(stopped_pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: stopped.status()["state"] == "stalled", timeout=30)
+    with stopped(stopped_pid, stopped_run):
         wait_for(lambda: later.raw_status().get("message") == "waiting for a free job slot (after the running job)",
                  timeout=30)
         jobs.cancel(first)
         assert jobs.wait(later, timeout=60)["state"] == "finished"
-        assert jobs.cancel(stopped) == "cancelled"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(stopped_pid, signal.SIGCONT)
+        assert jobs.cancel(stopped_run) == "cancelled"
 
 
 def test_an_eleventh_waiting_job_is_refused_with_max_queued_10(isolated_artifacts, monkeypatch):
