@@ -509,9 +509,21 @@ def _remove_stale_temp_files(run: Run) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    """Return the first line of an exception's message, with its type when the message is empty."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """Return the first line of an exception's message, with its type when the message is empty.
+
+    A heading such as TensorFlow's "Graph execution error:" gets the first line of substance after it (the
+    traceback TensorFlow puts between them is skipped), e.g. which peer of a multi-worker run stopped."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    rest = [line for line in lines[1:] if line and not line.startswith(("Detected at", "File ", "[["))
+            and not line.endswith(("<module>", "_run_module_as_main", "_run_code"))]
+    for line in rest[:2]:
+        if not text.endswith(":"):
+            break
+        text = f"{text} {line}"
+    return text
 
 
 def _say(message: str) -> None:

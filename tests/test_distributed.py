@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from genre_core import train
+from conftest import wait_for
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -39,9 +42,9 @@ def test_worker_roles_come_from_tf_config(monkeypatch):
         train.worker_count()
 
 
-def test_two_workers_train_to_identical_weights(tiny_dataset_dir, tmp_path):
-    from genre_core import models
-
+def start_workers(dataset: Path, tmp_path: Path, epochs: int, output=subprocess.PIPE,
+                  **environment: str) -> list[subprocess.Popen]:
+    """Start two `train` workers on 127.0.0.1 (worker 0 is the chief and writes under artifacts0)."""
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     processes = []
@@ -50,11 +53,19 @@ def test_two_workers_train_to_identical_weights(tiny_dataset_dir, tmp_path):
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
                    GENRE_ARTIFACTS=str(tmp_path / f"artifacts{index}"), CUDA_VISIBLE_DEVICES="",
                    GENRE_WORKER_ARTIFACTS=str(tmp_path / f"worker{index}"),
-                   TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT))
-        command = [sys.executable, "-m", "genre_core", "train", "--data", str(tiny_dataset_dir),
-                   "--model", "small_cnn", "--size", "32", "--epochs", "2", "--batch-size", "4"]
-        processes.append(subprocess.Popen(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
+                   TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(PROJECT), **environment)
+        command = [sys.executable, "-m", "genre_core", "train", "--data", str(dataset),
+                   "--model", "small_cnn", "--size", "32", "--epochs", str(epochs), "--batch-size", "4"]
+        stream = output if output is subprocess.PIPE else open(tmp_path / f"worker{index}.log", "w")
+        processes.append(subprocess.Popen(command, cwd=PROJECT, env=env, stdout=stream, stderr=subprocess.STDOUT
+                                          if stream is not subprocess.PIPE else subprocess.PIPE, text=True))
+    return processes
+
+
+def test_two_workers_train_to_identical_weights(tiny_dataset_dir, tmp_path):
+    from genre_core import models
+
+    processes = start_workers(tiny_dataset_dir, tmp_path, epochs=2)
     outputs = []
     try:
         for process in processes:
@@ -77,3 +88,37 @@ def test_two_workers_train_to_identical_weights(tiny_dataset_dir, tmp_path):
     assert len(history) == 3
     metrics = json.loads((folders[0] / "metrics.json").read_text())
     assert metrics["replicas"] == 2
+
+
+def test_a_killed_worker_makes_the_other_fail_within_the_stall_limit(tiny_dataset_dir, tmp_path):
+    from genre_core import runs
+
+    limit = 60
+    processes = start_workers(tiny_dataset_dir, tmp_path, epochs=100_000, output=None,
+                              GENRE_STALL_SECONDS=str(limit))
+    chief, peer = processes
+    try:
+        def chief_run():
+            folders = list((tmp_path / "artifacts0" / "runs").glob("*"))
+            return runs.Run(folders[0]) if folders and (folders[0] / "status.json").exists() else None
+
+        run = wait_for(lambda: (found := chief_run()) and (found.raw_status().get("epoch") or 0) >= 1 and found,
+                       timeout=300)
+        assert chief.poll() is None and peer.poll() is None
+        peer.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        chief.wait(timeout=limit + 240)
+        elapsed = time.monotonic() - killed
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    log = (tmp_path / "worker0.log").read_text(errors="replace")
+    status = run.status()
+    print(f"surviving worker ended {elapsed:.1f} s after its peer was killed: {status.get('error')}")
+    assert chief.returncode != 0, log[-3000:]
+    assert status["state"] == "failed", (status, log[-3000:])
+    # Either TensorFlow's peer health check or the job's watchdog ended it, within the stall limit (plus the
+    # watchdog's polling and the process exit).
+    assert elapsed <= limit + 30, (elapsed, status)

@@ -420,3 +420,28 @@ def test_a_job_log_is_rotated_and_keeps_the_tail_the_pages_show(isolated_artifac
     assert any("log rotated at" in line for line in lines)
     assert lines[-1].endswith("final state: finished")
     assert len(lines) >= 30  # The job panel shows the last 30 lines.
+
+
+def test_a_multi_worker_job_that_stops_beating_fails_through_its_watchdog(isolated_artifacts, monkeypatch):
+    # TF_CONFIG naming two workers arms the watchdog; a selftest batch that sleeps 600 s never beats.
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv("GENRE_STALL_SECONDS", "3")
+    run = selftest_run(epochs=1, step_seconds=600.0, batches=1)
+    jobs.launch(run)
+    status = jobs.wait(run, timeout=60)
+    assert status["state"] == "failed" and status["message"] == "failed: stalled"
+    assert status["error"].startswith("no progress for ") and "in a 2-worker run: a peer worker probably stopped" \
+        in status["error"]
+    assert f"error: run {run.id}: no progress for" in run.log_path.read_text()
+
+
+def test_one_line_errors_skip_tensorflow_s_traceback_block():
+    message = ("Graph execution error:\n\nDetected at node CollectiveReduceV2 defined at (most recent call last):\n"
+               '  File "/work/main/genre_core/train.py", line 368, in distributed_step\n'
+               "Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks are "
+               "unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.")
+    assert jobs._one_line(RuntimeError(message)) == (
+        "Graph execution error: Collective ops is aborted by: Error reported from /job:worker/task:1: The following "
+        "tasks are unhealthy (stopped sending heartbeats): /job:worker/replica:0/task:1")
+    assert jobs._one_line(ValueError("bad size: 0\nsecond line")) == "bad size: 0"
