@@ -8,15 +8,18 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app_support import charts, core, jobs_ui, state
+from app_support import charts, core, jobs_ui, shared, state
 
 st.title("Dataset")
 
-# Inputs: the demo, a remembered path or a new one. The choice is stored on disk, not in the session.
+# Inputs: the demo, a remembered path or a new one. The choice is stored on disk, not in the session. On a
+# shared server only the demo and paths under GENRE_DATA_ROOTS are offered or accepted.
 remembered = state.read_state()
 active = remembered["active_dataset"]
+shared.dataset_notice()
 with st.form("dataset_choice"):
-    options = [core.DEMO] + [item for item in remembered["recent_datasets"] if item != core.DEMO]
+    recent = shared.allowed_datasets([item for item in remembered["recent_datasets"] if item != core.DEMO])
+    options = [core.DEMO] + recent
     picked = st.selectbox(
         "Dataset (demo or a recent path)",
         options,
@@ -31,6 +34,10 @@ with st.form("dataset_choice"):
     chosen = st.form_submit_button("Use this dataset", type="primary")
 if chosen:
     spec = typed.strip() or picked
+    refusal = shared.dataset_refusal(spec)  # Before any look at the path, so nothing about it leaks.
+    if refusal:
+        st.error(refusal)
+        st.stop()
     if spec != core.DEMO and not Path(spec).expanduser().exists():
         st.error(f"{spec}: no such file or folder")
         st.stop()
@@ -41,9 +48,13 @@ if chosen:
     state.set_active_dataset(spec)
     active = spec
 
-# Guard: a dataset must be chosen and readable.
+# Guard: a dataset must be chosen, readable and (on a shared server) allowed.
 if not active:
     st.info("No dataset is active yet. Pick the demo or enter a path above.")
+    st.stop()
+if shared.dataset_refusal(active):
+    st.warning(f"The active dataset is not available on this shared server: {shared.dataset_refusal(active)}. "
+               "Pick the demo or an allowed path above.")
     st.stop()
 dataset = core.load_dataset(active, reload=chosen)
 jobs_ui.demo_run_offer()

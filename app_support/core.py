@@ -99,9 +99,17 @@ def load_dataset(spec: str, reload: bool = False):
     return call(_load_dataset, spec, dataset_stamp(spec), failure=f"Cannot read the dataset {spec}")
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def thumbnail(path: str, size: int, stamp: float):
-    """A small RGB array of one dataset image for galleries (cached per file and size)."""
+    """A small RGB array of one dataset image for galleries (cached per file and size). On a shared server an
+    image whose real location leaves the allowed folders (a symlink inside a dataset) is refused."""
+    from app_support import shared
+
+    shared.check_image_file(path)
+    return _thumbnail(path, size, stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _thumbnail(path: str, size: int, stamp: float):
     from genre_core import images
 
     read_image_bytes = core_function("sources", "read_image_bytes")

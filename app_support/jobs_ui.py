@@ -11,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app_support import charts, core, state
+from app_support import charts, core, shared, state
 
 REFRESH_SECONDS = 1.5
-ACTIVE_STATES = ("queued", "running")
+# A stalled job (no heartbeat for its stall limit) is still a live process: it keeps its panel and Cancel button.
+ACTIVE_STATES = ("queued", "running", "stalled")
 # The demo run trains a linear head on frozen, offline-pretrained HED-VGG16 features (cached once): 95% test
 # accuracy on the demo in about 40 s on 2 CPU cores, where small_cnn for 3 epochs at 64 px reached 27%.
 DEMO_RUN = {"data": "demo", "model": "hed_vgg16", "epochs": 40, "size": 96, "batch_size": 32, "patience": 8}
@@ -29,12 +30,23 @@ def format_seconds(seconds) -> str:
     return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
 
 
+def _launch_guard(config: dict) -> None:
+    """On a shared server: refuse a dataset outside the allowed folders or a full queue (st.error, stop)."""
+    refusal = shared.dataset_refusal(str(config.get("data"))) if config.get("data") else None
+    refusal = refusal or shared.queue_refusal()
+    if refusal:
+        st.error(refusal)
+        st.stop()
+
+
 def launch(kind: str, config: dict):
     """Create a run of `kind` with `config` and start its job process; returns the Run (errors as st.error)."""
     create_run = core.require("runs", "create_run", "creating run folders")
     launch_job = core.require("jobs", "launch", "starting background jobs")
+    _launch_guard(config)
     run = core.call(create_run, kind, config, failure=f"Cannot create the {kind} run")
-    core.call(launch_job, run, failure=f"Cannot start the {kind} job")
+    with shared.launch_limits():
+        core.call(launch_job, run, failure=f"Cannot start the {kind} job")
     return run
 
 
@@ -43,7 +55,9 @@ def start_training(config_values: dict):
     train_config = core.require("config", "TrainConfig", "training options")
     start_run = core.require("train", "start_run", "training classifiers")
     config = core.call(train_config.from_dict, config_values, failure="Invalid training options")
-    run = core.call(start_run, config, background=True, failure="Cannot start training")
+    _launch_guard(config_values)
+    with shared.launch_limits():
+        run = core.call(start_run, config, background=True, failure="Cannot start training")
     state.set_active_run(Path(getattr(run, "path", run)).name)
     return run
 
@@ -95,7 +109,8 @@ def _render_status(run_path: str, status: dict, key: str) -> None:
     header[0].markdown(f"**{run_id}**: {detail}")
     if state_name in ACTIVE_STATES:
         if header[1].button("Cancel", key=f"{key}_cancel", icon=":material/stop:"):
-            cancel(run_path)
+            with st.spinner("Stopping the stalled job..." if state_name == "stalled" else "Cancelling..."):
+                cancel(run_path)
             st.toast(f"Cancel requested for {run_id}")
         if epochs:
             st.progress(min(1.0, epoch / epochs), text=f"epoch {epoch}/{epochs}, ETA {format_seconds(status.get('eta_seconds'))}")
@@ -104,6 +119,9 @@ def _render_status(run_path: str, status: dict, key: str) -> None:
         elif status.get("total"):
             done, total = status.get("done") or 0, status.get("total")
             st.progress(min(1.0, done / total), text=f"{status.get('stage') or 'progress'} {done}/{total}, ETA {format_seconds(status.get('eta_seconds'))}")
+    if state_name == "stalled":
+        st.warning(f"{run_id} stalled: {status.get('message')}. Cancel ends its process; a queued job ends it "
+                   "when it needs the slot.", icon=":material/hourglass_disabled:")
     elif state_name == "finished":
         st.success(f"{run_id} finished.")
     elif state_name in ("failed", "interrupted", "damaged"):

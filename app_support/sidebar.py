@@ -38,5 +38,9 @@ def status_panel() -> None:
         active_jobs = core.core_function("jobs", "active_jobs")
         for row in active_jobs() if active_jobs is not None else []:
             epoch = f", epoch {row['epoch']}/{row['epochs']}" if row.get("epochs") else ""
-            st.caption(f":material/sync: {row.get('kind') or 'job'} `{row['id']}`: {row['state']}{epoch}")
+            if row["state"] == "stalled":
+                st.caption(f":material/hourglass_disabled: {row.get('kind') or 'job'} `{row['id']}`: stalled, "
+                           f"{row.get('message')}")
+            else:
+                st.caption(f":material/sync: {row.get('kind') or 'job'} `{row['id']}`: {row['state']}{epoch}")
         st.divider()

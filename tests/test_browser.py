@@ -79,9 +79,17 @@ def app_url(tmp_path_factory):
         write_gan_run("20260101-000000-landscape-browser", epochs=3, image_size=32, seed=1)
         state.set_active_dataset(str(dataset))
         state.set_active_run(RUN_ID)
+    with streamlit_server(root, base / "streamlit.log") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def streamlit_server(root: Path, log_path: Path, **environment: str):
+    """`streamlit run app.py` on a free 127.0.0.1 port over the artifacts root `root`; yields its URL."""
     port = free_port()
-    environment = dict(os.environ, GENRE_ARTIFACTS=str(root), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    log = open(base / "streamlit.log", "wb")
+    environment = dict(os.environ, GENRE_ARTIFACTS=str(root), TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+                       **environment)
+    log = open(log_path, "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address",
          "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -98,15 +106,17 @@ def app_url(tmp_path_factory):
             pass
         if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
-            pytest.fail(f"streamlit did not start: {(base / 'streamlit.log').read_text(errors='replace')[-2000:]}")
+            pytest.fail(f"streamlit did not start: {log_path.read_text(errors='replace')[-2000:]}")
         time.sleep(0.3)
-    yield url
-    server.terminate()
     try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
 
 
 @pytest.fixture(scope="session")
@@ -268,3 +278,25 @@ def test_launch_a_training_run_from_the_sidebar_and_see_it_finish(page, app_url)
     assert run_id != RUN_ID and "small_cnn" in run_id
     settle(page)
     screenshot(page, "train")
+
+
+def test_shared_mode_refuses_a_path_outside_the_data_roots(page, tmp_path):
+    from app_support import state
+    from conftest import write_tiny_folder_dataset
+
+    roots = tmp_path / "datasets"
+    dataset = write_tiny_folder_dataset(roots / "paintings", per_genre=2)
+    with artifacts_env(tmp_path / "artifacts"):
+        state.set_active_dataset(str(dataset))
+    with streamlit_server(tmp_path / "artifacts", tmp_path / "streamlit.log", GENRE_SHARED="1",
+                          GENRE_DATA_ROOTS=str(roots)) as url:
+        open_page(page, url, "dataset", "Images per genre")
+        assert page.get_by_text(f"Shared server: this app accepts the demo dataset and paths under {roots}").is_visible()
+        page.locator(".st-key-dataset_path input").fill("/etc")
+        page.get_by_role("button", name="Use this dataset").click()
+        error = page.locator('[data-testid="stAlertContentError"]')
+        error.first.wait_for(timeout=30_000)
+        settle(page)
+        assert error.all_inner_texts() == [
+            f"/etc: outside the allowed folders; a shared server accepts the demo dataset and paths under {roots}"]
+        assert page.get_by_text("Images per genre").count() == 0

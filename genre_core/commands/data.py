@@ -34,10 +34,20 @@ def register(subparsers) -> None:
     demo.set_defaults(func=cmd_demo)
 
 
+def check_roots(path: str) -> None:
+    """With GENRE_DATA_ROOTS set, refuse (ValueError, one line) a dataset path outside those folders."""
+    from genre_core import access
+
+    roots = access.data_roots()
+    if roots is not None:
+        access.check_dataset_path(path, roots)
+
+
 def cmd_info(args) -> int:
     """Print what a dataset holds and what is wrong with it."""
     from genre_core.sources import check_images, load_dataset
 
+    check_roots(args.path)
     dataset = load_dataset(args.path, source=args.source)
     if args.check:
         check_images(dataset, progress=TextProgress("checking images"))
@@ -59,6 +69,7 @@ def cmd_prepare(args) -> int:
         raise ValueError(f"resize policy {args.policy!r} is not one of {', '.join(POLICIES)}")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be 1 or more, not {args.workers}")
+    check_roots(args.path)
     dataset = load_dataset(args.path, source=args.source)
     if dataset.manifest.empty:
         report = dataset.report
