@@ -468,3 +468,26 @@ def test_dataset_page_prepares_the_cache_as_a_background_job(isolated_artifacts,
     app.run()
     assert f"{row['id']} finished." in texts(app.success)
     assert (isolated_artifacts / "cache").is_dir() and any((isolated_artifacts / "cache").iterdir())
+
+
+def test_a_stalled_job_shows_as_stalled_in_its_panel_and_the_sidebar(isolated_artifacts):
+    from datetime import datetime, timedelta, timezone
+
+    from genre_core import runs
+
+    run = runs.create_run("selftest", {"epochs": 5})
+    # A live process (this one) whose heartbeat is an hour old. Nothing here clicks Cancel: it would signal it.
+    run.update_status(state="running", pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()),
+                      stall_seconds=60, message="epoch 2/5, batch 3/4", epoch=1, epochs=5,
+                      heartbeat=(datetime.now(timezone.utc) - timedelta(hours=1)).isoformat())
+    script = f"""
+from app_support import jobs_ui, sidebar
+sidebar.status_panel()
+jobs_ui.job_panel({str(run.path)!r}, key="stalled")
+"""
+    app = AppTest.from_string(script, default_timeout=TIMEOUT).run()
+    assert not app.exception
+    (warning,) = app.warning
+    assert warning.value.startswith(f"{run.id} stalled: no progress for 36") and "last: epoch 2/5, batch 3/4" in warning.value
+    assert any(f"`{run.id}`: stalled, no progress for" in caption.value for caption in app.sidebar.caption)
+    assert [button.label for button in app.button] == ["Cancel"]
