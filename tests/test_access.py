@@ -144,3 +144,15 @@ def test_the_ui_never_deletes_files():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 assert node.func.attr not in deleting, f"{path.name}:{node.lineno} calls {node.func.attr}"
+
+
+def test_gallery_images_leaving_the_roots_are_not_read_in_shared_mode(isolated_artifacts, roots, monkeypatch):
+    from app_support import core
+
+    monkeypatch.setenv("GENRE_SHARED", "1")
+    outside_image = next(roots["outside"].rglob("*.png"))
+    (roots["inside"] / "portrait" / "linked.png").symlink_to(outside_image)
+    grey = core.thumbnail(str(roots["inside"] / "portrait" / "linked.png"), 32, 0.0)
+    assert grey.shape == (32, 32, 3) and (grey == 200).all()
+    inside_image = next((roots["inside"] / "portrait").glob("portrait_*.png"))
+    assert not (core.thumbnail(str(inside_image), 32, 0.0) == 200).all()
