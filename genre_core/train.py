@@ -565,7 +565,7 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
     import keras
     import tensorflow as tf
 
-    from genre_core import embeddings, models, runs
+    from genre_core import embeddings, models, runs, tensorboard_log
 
     wall_started = time.monotonic()
     size = config.size or models.get_spec(config.model).default_size
@@ -673,6 +673,7 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
 
         def on_epoch_end(row: dict) -> None:
             run.append_history(row)
+            tensorboard_log.log_epoch(run, row)  # RUN/tensorboard/ scalars (chief only)
 
         def checkpoint(loop_state: LoopState) -> None:
             _save_checkpoint(checkpoint_dir, model, optimizer, loop_state, config)
