@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genre_core import fileio, gan_models, runs
+from genre_core import fileio, gan_models, runs, tensorboard_log
 
 GENERATOR_FILE = "generator.keras"
 QUALITY_FILE = "quality.json"
@@ -350,6 +350,7 @@ def _epoch_callback_class():
                 "feature_space": measured["feature_space"],
             }
             self.run.append_history(row)
+            tensorboard_log.log_gan_epoch(self.run, row, self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
             save_generator(gan, self.run)
             elapsed = self.previous_seconds + time.monotonic() - self.start_time
             save_checkpoint(gan, self.run, number, {"elapsed_seconds": round(elapsed, 2)})
