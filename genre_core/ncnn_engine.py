@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,11 +160,70 @@ def _usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _load_net(ncnn, threads: int, param_path: Path, weights_path: Path, name: str):
+    """An ncnn.Net for the converted trunk on `threads` threads, all arithmetic in float32."""
+    net = ncnn.Net()
+    options = net.opt
+    options.num_threads = int(threads)
+    for option in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
+                   "use_bf16_packed", "use_int8_inference", "use_int8_storage", "use_int8_packed",
+                   "use_int8_arithmetic", "use_vulkan_compute"):
+        if hasattr(options, option):
+            setattr(options, option, False)
+    # Load from files: ncnn reads them into its own buffers (loading from memory would keep pointers into a
+    # Python object).
+    if net.load_param(str(param_path)) != 0:
+        raise NcnnUnsupported(f"ncnn rejected the converted network for {name}")
+    if net.load_model(str(weights_path)) != 0:
+        raise NcnnUnsupported(f"ncnn rejected the converted weights for {name}")
+    return net
+
+
+class ThreadChooser:
+    """Pick the thread count that is fastest per image right now.
+
+    Each count is timed first; then the fastest by a moving average of seconds per image is used, and every
+    `explore_every` images one of the others is timed again, so a machine that gets busy (or quiet) in the
+    middle of a pass is followed within a few dozen images.
+    """
+
+    def __init__(self, counts: list[int], explore_every: int = 24, smoothing: float = 0.3):
+        self.counts = list(counts)
+        self.seconds: dict[int, float | None] = {count: None for count in self.counts}
+        self.explore_every = int(explore_every)
+        self.smoothing = float(smoothing)
+        self.calls = 0
+
+    def pick(self) -> int:
+        """The thread count for the next image."""
+        self.calls += 1
+        untried = [count for count in self.counts if self.seconds[count] is None]
+        if untried:
+            return untried[0]
+        best = self.best()
+        others = [count for count in self.counts if count != best]
+        if others and self.calls % self.explore_every == 0:
+            return others[(self.calls // self.explore_every) % len(others)]
+        return best
+
+    def best(self) -> int:
+        """The count with the lowest average seconds per image so far (untried counts last)."""
+        return min(self.counts, key=lambda count: (self.seconds[count] is None, self.seconds[count] or 0.0))
+
+    def record(self, count: int, seconds: float) -> None:
+        """Fold one image's time on the count in use into its moving average; a re-timed other count's old
+        average is stale, so its new time replaces it."""
+        previous = self.seconds[count]
+        in_use = previous is not None and count == self.best()
+        self.seconds[count] = (1 - self.smoothing) * previous + self.smoothing * seconds if in_use else seconds
+
+
 class NcnnExtractor:
     """Callable like the Keras extractor on a batch of images (B, H, W, 3) 0..255 -> features (B, D).
 
     Preprocessing and pooling run in Keras (split from `extractor`); the trunk runs in ncnn, one image at a
-    time on `threads` threads (default: every core this process may use).
+    time on `threads` threads (default: every core this process may use, or one thread while that is
+    faster because other processes keep the cores busy).
     """
 
     def __init__(self, extractor, threads: int | None = None):
@@ -174,28 +234,25 @@ class NcnnExtractor:
 
         self.before, trunk, self.after = _split_extractor(extractor)
         self.spec = convert_trunk(trunk)
-        net = ncnn.Net()
-        options = net.opt
-        options.num_threads = int(threads or _usable_cores())
-        for name in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
-                     "use_bf16_packed", "use_int8_inference", "use_int8_storage", "use_int8_packed",
-                     "use_int8_arithmetic", "use_vulkan_compute"):
-            if hasattr(options, name):
-                setattr(options, name, False)
-        # Load from files: ncnn reads them into its own buffers (loading from memory would keep pointers
-        # into a Python object).
+        # One net per thread count: all the usable cores, and one thread. ncnn's OpenMP threads wait for each
+        # other after every layer, so on a machine that other processes keep busy, two threads ran a 96-px
+        # VGG16 pass 10x slower than one (640 ms against 60 ms per image); when the cores are free, all of
+        # them are faster. The chooser keeps whichever is faster now (see ThreadChooser).
+        counts = [int(threads)] if threads else sorted({_usable_cores(), 1}, reverse=True)
         with tempfile.TemporaryDirectory(prefix="genre-ncnn-") as folder:
             param_path, weights_path = Path(folder) / "trunk.param", Path(folder) / "trunk.bin"
             param_path.write_text(self.spec.param, encoding="utf-8")
             weights_path.write_bytes(self.spec.weights)
-            if net.load_param(str(param_path)) != 0:
-                raise NcnnUnsupported(f"ncnn rejected the converted network for {trunk.name}")
-            if net.load_model(str(weights_path)) != 0:
-                raise NcnnUnsupported(f"ncnn rejected the converted weights for {trunk.name}")
-        self.net = net
+            self.nets = {count: _load_net(ncnn, count, param_path, weights_path, trunk.name) for count in counts}
+        self.chooser = ThreadChooser(counts)
         self._ncnn = ncnn
         self._before = tf.function(lambda x: self.before(x, training=False), reduce_retracing=True)
         self._after = tf.function(lambda maps: self.after(maps, training=False), reduce_retracing=True)
+
+    @property
+    def net(self):
+        """The net with the most threads (the one used when the machine is quiet)."""
+        return self.nets[max(self.nets)]
 
     def trunk_maps(self, images: np.ndarray) -> list[np.ndarray]:
         """The trunk's output maps (B, h, w, c) per output, for already-preprocessed images (B, H, W, C)."""
@@ -204,13 +261,16 @@ class NcnnExtractor:
         for image in images:
             # ncnn.Mat wraps the array's memory without copying: `chw` must stay alive until extraction ends.
             chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-            extractor = self.net.create_extractor()
+            count = self.chooser.pick()
+            started = time.perf_counter()
+            extractor = self.nets[count].create_extractor()
             extractor.input(self.spec.input_name, ncnn.Mat(chw))
             for index, name in enumerate(self.spec.output_names):
                 status, mat = extractor.extract(name)
                 if status != 0:
                     raise RuntimeError(f"ncnn failed on layer {name} (status {status})")
                 per_output[index].append(np.array(mat).transpose(1, 2, 0))
+            self.chooser.record(count, time.perf_counter() - started)
         return [np.stack(maps) for maps in per_output]
 
     def __call__(self, images) -> np.ndarray:

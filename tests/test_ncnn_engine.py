@@ -155,3 +155,21 @@ def test_embedding_cache_records_the_engine_reuses_features_and_recomputes_a_del
     flipped = np.asarray(extractor(pictures[:, :, ::-1].astype("float32"), training=False))
     assert _relative_error(flipped[:4], np.asarray(redone.flipped)[:4]) < 1e-4
     assert fileio.read_json(first.folder / "embeddings.json")["engine"] == "keras"
+
+
+def test_thread_chooser_times_each_count_then_keeps_the_fastest_and_re_explores():
+    chooser = ncnn_engine.ThreadChooser([2, 1], explore_every=5)
+    times = {2: 0.6, 1: 0.06}  # a busy machine: one thread is faster
+    picks = []
+    for _ in range(20):
+        count = chooser.pick()
+        picks.append(count)
+        chooser.record(count, times[count])
+    assert picks[:2] == [2, 1]
+    assert chooser.best() == 1
+    assert picks.count(2) == 1 + sum(1 for call in range(3, 21) if call % 5 == 0)
+    times = {2: 0.03, 1: 0.06}  # the machine went quiet: the next exploration finds two threads faster
+    for _ in range(15):
+        count = chooser.pick()
+        chooser.record(count, times[count])
+    assert chooser.best() == 2
