@@ -92,6 +92,14 @@ class TrainConfig:
     mixed_precision: bool = False
     xla: bool = False
     feature_engine: str = "auto"  # frozen backbone's feature pass: auto (ncnn on CPU when it converts), keras, ncnn
+    # Post-hoc logit adjustment (Menon et al., ICLR 2021): the saved model divides its probabilities by the
+    # train split's genre priors to the power tau and renormalises, so rare genres are not swallowed.
+    logit_adjustment: float = 0.0
+    # Frozen-feature runs: k-fold cross-validation of these settings on the train+val rows (the test split
+    # stays out), from the same cached features, before the kept model trains; 0 switches it off.
+    cv_folds: int = 0
+    # Train the kept model on train+val (no validation: it trains all epochs and keeps the last weights).
+    refit: bool = False
     kind: str = "classifier"
 
     @classmethod
@@ -144,7 +152,7 @@ class TrainConfig:
         if not isinstance(self.model, str) or not self.model:
             fail("model", "must be a model name")
         for name in ("size", "epochs", "batch_size", "patience", "min_per_genre", "fine_tune_layers",
-                     "head_units", "seed"):
+                     "head_units", "seed", "cv_folds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 fail(name, "must be a whole number >= 0")
@@ -157,7 +165,8 @@ class TrainConfig:
         if self.policy not in POLICIES:
             fail("policy", f"must be one of {', '.join(POLICIES)}")
         for name in ("learning_rate", "beta_1", "beta_2", "momentum", "weight_decay", "dropout",
-                     "focal_gamma", "label_smoothing", "data_fraction", "val_fraction", "test_fraction"):
+                     "focal_gamma", "label_smoothing", "data_fraction", "val_fraction", "test_fraction",
+                     "logit_adjustment"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 fail(name, "must be a number")
@@ -198,5 +207,15 @@ class TrainConfig:
             fail("feature_layers", "must be a non-empty list of layer names")
         if self.weights is not None and not isinstance(self.weights, str):
             fail("weights", "must be 'default', 'imagenet', 'hed', a file path, or null")
+        if not 0 <= self.logit_adjustment <= 3:
+            fail("logit_adjustment", "must be between 0 (off) and 3 (tau; 1 is the usual choice)")
+        if self.cv_folds == 1 or self.cv_folds > 20:
+            fail("cv_folds", "must be 0 (off) or between 2 and 20")
+        if not isinstance(self.refit, bool):
+            fail("refit", "must be true or false")
+        if self.cv_folds and self.balancing == "oversample":
+            fail("cv_folds", "cross-validation folds are not oversampled; use balancing class_weights or focal")
+        if self.refit and self.patience:
+            fail("patience", "early stopping needs a validation split, which refit trains on; set patience 0")
         if self.kind != "classifier":
             fail("kind", "must be 'classifier'")

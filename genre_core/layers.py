@@ -84,7 +84,37 @@ def layer_classes() -> dict:
             config["epsilon"] = self.epsilon
             return config
 
-    return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D, "SignedSqrt": SignedSqrt}
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class PriorCorrection(keras.layers.Layer):
+        """Post-hoc logit adjustment (Menon et al., ICLR 2021, "Long-tail learning via logit adjustment").
+
+        Input: softmax probabilities. Output: probabilities proportional to p / prior**tau, i.e. the softmax
+        of (logits - tau * log prior). With tau = 1 this is the balanced-error Bayes rule: a genre is no
+        longer favoured just because it is common in the training data. The priors travel in the config,
+        so a saved model applies the same correction wherever it is loaded.
+        """
+
+        def __init__(self, log_prior=(), tau: float = 1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.log_prior = [float(value) for value in log_prior]
+            self.tau = float(tau)
+
+        def call(self, inputs):
+            inputs = ops.cast(inputs, "float32")
+            shift = ops.convert_to_tensor([-self.tau * value for value in self.log_prior], dtype="float32")
+            logits = ops.log(ops.maximum(inputs, 1e-30)) + shift
+            return ops.softmax(logits, axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            config = super().get_config()
+            config.update({"log_prior": list(self.log_prior), "tau": self.tau})
+            return config
+
+    return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D, "SignedSqrt": SignedSqrt,
+            "PriorCorrection": PriorCorrection}
 
 
 def caffe_preprocess(**kwargs):
@@ -108,6 +138,21 @@ def signed_sqrt_numpy(values, epsilon: float = 1e-6):
 
     values = np.asarray(values, dtype=np.float64)
     return np.sign(values) * np.sqrt(np.abs(values) + epsilon)
+
+
+def prior_correction(log_prior, tau: float = 1.0, **kwargs):
+    """Return a PriorCorrection layer (probabilities / prior**tau, renormalised)."""
+    return layer_classes()["PriorCorrection"](log_prior=log_prior, tau=tau, **kwargs)
+
+
+def prior_correction_numpy(probabilities, log_prior, tau: float = 1.0):
+    """What a PriorCorrection layer computes, in NumPy (for choosing tau on stored probabilities)."""
+    import numpy as np
+
+    logits = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-30)) - tau * np.asarray(log_prior)
+    logits -= logits.max(axis=-1, keepdims=True)
+    exp = np.exp(logits)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def register_all() -> None:

@@ -102,6 +102,26 @@ def adapt_head(head, features, variance_floor: float = 0.01) -> None:
     layer.finalize_state()
 
 
+def log_priors(labels, num_classes: int):
+    """Log of each class's share of `labels` (integer class indices); a class with no example counts as 0.5."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    counts = np.maximum(counts, 0.5)
+    return np.log(counts / counts.sum())
+
+
+def with_prior_correction(model, log_prior, tau: float):
+    """`model` (probabilities out) followed by a PriorCorrection layer, keeping its name; tau 0 returns it as is."""
+    from genre_core.layers import prior_correction
+
+    if not tau:
+        return model
+    keras = _keras()
+    outputs = prior_correction([float(value) for value in log_prior], tau, name="logit_adjustment")(model.output)
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
 def _check_classes(num_classes: int) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r}: a classifier needs at least 2 classes")

@@ -35,8 +35,9 @@ from typing import Callable
 
 import numpy as np
 
-from genre_core import fileio, runs
+from genre_core import crossval, fileio, runs
 from genre_core.config import TrainConfig
+from genre_core.scoring import classification_scores
 
 log = logging.getLogger(__name__)
 
@@ -291,21 +292,8 @@ def agree(strategy, value: float) -> float:
 
 
 def scores(labels: np.ndarray, probabilities: np.ndarray, num_classes: int) -> dict:
-    """Accuracy, macro-F1 and log loss (scikit-learn) of predicted probabilities."""
-    from sklearn.metrics import accuracy_score, f1_score, log_loss
-
-    if len(labels) == 0:
-        return {"accuracy": None, "macro_f1": None, "loss": None, "count": 0}
-    predicted = probabilities.argmax(axis=1)
-    clipped = np.clip(probabilities.astype(np.float64), 1e-7, 1.0)
-    clipped /= clipped.sum(axis=1, keepdims=True)
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro", labels=list(range(num_classes)),
-                                   zero_division=0)),
-        "loss": float(log_loss(labels, clipped, labels=list(range(num_classes)))),
-        "count": int(len(labels)),
-    }
+    """Accuracy, macro-F1, balanced accuracy, top-3 accuracy and log loss (genre_core.scoring)."""
+    return classification_scores(labels, probabilities, num_classes)
 
 
 def fit(
@@ -470,6 +458,11 @@ def prepare_data(config: TrainConfig, size: int, progress: Progress | None = Non
     manifest = splits.assign_splits(manifest, config.val_fraction, config.test_fraction, config.seed, notes)
     if config.data_fraction < 1:
         manifest = splits.subsample(manifest, config.data_fraction, config.seed, notes)
+    if config.refit:
+        moved = int((manifest["split"] == "val").sum())
+        manifest.loc[manifest["split"] == "val", "split"] = "train"
+        notes.append(f"refit: the kept model trains on train+val ({moved} validation images moved to train); "
+                     "it has no validation scores")
     train = manifest[manifest["split"] == "train"]
     if len(train) == 0:
         raise ValueError(f"dataset {config.data}: the train split is empty")
@@ -505,12 +498,15 @@ def class_weight_vector(config: TrainConfig, data: PreparedData) -> np.ndarray |
     """Per-class loss weights for balancing="class_weights" (scikit-learn "balanced"), else None."""
     if config.balancing != "class_weights":
         return None
+    return _balanced_weights(data.cache.labels[data.train_rows], len(data.classes))
+
+
+def _balanced_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """scikit-learn's "balanced" per-class weights for these training labels."""
     from genre_core import splits
 
-    labels = data.cache.labels[data.train_rows]
-    weights = splits.class_weights(list(labels), method="balanced", classes=list(range(len(data.classes))),
-                                   split=None)
-    return np.array([weights[index] for index in range(len(data.classes))], dtype=np.float32)
+    weights = splits.class_weights(list(labels), method="balanced", classes=list(range(num_classes)), split=None)
+    return np.array([weights[index] for index in range(num_classes)], dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -616,18 +612,21 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
             optimizer = make_optimizer(config, total_steps=steps_per_epoch * config.epochs)
         augmenter = None if frozen else make_augmenter(config.augmentation, config.seed)
 
+        if frozen and config.cv_folds:
+            cv_result = _cross_validate_head(run, config, data, features, flipped, strategy, progress)
+            data.notes.append(f"{config.cv_folds}-fold cross-validation on train+val: "
+                              f"{crossval.summary_line(cv_result)}")
+            run.update_status(message=data.notes[-1])
+        elif config.cv_folds:
+            raise ValueError("cv_folds needs a frozen pretrained backbone with the embedding cache "
+                             "(cross-validation reuses the cached features)")
+
         def make_dataset(epoch: int, context):
             """The per-worker training stream of one epoch: this worker's shard, shuffled by (seed, epoch)."""
+            if frozen:
+                return _feature_stream(config, features, flipped, labels, data.train_rows, strategy, epoch, context)
             per_replica = context.get_per_replica_batch_size(config.batch_size * strategy.num_replicas_in_sync)
             rows = data.train_rows[context.input_pipeline_id::context.num_input_pipelines]
-            if frozen:
-                chosen = features[rows]
-                if flipped is not None:
-                    pick = np.random.default_rng(config.seed * 1000 + epoch).random(len(rows)) < 0.5
-                    chosen = np.where(pick[:, None], flipped[rows], chosen)
-                stream = tf.data.Dataset.from_tensor_slices((chosen.astype(np.float32), labels[rows]))
-                stream = stream.shuffle(len(rows), seed=config.seed + epoch).repeat()
-                return stream.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
             from genre_core import cache as image_cache
 
             stream = image_cache.make_tf_dataset(data.cache, rows, per_replica, shuffle=True,
@@ -692,6 +691,10 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
             # The best epoch came before the interruption: its weights are in the checkpoint folder.
             model.load_weights(best_file)
 
+        if config.logit_adjustment:
+            # Post-hoc: the priors of the genres as trained (after oversampling), applied inside the saved model.
+            model = models.with_prior_correction(
+                model, models.log_priors(labels[data.train_rows], num_classes), config.logit_adjustment)
         full_model = models.assemble(extractor, model, name=config.model) if frozen else model
         _save_model_atomically(full_model, run.path / runs.MODEL_FILE)
         if result.cancelled:
@@ -713,8 +716,15 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
             "stopped_early": result.stopped_early,
             "frozen_features": frozen,
             "replicas": strategy.num_replicas_in_sync,
+            "refit": config.refit,
+            "logit_adjustment": config.logit_adjustment,
+            "train_counts": _genre_counts(labels[data.train_rows], data.classes),
+            "split_counts": {name: _genre_counts(labels[rows], data.classes) for name, rows in
+                             (("train", data.train_rows), ("val", data.val_rows), ("test", data.test_rows))},
             "notes": data.notes,
         })
+        if frozen and config.cv_folds:
+            metrics["crossval"] = cv_result
         run.write_metrics(metrics)
         _write_predictions(run.path / "predictions.csv", data, test_probabilities)
         run.update_status(state="finished", epoch=result.state.epoch, message=_summary_line(metrics),
@@ -724,6 +734,85 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
     finally:
         if mixed:
             keras.mixed_precision.set_global_policy("float32")
+
+
+def _feature_stream(config: TrainConfig, features, flipped, labels, train_rows, strategy, epoch: int, context):
+    """One epoch's per-worker stream of cached features: this worker's shard, shuffled by (seed, epoch); with
+    flipped features, each image's original or flipped features at random."""
+    import tensorflow as tf
+
+    per_replica = context.get_per_replica_batch_size(config.batch_size * strategy.num_replicas_in_sync)
+    rows = train_rows[context.input_pipeline_id::context.num_input_pipelines]
+    chosen = features[rows]
+    if flipped is not None:
+        pick = np.random.default_rng(config.seed * 1000 + epoch).random(len(rows)) < 0.5
+        chosen = np.where(pick[:, None], flipped[rows], chosen)
+    stream = tf.data.Dataset.from_tensor_slices((chosen.astype(np.float32), labels[rows]))
+    stream = stream.shuffle(len(rows), seed=config.seed + epoch).repeat()
+    return stream.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _fit_feature_head(config: TrainConfig, features, flipped, labels, train_rows, num_classes: int, strategy,
+                      progress: Progress, cancel_requested: Callable[[], bool]):
+    """A fresh head trained on cached features of `train_rows` for all epochs (no validation, no checkpoint)."""
+    from genre_core import models
+
+    options = models.model_options(config)
+    with strategy.scope():
+        head = models.build_head(features.shape[1], num_classes, head_units=config.head_units,
+                                 dropout=config.dropout, weight_decay=options["weight_decay"],
+                                 feature_transform=config.feature_transform)
+    unique = np.unique(train_rows)
+    models.adapt_head(head, np.concatenate([features[unique]] + ([flipped[unique]] if flipped is not None else [])))
+    steps = max(1, math.ceil(len(train_rows) / (config.batch_size * strategy.num_replicas_in_sync)))
+    with strategy.scope():
+        optimizer = make_optimizer(config, total_steps=steps * config.epochs)
+    weights = _balanced_weights(labels[train_rows], num_classes) if config.balancing == "class_weights" else None
+    result = fit(head, optimizer,
+                 lambda epoch, context: _feature_stream(config, features, flipped, labels, train_rows, strategy,
+                                                        epoch, context),
+                 steps, config.replace(patience=0), num_classes, strategy, class_weight=weights,
+                 cancel_requested=cancel_requested, progress=progress)
+    if result.cancelled:
+        raise runs.Cancelled("cancelled during cross-validation")
+    return head
+
+
+def _cross_validate_head(run, config: TrainConfig, data: PreparedData, features, flipped, strategy,
+                         progress: Progress) -> dict:
+    """k-fold cross-validation of the head's settings on train+val, from the cached features; written to
+    crossval.json at once (so a later cancel keeps it) and returned."""
+    from genre_core import models
+    from genre_core.layers import prior_correction_numpy
+
+    labels = data.cache.labels
+    num_classes = len(data.classes)
+    rows = np.unique(np.concatenate([data.train_rows, data.val_rows]))
+
+    def train_fold(fold: int, train_rows: np.ndarray, held_rows: np.ndarray) -> np.ndarray:
+        def fold_progress(event: dict) -> None:
+            if event.get("stage") in ("batch", "epoch"):
+                event = {**event, "message": f"fold {fold + 1}/{config.cv_folds}: {event.get('message', '')}"}
+            progress(event)
+
+        head = _fit_feature_head(config, features, flipped, labels, train_rows, num_classes, strategy,
+                                 fold_progress, run.cancel_requested)
+        return predict_probabilities(head, features[held_rows], 256)
+
+    def adjust(probabilities: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
+        return prior_correction_numpy(probabilities, models.log_priors(labels[train_rows], num_classes),
+                                      config.logit_adjustment)
+
+    result = crossval.cross_validate(rows, labels, config.cv_folds, config.seed, num_classes, train_fold,
+                                     adjust if config.logit_adjustment else None, progress)
+    fileio.atomic_write_json(run.path / "crossval.json", result)
+    return result
+
+
+def _genre_counts(labels: np.ndarray, classes: list[str]) -> dict:
+    """{genre: images} for integer labels, every genre listed."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    return {genre: int(count) for genre, count in zip(classes, counts)}
 
 
 def _adapt_head_normalization(model, data: PreparedData, size: int, sample: int = 256) -> None:

@@ -213,3 +213,72 @@ def test_mixed_precision_without_a_gpu_falls_back_to_float32_with_a_warning(caps
         assert "mixed_precision needs a GPU" in capsys.readouterr().err
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_cross_validation_refit_and_logit_adjustment_are_recorded(tiny_dataset_dir, isolated_artifacts):
+    from genre_core import images, models
+
+    config = {**TINY, "data": str(tiny_dataset_dir), "model": "hed_vgg16", "head_units": 0,
+              "feature_layers": ["block3_conv3"], "epochs": 3, "learning_rate": 0.01, "cv_folds": 3,
+              "refit": True, "logit_adjustment": 1.0}
+    events = []
+    run = train.start_run(config, progress=events.append)
+    assert run.status()["state"] == "finished", run.status()
+    metrics = run.metrics()
+
+    # Cross-validation: 3 folds over train+val (the test split stays out), scored after logit adjustment.
+    folds = metrics["crossval"]
+    assert folds == fileio.read_json(run.path / "crossval.json")
+    assert folds["folds"] == 3 and len(folds["per_fold"]) == 3
+    assert folds["rows"] == 30 - metrics["test"]["count"]
+    accuracies = [row["accuracy"] for row in folds["per_fold"]]
+    assert folds["mean"]["accuracy"] == pytest.approx(np.mean(accuracies), abs=1e-6)
+    assert folds["sd"]["accuracy"] == pytest.approx(np.std(accuracies), abs=1e-6)
+    assert {"macro_f1", "balanced_accuracy", "top3_accuracy"} <= set(folds["mean"])
+    assert "unadjusted_mean" in folds
+    assert any(event["stage"] == "crossval" for event in events)
+    assert any("cross-validation" in note for note in metrics["notes"])
+
+    # Refit: the validation images trained the kept model; no validation scores; the counts say so.
+    assert metrics["refit"] is True and metrics["val"]["count"] == 0
+    assert sum(metrics["train_counts"].values()) == metrics["train"]["count"] == 30 - metrics["test"]["count"]
+    test_truth = pd.read_csv(run.path / "predictions.csv")["true"]
+    assert metrics["split_counts"]["test"] == {genre: int((test_truth == genre).sum()) for genre in run.classes()}
+
+    # Logit adjustment lives inside the saved model: it reproduces predictions.csv, and removing the layer
+    # gives probabilities that differ by the train priors.
+    model = models.load_model(run.path / "model.keras")
+    head = model.get_layer("head")
+    layer = head.get_layer("logit_adjustment")
+    assert layer.tau == 1.0
+    counts = np.array([metrics["train_counts"][genre] for genre in run.classes()], float)
+    np.testing.assert_allclose(layer.log_prior, np.log(counts / counts.sum()), atol=1e-6)
+    predictions = pd.read_csv(run.path / "predictions.csv")
+    batch = np.stack([images.load_rgb(path, 32, "squash") for path in predictions["path"]]).astype("float32")
+    np.testing.assert_allclose(np.asarray(model(batch, training=False)), predictions[run.classes()].to_numpy(),
+                               atol=1e-4)
+
+
+def test_prior_correction_matches_its_numpy_twin_and_balances_a_prior():
+    from genre_core import layers, models
+
+    probabilities = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]], np.float32)
+    log_prior = models.log_priors(np.array([0, 0, 0, 0, 1, 1, 2]), 3)
+    np.testing.assert_allclose(log_prior, np.log([4 / 7, 2 / 7, 1 / 7]))
+    layer = layers.prior_correction(list(log_prior), tau=1.0)
+    expected = probabilities / np.exp(log_prior)
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(layer(probabilities)), expected, atol=1e-6)
+    np.testing.assert_allclose(layers.prior_correction_numpy(probabilities, log_prior, 1.0), expected, atol=1e-6)
+    np.testing.assert_allclose(layers.prior_correction_numpy(probabilities, log_prior, 0.0), probabilities, atol=1e-6)
+
+
+def test_cross_validation_options_are_checked():
+    with pytest.raises(ValueError, match="cv_folds"):
+        TrainConfig(cv_folds=1).validate()
+    with pytest.raises(ValueError, match="cv_folds"):
+        TrainConfig(cv_folds=3, balancing="oversample").validate()
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(refit=True, patience=3).validate()
+    with pytest.raises(ValueError, match="logit_adjustment"):
+        TrainConfig(logit_adjustment=-1).validate()
