@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -16,7 +15,6 @@ from PIL import Image
 
 import genre_core
 from genre_core.cli import main
-from genre_core.commands.data import TextProgress
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +114,7 @@ def test_prepare_builds_the_cache_and_lists_failures(capsys, tmp_path, tiny_data
     assert images.shape == (5, 16, 24, 3)
     assert "4 images at 24x16 (crop), 1 failed" in out
     assert any(line.startswith("failed: ") and "zz_broken.jpg" in line for line in out.splitlines())
-    assert "preparing [" in err
+    assert "preparing: 5/5 (100%" in err and "\r" not in err
 
 
 def test_demo_command_prints_the_folder(capsys, tmp_path, monkeypatch):
@@ -126,18 +124,6 @@ def test_demo_command_prints_the_folder(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(genre_core, "demo", fake, raising=False)
     code, out, _err = run_cli(capsys, "data", "demo")
     assert code == 0 and out.strip() == str(tmp_path / "demo-here")
-
-
-def test_text_progress_prints_one_line_per_tenth_when_not_a_terminal():
-    stream = io.StringIO()
-    progress = TextProgress("work", stream=stream)
-    for done in range(0, 101):
-        progress({"stage": "prepare", "done": done, "total": 100, "message": "decoding"})
-    progress({"stage": "prepare", "done": 100, "total": 100})
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 11
-    assert lines[-1].startswith("work [" + "#" * 30 + "] 100/100")
-    assert "decoding" in lines[0]
 
 
 def test_prepare_with_no_usable_images_is_an_error(capsys, tmp_path, isolated_artifacts):

@@ -6,8 +6,9 @@ Wherever a dataset path is expected, the word `demo` means the bundled demo data
 from __future__ import annotations
 
 import json
-import sys
 import time
+
+from genre_core.progress import TerminalProgress
 
 
 def register(subparsers) -> None:
@@ -50,7 +51,7 @@ def cmd_info(args) -> int:
     check_roots(args.path)
     dataset = load_dataset(args.path, source=args.source)
     if args.check:
-        check_images(dataset, progress=TextProgress("checking images"))
+        check_images(dataset, progress=TerminalProgress("checking images", bar_stages=None))
     if args.json:
         print(json.dumps(info_dict(dataset), indent=2, default=str))
     else:
@@ -76,7 +77,8 @@ def cmd_prepare(args) -> int:
         raise ValueError(f"{args.path}: no usable images to prepare ({report['rows']:,} metadata rows, "
                          f"{report['missing_files']:,} missing files, {report['no_genre']:,} without a genre)")
     started = time.perf_counter()
-    cache = prepare_cache(dataset, size, args.policy, progress=TextProgress("preparing"), workers=args.workers)
+    cache = prepare_cache(dataset, size, args.policy, progress=TerminalProgress("preparing", bar_stages=None),
+                          workers=args.workers)
     seconds = time.perf_counter() - started
     failures = cache.failures()
     print(f"cache: {cache.folder}")
@@ -91,7 +93,7 @@ def cmd_demo(args) -> int:
     """Generate the demo dataset if needed and print its folder."""
     from genre_core import demo
 
-    print(demo.ensure_demo(progress=TextProgress("generating demo")))
+    print(demo.ensure_demo(progress=TerminalProgress("generating demo", bar_stages=None)))
     return 0
 
 
@@ -146,39 +148,3 @@ def format_info(dataset) -> str:
     lines.extend(f"  - {problem}" for problem in problems)
     return "\n".join(lines)
 
-
-class TextProgress:
-    """Renders progress events ({"done", "total", "message"}) as a one-line text bar on stderr."""
-
-    def __init__(self, label: str, stream=None, width: int = 30):
-        self.label = label
-        self.stream = stream if stream is not None else sys.stderr
-        self.width = width
-        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.last_step = -1
-        self.started = time.perf_counter()
-
-    def __call__(self, event: dict) -> None:
-        total = int(event.get("total") or 0)
-        done = int(event.get("done") or 0)
-        fraction = min(1.0, done / total) if total else 0.0
-        # Non-interactive streams (logs, pipes) get one line per 10%; a terminal gets a redrawn line.
-        step = int(fraction * 10)
-        finished = total and done >= total
-        if not self.interactive and step == self.last_step and not finished:
-            return
-        if not self.interactive and finished and self.last_step == 10:
-            return
-        self.last_step = 10 if finished else step
-        filled = int(fraction * self.width)
-        elapsed = time.perf_counter() - self.started
-        bar = "#" * filled + "-" * (self.width - filled)
-        text = f"{self.label} [{bar}] {done}/{total} {elapsed:5.1f}s"
-        message = event.get("message")
-        if message:
-            text += f" {message}"
-        if self.interactive:
-            self.stream.write("\r" + text[:160].ljust(160) + ("\n" if finished else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-
-TEXT_PROGRESS_WIDTH = 30
-
 
 def register(subparsers) -> None:
     """Add the `evaluate` and `classify` sub-commands."""
@@ -41,18 +37,10 @@ def register(subparsers) -> None:
     classify.set_defaults(func=run_classify)
 
 
-def _text_progress(event: dict) -> None:
-    """Draw a one-line progress bar on stderr."""
-    done, total = event.get("done", 0), max(event.get("total", 1), 1)
-    filled = int(TEXT_PROGRESS_WIDTH * done / total)
-    bar = "#" * filled + "-" * (TEXT_PROGRESS_WIDTH - filled)
-    end = "\n" if done >= total else ""
-    print(f"\r{event.get('stage', '')} [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True)
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run and print a compact summary."""
     from genre_core import evaluate
+    from genre_core.progress import TerminalProgress
 
     if args.data is None and (args.map_genres or args.split or args.limit):
         raise ValueError("--map-genres, --split and --limit only apply together with --data")
@@ -60,7 +48,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
     summary = evaluate.evaluate_run(args.run, args.data, map_genres=args.map_genres, broad=args.broad,
                                     split=args.split, limit=args.limit,
-                                    progress=_text_progress if args.data else None)
+                                    progress=TerminalProgress(bar_stages=None) if args.data else None)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
