@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 # Flag name -> (TrainConfig field, type, help). Every flag defaults to None so that only given flags
@@ -116,12 +115,14 @@ def cmd_train(args) -> int:
     config = config_from_args(args)
     models.get_spec(config.model)
     from genre_core import train
+    from genre_core.progress import TerminalProgress
 
     if args.background:
         run = train.start_run(config, background=True)
         print(run.path)
         return 0
-    bar = TrainingBar()
+    # A tqdm bar on a terminal; in a log, a plain line at most every 10 s plus every epoch's summary.
+    bar = TerminalProgress(min_seconds=10.0)
     run = train.start_run(config, background=False, progress=bar)
     bar.close()
     status = run.status()
@@ -134,31 +135,3 @@ def cmd_train(args) -> int:
     print(status.get("message", "finished"), file=sys.stderr)
     return 0
 
-
-class TrainingBar:
-    """Draws batch progress as a one-line bar on stderr and prints every epoch's summary on its own line."""
-
-    def __init__(self, width: int = 30):
-        self.width = width
-        self.started = time.monotonic()
-        self.open_line = False
-
-    def __call__(self, event: dict) -> None:
-        stage = event.get("stage")
-        done, total = event.get("done") or 0, event.get("total") or 0
-        if stage in ("batch", "features", "prepare") and total:
-            filled = int(self.width * min(done / total, 1.0))
-            label = "features" if stage == "features" else ("batch" if stage == "batch" else "prepare")
-            text = f"\r{label} [{'#' * filled}{'-' * (self.width - filled)}] {done}/{total} " \
-                   f"{time.monotonic() - self.started:6.1f}s"
-            print(text, end="", file=sys.stderr, flush=True)
-            self.open_line = True
-        elif event.get("message"):
-            self.close()
-            print(event["message"], file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        """End the bar's line."""
-        if self.open_line:
-            print(file=sys.stderr, flush=True)
-            self.open_line = False
