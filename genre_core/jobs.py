@@ -752,6 +752,10 @@ def dispatch(run: Run) -> None:
         from genre_core import gan
 
         gan.execute(run)
+    elif kind == "search":
+        from genre_core import search
+
+        search.execute(run)
     elif kind == "prepare":
         execute_prepare(run)
     elif kind == "selftest":

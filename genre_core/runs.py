@@ -27,6 +27,7 @@ from genre_core import fileio, paths
 KIND_ROOTS = {
     "classifier": "runs",
     "gan": "gan_runs",
+    "search": "search_runs",
     "prepare": "job_runs",
     "selftest": "job_runs",
 }
@@ -41,7 +42,7 @@ STALLED = "stalled"
 # Stall limits: a live job whose heartbeat is older than this reads "stalled". $GENRE_STALL_SECONDS overrides
 # every kind. The working code paths beat at least once per batch, chunk or feature batch, so these limits
 # only have to cover the slowest single step of each kind.
-DEFAULT_STALL_SECONDS = {"classifier": 600.0, "gan": 900.0, "prepare": 600.0, "selftest": 120.0}
+DEFAULT_STALL_SECONDS = {"classifier": 600.0, "gan": 900.0, "search": 600.0, "prepare": 600.0, "selftest": 120.0}
 
 CONFIG_FILE = "config.json"
 STATUS_FILE = "status.json"
@@ -284,7 +285,8 @@ class Run:
             except ValueError:
                 kind = None
             if kind not in KIND_ROOTS:
-                kind = {"gan_runs": "gan", "job_runs": "selftest"}.get(self.path.parent.name, "classifier")
+                kind = {"gan_runs": "gan", "search_runs": "search", "job_runs": "selftest"}.get(
+                    self.path.parent.name, "classifier")
             self._kind = kind
         return self._kind
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-KINDS = ("classifier", "gan", "prepare", "selftest", "all")
+KINDS = ("classifier", "gan", "search", "prepare", "selftest", "all")
 TABLE_COLUMNS = (
     ("id", "id"), ("state", "state"), ("model", "model"), ("data", "data"), ("epochs", "epochs"),
     ("test acc", "test_accuracy"), ("macro-F1", "macro_f1"),
