@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "runs",
     "gan",
     "train",
+    "search",
 )
 
 

@@ -1,0 +1,152 @@
+"""Hyper-parameter search (genre_core/search.py): the space, a search from the CLI to its best run, pruning
+through the epoch hook, and a search killed with SIGKILL that resumes without repeating finished trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import wait_for
+from genre_core import cli, jobs, runs, search, tensorboard_log
+
+pytest.importorskip("optuna", reason="optuna is in requirements.txt")
+
+# Trials on the tiny dataset: a frozen HED-VGG16 at 32 px (features cached once per session), a few epochs.
+BASE = ["--size", "32", "--val-fraction", "0.2", "--test-fraction", "0.2", "--seed", "0"]
+SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+    "head_units": {"type": "categorical", "choices": [0, 16]},
+    "balancing": {"type": "categorical", "choices": ["none", "class_weights"]},
+    "epochs": {"type": "int", "low": 3, "high": 5},
+    "batch_size": 8,
+}
+
+
+def test_the_space_refuses_what_a_search_cannot_vary(tmp_path):
+    assert search.parse_space(None) == search.DEFAULT_SPACE
+    with pytest.raises(ValueError, match="'size' cannot be searched"):
+        search.parse_space({"size": {"type": "int", "low": 64, "high": 224}})
+    with pytest.raises(ValueError, match="oversample"):
+        search.parse_space({"balancing": {"type": "categorical", "choices": ["none", "oversample"]}})
+    with pytest.raises(ValueError, match="low <= high"):
+        search.parse_space({"dropout": {"type": "float", "low": 0.5, "high": 0.1}})
+    with pytest.raises(ValueError, match="log=true"):
+        search.parse_space({"weight_decay": {"type": "float", "low": 0, "high": 0.1, "log": True}})
+    with pytest.raises(ValueError, match="dropout=1.5"):
+        search.parse_space({"dropout": 1.5})
+    bad = tmp_path / "space.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="space.json: corrupt JSON"):
+        search.read_space_file(bad)
+    with pytest.raises(ValueError, match="no frozen backbone"):
+        search.base_config("demo", None, {"model": "small_cnn"})
+
+
+def test_a_cli_search_selects_by_validation_and_trains_the_best_trial_as_a_run(tiny_dataset_dir, tmp_path, capsys):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(SPACE))
+    code = cli.main(["search", "--data", str(tiny_dataset_dir), "--trials", "3", "--space", str(space), *BASE])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    search_path, best_path = printed.out.split()[-2:]
+    run = runs.open_run(search_path)
+    assert run.kind == "search" and run.status()["state"] == "finished"
+    trials = search.trials_table(run)
+    assert list(trials["trial"]) == [0, 1, 2] and set(trials["state"]) <= {"complete", "pruned"}
+    assert {"param_learning_rate", "param_head_units", "val_accuracy", "val_macro_f1"} <= set(trials.columns)
+    summary = search.summary(run)
+    best = runs.open_run(best_path)
+    assert summary["best_run"] == best.id and best.kind == "classifier" and best.status()["state"] == "finished"
+    # The best run is a normal run folder whose config is the recipe plus the best trial's parameters.
+    config = best.config()
+    assert config["model"] == "hed_vgg16" and config["size"] == 32 and config["batch_size"] == 8
+    for name, value in summary["best_params"].items():
+        assert config[name] == value
+    # Only the best run is scored on the test split; the search's metrics carry its numbers.
+    metrics = run.metrics()
+    assert metrics["test"] == best.metrics()["test"] and metrics["best_trial"] == summary["best_trial"]
+    assert summary["best_value"] == trials.loc[trials["value"].idxmax(), "value"]
+    # Every trial and the best run leave TensorBoard scalars.
+    for number in range(3):
+        scalars = tensorboard_log.read_scalars(run.path / "tensorboard" / f"trial-{number:04d}")
+        assert {"loss", "val_loss", "val_accuracy", "learning_rate", "seconds_per_epoch"} <= set(scalars)
+    assert len(tensorboard_log.read_scalars(best.path / "tensorboard")["val_loss"]) == config["epochs"]
+    figures = search.figures(run)
+    assert {"history", "importances", "parallel"} == set(figures)
+    assert not isinstance(figures["history"], str) and not isinstance(figures["parallel"], str)
+    assert run.id in [row["id"] for row in runs.list_runs("search")]
+
+
+def test_pruning_goes_through_the_epoch_hook(tiny_dataset_dir):
+    """train_head reports every epoch's validation score to the hook, and a hook that prunes stops the loop."""
+    import optuna
+
+    from genre_core import train
+
+    base = search.base_config(str(tiny_dataset_dir), overrides={"size": 32, "val_fraction": 0.2,
+                                                               "test_fraction": 0.2, "batch_size": 8})
+    data = train.prepare_data(base, 32)
+    config = base.replace(epochs=6, learning_rate=0.01)
+    seen = []
+
+    class AlwaysPrune:
+        def report(self, value, step):
+            seen.append((step, value))
+
+        def should_prune(self):
+            return True
+
+    trial = AlwaysPrune()
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(len(data.cache.manifest), 8)).astype("float32")
+    scores: dict = {}
+
+    def on_epoch(row):
+        trial.report(scores["accuracy"], row["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned("pruned")
+
+    with pytest.raises(optuna.TrialPruned):
+        search.train_head(config, data, features, None, len(data.classes), train.get_strategy(), on_epoch, scores)
+    assert seen and seen[0][0] == 1  # reported after the first epoch, then stopped
+
+
+def test_a_search_killed_with_sigkill_resumes_without_repeating_finished_trials(tiny_dataset_dir, tmp_path,
+                                                                                 stop_leftover_jobs):
+    space = dict(SPACE, epochs=60)  # Long enough trials that the kill lands inside one.
+    run = search.create_search(str(tiny_dataset_dir), 3, space=space,
+                               overrides={"size": 32, "val_fraction": 0.2, "test_fraction": 0.2, "seed": 1})
+    pid = jobs.launch(run)
+    # Wait until one trial has finished and the next one is training.
+    wait_for(lambda: (run.path / search.TRIALS_FILE).exists()
+             and "trial 2 (1/3 done)" in str(run.raw_status().get("message")), timeout=240, poll=0.1)
+    before = search.trials_table(run)
+    finished_before = before[before["state"].isin(["complete", "pruned"])]
+    assert len(finished_before) >= 1
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: run.status()["state"] == "interrupted", timeout=30)
+    # The main thread of a killed multi-threaded process is reaped before its last thread lets the run lock go.
+    wait_for(lambda: not jobs.is_locked(run), timeout=30)
+    jobs.resume(run)
+    wait_for(lambda: run.status()["state"] not in runs.ACTIVE_STATES, timeout=300, poll=0.2)
+    assert run.status()["state"] == "finished", run.status()
+    after = search.trials_table(run)
+    done = after[after["state"].isin(["complete", "pruned"])]
+    assert len(done) == 3
+    # The trials finished before the kill are kept as they were and never run again.
+    for row in finished_before.itertuples():
+        kept = after.loc[after["trial"] == row.trial].iloc[0]
+        assert kept["state"] == row.state and kept["param_learning_rate"] == row.param_learning_rate
+    retries = after.dropna(subset=["retry_of"])
+    assert set(retries["retry_of"].astype(int)) <= set(after.loc[after["state"] == "fail", "trial"])
+    assert not set(retries["retry_of"].astype(int)) & set(finished_before["trial"])
+    # The interrupted trial ran again with the same parameters.
+    for retry in retries.itertuples():
+        original = after.loc[after["trial"] == int(retry.retry_of)].iloc[0]
+        assert retry.param_learning_rate == original["param_learning_rate"]
+    assert isinstance(pd.read_csv(run.path / search.TRIALS_FILE), pd.DataFrame)
