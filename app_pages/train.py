@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app_support import core, jobs_ui, state
+from app_support import core, jobs_ui, search_ui, state
 
 st.title("Train")
 
@@ -67,6 +67,8 @@ if launched:
     )
     st.session_state["train_followed_run"] = run.id  # Follow the new run (widget state, not storage).
     st.toast(f"Started {run.id}")
+
+search_ui.search_section(dataset_spec)  # Hyper-parameter search: launch, live trials, figures, best run.
 
 # Rendering: the followed run (the active one by default), then the queue and history.
 table = core.run_table("classifier")
