@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "gan",
     "train",
     "search",
+    "export",
 )
 
 
