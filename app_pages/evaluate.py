@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_support import charts, core, jobs_ui
+from app_support import charts, core, export_ui, jobs_ui
 
 st.title("Evaluate")
 
@@ -34,6 +34,7 @@ cards[5].metric("Test images", f"{metrics['n']:,}")
 gap = metrics.get("overfitting", {}).get("accuracy_gap")
 if gap is not None:
     st.caption(f"Train minus test accuracy: {gap:+.1%}")
+export_ui.download_model(run_dir)  # SavedModel, TFLite or ONNX with its JSON sidecar, as a zip.
 
 # The confusion matrix: click a cell (scatter of squares; heatmaps report no selection), or pick it by keyboard.
 st.subheader("Confusion matrix")
