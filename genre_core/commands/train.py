@@ -45,11 +45,11 @@ OPTIONS = {
     "--feature-transform": ("feature_transform", str, "frozen features: none or sqrt (power normalisation)"),
     "--lr-schedule": ("lr_schedule", str, "constant or cosine (decay to 0 over the epochs)"),
     "--feature-engine": ("feature_engine", str, "frozen backbones' feature pass: auto, keras or ncnn "
+                                                 "(auto: ncnn on a CPU when the backbone converts)"),
     "--logit-adjustment": ("logit_adjustment", float, "post-hoc logit adjustment tau: probabilities divided by "
                                                        "the train priors**tau (0: off, 1: balanced)"),
     "--cv-folds": ("cv_folds", int, "frozen features: k-fold cross-validation on train+val before training "
                                     "the kept model (0: off)"),
-                                                 "(auto: ncnn on a CPU when the backbone converts)"),
     "--seed": ("seed", int, "random seed"),
     "--val-fraction": ("val_fraction", float, "validation fraction when the source has no val split"),
     "--test-fraction": ("test_fraction", float, "test fraction when the source has no test split"),
@@ -58,8 +58,8 @@ SWITCHES = {
     "--flip-features": ("flip_features", True, "frozen backbones: also cache features of flipped images"),
     "--no-embedding-cache": ("embedding_cache", False, "run a frozen backbone every epoch (real augmentation)"),
     "--mixed-precision": ("mixed_precision", True, "mixed_float16 on GPUs"),
-    "--refit": ("refit", True, "train the kept model on train+val (no validation scores; all epochs)"),
     "--xla": ("xla", True, "compile the train step (and a frozen backbone's feature pass) with XLA"),
+    "--refit": ("refit", True, "train the kept model on train+val (no validation scores; all epochs)"),
 }
 
 
