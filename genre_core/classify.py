@@ -36,6 +36,59 @@ class Classifier:
     size: tuple[int, int]   # (width, height), as images.load_rgb takes it
     policy: str
     run_dir: Path | None = None
+    config: dict | None = None  # the run's config.json
+
+    def frozen_parts(self) -> tuple[Any, Any, str] | None:
+        """(extractor, head, extractor id) when the model is head(frozen extractor) from a frozen-feature run,
+        so features can come from the embedding cache and the fast engine; None otherwise."""
+        from genre_core import models
+        from genre_core.config import TrainConfig
+
+        try:
+            config = TrainConfig.from_run_config(self.config or {})
+            extractor, head = self.model.get_layer("features"), self.model.get_layer("head")
+        except (TypeError, ValueError):
+            return None  # an end-to-end model, or an older config this version does not read
+        if not models.uses_frozen_features(config.model, models.model_options(config)) or \
+                not config.embedding_cache:
+            return None
+        return extractor, head, models.frozen_extractor_id(config)
+
+    def predict_dataset(self, dataset, progress=None, cancel_check=None) -> tuple[np.ndarray, list[str | None]]:
+        """Probabilities (N, classes) for every manifest row of `dataset`, and per row None or why it could
+        not be read.
+
+        The images are decoded once into the image cache at the run's size and policy (parallel workers,
+        reused next time). A frozen-feature model then takes its features from the embedding cache, computed
+        on the fast engine (ncnn on a CPU) the way training computes them, and runs only its head; other
+        models run on the cached images. Rows that could not be read get NaN probabilities.
+        """
+        from genre_core import cache as image_cache
+        from genre_core import embeddings
+
+        workers = 1 if len(dataset.manifest) < 64 else None
+        cached = image_cache.prepare_cache(dataset, self.size, self.policy, progress=progress, workers=workers)
+        ok = cached.manifest["ok"].to_numpy(dtype=bool)
+        parts = self.frozen_parts()
+        if parts is not None:
+            extractor, head, identity = parts
+            features = embeddings.compute_embeddings(cached, extractor, identity, progress=progress,
+                                                     cancel_check=cancel_check, engine="auto").features
+            arrays, forward = features, head
+        else:
+            arrays, forward = cached.images, self.model
+        import keras
+
+        probabilities = np.full((len(ok), len(self.classes)), np.nan, dtype=np.float32)
+        rows = np.flatnonzero(ok)
+        step = 256 if parts is not None else PREDICT_BATCH_SIZE
+        for start in range(0, len(rows), step):
+            chunk = rows[start:start + step]
+            batch = np.asarray(arrays[chunk], dtype=np.float32)
+            probabilities[chunk] = keras.ops.convert_to_numpy(forward(batch, training=False))
+        errors = [None if good else str(error or "unreadable image")
+                  for good, error in zip(ok, cached.manifest["error"].fillna(""))]
+        return probabilities, errors
 
     def load(self, source: images.ImageSource, name: str | None = None) -> np.ndarray:
         """Load one image exactly as training did: RGB uint8 at the run's size and resize policy."""
@@ -61,6 +114,22 @@ class Classifier:
             for start in range(0, len(array), PREDICT_BATCH_SIZE)
         ]
         return np.concatenate(outputs).astype(np.float32)
+
+    def classify_files(self, paths_: Sequence[str | os.PathLike], top_k: int = 3, progress=None) -> list[dict]:
+        """Like `classify` for many files, through the image and embedding caches (see `predict_dataset`):
+        a folder of paintings is decoded by parallel workers and a frozen-feature model runs the fast engine."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        probabilities, errors = self.predict_dataset(files_dataset(paths_, self.classes), progress=progress)
+        results = []
+        for path, row, error in zip(paths_, probabilities, errors):
+            result = {"name": images.source_name(str(path)), "ok": error is None, "error": error, "top": [],
+                      "probabilities": {}}
+            if error is None:
+                result.update(top=top_genres(row, self.classes, top_k),
+                              probabilities={g: float(p) for g, p in zip(self.classes, row)})
+            results.append(result)
+        return results
 
     def classify(self, sources: Sequence[images.ImageSource], names: Sequence[str] | None = None,
                  top_k: int = 3) -> list[dict]:
@@ -90,6 +159,20 @@ class Classifier:
                 results[position].update(ok=True, top=top_genres(row, self.classes, top_k),
                                          probabilities={g: float(p) for g, p in zip(self.classes, row)})
         return results
+
+
+def files_dataset(paths_: Sequence[str | os.PathLike], classes: Sequence[str]):
+    """Image files of unknown genre as a Dataset, so they go through the image and embedding caches.
+
+    Every row carries the first class as a placeholder genre: predicting never reads it."""
+    import pandas as pd
+
+    from genre_core.dataset import Dataset
+
+    paths_ = [str(Path(path).resolve()) for path in paths_]
+    root = Path(os.path.commonpath(paths_)) if paths_ else Path(".")
+    return Dataset(source="files", root=root, classes=list(classes),
+                   manifest=pd.DataFrame({"path": paths_, "genre": [classes[0]] * len(paths_)}))
 
 
 def top_genres(probabilities: np.ndarray, classes: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
@@ -150,7 +233,8 @@ def _load_classifier_cached(run_dir: str, mtime_ns: int, size: int) -> Classifie
     policy = str(config.get("policy") or config.get("resize_policy") or DEFAULT_POLICY)
     if policy not in images.POLICIES:
         raise ValueError(f"{folder / 'config.json'}: unknown resize policy {policy!r}")
-    return Classifier(model=model, classes=list(classes), size=size, policy=policy, run_dir=folder)
+    return Classifier(model=model, classes=list(classes), size=size, policy=policy, run_dir=folder,
+                      config=config if isinstance(config, dict) else {})
 
 
 def classify_images(run_or_path: Any, sources: Sequence[images.ImageSource], names: Sequence[str] | None = None,

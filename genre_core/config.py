@@ -26,6 +26,8 @@ TRANSFER_VARIANTS = ("keep_top", "replace_top", "fine_tune")
 FEATURE_TRANSFORMS = ("none", "sqrt")
 LR_SCHEDULES = ("constant", "cosine")
 FEATURE_ENGINES = ("auto", "keras", "ncnn")
+# Keys a run's config.json holds besides the TrainConfig fields (written by runs.create_run and jobs.resume).
+RUN_ONLY_KEYS = ("created", "classes", "resume", "run_id")
 
 # Named recipes: training settings measured on real paintings (README "Results on real paintings"). A recipe
 # sets the model and how it trains; the data, splits and seed stay the user's. `recipe_values` applies one.
@@ -116,6 +118,11 @@ class TrainConfig:
         config = cls(**values)
         config.validate()
         return config
+
+    @classmethod
+    def from_run_config(cls, values: dict) -> "TrainConfig":
+        """The TrainConfig in a run's config.json (run-only keys such as "created" or "resume" set aside)."""
+        return cls.from_dict({key: value for key, value in values.items() if key not in RUN_ONLY_KEYS})
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from genre_core import fileio, paths
+from genre_core.dataset import Dataset
 
 PREDICTION_COLUMNS = ("path", "true", "predicted", "confidence")
 TOP_K = 3
@@ -641,35 +642,21 @@ def _evaluate_on_dataset(run_dir: Path, data, *, map_genres: bool, broad: bool, 
         hint = "" if map_genres else " (try --map-genres)"
         raise ValueError(f"no image in {data} has a genre the run knows ({', '.join(classifier.classes)}){hint}")
 
-    kept_paths, kept_genres, images = [], [], []
-    probabilities = []
-    errors: list[str] = []
     started = time.perf_counter()
-
-    def flush() -> None:
-        """Classify the images gathered so far."""
-        if images:
-            probabilities.append(classifier.predict_arrays(np.stack(images)))
-            images.clear()
-
-    for done, (path, genre) in enumerate(rows, start=1):
-        try:
-            images.append(classifier.load(sources.read_image_bytes(path), name=path))
-        except (ValueError, OSError) as exc:
-            skipped["unreadable"] += 1
-            if len(errors) < 20:
-                errors.append(str(exc))
-            continue
-        kept_paths.append(path)
-        kept_genres.append(genre)
-        if len(images) >= batch_size:
-            flush()
-        if progress and (done % batch_size == 0 or done == len(rows)):
-            progress({"stage": "classify", "done": done, "total": len(rows)})
-    flush()
+    # The selected rows as a dataset of the run's genres: decoded once into the image cache and, for a
+    # frozen-feature model, passed once through the fast feature engine into the embedding cache.
+    selection = Dataset(source="evaluation", root=Path(os.fspath(data)), classes=list(classifier.classes),
+                        manifest=pd.DataFrame({"path": [path for path, _ in rows],
+                                               "genre": [genre for _, genre in rows]}))
+    probabilities, row_errors = classifier.predict_dataset(selection, progress=progress)
+    ok = np.array([error is None for error in row_errors], dtype=bool)
+    skipped["unreadable"] = int((~ok).sum())
+    errors = [row_errors[index] for index in np.flatnonzero(~ok)[:20]]
+    kept_paths = [path for (path, _), good in zip(rows, ok) if good]
+    kept_genres = [genre for (_, genre), good in zip(rows, ok) if good]
     if not kept_paths:
         raise ValueError(f"none of the {len(rows)} images in {data} could be read; first error: {errors[:1]}")
-    probability_matrix = np.concatenate(probabilities)
+    probability_matrix = probabilities[ok]
     frame = predictions_frame(kept_paths, kept_genres, probability_matrix, classifier.classes)
     folder = run_dir / "evaluations" / paths.sanitize_id(Path(os.fspath(data)).name or str(data))
     fileio.atomic_write_csv(folder / "predictions.csv", frame)

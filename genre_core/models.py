@@ -408,6 +408,13 @@ def extractor_id(name: str, input_size: int, weights: str | None, options: dict)
     return "-".join(parts)
 
 
+def frozen_extractor_id(config) -> str:
+    """The extractor id a TrainConfig's frozen-feature run caches its features under (its size resolved)."""
+    size = config.size or get_spec(config.model).default_size
+    return extractor_id(config.model, size, resolve_weights_option(config.model, config.weights),
+                        model_options(config))
+
+
 def model_options(config) -> dict:
     """The factory options a TrainConfig implies."""
     return {

@@ -36,14 +36,12 @@ from typing import Callable
 import numpy as np
 
 from genre_core import crossval, fileio, runs
-from genre_core.config import TrainConfig
+from genre_core.config import RUN_ONLY_KEYS, TrainConfig
 from genre_core.scoring import classification_scores
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict], None]
-# Keys a run's config.json holds besides the TrainConfig fields (written by runs.create_run and jobs.resume).
-RUN_ONLY_KEYS = ("created", "classes", "resume", "run_id")
 CHECKPOINT_STATE = "state.json"
 _STRATEGY = None
 _EXTRA_PROGRESS: list[Progress] = []
@@ -138,9 +136,8 @@ def _fan_out(*callbacks: Progress | None) -> Progress:
 
 def config_from_run(run) -> TrainConfig:
     """The TrainConfig of a run folder (run-only keys such as "created" or "resume" are set aside)."""
-    values = {key: value for key, value in run.config().items() if key not in RUN_ONLY_KEYS}
     try:
-        return TrainConfig.from_dict(values)
+        return TrainConfig.from_run_config(run.config())
     except (TypeError, ValueError) as exc:
         raise ValueError(f"run {run.id}: config.json: {exc}") from None
 
@@ -588,7 +585,7 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
             else:
                 model = models.build_model(config.model, num_classes, size, weights, **options)
         if frozen:
-            identity = models.extractor_id(config.model, size, weights, options)
+            identity = models.frozen_extractor_id(config)
             cached = embeddings.compute_embeddings(
                 data.cache, extractor, identity, flip=config.flip_features, batch_size=32, progress=progress,
                 cancel_check=run.cancel_requested, jit_compile=config.xla, engine=config.feature_engine,
