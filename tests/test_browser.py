@@ -300,3 +300,37 @@ def test_shared_mode_refuses_a_path_outside_the_data_roots(page, tmp_path):
         assert error.all_inner_texts() == [
             f"/etc: outside the allowed folders; a shared server accepts the demo dataset and paths under {roots}"]
         assert page.get_by_text("Images per genre").count() == 0
+
+
+def test_launch_a_search_from_the_train_page_see_trials_and_open_the_best_run(page, app_url):
+    pytest.importorskip("optuna", reason="optuna is in requirements.txt")
+    open_page(page, app_url, "train", "Queue and history")
+    page.get_by_text("Hyper-parameter search (Optuna)").click()
+    form = page.locator('[data-testid="stForm"]').filter(has_text="New search")
+    form.get_by_label("Trials", exact=True).fill("3")
+    form.get_by_label("Image size (px, 0 = the recipe's)").fill("32")
+    form.get_by_label("Most epochs per trial").fill("5")
+    form.get_by_role("button", name="Start search").click()
+    # The search runs as its own job; its trials appear as they finish, then the best trial's run.
+    trials_seen = []
+    best = page.get_by_role("button", name="Open best run")
+    failed = page.locator('[data-testid="stAlertContentError"]')
+    deadline = time.monotonic() + 240
+    while best.count() == 0 and failed.count() == 0 and time.monotonic() < deadline:
+        trials_seen += [text for text in page.get_by_text(" trials: ").all_inner_texts() if "complete" in text]
+        page.wait_for_timeout(500)
+    assert failed.count() == 0, failed.first.inner_text()
+    assert best.count() == 1, "the search did not finish within 240 s"
+    assert any(text.startswith(("1 trials", "2 trials")) for text in trials_seen), trials_seen
+    assert page.get_by_text("3 trials: ").count() == 1
+    settle(page)
+    page.get_by_text("Optimization history").first.wait_for()
+    screenshot(page, "search")
+    best_id = best.inner_text().split("Open best run")[-1].strip()
+    best.click()
+    page.get_by_text("Confusion matrix").wait_for(timeout=60_000)
+    settle(page)
+    assert page.url.endswith("/evaluate")
+    picker = page.locator(".st-key-eval_run")
+    shown = picker.inner_text() + " ".join(field.input_value() for field in picker.locator("input").all())
+    assert best_id in shown, shown
