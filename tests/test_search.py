@@ -150,3 +150,16 @@ def test_a_search_killed_with_sigkill_resumes_without_repeating_finished_trials(
         original = after.loc[after["trial"] == int(retry.retry_of)].iloc[0]
         assert retry.param_learning_rate == original["param_learning_rate"]
     assert isinstance(pd.read_csv(run.path / search.TRIALS_FILE), pd.DataFrame)
+
+
+def test_search_cli_shows_the_space_and_refuses_missing_settings(capsys, tmp_path):
+    assert cli.main(["search", "--show-space"]) == 0
+    assert json.loads(capsys.readouterr().out) == search.DEFAULT_SPACE
+    assert cli.main(["search", "--data", "demo"]) == 2
+    assert "--data and --trials are required" in capsys.readouterr().err
+    assert cli.main(["search", "--data", "demo", "--trials", "0"]) == 2
+    assert "--trials must be a whole number >= 1" in capsys.readouterr().err
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"pooling": "avg"}))
+    assert cli.main(["search", "--data", "demo", "--trials", "2", "--space", str(space)]) == 2
+    assert "'pooling' cannot be searched" in capsys.readouterr().err

@@ -26,9 +26,10 @@ OVERRIDES = {
 def register(subparsers) -> None:
     parser = subparsers.add_parser("search", help="hyper-parameter search (Optuna) on cached features; prints "
                                                   "the search folder and the best run")
-    parser.add_argument("--data", required=True, help="dataset folder, metadata file or 'demo'")
+    parser.add_argument("--data", default=None, help="dataset folder, metadata file or 'demo' (required)")
     parser.add_argument("--recipe", default="cpu-15min", help="the recipe the trials start from (default cpu-15min)")
-    parser.add_argument("--trials", type=int, required=True, help="how many trials to finish (pruned ones count)")
+    parser.add_argument("--trials", type=int, default=None, help="how many trials to finish (pruned ones count; "
+                                                                 "required)")
     parser.add_argument("--minutes", type=float, default=None, help="stop starting trials after this many minutes "
                                                                    "of trials (the feature pass is not counted)")
     parser.add_argument("--space", default=None, help="JSON file of the search space (default: "
@@ -49,6 +50,8 @@ def cmd_search(args) -> int:
     if args.show_space:
         print(json.dumps(search.DEFAULT_SPACE, indent=2))
         return 0
+    if args.data is None or args.trials is None:
+        raise ValueError("--data and --trials are required (a dataset path or 'demo', and a number of trials)")
     overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _kind, _text) in OVERRIDES.items()}
     overrides = {key: value for key, value in overrides.items() if value is not None}
     space = search.read_space_file(args.space) if args.space else None
