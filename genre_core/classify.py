@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from genre_core import fileio, images
+from genre_core import bundle, fileio, images
 from genre_core.evaluate import resolve_run_dir
 
 DEFAULT_POLICY = "squash"
@@ -198,7 +198,7 @@ def run_input_size(config: dict | None, model: Any = None) -> tuple[int, int]:
 def load_classifier(run_or_path: Any) -> Classifier:
     """Load a run's classifier (model.keras with safe_mode=True, classes.json, size and policy from config.json)."""
     run_dir = resolve_run_dir(run_or_path).resolve()
-    model_path = run_dir / "model.keras"
+    model_path = run_dir / ("model.keras" if not bundle.is_bundle(run_dir) else bundle.HEAD_FILE)
     try:
         stat = model_path.stat()
     except FileNotFoundError:
@@ -222,10 +222,12 @@ def _load_classifier_cached(run_dir: str, mtime_ns: int, size: int) -> Classifie
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise ValueError(f"{folder / 'classes.json'}: missing or not a list of genre names")
     config = fileio.read_json(folder / "config.json", default={})
+    model_file = folder / ("model.keras" if not bundle.is_bundle(folder) else bundle.HEAD_FILE)
     try:
-        model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
+        model = bundle.load_model(folder) if bundle.is_bundle(folder) else \
+            keras.saving.load_model(model_file, safe_mode=True)
     except (ValueError, OSError, TypeError) as exc:
-        raise ValueError(f"{folder / 'model.keras'}: cannot load the model ({exc})") from None
+        raise ValueError(f"{model_file}: cannot load the model ({exc})") from None
     outputs = model.output_shape[-1] if hasattr(model, "output_shape") else None
     if outputs is not None and outputs != len(classes):
         raise ValueError(f"{folder}: the model outputs {outputs} probabilities but classes.json lists {len(classes)}")

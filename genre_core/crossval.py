@@ -52,12 +52,14 @@ def cross_validate(
     train_fold(fold, train_rows, held_out_rows) -> probabilities (len(held_out_rows), num_classes).
     adjust(probabilities, train_rows) -> the probabilities the kept model would output (e.g. after logit
     adjustment); when given, the fold scores are those of the adjusted probabilities and the raw ones are
-    kept under "unadjusted". Returns {"folds", "seed", "rows", "per_fold": [...], "mean": {...}, "sd": {...}}
-    plus "unadjusted_mean" when `adjust` is given.
+    kept under "unadjusted". Returns {"folds", "seed", "rows", "per_fold": [...], "mean": {...}, "sd": {...},
+    "per_class": {precision, recall, f1, support lists over all held-out predictions}} plus "unadjusted_mean"
+    when `adjust` is given.
     """
     rows = np.asarray(rows, dtype=np.int64)
     fold_labels = np.asarray(labels)[rows]
     per_fold, unadjusted = [], []
+    held_labels, held_predicted = [], []
     for fold, (train_at, held_at) in enumerate(fold_splits(fold_labels, folds, seed)):
         started = time.monotonic()
         if progress is not None:
@@ -69,10 +71,14 @@ def cross_validate(
         scores = raw
         if adjust is not None:
             unadjusted.append(raw)
-            scores = classification_scores(fold_labels[held_at], adjust(probabilities, train_rows), num_classes)
+            probabilities = adjust(probabilities, train_rows)
+            scores = classification_scores(fold_labels[held_at], probabilities, num_classes)
+        held_labels.append(fold_labels[held_at])
+        held_predicted.append(probabilities.argmax(axis=1))
         per_fold.append({"fold": fold + 1, **scores, "seconds": round(time.monotonic() - started, 2)})
     result = {"folds": folds, "seed": seed, "rows": int(len(rows)), "per_fold": per_fold,
-              "mean": _aggregate(per_fold, np.mean), "sd": _aggregate(per_fold, np.std)}
+              "mean": _aggregate(per_fold, np.mean), "sd": _aggregate(per_fold, np.std),
+              "per_class": _per_class(np.concatenate(held_labels), np.concatenate(held_predicted), num_classes)}
     if adjust is not None:
         result["unadjusted_mean"] = _aggregate(unadjusted, np.mean)
     if progress is not None:
@@ -81,6 +87,16 @@ def cross_validate(
                   "message": f"cross-validation: accuracy {mean['accuracy']:.3f} ± {result['sd']['accuracy']:.3f}, "
                              f"macro-F1 {mean['macro_f1']:.3f} over {folds} folds"})
     return result
+
+
+def _per_class(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict:
+    """Precision, recall, F1 and support per class (lists in class order) over every held-out prediction."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=list(range(num_classes)), zero_division=0)
+    return {"precision": [round(float(v), 6) for v in precision], "recall": [round(float(v), 6) for v in recall],
+            "f1": [round(float(v), 6) for v in f1], "support": [int(v) for v in support]}
 
 
 def _aggregate(rows: list[dict], function) -> dict:

@@ -42,7 +42,14 @@ EPSILON = 1e-15
 
 
 def resolve_run_dir(run_or_path: Any) -> Path:
-    """Return the folder of a run given a Run object, a folder path, or a run id under the runs folder."""
+    """Return the folder of a run given a Run object, a folder path, a run id under the runs folder, or
+    "bundled" (the bundled real-painting model)."""
+    from genre_core import bundle
+
+    if bundle.is_reference(run_or_path):
+        if not bundle.available():
+            raise FileNotFoundError(f"the bundled model is missing from {bundle.folder()}")
+        return bundle.folder()
     if not isinstance(run_or_path, (str, os.PathLike)):
         # A genre_core.runs.Run (or anything like it) carries its folder in `.path`.
         value = getattr(run_or_path, "path", None)
@@ -604,6 +611,11 @@ def evaluate_run(
     """
     run_dir = resolve_run_dir(run_or_path)
     if data is None:
+        from genre_core import bundle
+
+        if bundle.is_bundle(run_dir):
+            raise ValueError("the bundled model ships no test predictions (see its model card for its "
+                             "cross-validated numbers); evaluate it on labelled paintings with --data PATH")
         interpretation = Interpretation.from_run(run_dir)
         summary = write_evaluation(interpretation, run_dir)
         summary["folder"] = str(run_dir)
@@ -658,7 +670,7 @@ def _evaluate_on_dataset(run_dir: Path, data, *, map_genres: bool, broad: bool, 
         raise ValueError(f"none of the {len(rows)} images in {data} could be read; first error: {errors[:1]}")
     probability_matrix = probabilities[ok]
     frame = predictions_frame(kept_paths, kept_genres, probability_matrix, classifier.classes)
-    folder = run_dir / "evaluations" / paths.sanitize_id(Path(os.fspath(data)).name or str(data))
+    folder = evaluations_dir(run_dir) / paths.sanitize_id(Path(os.fspath(data)).name or str(data))
     fileio.atomic_write_csv(folder / "predictions.csv", frame)
     interpretation = Interpretation.from_predictions(frame, classifier.classes, run_dir=run_dir)
     # Training counts are the run's own (what the model learnt from), not the other dataset's.
@@ -676,6 +688,16 @@ def _evaluate_on_dataset(run_dir: Path, data, *, map_genres: bool, broad: bool, 
     summary = write_evaluation(interpretation, folder, extra)
     summary["folder"] = str(folder)
     return summary
+
+
+def evaluations_dir(run_dir: Path) -> Path:
+    """Where evaluations of a run on other datasets go: RUN/evaluations, or for the bundled model (which
+    lives inside the package) artifacts/evaluations/bundled-<name>."""
+    from genre_core import bundle
+
+    if bundle.is_bundle(run_dir):
+        return paths.artifacts_root() / "evaluations" / f"bundled-{run_dir.name}"
+    return run_dir / "evaluations"
 
 
 def predictions_frame(paths_: Sequence[str], true_genres: Sequence[str], probabilities: np.ndarray,

@@ -39,6 +39,9 @@ def test_scores_mean_and_sd_over_folds_with_a_known_classifier():
     assert [row["accuracy"] for row in result["per_fold"]] == [0.5, 1.0]
     assert result["mean"]["accuracy"] == 0.75 and result["sd"]["accuracy"] == 0.25
     assert result["rows"] == 20 and result["folds"] == 2
+    # Over both held-out folds: genre 1 was found 5 times of 10, genre 0 always (15 calls, 10 right).
+    assert result["per_class"]["recall"] == [1.0, 0.5] and result["per_class"]["support"] == [10, 10]
+    assert result["per_class"]["precision"][0] == pytest.approx(10 / 15, abs=1e-6)
     assert "cross-validation" not in crossval.summary_line(result)
     assert crossval.summary_line(result).startswith("accuracy 0.750 ± 0.250")
 

