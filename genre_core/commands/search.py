@@ -63,7 +63,7 @@ def cmd_search(args) -> int:
         return 0
     from genre_core.progress import TerminalProgress
 
-    display = TerminalProgress()
+    display = TerminalProgress(min_seconds=10.0)  # In a log: a line at most every 10 s, plus each trial's line.
     run = search.start_search(args.data, args.trials, background=False, progress=display, **options)
     display.close()
     print(run.path)
