@@ -9,12 +9,9 @@ from app_support import charts, core, jobs_ui, uploads
 
 st.title("Classify")
 
-# Guard and input: the classification core and a finished run with a saved model (the active run by default).
+# Guard and input: the classification core and a model (the bundled real-painting model by default).
 core.require("classify", "load_classifier", "classifying paintings")
-run_id = jobs_ui.finished_run_picker(
-    "Model (finished runs)", "model.keras", "classify_run",
-    "No finished run with a saved model yet. Train one on the Train page, or start the demo run here.",
-)
+model_dir = jobs_ui.classifier_picker("classify_run")
 
 # Inputs: the paintings and how much to show.
 files = st.file_uploader(
@@ -32,7 +29,7 @@ if not files:
     st.stop()
 
 # Action: one batch through the cached classifier.
-classifier = core.classifier(core.runs_folder() / run_id)
+classifier = core.classifier(model_dir)
 results = core.call(
     uploads.classify_uploads,
     classifier,
@@ -69,6 +66,6 @@ st.subheader("Batch results")
 table = uploads.results_table(results, top_k)
 st.dataframe(table, hide_index=True, key="classify_table")
 st.download_button(
-    "Download CSV", table.to_csv(index=False).encode("utf-8"), file_name=f"classified-{run_id}.csv",
+    "Download CSV", table.to_csv(index=False).encode("utf-8"), file_name=f"classified-{model_dir.name}.csv",
     mime="text/csv", key="classify_download", icon=":material/download:",
 )

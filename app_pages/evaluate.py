@@ -12,6 +12,11 @@ from app_support import charts, core, export_ui, jobs_ui
 
 st.title("Evaluate")
 
+card = core.bundled_card()
+if card:
+    with st.expander("The bundled real-painting model: model card (data, recipe, cross-validated numbers, limits)"):
+        st.markdown(card)
+
 # Guard and input: the evaluation core and a run with test predictions (the active run by default).
 core.require("evaluate", "Interpretation", "evaluating runs")
 run_id = jobs_ui.finished_run_picker(

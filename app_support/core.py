@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from genre_core import paths, runs
+from genre_core import bundle, paths, runs
 
 DEMO = "demo"
 
@@ -209,10 +209,23 @@ def _classifier(run_dir: str, stamp: float):
 
 
 def classifier(run_dir: str | os.PathLike):
-    """The run's classifier (loaded once per model file version)."""
+    """The run's classifier, or the bundled model's (loaded once per model file version)."""
     require("classify", "load_classifier", "loading a saved classifier")
     run_dir = str(run_dir)
-    return call(_classifier, run_dir, modification_time(Path(run_dir) / "model.keras"), failure=f"Cannot load the model of {Path(run_dir).name}")
+    model_file = bundle.HEAD_FILE if bundle.is_bundle(run_dir) else "model.keras"
+    return call(_classifier, run_dir, modification_time(Path(run_dir) / model_file), failure=f"Cannot load the model of {Path(run_dir).name}")
+
+
+@st.cache_data(show_spinner=False, max_entries=2)
+def _bundled_card(stamp: float) -> str:
+    return bundle.card()
+
+
+def bundled_card() -> str:
+    """The bundled real-painting model's card (markdown), '' when the bundle is missing."""
+    if not bundle.available():
+        return ""
+    return _bundled_card(modification_time(bundle.folder() / bundle.CARD_FILE))
 
 
 @st.cache_resource(show_spinner="Reading predictions...", max_entries=8)

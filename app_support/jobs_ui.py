@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from app_support import charts, core, shared, state
+from genre_core import bundle
 
 REFRESH_SECONDS = 1.5
 # A stalled job (no heartbeat for its stall limit) is still a live process: it keeps its panel and Cancel button.
@@ -181,6 +182,28 @@ def prepare_panel(dataset_spec: str) -> None:
             previous = latest_run("prepare", dataset_spec)
     if previous:
         job_panel(previous["path"], key="prepare_job", show_curves=False)
+
+
+BUNDLED_LABEL = "Bundled real-painting model (WikiArt, 10 genres)"
+
+
+def classifier_picker(key: str) -> Path:
+    """Guard and picker for the model that classifies: the bundled real-painting model first (the default, so a
+    fresh clone classifies real paintings without training), then finished runs with a saved model. Returns
+    the chosen model's folder; choosing a run makes it the active run."""
+    choices = ([bundle.REFERENCE] if bundle.available() else []) + core.finished_runs("classifier", need="model.keras")
+    if not choices:
+        st.info("No model yet: the bundled model is missing and no run has finished. Train one on the Train page, "
+                "or start the demo run here.")
+        demo_run_offer()
+        st.stop()
+    choice = st.selectbox("Model", choices, key=key,
+                          format_func=lambda name: BUNDLED_LABEL if name == bundle.REFERENCE else f"run {name}")
+    if choice == bundle.REFERENCE:
+        return bundle.folder()
+    if choice != state.read_state()["active_run"]:
+        state.set_active_run(choice)
+    return core.runs_folder() / choice
 
 
 def finished_run_picker(label: str, need: str, key: str, missing: str) -> str:

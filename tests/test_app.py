@@ -215,6 +215,8 @@ def test_train_page_launches_a_run_and_shows_live_progress(isolated_artifacts, t
     app = page("train").run()
     assert not app.exception
     assert texts(app.info) == ["No training runs yet. Fill in the form in the sidebar and press **Start training**."]
+    assert app.selectbox(key="train_recipe").value == "cpu-15min"  # the measured recipe is the default
+    app.selectbox(key="train_recipe").set_value("")  # "the settings above"
     app.selectbox(key="train_model").set_value("small_cnn")
     app.number_input(key="train_epochs").set_value(3)
     app.number_input(key="train_size").set_value(32)
@@ -336,10 +338,21 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def test_classify_page_guard_without_a_model(tiny_run):
+def test_classify_page_guard_without_a_model(tiny_run, monkeypatch):
+    from genre_core import bundle
+
+    monkeypatch.setattr(bundle, "available", lambda: False)
     app = page("classify").run()
     assert not app.exception
-    assert texts(app.info)[0].startswith("No finished run with a saved model yet.")
+    assert texts(app.info)[0].startswith("No model yet: the bundled model is missing and no run has finished.")
+
+
+def test_classify_page_defaults_to_the_bundled_model_on_a_fresh_clone(isolated_artifacts):
+    app = page("classify").run()
+    assert not app.exception
+    picker = app.selectbox(key="classify_run")
+    assert picker.value == "bundled" and picker.options == ["Bundled real-painting model (WikiArt, 10 genres)"]
+    assert texts(app.info) == ["Drop one or more paintings (JPEG, PNG, WebP, ...) to classify them."]
 
 
 def test_classify_page_classifies_good_files_and_names_bad_ones(tiny_run, monkeypatch):
@@ -349,6 +362,7 @@ def test_classify_page_classifies_good_files_and_names_bad_ones(tiny_run, monkey
     monkeypatch.setattr(uploads, "MAX_UPLOAD_PIXELS", 5000)
     app = page("classify").run()
     assert not app.exception
+    app.selectbox(key="classify_run").set_value(tiny_run.name).run()  # the run, not the bundled model
     assert texts(app.info) == ["Drop one or more paintings (JPEG, PNG, WebP, ...) to classify them."]
     app.get_by_key("classify_files").set_value(
         [

@@ -217,6 +217,10 @@ def test_drop_paintings_and_see_predictions(page, app_url, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"this is not a JPEG")
     open_page(page, app_url, "classify", "Drop paintings here")
+    # The bundled real-painting model is the default; this journey classifies with the demo-style run.
+    page.locator(".st-key-classify_run").click()
+    page.get_by_role("option", name=f"run {RUN_ID}").click()
+    settle(page)
     page.locator('input[type="file"]').set_input_files([str(portrait), str(broken)])
     page.get_by_text("Batch results").wait_for(timeout=90_000)
     settle(page)
@@ -228,6 +232,28 @@ def test_drop_paintings_and_see_predictions(page, app_url, tmp_path):
     top_genre = page.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"] strong').first.inner_text()
     assert top_genre in DEMO_GENRES
     screenshot(page, "classify")
+
+
+def test_a_fresh_clone_classifies_a_painting_with_the_bundled_model(page, tmp_path):
+    """No run and no training: the Classify page answers with the bundled real-painting model."""
+    from genre_core import bundle, demo, fileio
+
+    classes = fileio.read_json(bundle.folder() / "classes.json")
+    painting = tmp_path / "landscape.png"
+    Image.fromarray(demo.generate_demo_image("landscape", seed=2, size=300)).save(painting)
+    root = tmp_path / "artifacts"
+    with streamlit_server(root, tmp_path / "streamlit.log") as url:
+        open_page(page, url, "classify", "Drop paintings here")
+        picker = page.locator(".st-key-classify_run")
+        shown = picker.inner_text() + " ".join(field.input_value() for field in picker.locator("input").all())
+        assert "Bundled real-painting model" in shown, shown
+        page.locator('input[type="file"]').set_input_files([str(painting)])
+        page.get_by_text("Batch results").wait_for(timeout=120_000)
+        settle(page)
+        top_genre = page.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"] strong').first.inner_text()
+        assert top_genre in classes
+        assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    assert not (root / "runs").exists() or not any((root / "runs").iterdir())
 
 
 def test_click_a_confusion_matrix_cell_and_see_its_paintings(page, app_url):
@@ -258,6 +284,9 @@ def test_launch_a_training_run_from_the_sidebar_and_see_it_finish(page, app_url)
     pytest.importorskip("genre_core.train", reason="genre_core.train has not landed")
     open_page(page, app_url, "train", "Queue and history")
     sidebar = page.locator('[data-testid="stSidebar"]')
+    # The form defaults to the measured recipe; this test trains the small settings it types in.
+    sidebar.get_by_role("combobox", name="Recipe").click()
+    page.get_by_role("option", name="the settings above").click()
     sidebar.get_by_label("Epochs").fill("1")
     sidebar.get_by_label("Image size (px, 0 = the model's default)").fill("32")
     sidebar.get_by_label("Batch size").fill("8")

@@ -90,3 +90,34 @@ def test_bundling_an_end_to_end_run_is_refused(tiny_dataset_dir, isolated_artifa
     capsys.readouterr()
     assert cli.main(["bundle", str(run.path), "--out", str(tmp_path / "nope")]) == 2
     assert "only a frozen-feature run" in capsys.readouterr().err
+
+
+def test_the_shipped_bundle_loads_with_safe_mode_and_matches_its_hashes():
+    import keras
+
+    from genre_core import layers
+
+    assert bundle.available(), f"the bundled model is missing from {bundle.folder()}"
+    assert bundle.verify() == []
+    layers.register_all()
+    head = keras.saving.load_model(bundle.folder() / bundle.HEAD_FILE, safe_mode=True, compile=False)
+    classes = fileio.read_json(bundle.folder() / "classes.json")
+    assert head.output_shape == (None, len(classes)) and len(classes) == 10
+    card = bundle.card()
+    metrics = fileio.read_json(bundle.folder() / "metrics.json")
+    folds = metrics["crossval"]
+    assert folds["folds"] == 5 and len(folds["per_fold"]) == 5
+    assert f"{folds['mean']['accuracy']:.3f} ± {folds['sd']['accuracy']:.3f}" in card
+    assert "non-commercial research" in card
+    for genre in classes:
+        assert f"| {genre} |" in card
+
+
+def test_classify_without_run_uses_the_shipped_bundle(tmp_path, capsys):
+    from conftest import make_tiny_image
+
+    make_tiny_image("landscape", 1, size=64).save(tmp_path / "one.png")
+    assert cli.main(["classify", str(tmp_path / "one.png")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    classes = fileio.read_json(bundle.folder() / "classes.json")
+    assert result["top"][0]["genre"] in classes
