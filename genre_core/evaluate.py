@@ -26,13 +26,14 @@ import pandas as pd
 
 from genre_core import fileio, paths
 from genre_core.dataset import Dataset
+from genre_core.scoring import PROBABILITY_FLOOR, mean_log_loss
 
 PREDICTION_COLUMNS = ("path", "true", "predicted", "confidence")
 TOP_K = 3
 # cleanlab's confident-learning estimates need a handful of examples of every given genre.
 CLEANLAB_MIN_PER_CLASS = 5
-# Probabilities are clipped away from zero before taking logarithms, as scikit-learn's log_loss does.
-EPSILON = 1e-15
+# Probabilities are clipped away from zero before taking logarithms, as training's scores do.
+EPSILON = PROBABILITY_FLOOR
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -241,8 +242,8 @@ class Interpretation:
 
     def metrics(self) -> dict:
         """Accuracy, balanced accuracy, top-3 accuracy, log loss, macro and weighted P/R/F1, and the overfitting gap."""
-        from sklearn.metrics import (accuracy_score, balanced_accuracy_score, log_loss,
-                                     precision_recall_fscore_support, top_k_accuracy_score)
+        from sklearn.metrics import (accuracy_score, balanced_accuracy_score, precision_recall_fscore_support,
+                                     top_k_accuracy_score)
 
         k = min(TOP_K, self.n_classes)
         if k >= self.n_classes:
@@ -260,7 +261,7 @@ class Interpretation:
             "balanced_accuracy": float(balanced),
             "top_k": k,
             "top3_accuracy": float(top_k),
-            "log_loss": float(log_loss(self.labels, self.probabilities, labels=self.label_range)),
+            "log_loss": mean_log_loss(self.labels, self.probabilities, self.n_classes),
         }
         for average in ("macro", "weighted"):
             precision, recall, f1, _ = precision_recall_fscore_support(

@@ -15,7 +15,7 @@ PROBABILITY_FLOOR = 1e-7
 
 def classification_scores(labels, probabilities, num_classes: int) -> dict:
     """Accuracy, macro-F1, balanced accuracy, top-3 accuracy and log loss of predicted probabilities."""
-    from sklearn.metrics import accuracy_score, f1_score, log_loss, top_k_accuracy_score
+    from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
 
     labels = np.asarray(labels)
     probabilities = np.asarray(probabilities)
@@ -23,8 +23,6 @@ def classification_scores(labels, probabilities, num_classes: int) -> dict:
         return {"accuracy": None, "macro_f1": None, "balanced_accuracy": None, "top3_accuracy": None,
                 "loss": None, "count": 0}
     predicted = probabilities.argmax(axis=1)
-    clipped = np.clip(probabilities.astype(np.float64), PROBABILITY_FLOOR, 1.0)
-    clipped /= clipped.sum(axis=1, keepdims=True)
     class_range = list(range(num_classes))
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
@@ -33,9 +31,19 @@ def classification_scores(labels, probabilities, num_classes: int) -> dict:
         # With three genres or fewer, top-3 accuracy is 1 by construction: not reported.
         "top3_accuracy": float(top_k_accuracy_score(labels, probabilities, k=3, labels=class_range))
         if num_classes > 3 else None,
-        "loss": float(log_loss(labels, clipped, labels=class_range)),
+        "loss": mean_log_loss(labels, probabilities, num_classes),
         "count": int(len(labels)),
     }
+
+
+def mean_log_loss(labels, probabilities, num_classes: int) -> float:
+    """scikit-learn's log loss after clipping the probabilities to PROBABILITY_FLOOR and renormalising (the
+    one definition behind metrics.json's and evaluation.json's losses)."""
+    from sklearn.metrics import log_loss
+
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), PROBABILITY_FLOOR, 1.0)
+    clipped /= clipped.sum(axis=1, keepdims=True)
+    return float(log_loss(labels, clipped, labels=list(range(num_classes))))
 
 
 def _balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:

@@ -48,3 +48,17 @@ def test_scores_mean_and_sd_over_folds_with_a_known_classifier():
     flipped = crossval.cross_validate(rows, all_labels, 2, 0, 2, oracle,
                                       adjust=lambda probabilities, train_rows: probabilities[:, ::-1])
     assert flipped["mean"]["accuracy"] == 0.25 and flipped["unadjusted_mean"]["accuracy"] == 0.75
+
+
+def test_training_and_evaluation_report_the_same_log_loss():
+    import pandas as pd
+
+    from genre_core import evaluate, scoring
+
+    probabilities = np.array([[0.0, 1.0], [0.7, 0.3], [0.2, 0.8]])
+    labels = np.array([0, 0, 1])
+    frame = evaluate.predictions_frame(["a", "b", "c"], ["x", "x", "y"], probabilities, ["x", "y"])
+    interpretation = evaluate.Interpretation.from_predictions(pd.DataFrame(frame), ["x", "y"])
+    training = scoring.classification_scores(labels, probabilities, 2)["loss"]
+    assert interpretation.metrics()["log_loss"] == pytest.approx(training, rel=1e-12)
+    assert training == pytest.approx(-np.mean(np.log([1e-7 / (1 + 1e-7), 0.7, 0.8])), rel=1e-6)
