@@ -93,3 +93,67 @@ def test_inception_feature_space_loads_a_local_weights_file(tmp_path, monkeypatc
     # The file's weights, not a fresh initialisation, are in the feature network.
     loaded = extractor._model.get_layer(index=1).get_weights()[0]
     np.testing.assert_array_equal(loaded, source.get_layer(index=1).get_weights()[0])
+
+
+def test_fixed_space_kid_of_a_set_with_itself_is_about_zero_and_ignores_the_scale():
+    rng = np.random.default_rng(5)
+    real = np.abs(rng.normal(0.0, 30.0, (400, 64)))  # pooled ReLU features are non-negative and large
+    same = quality.fixed_kid(real, real, seed=0)
+    assert same["feature_space"] == quality.FIXED_SPACE == "hed_vgg16_conv345_rms@64"
+    assert (same["subsets"], same["subset_size"]) == (10, 200)
+    assert same["scale"] == pytest.approx(np.sqrt(np.mean(real ** 2)))
+    shifted = quality.fixed_kid(real * 1.5, real, seed=0)
+    assert abs(same["kid"]) < 0.02 and shifted["kid"] > 50 * max(abs(same["kid"]), 1e-4)
+    # One global scale taken from the real set: multiplying both sets by 10 changes nothing.
+    scaled = quality.fixed_kid(real * 15.0, real * 10.0, seed=0)
+    assert scaled["kid"] == pytest.approx(shifted["kid"], rel=1e-9)
+
+
+def test_fixed_space_extractor_reads_block3_to_5_conv3_at_64_px():
+    extractor = quality.FeatureExtractor("hed_vgg16_fixed", image_size=128)
+    assert (extractor.name, extractor.image_size) == (quality.FIXED_SPACE, 64)
+    rng = np.random.default_rng(6)
+    # Smooth random "paintings": a 4x4 colour layout blown up to 40 px, and the same layouts much darker.
+    layouts = rng.integers(0, 256, (40, 4, 4, 3)).astype(np.uint8)
+    images = np.repeat(np.repeat(layouts, 10, axis=1), 10, axis=2)
+    features = extractor(images)
+    assert features.shape == (40, 256 + 512 + 512) and np.isfinite(features).all()
+    itself = quality.fixed_kid(features, features, subset_size=20)
+    other = quality.fixed_kid(extractor(images // 4), features, subset_size=20)
+    assert abs(itself["kid"]) < 0.05 * other["kid"]
+
+
+def test_diversity_is_zero_for_copies_and_about_one_for_another_draw():
+    rng = np.random.default_rng(7)
+    real = rng.normal(0.0, 1.0, (100, 16))
+    assert quality.diversity(np.repeat(real[:1], 50, axis=0), real)["ratio"] == pytest.approx(0.0, abs=1e-6)
+    assert quality.diversity(rng.normal(0.0, 1.0, (100, 16)), real)["ratio"] == pytest.approx(1.0, abs=0.05)
+
+
+class StubClassifier:
+    """A classifier stand-in: calls an image 'landscape' when it is bright, else 'portrait'."""
+
+    classes = ["abstract", "landscape", "portrait"]
+    size = (24, 20)  # (width, height)
+
+    def __init__(self):
+        self.shapes = []
+
+    def predict_arrays(self, batch):
+        self.shapes.append(batch.shape)
+        bright = batch.reshape(len(batch), -1).mean(axis=1) > 128
+        probabilities = np.zeros((len(batch), 3))
+        probabilities[bright, 1] = 0.9
+        probabilities[~bright, 2] = 0.9
+        return probabilities
+
+
+def test_recognisability_on_a_stub_classifier_returns_the_known_share():
+    images = np.concatenate([np.full((3, 16, 16, 3), 220, np.uint8), np.full((5, 16, 16, 3), 20, np.uint8)])
+    judge = StubClassifier()
+    result = quality.recognisability(judge, images, "landscape", batch_size=4)
+    assert result == {"share": 3 / 8, "n": 8, "genre": "landscape"}
+    assert judge.shapes == [(4, 20, 24, 3), (4, 20, 24, 3)]  # brought to the classifier's size
+    assert quality.recognisability(judge, images, "portrait")["share"] == 5 / 8
+    with pytest.raises(ValueError, match="does not know genre"):
+        quality.recognisability(judge, images, "cityscape")
