@@ -1,4 +1,4 @@
-"""GAN runs: train a DCGAN on one genre (or a conditional one on several), sample it, measure it.
+"""GAN runs: train a GAN on one genre (or a conditional one on several), sample it, measure it.
 
 A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md, "Run folders"):
 
@@ -8,9 +8,15 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `classes.json` | the genres, label order (one genre for an unconditional run) |
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
 | `generator.keras` | the EMA generator (loads with `safe_mode=True`) |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, seconds, cpu_seconds, real_accuracy, feature_space` |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, recognised, recognised_real, diversity, elapsed_seconds` |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
+
+Quality per epoch (all measured on a fixed latent batch against real images the GAN did not train on):
+`kid` in the configured feature space, `kid_fixed` in `quality.FIXED_SPACE` (comparable across projects),
+`recognised` (the share of samples a real-painting classifier calls by the run's genre; `recognised_real`
+is the same share for held-out real images brought to the GAN's size) and `diversity` (mean pairwise feature
+distance of samples over that of real images, per genre).
 
 `execute(run)` is the executor that `python -m genre_core job RUN_DIR` calls for kind "gan"; it resumes from
 `checkpoint/` when one exists and stops cleanly (raising `runs.Cancelled`) when a cancel is requested.
@@ -36,6 +42,17 @@ SAMPLES_DIR = "samples"
 CHECKPOINT_STATE = "state.npz"
 CHECKPOINT_INFO = "state.json"
 RESIZE_POLICIES = ("crop", "squash", "letterbox")
+BUDGET_EPOCHS = 10_000  # epochs = 0 with a time budget: train until the budget says stop
+BUDGET_CLOCKS = ("wall", "cpu")
+
+
+def budget_clock(kind: str = "wall"):
+    """A seconds clock for time budgets: wall-clock time, or this process's CPU time divided by the cores it
+    may use (on a machine shared with other jobs, "15 minutes on 2 cores" means 30 CPU-minutes of work)."""
+    if kind == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return lambda: time.process_time() / cores
+    return time.monotonic
 
 
 @dataclass
@@ -46,14 +63,18 @@ class GanConfig:
     genre: str | None = "landscape"  # unconditional: the genre to learn
     conditional: bool = False
     genres: list[str] = field(default_factory=list)  # conditional: the genres to learn (empty: all)
-    image_size: int = 64
+    architecture: str = "projected"  # projected (FastGAN-style G, Projected-GAN D) | dcgan (see gan_models.py)
+    image_size: int = 128
     policy: str = "crop"
-    epochs: int = 20
-    batch_size: int = 32
+    epochs: int = 20  # 0: as many as the time budget allows
+    batch_size: int = 16
     min_steps_per_epoch: int = 50  # small genres repeat their images so that an epoch has at least this many steps
     max_images: int = 0  # 0: every image of the genre(s)
+    holdout_fraction: float = 0.2  # share of each genre kept out of training for KID when the data has no val/test
     latent_dim: int = 128
-    base_channels: int = 32
+    base_channels: int = 16
+    loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
+    mode_seeking: float = -1.0  # weight of the MSGAN mode-seeking term; -1: 1.0 for conditional runs, else 0
     learning_rate: float = 2e-4
     beta_1: float = 0.5
     ema_decay: float = 0.995
@@ -63,21 +84,40 @@ class GanConfig:
     augment_speed: float = 0.005
     horizontal_flip: bool = True
     feature_space: str = "auto"  # auto | inception_v3 | hed_vgg16 (see quality.py)
-    kid_image_size: int = 96
+    kid_image_size: int = 64
     kid_samples: int = 256  # generated and real images per KID measurement; 0 switches KID off
     kid_every: int = 1
+    judge: str = "auto"  # real-painting classifier run for the recognisability score; "auto": newest fitting; "": off
+    judge_samples: int = 64  # generated (and real) images the judge classifies per epoch
     grid_images: int = 36
-    time_budget_minutes: float = 0.0  # 0: no limit; else stop after the epoch that passes it
+    time_budget_minutes: float = 0.0  # 0: no limit; else no epoch is started that would not end inside it
+    budget_clock: str = "wall"  # wall: wall-clock time; cpu: this process's CPU time / usable cores (a shared machine)
     seed: int = 0
 
     def validate(self) -> "GanConfig":
         """Raise ValueError naming the first bad option; return self."""
         gan_models.check_size(self.image_size)
+        if self.architecture not in gan_models.ARCHITECTURES:
+            raise ValueError(f"architecture {self.architecture!r} is not one of {gan_models.ARCHITECTURES}")
+        if self.architecture == "dcgan" and self.image_size > 128:
+            raise ValueError("the dcgan architecture goes up to 128 px; use architecture 'projected' for 256")
+        if self.loss and self.loss not in gan_models.LOSSES:
+            raise ValueError(f"loss {self.loss!r} is not one of {gan_models.LOSSES}")
+        if int(self.epochs) == 0 and not self.time_budget_minutes:
+            raise ValueError("epochs 0 means 'until the time budget', so it needs time_budget_minutes > 0")
+        if int(self.epochs) < 0:
+            raise ValueError(f"epochs must be at least 0, got {self.epochs}")
+        if not 0.0 <= self.holdout_fraction < 0.9:
+            raise ValueError(f"holdout_fraction must be in 0..0.9, got {self.holdout_fraction}")
+        if self.budget_clock not in BUDGET_CLOCKS:
+            raise ValueError(f"budget_clock {self.budget_clock!r} is not one of {BUDGET_CLOCKS}")
+        if self.judge_samples < 0:
+            raise ValueError(f"judge_samples must be at least 0, got {self.judge_samples}")
         if self.policy not in RESIZE_POLICIES:
             raise ValueError(f"policy {self.policy!r} is not one of {RESIZE_POLICIES}")
         if not self.conditional and not self.genre:
             raise ValueError("an unconditional GAN needs a genre (or pass conditional=True)")
-        for name in ("epochs", "batch_size", "latent_dim", "base_channels", "min_steps_per_epoch", "kid_every"):
+        for name in ("batch_size", "latent_dim", "base_channels", "min_steps_per_epoch", "kid_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.augment_probability <= 1.0:
@@ -99,12 +139,29 @@ class GanConfig:
         return dataclasses.asdict(self)
 
 
+    @property
+    def planned_epochs(self) -> int:
+        """The epoch count to train for: `epochs`, or BUDGET_EPOCHS when 0 leaves it to the time budget."""
+        return int(self.epochs) or BUDGET_EPOCHS
+
+    @property
+    def mode_seeking_weight(self) -> float:
+        """The mode-seeking weight in use (-1 resolves to 1.0 for conditional runs, else 0)."""
+        if self.mode_seeking < 0:
+            return 1.0 if self.conditional else 0.0
+        return float(self.mode_seeking)
+
+
 @dataclass
 class _ModelShape:
     """What `gan_models.make_gan` needs: the config plus the number of genres."""
 
     config: GanConfig
     num_classes: int
+
+    @property
+    def mode_seeking(self) -> float:
+        return self.config.mode_seeking_weight
 
     def __getattr__(self, name):
         return getattr(self.config, name)
@@ -115,10 +172,12 @@ class _ModelShape:
 
 
 def load_training_images(config: GanConfig, progress=None):
-    """Return (train uint8 (N,S,S,3), train labels int32, reference uint8 images, classes) for a config.
+    """Return (train uint8 (N,S,S,3), train labels int32, reference uint8 images, reference labels, classes).
 
-    Images come from the preprocessed cache at the GAN size. The reference set for KID is the genre's
-    held-out split (val/test) when it has at least 50 images, else a subset of the training images."""
+    Images come from the preprocessed cache at the GAN size. The reference set for KID, diversity and the
+    judge is the genre's held-out split (val/test) when it has at least 50 images; else a seeded random
+    `holdout_fraction` of the genre is kept out of training (when both parts keep at least 50 images);
+    else, for tiny genres, the training images themselves."""
     from genre_core import cache as cache_module
     from genre_core import sources
 
@@ -141,7 +200,12 @@ def load_training_images(config: GanConfig, progress=None):
         held_out = indices[np.isin(splits, ("val", "test"))]
         train = indices[~np.isin(splits, ("val", "test"))]
         if len(held_out) < 50 or len(train) < 50:
-            train, held_out = indices, np.array([], dtype=int)
+            count = int(round(len(indices) * config.holdout_fraction))
+            if count >= 50 and len(indices) - count >= 50:
+                shuffled = np.random.default_rng(config.seed).permutation(indices)
+                held_out, train = np.sort(shuffled[:count]), np.sort(shuffled[count:])
+            else:
+                train, held_out = indices, np.array([], dtype=int)
         train_parts.append(train)
         held_out_parts.append(held_out)
     train_indices = np.concatenate(train_parts)
@@ -153,10 +217,11 @@ def load_training_images(config: GanConfig, progress=None):
     label_of = {cache.classes.index(name): position for position, name in enumerate(classes)}
     labels = np.array([label_of[int(label)] for label in cache_labels], dtype=np.int32)
     if len(held_out_indices):
-        reference, _ = cache_module.load_arrays(cache, held_out_indices)
+        reference, reference_cache_labels = cache_module.load_arrays(cache, held_out_indices)
+        reference_labels = np.array([label_of[int(label)] for label in reference_cache_labels], dtype=np.int32)
     else:
-        reference = images
-    return images, labels, reference, classes
+        reference, reference_labels = images, labels
+    return images, labels, reference, reference_labels, classes
 
 
 def make_training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, horizontal_flip: bool, seed: int):
@@ -285,21 +350,22 @@ def _epoch_callback_class():
     import keras
 
     class GanRunCallback(keras.callbacks.Callback):
-        """Per batch: progress and cancel. Per epoch: EMA recalibration, grid, KID, history, checkpoint."""
+        """Per batch: progress and cancel. Per epoch: EMA recalibration, grid, quality, history, checkpoint."""
 
-        def __init__(self, run, config, classes, steps_per_epoch, progress, real_features, extractor, start_time,
-                     previous_seconds):
+        def __init__(self, run, config, classes, steps_per_epoch, progress, reference, start_time,
+                     previous_seconds, clock=time.monotonic):
             super().__init__()
             self.run = run
             self.config = config
             self.classes = classes
             self.steps_per_epoch = steps_per_epoch
             self.progress = progress
-            self.real_features = real_features
-            self.extractor = extractor
+            self.reference = reference
             self.cancelled = False
             self.start_time = start_time
             self.previous_seconds = previous_seconds
+            self.clock = clock  # the budget's clock (wall or CPU); start_time is on it
+            self.epoch_clock_start = clock()
             self.epoch_start = time.monotonic()
             self.epoch_cpu_start = time.process_time()
             conditional = config.conditional
@@ -310,6 +376,7 @@ def _epoch_callback_class():
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_start = time.monotonic()
+            self.epoch_clock_start = self.clock()
             self.epoch_cpu_start = time.process_time()
 
         def on_train_batch_end(self, batch, logs=None):
@@ -318,6 +385,13 @@ def _epoch_callback_class():
                 self.cancelled = True
                 self.model.stop_training = True
 
+        def _planned_total(self, number: int, epoch_seconds: float, elapsed: float) -> int:
+            """The epoch count to show: the config's, or (budget only) how many more fit at this pace."""
+            if self.config.epochs:
+                return int(self.config.epochs)
+            remaining = self.config.time_budget_minutes * 60.0 - elapsed
+            return number + max(0, int(remaining // max(epoch_seconds, 1e-6)))
+
         def on_epoch_end(self, epoch, logs=None):
             if self.cancelled:
                 return
@@ -325,57 +399,185 @@ def _epoch_callback_class():
             gan = self.model
             config = self.config
             number = epoch + 1
+            planned = config.planned_epochs
+            train_seconds = self.clock() - self.epoch_clock_start
             gan.recalibrate_ema(seed=config.seed + 3)
             samples = _generate(gan.ema_generator, self.grid_noise, self.grid_labels)
             columns = int(np.ceil(np.sqrt(len(samples))))
             if config.conditional:
                 columns = len(self.classes) * max(1, columns // len(self.classes))
             write_png(grid(samples, columns), self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
-            measured = {"kid": None, "kid_std": None, "feature_space": None}
-            if self.real_features is not None and (number % config.kid_every == 0 or number == config.epochs):
-                measured = measure(gan.ema_generator, self.kid_noise, self.kid_labels, self.real_features,
-                                   self.extractor, seed=config.seed)
+            # The budget check below may end the run after this epoch: measure the last epoch in any case.
+            elapsed_so_far = self.previous_seconds + self.clock() - self.start_time
+            budget = config.time_budget_minutes * 60.0
+            last = number >= planned or (budget and elapsed_so_far + train_seconds * 1.15 > budget)
+            measured = {}
+            if self.reference is not None and (number % config.kid_every == 0 or last):
+                measured = measure(gan.ema_generator, self.kid_noise, self.kid_labels, self.reference, self.classes,
+                                   seed=config.seed)
                 _append_quality(self.run, number, measured)
             seconds = time.monotonic() - self.epoch_start
+            budget_seconds = self.clock() - self.epoch_clock_start
+            elapsed = self.previous_seconds + self.clock() - self.start_time
             row = {
                 "epoch": number,
                 "d_loss": float(logs.get("d_loss", np.nan)),
                 "g_loss": float(logs.get("g_loss", np.nan)),
-                "kid": measured["kid"],
-                "kid_std": measured["kid_std"],
+                "kid": measured.get("kid"),
+                "kid_std": measured.get("kid_std"),
                 "aug_p": float(logs.get("aug_p", np.nan)),
                 "seconds": round(seconds, 2),
                 "cpu_seconds": round(time.process_time() - self.epoch_cpu_start, 2),
                 "real_accuracy": float(logs.get("real_accuracy", np.nan)),
-                "feature_space": measured["feature_space"],
+                "feature_space": measured.get("feature_space"),
+                "kid_fixed": measured.get("kid_fixed"),
+                "kid_fixed_std": measured.get("kid_fixed_std"),
+                "recognised": measured.get("recognised"),
+                "recognised_real": measured.get("recognised_real"),
+                "diversity": measured.get("diversity"),
+                "elapsed_seconds": round(elapsed, 2),  # since the start, on the budget's clock
             }
             self.run.append_history(row)
             tensorboard_log.log_gan_epoch(self.run, row, self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
             save_generator(gan, self.run)
-            elapsed = self.previous_seconds + time.monotonic() - self.start_time
             save_checkpoint(gan, self.run, number, {"elapsed_seconds": round(elapsed, 2)})
-            kid_text = f"{measured['kid']:.4g} ± {measured['kid_std']:.2g}" if measured["kid"] is not None else "-"
-            print(f"epoch {number}/{config.epochs}: d_loss {row['d_loss']:.3f} g_loss {row['g_loss']:.3f} "
-                  f"aug_p {row['aug_p']:.2f} KID {kid_text} ({seconds:.0f} s)", flush=True)
-            self.progress({"stage": "epoch", "done": number, "total": config.epochs,
-                           "message": f"epoch {number}/{config.epochs}, KID {kid_text}"})
-            budget = config.time_budget_minutes * 60.0
-            if budget and elapsed >= budget and number < config.epochs:
-                print(f"time budget of {config.time_budget_minutes} min reached after epoch {number}", flush=True)
+            text = _quality_text(measured)
+            total = self._planned_total(number, budget_seconds, elapsed)
+            print(f"epoch {number}/{total}: d_loss {row['d_loss']:.3f} g_loss {row['g_loss']:.3f} "
+                  f"aug_p {row['aug_p']:.2f} {text} ({seconds:.0f} s, {elapsed / 60:.1f} min in all)", flush=True)
+            self.progress({"stage": "epoch", "done": number, "total": total,
+                           "message": f"epoch {number}/{total}, {text}"})
+            # Stop when the next epoch would not end inside the budget (15% margin for its measurement).
+            if budget and number < planned and elapsed + budget_seconds * 1.15 > budget:
+                print(f"time budget of {config.time_budget_minutes} min: stopping after epoch {number} "
+                      f"({elapsed / 60:.1f} min)", flush=True)
                 gan.stop_training = True
 
     return GanRunCallback
 
 
-def measure(generator, noise, labels, real_features, extractor, seed: int = 0) -> dict:
-    """KID of the generator's images for a fixed latent batch against precomputed real features."""
+def _quality_text(measured: dict) -> str:
+    """A short progress text of the epoch's quality numbers."""
+    parts = []
+    if measured.get("kid_fixed") is not None:
+        parts.append(f"KID(fixed) {measured['kid_fixed']:.3g} ± {measured['kid_fixed_std']:.2g}")
+    if measured.get("kid") is not None:
+        parts.append(f"KID {measured['kid']:.4g}")
+    if measured.get("recognised") is not None:
+        parts.append(f"recognised {measured['recognised']:.0%} (real {measured['recognised_real']:.0%})")
+    if measured.get("diversity") is not None:
+        parts.append(f"diversity {measured['diversity']:.2f}")
+    return ", ".join(parts) or "no quality measured"
+
+
+@dataclass
+class Reference:
+    """Real images the GAN did not train on, with what every epoch compares against, computed once."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    extractor: object  # the configured KID space
+    features: np.ndarray  # in the configured space (at most kid_samples images)
+    fixed_extractor: object
+    fixed_features: np.ndarray  # in quality.FIXED_SPACE (every reference image)
+    judge: object = None  # a classify.Classifier, or None
+    judge_name: str | None = None
+    judge_real: dict = field(default_factory=dict)  # genre -> share of real images the judge calls that genre
+    judge_samples: int = 64  # images per genre that the judge classifies
+
+
+def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels: np.ndarray, classes,
+                      progress=None) -> Reference:
+    """Features of the held-out real images in both spaces, and the judge with its share on real images."""
+    from genre_core import quality
+
+    progress = progress or (lambda event: None)
+    progress({"stage": "prepare", "done": 0, "total": 1, "message": "computing real-image features for KID"})
+    extractor = quality.feature_extractor(config.feature_space, config.kid_image_size)
+    fixed_extractor = quality.feature_extractor("hed_vgg16_fixed")
+    rng = np.random.default_rng(config.seed)
+    chosen = np.sort(rng.choice(len(reference), min(config.kid_samples, len(reference)), replace=False))
+    # One pass over every held-out image gives both spaces (the configured one keeps kid_samples of them).
+    features, fixed_features = quality.extract_many(np.asarray(reference), [extractor, fixed_extractor])
+    features = features[chosen]
+    result = Reference(np.asarray(reference), np.asarray(reference_labels), extractor, features, fixed_extractor,
+                       fixed_features, judge_samples=int(config.judge_samples))
+    judge_path = find_judge(config.judge, classes)
+    if judge_path is not None and config.judge_samples:
+        from genre_core import classify
+
+        progress({"stage": "prepare", "done": 0, "total": 1, "message": "the judge classifies real images"})
+        result.judge = classify.load_classifier(judge_path)
+        result.judge_name = Path(judge_path).name
+        for label, genre in enumerate(classes):
+            of_genre = np.flatnonzero(result.labels == label)[: config.judge_samples]
+            if len(of_genre):
+                result.judge_real[genre] = quality.recognisability(result.judge, result.images[of_genre], genre)["share"]
+    return result
+
+
+def find_judge(judge: str | None, genres) -> Path | None:
+    """The classifier run that scores recognisability: `judge` (a run id or folder) when given, which must know
+    every genre; with "auto" the newest finished classifier run whose classes include every genre; None
+    when `judge` is empty or "auto" finds none."""
+    if not judge or judge == "none":
+        return None
+    genres = list(genres)
+    if judge != "auto":
+        run = runs.open_run(judge, kind="classifier")
+        missing = [genre for genre in genres if genre not in (run.classes() or [])]
+        if missing:
+            raise ValueError(f"judge run {run.id} does not know genre(s) {', '.join(missing)}")
+        if not (run.path / "model.keras").exists():
+            raise ValueError(f"judge run {run.id} has no model.keras")
+        return run.path
+    for row in runs.list_runs("classifier"):
+        if row.get("state") != "finished" or row.get("damaged"):
+            continue
+        folder = Path(row["path"])
+        classes = fileio.read_json(folder / "classes.json", default=None) or []
+        if all(genre in classes for genre in genres) and (folder / "model.keras").exists():
+            return folder
+    return None
+
+
+def measure(generator, noise, labels, reference: Reference, classes, seed: int = 0) -> dict:
+    """Quality of the generator's images for a fixed latent batch against the held-out real images:
+    KID in the configured space and in the fixed space, recognisability and diversity (per genre, averaged)."""
     from genre_core import quality
 
     generated = _generate(generator, noise, labels)
-    features = extractor(generated)
+    features, fixed_features = quality.extract_many(generated, [reference.extractor, reference.fixed_extractor])
     # Subsets of half the smaller set, so that the spread over subsets says how stable the number is.
-    subset_size = max(2, min(len(features), len(real_features), 2000) // 2)
-    return quality.compare(features, real_features, extractor.name, subsets=50, subset_size=subset_size, seed=seed)
+    subset_size = max(2, min(len(features), len(reference.features), 2000) // 2)
+    result = quality.compare(features, reference.features, reference.extractor.name, subsets=50,
+                             subset_size=subset_size, seed=seed)
+    fixed = quality.fixed_kid(fixed_features, reference.fixed_features, seed=seed)
+    result.update(kid_fixed=fixed["kid"], kid_fixed_std=fixed["kid_std"], fixed_space=fixed["feature_space"])
+    generated_labels = np.zeros(len(generated), np.int32) if labels is None else np.asarray(labels)
+    ratios, shares, real_shares, per_genre = [], [], [], {}
+    for label, genre in enumerate(classes):
+        mine = generated_labels == label
+        real = reference.labels == label
+        record = {}
+        if mine.sum() >= 2 and real.sum() >= 2:
+            record["diversity"] = quality.diversity(fixed_features[mine], reference.fixed_features[real])["ratio"]
+            ratios.append(record["diversity"])
+        if reference.judge is not None and genre in reference.judge_real:
+            chosen = np.flatnonzero(mine)[:reference.judge_samples]
+            record["recognised"] = quality.recognisability(reference.judge, generated[chosen], genre)["share"]
+            record["recognised_real"] = reference.judge_real[genre]
+            shares.append(record["recognised"])
+            real_shares.append(record["recognised_real"])
+        per_genre[genre] = record
+    result.update(
+        diversity=float(np.mean(ratios)) if ratios else None,
+        recognised=float(np.mean(shares)) if shares else None,
+        recognised_real=float(np.mean(real_shares)) if real_shares else None,
+        judge=reference.judge_name,
+        per_genre=per_genre,
+    )
+    return result
 
 
 def _append_quality(run: runs.Run, epoch: int, measured: dict) -> None:
@@ -392,11 +594,13 @@ def execute(run, progress=None) -> None:
 
     run = runs.open_run(run, kind="gan")
     config = GanConfig.from_dict(run.config()).validate()
+    clock = budget_clock(config.budget_clock)
+    start_time = clock()
     writer = runs.ProgressWriter(run)
     progress = progress or writer
     keras.utils.set_random_seed(config.seed)
     progress({"stage": "prepare", "done": 0, "total": 1, "message": "loading images"})
-    images, labels, reference, classes = load_training_images(config, progress=progress)
+    images, labels, reference_images, reference_labels, classes = load_training_images(config, progress=progress)
     run.write_classes(classes)
     gan = gan_models.make_gan(_ModelShape(config, len(classes)))
     info = load_checkpoint(gan, run)
@@ -405,27 +609,27 @@ def execute(run, progress=None) -> None:
     run.truncate_history(initial_epoch)
     if initial_epoch:
         print(f"resuming after epoch {initial_epoch}", flush=True)
-    if initial_epoch >= config.epochs:
+    if initial_epoch >= config.planned_epochs:
         return
-    real_features, extractor = None, None
+    reference = None
     if config.kid_samples:
-        from genre_core import quality
-
-        progress({"stage": "prepare", "done": 0, "total": 1, "message": "computing real-image features for KID"})
-        extractor = quality.feature_extractor(config.feature_space, config.kid_image_size)
-        rng = np.random.default_rng(config.seed)
-        chosen = rng.choice(len(reference), min(config.kid_samples, len(reference)), replace=False)
-        real_features = extractor(np.asarray(reference[np.sort(chosen)]))
+        reference = prepare_reference(config, reference_images, reference_labels, classes, progress)
+        if reference.judge is not None:
+            shares = ", ".join(f"{genre} {share:.0%}" for genre, share in reference.judge_real.items())
+            print(f"judge {reference.judge_name} calls held-out real images by their genre: {shares}", flush=True)
+        elif config.judge:
+            print("no finished classifier run knows these genres: recognisability is not measured", flush=True)
     steps_per_epoch = max(len(images) // config.batch_size, config.min_steps_per_epoch)
-    print(f"training on {len(images)} images of {', '.join(classes)} at {config.image_size} px, "
-          f"{steps_per_epoch} steps per epoch", flush=True)
+    print(f"training on {len(images)} images of {', '.join(classes)} at {config.image_size} px "
+          f"({config.architecture}), {steps_per_epoch} steps per epoch; {len(reference_images)} held-out images "
+          f"for quality", flush=True)
     dataset = make_training_dataset(images, labels, config.batch_size, config.horizontal_flip,
                                     config.seed + initial_epoch)
-    callback = _epoch_callback_class()(run, config, classes, steps_per_epoch, progress, real_features, extractor,
-                                       time.monotonic(), previous_seconds)
-    progress({"stage": "epoch", "done": initial_epoch, "total": config.epochs})
+    callback = _epoch_callback_class()(run, config, classes, steps_per_epoch, progress, reference, start_time,
+                                       previous_seconds, clock)
+    progress({"stage": "epoch", "done": initial_epoch, "total": config.epochs or initial_epoch + 1})
     try:
-        gan.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+        gan.fit(dataset, epochs=config.planned_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
                 callbacks=[callback], verbose=0)
     finally:
         if hasattr(progress, "flush"):

@@ -185,3 +185,103 @@ def test_conditional_run_samples_the_chosen_genre(tiny_dataset_dir, isolated_art
 def test_gan_train_cli_rejects_bad_input(capsys):
     assert cli.main(["gan", "train", "--data", "/no/such/folder", "--epochs", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_projected_networks_shapes_and_frozen_trunk():
+    assert gan_models.fastgan_widths(128, 16) == {4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16}
+    assert [gan_models.projected_feature_size(size) for size in (16, 32, 64, 128, 256)] == [32, 32, 64, 64, 128]
+    generator = gan_models.make_fastgan_generator(32, latent_dim=8, base_channels=2)
+    assert not any("transpose" in layer.__class__.__name__.lower() for layer in generator.layers)
+    assert any(layer.name.startswith("sle4to32") for layer in generator.layers)  # skip-layer excitation
+    images = np.asarray(generator(np.zeros((3, 8), np.float32), training=False))
+    assert images.shape == (3, 32, 32, 3) and images.min() >= -1.0 and images.max() <= 1.0
+    discriminator = gan_models.make_projected_discriminator(32, base_channels=2)
+    logits = np.asarray(discriminator(images))
+    assert logits.shape[0] == 3 and logits.ndim == 2 and logits.shape[1] > 4  # patch logits of 4 heads
+    trunk = discriminator.get_layer("trunk")
+    assert not trunk.trainable and all(not weight.trainable for weight in trunk.weights)
+    conditional = gan_models.make_projected_discriminator(32, num_classes=2, base_channels=2)
+    assert np.asarray(conditional([images, np.array([0, 1, 1], np.int32)])).shape == logits.shape
+
+
+def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
+    config = tiny_model_config()
+    assert config.architecture == "projected"
+    model = gan_models.make_gan(config)
+    trunk = model.discriminator.get_layer("trunk").weights[0]
+    watched = (model.generator.get_layer("conv16").weights[0], model.discriminator.trainable_weights[0],
+               model.ema_generator.get_layer("conv16").weights[0], trunk)
+    before = [w.numpy().copy() for w in watched]
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    logs = model.train_on_batch(images, np.zeros(8, np.int32), return_dict=True)
+    after = [w.numpy().copy() for w in watched]
+    for name, old, new in zip(("generator", "discriminator head", "ema generator"), before, after):
+        assert not np.allclose(old, new), f"{name} weights did not change"
+    np.testing.assert_array_equal(before[3], after[3])  # the pretrained trunk stays frozen
+    assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
+
+
+def test_conditional_projected_gan_trains_with_the_mode_seeking_term():
+    config = tiny_model_config(conditional=True, num_classes=2)
+    assert config.mode_seeking == 1.0  # on by default for conditional runs
+    model = gan_models.make_gan(config)
+    assert model.mode_seeking == 1.0
+    images = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    logs = model.train_on_batch(images, np.array([0, 1] * 4, np.int32), return_dict=True)
+    assert np.isfinite(logs["g_loss"])
+    assert gan._ModelShape(gan.GanConfig(), 1).mode_seeking == 0.0
+
+
+def test_epochs_zero_means_until_the_budget():
+    assert gan.GanConfig(epochs=0, time_budget_minutes=15).validate().planned_epochs == gan.BUDGET_EPOCHS
+    with pytest.raises(ValueError, match="time budget"):
+        gan.GanConfig(epochs=0).validate()
+    with pytest.raises(ValueError, match="architecture"):
+        gan.GanConfig(architecture="stylegan").validate()
+    with pytest.raises(ValueError, match="up to 128"):
+        gan.GanConfig(architecture="dcgan", image_size=256).validate()
+
+
+def make_judge_run(classes, size=16):
+    """A finished classifier run whose tiny model calls bright images 'landscape' (a stand-in judge)."""
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    brightness = keras.layers.GlobalAveragePooling2D()(inputs)
+    logits = keras.layers.Dense(len(classes))(brightness)
+    model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    weights = np.zeros((3, len(classes)), np.float32)
+    bias = np.zeros(len(classes), np.float32)
+    weights[:, classes.index("landscape")] = 1.0
+    bias[classes.index("landscape")] = -3 * 100.0  # landscape when the mean channel sum passes 300
+    model.layers[2].set_weights([weights, bias])
+    run = runs.create_run("classifier", {"model": "tiny", "size": size, "policy": "squash", "data": "tiny"},
+                          classes=classes)
+    model.save(run.path / "model.keras")
+    run.update_status(state="finished")
+    return run
+
+
+def test_find_judge_picks_a_finished_run_that_knows_the_genre(isolated_artifacts):
+    assert gan.find_judge("auto", ["landscape"]) is None
+    assert gan.find_judge("", ["landscape"]) is None
+    other = make_judge_run(["landscape", "portrait"])
+    assert gan.find_judge("auto", ["landscape"]) == other.path
+    assert gan.find_judge("auto", ["cityscape"]) is None
+    assert gan.find_judge(other.id, ["portrait", "landscape"]) == other.path
+    with pytest.raises(ValueError, match="does not know"):
+        gan.find_judge(str(other.path), ["cityscape"])
+
+
+def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, isolated_artifacts):
+    judge = make_judge_run(["abstract", "landscape", "portrait"])
+    config = run_config(tiny_dataset_dir, epochs=1, kid_samples=6, kid_image_size=32, judge_samples=4)
+    run = runs.create_run("gan", config.to_dict(), classes=[config.genre])
+    gan.execute(run)
+    row = run.history().iloc[0]
+    for column in ("kid_fixed", "kid_fixed_std", "recognised", "recognised_real", "diversity", "elapsed_seconds"):
+        assert np.isfinite(row[column]), column
+    assert 0.0 <= row["recognised"] <= 1.0 and 0.0 <= row["recognised_real"] <= 1.0
+    latest = fileio.read_json(run.path / "quality.json")["latest"]
+    assert latest["fixed_space"] == "hed_vgg16_conv345_rms@64"
+    assert latest["judge"] == judge.id

@@ -1,11 +1,11 @@
-"""`gan train`, `gan sample`, `gan interpolate`: train a DCGAN on a genre and look at what it makes."""
+"""`gan train`, `gan sample`, `gan interpolate`: train a GAN on a genre and look at what it makes."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from genre_core.gan_models import SUPPORTED_SIZES
+from genre_core.gan_models import ARCHITECTURES, SUPPORTED_SIZES
 
 
 def register(subparsers) -> None:
@@ -13,18 +13,30 @@ def register(subparsers) -> None:
     commands = parser.add_subparsers(dest="gan_command", metavar="GAN_COMMAND")
     commands.required = True
 
-    train = commands.add_parser("train", help="train a DCGAN (DiffAugment, spectral norm, EMA) on one genre")
+    train = commands.add_parser("train", help="train a GAN (FastGAN-style G, projected D, DiffAugment, EMA) on a genre")
     train.add_argument("--data", default="demo", help='dataset path or "demo" (default demo)')
     train.add_argument("--genre", default=None, help="the genre to learn (unconditional; default landscape)")
     train.add_argument("--conditional", action="store_true", help="one model for several genres, chosen when sampling")
     train.add_argument("--genres", nargs="+", default=[], help="conditional: the genres to learn (default: all)")
-    train.add_argument("--size", type=int, default=64, choices=SUPPORTED_SIZES, help="image size in pixels (default 64)")
-    train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--minutes", type=float, default=0.0, help="stop after the epoch that passes this time budget")
+    train.add_argument("--size", type=int, default=128, choices=SUPPORTED_SIZES,
+                       help="image size in pixels (default 128; 256 needs a GPU to be useful)")
+    train.add_argument("--architecture", default="projected", choices=ARCHITECTURES,
+                       help="projected: FastGAN-style generator + projected discriminator (default); dcgan: the old one")
+    train.add_argument("--epochs", type=int, default=None,
+                       help="default 20, or with --minutes as many as fit in the budget")
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--minutes", type=float, default=0.0,
+                       help="time budget from start to finish: no epoch is started that would not end inside it")
+    train.add_argument("--budget-clock", default="wall", choices=("wall", "cpu"),
+                       help="cpu: count this process's CPU time / usable cores, for a machine shared with other jobs")
     train.add_argument("--max-images", type=int, default=0, help="use at most this many images (0: all)")
     train.add_argument("--kid-samples", type=int, default=256, help="images per KID measurement (0: no KID)")
-    train.add_argument("--feature-space", default="auto", choices=("auto", "inception_v3", "hed_vgg16"))
+    train.add_argument("--feature-space", default="auto", choices=("auto", "inception_v3", "hed_vgg16"),
+                       help="the run's own KID space; KID in the fixed space (hed_vgg16_conv345_rms@64) is always added")
+    train.add_argument("--judge", default="auto",
+                       help='classifier run that scores recognisability ("auto": the newest finished run that knows '
+                            'the genre(s); "none": off)')
+    train.add_argument("--judge-samples", type=int, default=64, help="images per genre the judge classifies per epoch")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--background", action="store_true", help="run as a background job and return at once")
     train.set_defaults(func=cmd_train)
@@ -54,9 +66,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError("--genre is for unconditional runs; use --genres with --conditional")
     config = gan.GanConfig(
         data=args.data, genre=None if args.conditional else (args.genre or "landscape"),
-        conditional=args.conditional, genres=list(args.genres), image_size=args.size, epochs=args.epochs,
-        batch_size=args.batch_size, time_budget_minutes=args.minutes, max_images=args.max_images,
+        conditional=args.conditional, genres=list(args.genres), image_size=args.size,
+        architecture=args.architecture, epochs=args.epochs if args.epochs is not None else (0 if args.minutes else 20),
+        batch_size=args.batch_size, time_budget_minutes=args.minutes, budget_clock=args.budget_clock,
+        max_images=args.max_images,
         kid_samples=args.kid_samples, feature_space=args.feature_space, seed=args.seed,
+        judge="" if args.judge in ("none", "") else args.judge, judge_samples=args.judge_samples,
     ).validate()
     if args.data != "demo" and not Path(args.data).exists():
         raise FileNotFoundError(f"dataset {args.data} does not exist")
