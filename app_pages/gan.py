@@ -1,5 +1,6 @@
-"""GAN page: launch a GAN job like a training job, browse its sample grids by epoch, follow KID, sample N
-paintings with a seed (and a genre), walk between two seeds, and download the pictures as PNG."""
+"""GAN page: launch a GAN job like a training job, browse its sample grids by epoch, follow KID (the run's
+space and the fixed one) and recognisability, sample N paintings with a seed (and a genre), walk between two
+seeds, and download the pictures as PNG."""
 
 from __future__ import annotations
 
@@ -22,9 +23,12 @@ if dataset_spec:
         st.markdown(f"**New GAN run** on `{dataset_spec}`")
         conditional = st.toggle("Conditional on every genre", key="gan_conditional")
         genre = st.selectbox("Genre (unconditional)", classes, key="gan_genre")
-        epochs = st.number_input("Epochs", 1, 1000, 20, key="gan_epochs")
-        image_size = st.selectbox("Image size (px)", [32, 64, 128], index=1, key="gan_image_size")
-        batch_size = st.number_input("Batch size", 1, 512, 32, key="gan_batch_size")
+        architecture = st.selectbox("Networks", ["projected", "dcgan"], key="gan_architecture",
+                                    help="projected: FastGAN-style generator, discriminator on frozen HED-VGG16 "
+                                         "features (the default); dcgan: the earlier DCGAN")
+        epochs = st.number_input("Epochs (0 = as many as the time budget allows)", 0, 1000, 20, key="gan_epochs")
+        image_size = st.selectbox("Image size (px)", [32, 64, 128, 256], index=2, key="gan_image_size")
+        batch_size = st.number_input("Batch size", 1, 512, 16, key="gan_batch_size")
         kid_samples = st.number_input("Images per KID measurement (0 = off)", 0, 5000, 256, step=64, key="gan_kid_samples")
         budget = st.number_input("Time budget (minutes, 0 = none)", 0.0, 1440.0, 0.0, key="gan_budget")
         seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="gan_seed")
@@ -33,7 +37,8 @@ if dataset_spec:
         run = core.call(
             start_gan_run,
             {"data": dataset_spec, "genre": None if conditional else genre, "conditional": bool(conditional),
-             "epochs": int(epochs), "image_size": int(image_size), "batch_size": int(batch_size),
+             "architecture": architecture, "epochs": int(epochs), "image_size": int(image_size),
+             "batch_size": int(batch_size),
              "kid_samples": int(kid_samples), "time_budget_minutes": float(budget), "seed": int(seed)},
             background=True,
             failure="Cannot start GAN training",
@@ -74,6 +79,22 @@ with right:
         st.plotly_chart(charts.kid_figure(history), key="gan_kid")
     else:
         st.info("No KID measured yet (it is measured at the end of epochs when KID images are on).")
+
+# The fixed KID space and the recognisability score, side by side, when the run measured them.
+fixed_left, fixed_right = st.columns(2)
+with fixed_left:
+    if "kid_fixed" in history.columns and history["kid_fixed"].notna().any():
+        st.subheader("KID, fixed space (lower is better)")
+        st.caption("HED-VGG16 conv3_3/4_3/5_3 at 64 px, scaled by the real set's RMS; comparable across runs")
+        st.line_chart(history.set_index("epoch")[["kid_fixed"]], key="gan_kid_fixed")
+with fixed_right:
+    if "recognised" in history.columns and history["recognised"].notna().any():
+        st.subheader("Recognised as the genre")
+        st.caption("share of samples a real-painting classifier calls by the run's genre; "
+                   "recognised_real: the same for held-out real images at the GAN's size")
+        st.line_chart(history.set_index("epoch")[["recognised", "recognised_real"]], key="gan_recognised")
+    elif "kid_fixed" in history.columns:
+        st.info("Recognisability is not measured: no finished classifier run knew this genre when the run started.")
 
 # Sampling and interpolation from the saved generator (deterministic for a seed, so cached).
 if not (run_dir / "generator.keras").exists():
