@@ -350,6 +350,10 @@ def execute(run, progress: Progress | None = None) -> dict:
         # The sampler's seed moves on with the trials already run, so a resumed search does not redraw them.
         sampler=optuna.samplers.TPESampler(seed=base.seed + existing, n_startup_trials=min(8, total_trials)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup))
+    recipe = {name: getattr(base, name) for name, spec in space.items() if isinstance(spec, dict)}
+    if existing == 0 and all(in_space(spec, recipe[name]) for name, spec in space.items() if name in recipe):
+        # Trial 0 is the starting recipe itself, so the search can only improve on it by validation.
+        study.enqueue_trial(recipe, user_attrs={"recipe": True})
     if retried:
         progress({"stage": "resume", "done": 0, "total": 1,
                   "message": f"resuming: trial(s) {', '.join(map(str, retried))} will run again"})
@@ -466,6 +470,18 @@ def execute(run, progress: Progress | None = None) -> dict:
     run.update_status(state="finished", epoch=finished_count(), message=message, eta_seconds=0)
     progress({"stage": "done", "done": 1, "total": 1, "message": message})
     return metrics
+
+
+def in_space(spec, value) -> bool:
+    """True when `value` is one the searched parameter `spec` can take."""
+    if not isinstance(spec, dict):
+        return spec == value
+    if spec["type"] == "categorical":
+        return value in spec["choices"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not spec["low"] <= value <= spec["high"]:
+        return False
+    step = spec.get("step")
+    return spec["type"] == "float" or not step or (value - spec["low"]) % step == 0
 
 
 def suggest_fixed(space: dict) -> dict:

@@ -43,6 +43,9 @@ def test_the_space_refuses_what_a_search_cannot_vary(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="space.json: corrupt JSON"):
         search.read_space_file(bad)
+    assert search.in_space(search.DEFAULT_SPACE["epochs"], 100) and not search.in_space(search.DEFAULT_SPACE["epochs"], 95)
+    assert search.in_space(search.DEFAULT_SPACE["learning_rate"], 1e-3)
+    assert not search.in_space(search.DEFAULT_SPACE["head_units"], 120)
     with pytest.raises(ValueError, match="no frozen backbone"):
         search.base_config("demo", None, {"model": "small_cnn"})
 
@@ -163,3 +166,14 @@ def test_search_cli_shows_the_space_and_refuses_missing_settings(capsys, tmp_pat
     space.write_text(json.dumps({"pooling": "avg"}))
     assert cli.main(["search", "--data", "demo", "--trials", "2", "--space", str(space)]) == 2
     assert "'pooling' cannot be searched" in capsys.readouterr().err
+
+
+def test_trial_zero_is_the_recipe_when_the_space_holds_it(tiny_dataset_dir):
+    space = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+             "epochs": {"type": "int", "low": 2, "high": 4}, "batch_size": 8}
+    run = search.create_search(str(tiny_dataset_dir), 2, space=space,
+                               overrides={"size": 32, "epochs": 3, "val_fraction": 0.2, "test_fraction": 0.2})
+    assert jobs.run_job(run) == "finished"
+    first = search.load_study(run).trials[0]
+    assert first.user_attrs.get("recipe") is True
+    assert first.params == {"learning_rate": 0.001, "epochs": 3}  # cpu-15min's rate, the overridden epochs
