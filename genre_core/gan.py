@@ -517,12 +517,20 @@ def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels
 
 
 def find_judge(judge: str | None, genres) -> Path | None:
-    """The classifier run that scores recognisability: `judge` (a run id or folder) when given, which must know
-    every genre; with "auto" the newest finished classifier run whose classes include every genre; None
-    when `judge` is empty or "auto" finds none."""
+    """The classifier that scores recognisability: `judge` (a run id or folder, or "bundled") when given,
+    which must know every genre; with "auto" the newest finished classifier run whose classes include every
+    genre, else the bundled real-painting model when it knows them; None when `judge` is empty or "auto"
+    finds none."""
+    from genre_core import bundle
+
     if not judge or judge == "none":
         return None
     genres = list(genres)
+    if bundle.is_reference(judge):
+        missing = [genre for genre in genres if genre not in _bundle_classes()]
+        if missing:
+            raise ValueError(f"the bundled model does not know genre(s) {', '.join(missing)}")
+        return bundle.folder()
     if judge != "auto":
         run = runs.open_run(judge, kind="classifier")
         missing = [genre for genre in genres if genre not in (run.classes() or [])]
@@ -538,7 +546,18 @@ def find_judge(judge: str | None, genres) -> Path | None:
         classes = fileio.read_json(folder / "classes.json", default=None) or []
         if all(genre in classes for genre in genres) and (folder / "model.keras").exists():
             return folder
+    if all(genre in _bundle_classes() for genre in genres):
+        return bundle.folder()
     return None
+
+
+def _bundle_classes() -> list[str]:
+    """The bundled real-painting model's genres (empty when it is not shipped)."""
+    from genre_core import bundle
+
+    if not bundle.available():
+        return []
+    return fileio.read_json(bundle.folder() / "classes.json", default=None) or []
 
 
 def measure(generator, noise, labels, reference: Reference, classes, seed: int = 0) -> dict:

@@ -98,7 +98,8 @@ def test_config_validation_names_the_problem():
 def run_config(data_dir, **overrides):
     """A tiny GAN run config on the tiny folder dataset."""
     values = dict(data=str(data_dir), genre="landscape", image_size=16, epochs=2, batch_size=4,
-                  min_steps_per_epoch=3, latent_dim=8, base_channels=8, kid_samples=0, grid_images=4)
+                  min_steps_per_epoch=3, latent_dim=8, base_channels=8, kid_samples=0, grid_images=4,
+                  judge="")  # no judge unless a test asks: the bundled model would be slow here
     values.update(overrides)
     return gan.GanConfig(**values).validate()
 
@@ -262,7 +263,8 @@ def make_judge_run(classes, size=16):
     return run
 
 
-def test_find_judge_picks_a_finished_run_that_knows_the_genre(isolated_artifacts):
+def test_find_judge_picks_a_finished_run_that_knows_the_genre(isolated_artifacts, monkeypatch):
+    monkeypatch.setattr(gan, "_bundle_classes", lambda: [])  # no bundled model: "auto" finds nothing
     assert gan.find_judge("auto", ["landscape"]) is None
     assert gan.find_judge("", ["landscape"]) is None
     other = make_judge_run(["landscape", "portrait"])
@@ -271,11 +273,17 @@ def test_find_judge_picks_a_finished_run_that_knows_the_genre(isolated_artifacts
     assert gan.find_judge(other.id, ["portrait", "landscape"]) == other.path
     with pytest.raises(ValueError, match="does not know"):
         gan.find_judge(str(other.path), ["cityscape"])
+    # Without a fitting run, "auto" falls back to the bundled real-painting model when it knows the genre.
+    monkeypatch.setattr(gan, "_bundle_classes", lambda: ["cityscape", "landscape"])
+    from genre_core import bundle
+
+    assert gan.find_judge("auto", ["cityscape"]) == bundle.folder()
+    assert gan.find_judge("bundled", ["landscape"]) == bundle.folder()
 
 
 def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, isolated_artifacts):
     judge = make_judge_run(["abstract", "landscape", "portrait"])
-    config = run_config(tiny_dataset_dir, epochs=1, kid_samples=6, kid_image_size=32, judge_samples=4)
+    config = run_config(tiny_dataset_dir, epochs=1, kid_samples=6, kid_image_size=32, judge="auto", judge_samples=4)
     run = runs.create_run("gan", config.to_dict(), classes=[config.genre])
     gan.execute(run)
     row = run.history().iloc[0]

@@ -34,8 +34,8 @@ def register(subparsers) -> None:
     train.add_argument("--feature-space", default="auto", choices=("auto", "inception_v3", "hed_vgg16"),
                        help="the run's own KID space; KID in the fixed space (hed_vgg16_conv345_rms@64) is always added")
     train.add_argument("--judge", default="auto",
-                       help='classifier run that scores recognisability ("auto": the newest finished run that knows '
-                            'the genre(s); "none": off)')
+                       help='classifier that scores recognisability: a run id or folder, "bundled", "auto" (the newest '
+                            'finished run that knows the genre(s), else the bundled model) or "none"')
     train.add_argument("--judge-samples", type=int, default=64, help="images per genre the judge classifies per epoch")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--background", action="store_true", help="run as a background job and return at once")
