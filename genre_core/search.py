@@ -496,34 +496,17 @@ def train_head(config, data, features: np.ndarray, flipped: np.ndarray | None, n
 
     `last_scores` is refreshed with the validation scores of every epoch before `on_epoch(row)` runs, so a
     pruning hook can report any metric. Nothing here reads the test split."""
-    import tensorflow as tf
-
-    from genre_core import models, train
+    from genre_core import train
 
     labels = data.cache.labels
     train_rows = data.train_rows
-    with strategy.scope():
-        head = models.build_head(features.shape[1], num_classes, head_units=config.head_units,
-                                 dropout=config.dropout, weight_decay=models.model_options(config)["weight_decay"],
-                                 feature_transform=config.feature_transform)
-    normalization_rows = np.unique(train_rows)
-    sample = [features[normalization_rows]] + ([flipped[normalization_rows]] if flipped is not None else [])
-    models.adapt_head(head, np.concatenate(sample))
+    head = train.new_feature_head(config, features, flipped, train_rows, num_classes, strategy)
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (config.batch_size * strategy.num_replicas_in_sync)))
     with strategy.scope():
         optimizer = train.make_optimizer(config, total_steps=steps_per_epoch * config.epochs)
 
     def make_dataset(epoch: int, context):
-        per_replica = context.get_per_replica_batch_size(config.batch_size * strategy.num_replicas_in_sync)
-        rows = train_rows[context.input_pipeline_id::context.num_input_pipelines]
-        chosen = features[rows]
-        if flipped is not None:
-            pick = np.random.default_rng(config.seed * 1000 + epoch).random(len(rows)) < 0.5
-            chosen = np.where(pick[:, None], flipped[rows], chosen)
-        stream = tf.data.Dataset.from_tensor_slices((chosen.astype(np.float32), labels[rows]))
-        stream = stream.shuffle(len(rows), seed=config.seed + epoch).repeat()
-        # A batch larger than the training rows would leave no whole batch to take.
-        return stream.batch(min(per_replica, len(rows)), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        return train.feature_stream(config, features, flipped, labels, train_rows, strategy, epoch, context)
 
     val_rows = data.val_rows
 

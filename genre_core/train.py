@@ -593,13 +593,7 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
             progress({"stage": "prepare", "message": data.notes[-1]})
             features = np.asarray(cached.features)
             flipped = np.asarray(cached.flipped) if cached.flipped is not None else None
-            with strategy.scope():
-                model = models.build_head(cached.dim, num_classes, head_units=config.head_units,
-                                          dropout=config.dropout, weight_decay=options["weight_decay"],
-                                          feature_transform=config.feature_transform)
-            normalization_rows = np.unique(data.train_rows)
-            sample = [features[normalization_rows]] + ([flipped[normalization_rows]] if flipped is not None else [])
-            models.adapt_head(model, np.concatenate(sample))
+            model = new_feature_head(config, features, flipped, data.train_rows, num_classes, strategy)
         else:
             if models.get_spec(config.model).pretrained_backbone:
                 _adapt_head_normalization(model, data, size)
@@ -621,7 +615,7 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
         def make_dataset(epoch: int, context):
             """The per-worker training stream of one epoch: this worker's shard, shuffled by (seed, epoch)."""
             if frozen:
-                return _feature_stream(config, features, flipped, labels, data.train_rows, strategy, epoch, context)
+                return feature_stream(config, features, flipped, labels, data.train_rows, strategy, epoch, context)
             per_replica = context.get_per_replica_batch_size(config.batch_size * strategy.num_replicas_in_sync)
             rows = data.train_rows[context.input_pipeline_id::context.num_input_pipelines]
             from genre_core import cache as image_cache
@@ -733,7 +727,7 @@ def _execute(run, config: TrainConfig, strategy, progress: Progress) -> dict:
             keras.mixed_precision.set_global_policy("float32")
 
 
-def _feature_stream(config: TrainConfig, features, flipped, labels, train_rows, strategy, epoch: int, context):
+def feature_stream(config: TrainConfig, features, flipped, labels, train_rows, strategy, epoch: int, context):
     """One epoch's per-worker stream of cached features: this worker's shard, shuffled by (seed, epoch); with
     flipped features, each image's original or flipped features at random."""
     import tensorflow as tf
@@ -749,24 +743,32 @@ def _feature_stream(config: TrainConfig, features, flipped, labels, train_rows, 
     return stream.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def new_feature_head(config: TrainConfig, features, flipped, train_rows, num_classes: int, strategy):
+    """The config's head for cached features (built under `strategy`), its normalisation adapted to the
+    features (and flipped features) of the distinct `train_rows`."""
+    from genre_core import models
+
+    with strategy.scope():
+        head = models.build_head(features.shape[1], num_classes, head_units=config.head_units,
+                                 dropout=config.dropout, weight_decay=models.model_options(config)["weight_decay"],
+                                 feature_transform=config.feature_transform)
+    unique = np.unique(train_rows)
+    models.adapt_head(head, np.concatenate([features[unique]] + ([flipped[unique]] if flipped is not None else [])))
+    return head
+
+
 def _fit_feature_head(config: TrainConfig, features, flipped, labels, train_rows, num_classes: int, strategy,
                       progress: Progress, cancel_requested: Callable[[], bool]):
     """A fresh head trained on cached features of `train_rows` for all epochs (no validation, no checkpoint)."""
     from genre_core import models
 
-    options = models.model_options(config)
-    with strategy.scope():
-        head = models.build_head(features.shape[1], num_classes, head_units=config.head_units,
-                                 dropout=config.dropout, weight_decay=options["weight_decay"],
-                                 feature_transform=config.feature_transform)
-    unique = np.unique(train_rows)
-    models.adapt_head(head, np.concatenate([features[unique]] + ([flipped[unique]] if flipped is not None else [])))
+    head = new_feature_head(config, features, flipped, train_rows, num_classes, strategy)
     steps = max(1, math.ceil(len(train_rows) / (config.batch_size * strategy.num_replicas_in_sync)))
     with strategy.scope():
         optimizer = make_optimizer(config, total_steps=steps * config.epochs)
     weights = _balanced_weights(labels[train_rows], num_classes) if config.balancing == "class_weights" else None
     result = fit(head, optimizer,
-                 lambda epoch, context: _feature_stream(config, features, flipped, labels, train_rows, strategy,
+                 lambda epoch, context: feature_stream(config, features, flipped, labels, train_rows, strategy,
                                                         epoch, context),
                  steps, config.replace(patience=0), num_classes, strategy, class_weight=weights,
                  cancel_requested=cancel_requested, progress=progress)
