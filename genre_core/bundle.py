@@ -96,18 +96,20 @@ def load_model(path: str | os.PathLike):
 def make_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, card: str) -> Path:
     """Write a bundle from a finished frozen-feature run: its head, classes, config and metrics, the model
     card text `card`, and SHA256SUMS. Refuses a run whose model is not head(frozen extractor)."""
-    from genre_core import classify
+    from genre_core import models
 
     run_dir, out = Path(run_dir), Path(out)
-    classifier = classify.load_classifier(run_dir)
-    if classifier.frozen_parts() is None:
+    if not (run_dir / "model.keras").is_file():
+        raise ValueError(f"{run_dir}: no model.keras (the run has not saved a model yet)")
+    model = models.load_model(run_dir / "model.keras")
+    if models.frozen_parts(model, fileio.read_json(run_dir / "config.json", default={}) or {}) is None:
         raise ValueError(f"{run_dir}: only a frozen-feature run (head on a pretrained backbone) can be bundled")
     out.mkdir(parents=True, exist_ok=True)
     for name in COPIED_FILES:
         if not (run_dir / name).is_file():
             raise ValueError(f"{run_dir}: {name} is missing")
         shutil.copyfile(run_dir / name, out / name)
-    classifier.model.get_layer("head").save(out / HEAD_FILE)
+    model.get_layer("head").save(out / HEAD_FILE)
     (out / CARD_FILE).write_text(card, encoding="utf-8")
     names = sorted(name for name in (HEAD_FILE, CARD_FILE, *COPIED_FILES))
     (out / SUMS_FILE).write_text("".join(f"{sha256(out / name)}  {name}\n" for name in names), encoding="utf-8")

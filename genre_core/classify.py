@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from genre_core import bundle, fileio, images
-from genre_core.evaluate import resolve_run_dir
+from genre_core.runs import resolve_run_dir
 
 DEFAULT_POLICY = "squash"
 PREDICT_BATCH_SIZE = 32
@@ -42,17 +42,8 @@ class Classifier:
         """(extractor, head, extractor id) when the model is head(frozen extractor) from a frozen-feature run,
         so features can come from the embedding cache and the fast engine; None otherwise."""
         from genre_core import models
-        from genre_core.config import TrainConfig
 
-        try:
-            config = TrainConfig.from_run_config(self.config or {})
-            extractor, head = self.model.get_layer("features"), self.model.get_layer("head")
-        except (TypeError, ValueError):
-            return None  # an end-to-end model, or an older config this version does not read
-        if not models.uses_frozen_features(config.model, models.model_options(config)) or \
-                not config.embedding_cache:
-            return None
-        return extractor, head, models.frozen_extractor_id(config)
+        return models.frozen_parts(self.model, self.config or {})
 
     def predict_dataset(self, dataset, progress=None, cancel_check=None) -> tuple[np.ndarray, list[str | None]]:
         """Probabilities (N, classes) for every manifest row of `dataset`, and per row None or why it could

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from genre_core import fileio, paths
+from genre_core.runs import resolve_run_dir  # noqa: F401 - evaluate's API since before runs had it
 from genre_core.dataset import Dataset
 from genre_core.scoring import PROBABILITY_FLOOR, mean_log_loss
 
@@ -40,33 +41,6 @@ EPSILON = PROBABILITY_FLOOR
 # Run folder access. This is the single place that knows how a run folder is laid out; when genre_core.runs
 # is available it can replace `_RunFiles` without touching the rest of the module.
 # ----------------------------------------------------------------------------------------------------------
-
-
-def resolve_run_dir(run_or_path: Any) -> Path:
-    """Return the folder of a run given a Run object, a folder path, a run id under the runs folder, or
-    "bundled" (the bundled real-painting model)."""
-    from genre_core import bundle
-
-    if bundle.is_reference(run_or_path):
-        if not bundle.available():
-            raise FileNotFoundError(f"the bundled model is missing from {bundle.folder()}")
-        return bundle.folder()
-    if not isinstance(run_or_path, (str, os.PathLike)):
-        # A genre_core.runs.Run (or anything like it) carries its folder in `.path`.
-        value = getattr(run_or_path, "path", None)
-        if isinstance(value, (str, os.PathLike)):
-            return Path(value)
-        raise ValueError(f"cannot find a run folder from {run_or_path!r}; pass a path or a run id")
-    candidate = Path(run_or_path).expanduser()
-    if candidate.is_dir():
-        return candidate
-    text = os.fspath(run_or_path)
-    if os.sep not in text and "/" not in text and text.strip():
-        from genre_core import runs
-
-        # A run id: genre_core.runs knows where run folders live (and checks the id).
-        return runs.open_run(text, kind="classifier").path
-    raise FileNotFoundError(f"run {text!r} not found (neither a folder nor a run id in {paths.runs_dir()})")
 
 
 @dataclass

@@ -415,6 +415,21 @@ def frozen_extractor_id(config) -> str:
                         model_options(config))
 
 
+def frozen_parts(model, run_config: dict):
+    """(extractor, head, extractor id) when `model` is head(frozen extractor) saved by a frozen-feature run with
+    this config.json content; None for an end-to-end model or a config this version does not read."""
+    from genre_core.config import TrainConfig
+
+    try:
+        config = TrainConfig.from_run_config(run_config)
+        extractor, head = model.get_layer("features"), model.get_layer("head")
+    except (TypeError, ValueError):
+        return None
+    if not uses_frozen_features(config.model, model_options(config)) or not config.embedding_cache:
+        return None
+    return extractor, head, frozen_extractor_id(config)
+
+
 def model_options(config) -> dict:
     """The factory options a TrainConfig implies."""
     return {

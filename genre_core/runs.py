@@ -805,3 +805,28 @@ class ProgressWriter:
         """Write any throttled progress now."""
         if self._pending:
             self._write({}, force=True)
+
+
+def resolve_run_dir(run_or_path: Any) -> Path:
+    """Return the folder of a run given a Run object, a folder path, a run id under the runs folder, or
+    "bundled" (the bundled real-painting model)."""
+    from genre_core import bundle
+
+    if bundle.is_reference(run_or_path):
+        if not bundle.available():
+            raise FileNotFoundError(f"the bundled model is missing from {bundle.folder()}")
+        return bundle.folder()
+    if not isinstance(run_or_path, (str, os.PathLike)):
+        # A genre_core.runs.Run (or anything like it) carries its folder in `.path`.
+        value = getattr(run_or_path, "path", None)
+        if isinstance(value, (str, os.PathLike)):
+            return Path(value)
+        raise ValueError(f"cannot find a run folder from {run_or_path!r}; pass a path or a run id")
+    candidate = Path(run_or_path).expanduser()
+    if candidate.is_dir():
+        return candidate
+    text = os.fspath(run_or_path)
+    if os.sep not in text and "/" not in text and text.strip():
+        # A run id: open_run knows where run folders live (and checks the id).
+        return open_run(text, kind="classifier").path
+    raise FileNotFoundError(f"run {text!r} not found (neither a folder nor a run id in {paths.runs_dir()})")

@@ -16,6 +16,8 @@ import math
 import sys
 from pathlib import Path
 
+from genre_core import cluster
+
 FOLDER = "tensorboard"
 # history.csv column -> TensorBoard tag.
 CLASSIFIER_TAGS = {"loss": "loss", "val_loss": "val_loss", "accuracy": "accuracy",
@@ -121,10 +123,8 @@ def _write(folder: str | Path, step: int, summary) -> None:
 
 def _is_chief() -> bool:
     try:
-        from genre_core import train
-
-        return train.is_chief()
-    except (ImportError, ValueError):
+        return cluster.is_chief()
+    except ValueError:  # a malformed TF_CONFIG fails the run elsewhere, with its own message
         return True
 
 

@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 
 from genre_core import crossval, fileio, runs
+from genre_core.cluster import cluster_spec, is_chief, worker_count  # noqa: F401 - part of train's API
 from genre_core.config import RUN_ONLY_KEYS, TrainConfig
 from genre_core.scoring import classification_scores
 
@@ -49,40 +50,6 @@ _EXTRA_PROGRESS: list[Progress] = []
 
 # ----------------------------------------------------------------------------------------------------------
 # Distribution
-
-
-def cluster_spec() -> dict:
-    """Return TF_CONFIG as a dict ({} when unset); ValueError naming the problem when it is malformed."""
-    text = os.environ.get("TF_CONFIG", "").strip()
-    if not text:
-        return {}
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({exc.msg})") from None
-    if not isinstance(spec, dict) or "cluster" not in spec or "task" not in spec:
-        raise ValueError('TF_CONFIG must hold {"cluster": {...}, "task": {"type": ..., "index": ...}}')
-    return spec
-
-
-def worker_count() -> int:
-    """How many training processes TF_CONFIG names (1 without TF_CONFIG)."""
-    spec = cluster_spec()
-    if not spec:
-        return 1
-    cluster = spec["cluster"]
-    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
-
-
-def is_chief() -> bool:
-    """True for the process that writes the run folder: task "chief", or worker 0 when there is no chief."""
-    spec = cluster_spec()
-    if not spec:
-        return True
-    task = spec["task"]
-    if task.get("type") == "chief":
-        return True
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and not spec["cluster"].get("chief")
 
 
 def get_strategy():

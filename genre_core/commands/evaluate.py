@@ -122,7 +122,7 @@ def run_bundle(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from genre_core import bundle
-    from genre_core.evaluate import resolve_run_dir
+    from genre_core.runs import resolve_run_dir
 
     run_dir = resolve_run_dir(args.run)
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
