@@ -577,7 +577,6 @@ def evaluate_run(
     broad: bool = False,
     split: str | None = None,
     limit: int | None = None,
-    batch_size: int = 32,
     progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Evaluate a run from its predictions.csv, or (with `data`) re-evaluate its model on another dataset.
@@ -596,11 +595,11 @@ def evaluate_run(
         summary["folder"] = str(run_dir)
         return summary
     return _evaluate_on_dataset(run_dir, data, map_genres=map_genres, broad=broad, split=split, limit=limit,
-                                batch_size=batch_size, progress=progress)
+                                progress=progress)
 
 
 def _evaluate_on_dataset(run_dir: Path, data, *, map_genres: bool, broad: bool, split: str | None,
-                         limit: int | None, batch_size: int, progress) -> dict:
+                         limit: int | None, progress) -> dict:
     """Run the saved model over another dataset's images and evaluate the result in run/evaluations/<name>/."""
     from genre_core import classify, genres, sources
 
