@@ -510,9 +510,13 @@ def train_head(config, data, features: np.ndarray, flipped: np.ndarray | None, n
 
     val_rows = data.val_rows
 
+    def val_probabilities() -> np.ndarray:
+        # Scored as the kept model will output them: with the config's logit adjustment applied.
+        return train.adjusted_probabilities(config, train.predict_probabilities(head, features[val_rows], 256),
+                                            labels[train_rows], num_classes)
+
     def evaluate_val():
-        result = train.scores(labels[val_rows], train.predict_probabilities(head, features[val_rows], 256),
-                              num_classes)
+        result = train.scores(labels[val_rows], val_probabilities(), num_classes)
         last_scores.clear()
         last_scores.update(result)
         return result["loss"], result["accuracy"]
@@ -525,7 +529,7 @@ def train_head(config, data, features: np.ndarray, flipped: np.ndarray | None, n
                        on_epoch_end=on_epoch, cancel_requested=cancel_requested, progress=progress)
     if result.cancelled:
         return None
-    val = train.scores(labels[val_rows], train.predict_probabilities(head, features[val_rows], 256), num_classes)
+    val = train.scores(labels[val_rows], val_probabilities(), num_classes)
     return {"val": val, "epochs_run": result.state.epoch, "best_epoch": result.state.best_epoch}
 
 

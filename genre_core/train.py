@@ -748,9 +748,6 @@ def _cross_validate_head(run, config: TrainConfig, data: PreparedData, features,
                          progress: Progress) -> dict:
     """k-fold cross-validation of the head's settings on train+val, from the cached features; written to
     crossval.json at once (so a later cancel keeps it) and returned."""
-    from genre_core import models
-    from genre_core.layers import prior_correction_numpy
-
     labels = data.cache.labels
     num_classes = len(data.classes)
     rows = np.unique(np.concatenate([data.train_rows, data.val_rows]))
@@ -766,13 +763,25 @@ def _cross_validate_head(run, config: TrainConfig, data: PreparedData, features,
         return predict_probabilities(head, features[held_rows], 256)
 
     def adjust(probabilities: np.ndarray, train_rows: np.ndarray) -> np.ndarray:
-        return prior_correction_numpy(probabilities, models.log_priors(labels[train_rows], num_classes),
-                                      config.logit_adjustment)
+        return adjusted_probabilities(config, probabilities, labels[train_rows], num_classes)
 
     result = crossval.cross_validate(rows, labels, config.cv_folds, config.seed, num_classes, train_fold,
                                      adjust if config.logit_adjustment else None, progress)
     fileio.atomic_write_json(run.path / "crossval.json", result)
     return result
+
+
+def adjusted_probabilities(config: TrainConfig, probabilities: np.ndarray, train_labels: np.ndarray,
+                           num_classes: int) -> np.ndarray:
+    """What the saved model outputs for a head's probabilities: logit-adjusted by the training labels' priors
+    when the config asks for it (the PriorCorrection layer's NumPy twin), else unchanged."""
+    if not config.logit_adjustment:
+        return probabilities
+    from genre_core import models
+    from genre_core.layers import prior_correction_numpy
+
+    return prior_correction_numpy(probabilities, models.log_priors(train_labels, num_classes),
+                                  config.logit_adjustment)
 
 
 def _genre_counts(labels: np.ndarray, classes: list[str]) -> dict:

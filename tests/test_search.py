@@ -13,6 +13,8 @@ import pytest
 
 from conftest import wait_for
 from genre_core import cli, jobs, runs, search, tensorboard_log
+from genre_core import scoring
+from genre_core.config import TrainConfig
 
 pytest.importorskip("optuna", reason="optuna is in requirements.txt")
 
@@ -177,3 +179,41 @@ def test_trial_zero_is_the_recipe_when_the_space_holds_it(tiny_dataset_dir):
     first = search.load_study(run).trials[0]
     assert first.user_attrs.get("recipe") is True
     assert first.params == {"learning_rate": 0.001, "epochs": 3}  # cpu-15min's rate, the overridden epochs
+
+
+def test_trials_are_scored_as_the_kept_model_outputs_with_logit_adjustment(tiny_dataset_dir, monkeypatch):
+    """With the recipe's logit adjustment, a trial's validation scores are those of the adjusted probabilities
+    that the kept model (PriorCorrection layer) will output."""
+    from genre_core import train
+
+    uniform = np.full((4, 3), 1 / 3, np.float32)
+    train_labels = np.array([0, 0, 0, 0, 1, 1, 2])  # genre 2 is the rarest
+    adjusted = train.adjusted_probabilities(TrainConfig(logit_adjustment=1.0), uniform, train_labels, 3)
+    assert (adjusted.argmax(axis=1) == 2).all()
+    np.testing.assert_allclose(adjusted[0], [1 / 7, 2 / 7, 4 / 7], atol=1e-6)
+    assert train.adjusted_probabilities(TrainConfig(), uniform, train_labels, 3) is uniform
+
+    # In a trial: the head's probabilities (made uniform here) are adjusted by the train split's priors
+    # before scoring, so with a skewed train split every validation image is called the rarest genre.
+    base = search.base_config(str(tiny_dataset_dir), overrides={"size": 32, "val_fraction": 0.2,
+                                                               "test_fraction": 0.2, "batch_size": 8})
+    data = train.prepare_data(base, 32)
+    labels = data.cache.labels
+    rarest = 2  # not genre 0, which unadjusted uniform probabilities pick
+    keep = data.train_rows[(labels[data.train_rows] != rarest) | (np.arange(len(data.train_rows)) % 4 == 0)]
+    data.train_rows = keep
+    monkeypatch.setattr(train, "predict_probabilities",
+                        lambda model, inputs, batch_size=64: np.full((len(inputs), 3), 1 / 3, np.float32))
+    features = np.random.default_rng(1).normal(size=(len(data.cache.manifest), 8)).astype("float32")
+    result = search.train_head(base.replace(epochs=1, logit_adjustment=1.0), data, features, None, 3,
+                               train.get_strategy(), lambda row: None, {})
+    val_labels = labels[data.val_rows]
+    expected = train.adjusted_probabilities(TrainConfig(logit_adjustment=1.0),
+                                            np.full((len(val_labels), 3), 1 / 3, np.float32),
+                                            labels[data.train_rows], 3)
+    assert result["val"]["accuracy"] == pytest.approx(float(np.mean(val_labels == rarest)))
+    assert result["val"]["loss"] == pytest.approx(scoring.mean_log_loss(val_labels, expected, 3))
+    unadjusted = search.train_head(base.replace(epochs=1, logit_adjustment=0.0), data, features, None, 3,
+                                   train.get_strategy(), lambda row: None, {})
+    assert unadjusted["val"]["loss"] == pytest.approx(np.log(3))
+    assert abs(result["val"]["loss"] - np.log(3)) > 0.01
