@@ -218,7 +218,9 @@ def test_drop_paintings_and_see_predictions(page, app_url, tmp_path):
     broken.write_bytes(b"this is not a JPEG")
     open_page(page, app_url, "classify", "Drop paintings here")
     # The bundled real-painting model is the default; this journey classifies with the demo-style run.
-    page.locator(".st-key-classify_run").click()
+    model = page.locator(".st-key-classify_run").get_by_role("combobox")
+    model.click()
+    model.fill(f"run {RUN_ID}")  # the selectbox filters its options as one types
     page.get_by_role("option", name=f"run {RUN_ID}").click()
     settle(page)
     page.locator('input[type="file"]').set_input_files([str(portrait), str(broken)])
@@ -285,8 +287,12 @@ def test_launch_a_training_run_from_the_sidebar_and_see_it_finish(page, app_url)
     open_page(page, app_url, "train", "Queue and history")
     sidebar = page.locator('[data-testid="stSidebar"]')
     # The form defaults to the measured recipe; this test trains the small settings it types in.
-    sidebar.get_by_role("combobox", name="Recipe").click()
+    recipe = sidebar.get_by_role("combobox", name="Recipe")
+    recipe.click()
+    recipe.fill("the settings above")  # the selectbox filters its options as one types
     page.get_by_role("option", name="the settings above").click()
+    settle(page)
+    assert recipe.input_value() == "the settings above"
     sidebar.get_by_label("Epochs").fill("1")
     sidebar.get_by_label("Image size (px, 0 = the model's default)").fill("32")
     sidebar.get_by_label("Batch size").fill("8")
