@@ -6,11 +6,11 @@ from __future__ import annotations
 import streamlit as st
 
 from app_support import charts, core, jobs_ui, uploads
+from genre_core.evaluation import classify
 
 st.title("Classify")
 
 # Guard and input: the classification core and a model (the bundled real-painting model by default).
-core.require("classify", "load_classifier", "classifying paintings")
 model_dir = jobs_ui.classifier_picker("classify_run")
 
 # Inputs: the paintings and how much to show.
@@ -43,8 +43,8 @@ for result in results:
     if not result["ok"]:
         st.error(result["error"])
 good = [(file, result) for file, result in zip(files, results) if result["ok"]]
-gradcam = core.require("classify", "gradcam", "Grad-CAM heat maps")
-overlay = core.require("classify", "overlay", "Grad-CAM overlays")
+gradcam = classify.gradcam
+overlay = classify.overlay
 for position, (file, result) in enumerate(good[:6]):
     with st.container(border=True):
         picture, bars, heat = st.columns([1, 2, 1])

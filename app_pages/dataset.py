@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app_support import charts, core, jobs_ui, shared, state
+from genre_core.data import sources, splits
 
 st.title("Dataset")
 
@@ -42,7 +43,7 @@ if chosen:
         st.error(f"{spec}: no such file or folder")
         st.stop()
     if spec != core.DEMO:
-        detect_source = core.require("sources", "detect_source", "recognising dataset formats")
+        detect_source = sources.detect_source
         source = core.call(detect_source, Path(spec).expanduser(), failure=f"Cannot recognise {spec}")
         st.toast(f"{spec}: detected a {source} dataset")
     state.set_active_dataset(spec)
@@ -80,8 +81,8 @@ event = st.plotly_chart(figure, on_select="rerun", selection_mode="points", key=
 clicked_genre = charts.selected_bar(event)
 
 # Imbalance figures and the top-up plan from the core (on the train split when the source has one).
-imbalance_stats = core.require("splits", "imbalance_stats", "imbalance figures")
-topup_plan = core.require("splits", "topup_plan", "the top-up plan")
+imbalance_stats = splits.imbalance_stats
+topup_plan = splits.topup_plan
 split = "train" if (manifest["split"] == "train").any() else None
 stats = core.call(imbalance_stats, dataset, split=split, failure="Cannot compute imbalance figures")
 left, right = st.columns(2)

@@ -18,7 +18,6 @@ if card:
         st.markdown(card)
 
 # Guard and input: the evaluation core and a run with test predictions (the active run by default).
-core.require("evaluate", "Interpretation", "evaluating runs")
 run_id = jobs_ui.finished_run_picker(
     "Run", "predictions.csv", "eval_run",
     "No finished run with test predictions yet. Train one on the Train page, or start the demo run here.",

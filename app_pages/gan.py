@@ -7,12 +7,10 @@ from __future__ import annotations
 import streamlit as st
 
 from app_support import charts, core, jobs_ui, state
-from genre_core import runs
+from genre_core.runs import store
 
 st.title("GAN")
 
-# Guard: the GAN core.
-start_gan_run = core.require("gan", "start_gan_run", "training GANs")
 remembered = state.read_state()
 dataset_spec = remembered["active_dataset"]
 
@@ -34,15 +32,11 @@ if dataset_spec:
         seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="gan_seed")
         launched = st.form_submit_button("Start GAN training", type="primary", icon=":material/play_arrow:")
     if launched:
-        run = core.call(
-            start_gan_run,
-            {"data": dataset_spec, "genre": None if conditional else genre, "conditional": bool(conditional),
-             "architecture": architecture, "epochs": int(epochs), "image_size": int(image_size),
-             "batch_size": int(batch_size),
-             "kid_samples": int(kid_samples), "time_budget_minutes": float(budget), "seed": int(seed)},
-            background=True,
-            failure="Cannot start GAN training",
-        )
+        run = jobs_ui.launch("gan", {
+            "data": dataset_spec, "genre": None if conditional else genre, "conditional": bool(conditional),
+            "architecture": architecture, "epochs": int(epochs), "image_size": int(image_size),
+            "batch_size": int(batch_size), "kid_samples": int(kid_samples), "time_budget_minutes": float(budget),
+            "seed": int(seed)})
         state.set_active_run(run.id, kind="gan")
         st.session_state["gan_run"] = run.id  # Follow the new run (widget state, not storage).
         st.toast(f"Started {run.id}")
@@ -100,7 +94,7 @@ with fixed_right:
 if not (run_dir / "generator.keras").exists():
     st.info("Sampling needs the generator, which is saved after the first epoch.")
     st.stop()
-gan_run = core.call(runs.open_run, run_dir, "gan", failure="Cannot open the GAN run")
+gan_run = core.call(store.open_run, run_dir, "gan", failure="Cannot open the GAN run")
 run_classes = core.call(gan_run.classes, failure="Cannot read the run's genres")
 conditional_run = bool(core.call(gan_run.config, failure="Cannot read the run's config").get("conditional"))
 st.subheader("Sample")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import streamlit as st
 
 from app_support import core, jobs_ui, search_ui, state
+from genre_core.models import zoo
+from genre_core.runs import jobs
+from genre_core.training import config
 
 DEFAULT_RECIPE = "cpu-15min"
 
@@ -14,10 +17,9 @@ st.title("Train")
 # Guard: training needs a dataset and the training core.
 remembered = state.read_state()
 dataset_spec = remembered["active_dataset"]
-models = core.require("models", "MODELS", "the model registry")
-core.require("train", "start_run", "training classifiers")
-recipes = core.require("config", "RECIPES", "named training recipes")
-recipe_values = core.require("config", "recipe_values", "named training recipes")
+models = zoo.MODELS
+recipes = config.RECIPES
+recipe_values = config.recipe_values
 if not dataset_spec:
     st.info("Choose a dataset on the Dataset page first.")
     st.stop()
@@ -91,7 +93,7 @@ if followed != remembered["active_run"] and followed in set(table.loc[table["sta
 jobs_ui.job_panel(table.loc[table["id"] == followed, "path"].iloc[0], key="train_job")
 
 st.subheader("Queue and history")
-queue = core.require("jobs", "queue", "the job queue")
+queue = jobs.queue
 positions = {row["id"]: row["position"] for row in queue()}  # 0: running, 1, 2, ...: waiting in this order.
 shown = table.assign(queue=table["id"].map(positions))
 shown = shown[["id", "state", "queue", "model", "data", "epoch", "epochs", "test_accuracy", "macro_f1", "message"]]

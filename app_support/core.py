@@ -1,14 +1,12 @@
 """Guarded, cached access to genre_core from the pages.
 
 Every page reaches the core through these helpers so that:
-- a part of the core that is not installed shows a guard ("this needs X") instead of a stack trace;
 - a core error shows as one st.error line naming the problem, never a traceback;
 - data loads are cached on (path, modification time) and models on (run folder, model file time).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -17,27 +15,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from genre_core import bundle, paths, runs
+from app_support import shared
+from genre_core.data import demo, images, sources
+from genre_core.evaluation import bundle, classify, evaluate
+from genre_core.gan import trainer
+from genre_core.runs import store
+from genre_core.util import paths
+
 
 DEMO = "demo"
-
-
-def core_function(module: str, name: str) -> Callable | None:
-    """Return genre_core.<module>.<name>, or None when that part of the core is not available."""
-    try:
-        loaded = importlib.import_module(f"genre_core.{module}")
-    except ImportError:
-        return None
-    return getattr(loaded, name, None)
-
-
-def require(module: str, name: str, purpose: str) -> Callable:
-    """Return a core function or show the page's guard (what is missing and why) and stop the page."""
-    function = core_function(module, name)
-    if function is None:
-        st.info(f"This needs `genre_core.{module}.{name}` ({purpose}), which is not available in this installation yet.")
-        st.stop()
-    return function
 
 
 def call(function: Callable, *args, failure: str = "That did not work", **kwargs) -> Any:
@@ -69,7 +55,7 @@ def modification_time(path: str | os.PathLike) -> float:
 
 def ensure_demo():
     """Generate the demo dataset if it is missing or outdated (about 10 s the first time; instant after)."""
-    ensure = require("demo", "ensure_demo", "creating the demo dataset")
+    ensure = demo.ensure_demo
     return call(ensure, failure="Cannot create the demo dataset")
 
 
@@ -84,7 +70,7 @@ def dataset_stamp(spec: str) -> float:
 def _load_dataset(spec: str, stamp: float):
     # cache_resource, not cache_data: a manifest of 100,000 rows is shared read-only instead of unpickled on
     # every rerun. Pages never modify it.
-    load_dataset = core_function("sources", "load_dataset")
+    load_dataset = sources.load_dataset
     return load_dataset(spec)
 
 
@@ -95,7 +81,6 @@ def load_dataset(spec: str, reload: bool = False):
         ensure_demo()  # Otherwise sources.load_dataset("demo") would generate it with a worker pool.
     if reload:
         _load_dataset.clear(spec, dataset_stamp(spec))
-    require("sources", "load_dataset", "reading datasets")
     return call(_load_dataset, spec, dataset_stamp(spec), failure=f"Cannot read the dataset {spec}")
 
 
@@ -103,8 +88,6 @@ def thumbnail(path: str, size: int, stamp: float):
     """A small RGB array of one dataset image for galleries (cached per file and size). On a shared server an
     image whose real location leaves the allowed folders (a symlink inside a dataset) is not read: a plain
     grey square stands in for it, so every page that shows paintings stays whole."""
-    from app_support import shared
-
     try:
         shared.check_image_file(path)
     except ValueError:
@@ -114,18 +97,14 @@ def thumbnail(path: str, size: int, stamp: float):
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _thumbnail(path: str, size: int, stamp: float):
-    from genre_core import images
-
-    read_image_bytes = core_function("sources", "read_image_bytes")
+    read_image_bytes = sources.read_image_bytes
     source = read_image_bytes(path) if read_image_bytes is not None and "#" in path else path
     return images.load_rgb(source, size=size, policy="letterbox", name=path, pad_color=(255, 255, 255))
 
 
 @st.cache_data(show_spinner="Reading image sizes...", max_entries=8)
 def _image_sizes(fingerprint: str, rows: tuple[tuple[str, str], ...]) -> pd.DataFrame:
-    from genre_core import images
-
-    read_image_bytes = core_function("sources", "read_image_bytes")
+    read_image_bytes = sources.read_image_bytes
     records = []
     for path, genre in rows:
         try:
@@ -154,7 +133,7 @@ def image_sizes(dataset, sample: int = 400) -> pd.DataFrame:
 
 def runs_folder(kind: str = "classifier") -> Path:
     """The folder holding runs of this kind (classifier runs, or GAN runs when kind == "gan")."""
-    return runs.kind_root(kind)
+    return store.kind_root(kind)
 
 
 RUN_COLUMNS = ["id", "path", "state", "model", "data", "epoch", "epochs", "test_accuracy", "macro_f1", "message",
@@ -162,12 +141,12 @@ RUN_COLUMNS = ["id", "path", "state", "model", "data", "epoch", "epochs", "test_
 
 
 def run_table(kind: str = "classifier") -> pd.DataFrame:
-    """runs.list_runs as a table (newest first), with every listing column present even when there are no runs.
+    """store.list_runs as a table (newest first), with every listing column present even when there are no runs.
 
     Not cached on purpose: it reads only small files (milliseconds for 50 runs) and must notice a job whose
     process died, which changes no file.
     """
-    table = pd.DataFrame(runs.list_runs(kind))
+    table = pd.DataFrame(store.list_runs(kind))
     for column in RUN_COLUMNS:
         if column not in table.columns:
             table[column] = None
@@ -177,7 +156,7 @@ def run_table(kind: str = "classifier") -> pd.DataFrame:
 def read_status(run_dir: str | os.PathLike) -> dict:
     """The run's effective status (a dead job reads "interrupted"); a missing or corrupt file reads "damaged"."""
     try:
-        return runs.Run(run_dir).status()
+        return store.Run(run_dir).status()
     except ValueError as exc:
         return {"state": "damaged", "error": str(exc)}
 
@@ -185,7 +164,7 @@ def read_status(run_dir: str | os.PathLike) -> dict:
 def read_history(run_dir: str | os.PathLike) -> pd.DataFrame:
     """The run's history.csv (an empty table with an epoch column before the first epoch or when corrupt)."""
     try:
-        history = runs.Run(run_dir).history()
+        history = store.Run(run_dir).history()
     except ValueError:
         history = pd.DataFrame()
     return history if "epoch" in history.columns else pd.DataFrame(columns=["epoch"])
@@ -204,13 +183,12 @@ def finished_runs(kind: str = "classifier", need: str = "model.keras") -> list[s
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=3)
 def _classifier(run_dir: str, stamp: float):
-    load_classifier = core_function("classify", "load_classifier")
+    load_classifier = classify.load_classifier
     return load_classifier(run_dir)
 
 
 def classifier(run_dir: str | os.PathLike):
     """The run's classifier, or the bundled model's (loaded once per model file version)."""
-    require("classify", "load_classifier", "loading a saved classifier")
     run_dir = str(run_dir)
     model_file = bundle.HEAD_FILE if bundle.is_bundle(run_dir) else "model.keras"
     return call(_classifier, run_dir, modification_time(Path(run_dir) / model_file), failure=f"Cannot load the model of {Path(run_dir).name}")
@@ -230,13 +208,12 @@ def bundled_card() -> str:
 
 @st.cache_resource(show_spinner="Reading predictions...", max_entries=8)
 def _interpretation(run_dir: str, stamp: float):
-    interpretation_class = core_function("evaluate", "Interpretation")
+    interpretation_class = evaluate.Interpretation
     return interpretation_class.from_run(run_dir)
 
 
 def interpretation(run_dir: str | os.PathLike):
     """The run's Interpretation (built once per predictions.csv version)."""
-    require("evaluate", "Interpretation", "evaluating a run")
     run_dir = str(run_dir)
     return call(
         _interpretation,
@@ -248,14 +225,13 @@ def interpretation(run_dir: str | os.PathLike):
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _comparison(run_dirs: tuple[str, ...], stamps: tuple[float, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    compare_runs = core_function("evaluate", "compare_runs")
-    learning_curves = core_function("evaluate", "learning_curves")
+    compare_runs = evaluate.compare_runs
+    learning_curves = evaluate.learning_curves
     return compare_runs(list(run_dirs)), learning_curves(list(run_dirs))
 
 
 def comparison(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(compare_runs table, learning_curves long table) for these runs, cached on their metrics/history times."""
-    require("evaluate", "compare_runs", "comparing runs")
     stamps = tuple(
         modification_time(Path(folder) / name) for folder in run_dirs for name in ("metrics.json", "history.csv")
     )
@@ -268,15 +244,13 @@ def _gan_picture(run_dir: str, stamp: float, what: str, count: int, seed: int, g
 
     from PIL import Image
 
-    from genre_core import gan
-
     if what == "sample":
-        pictures = gan.sample(run_dir, n=count, seed=seed, genre=genre)
+        pictures = trainer.sample(run_dir, n=count, seed=seed, genre=genre)
         columns = int(np.ceil(np.sqrt(len(pictures))))
     else:
-        pictures = gan.interpolate(run_dir, seed, seed_b, steps=count, genre=genre)
+        pictures = trainer.interpolate(run_dir, seed, seed_b, steps=count, genre=genre)
         columns = len(pictures)
-    image = gan.grid(pictures, columns=columns)
+    image = trainer.grid(pictures, columns=columns)
     buffer = io.BytesIO()
     Image.fromarray(image, "RGB").save(buffer, format="PNG")
     return {"image": image, "png": buffer.getvalue()}
@@ -285,6 +259,5 @@ def _gan_picture(run_dir: str, stamp: float, what: str, count: int, seed: int, g
 def gan_picture(run_dir: str, what: str, count: int, seed: int, genre: str | None = None, seed_b: int = 1) -> dict:
     """A grid of `count` samples for a seed (what="sample") or an interpolation strip from seed to seed_b, as
     {"image": uint8 array, "png": bytes}; deterministic, so cached per generator file version."""
-    require("gan", "sample", "sampling GANs")
     stamp = modification_time(Path(run_dir) / "generator.keras")
     return call(_gan_picture, run_dir, stamp, what, count, seed, genre, seed_b, failure="Cannot generate images")

@@ -1,5 +1,5 @@
 """The "Download model" control: a run's model exported (SavedModel, TFLite or ONNX) with its JSON sidecar, as
-one zip file (genre_core.export does the work)."""
+one zip file (genre_core.evaluation.export does the work)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from app_support import core
+from genre_core.evaluation import export
 
 FORMAT_LABELS = {"saved_model": "TensorFlow SavedModel", "tflite": "TFLite (LiteRT)", "onnx": "ONNX"}
 OUT_NAMES = {"saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
@@ -19,7 +20,7 @@ OUT_NAMES = {"saved_model": "saved_model", "tflite": "model.tflite", "onnx": "mo
 @st.cache_data(show_spinner=False, max_entries=4)
 def _export_zip(run_dir: str, format_name: str, stamp: float) -> bytes:
     """Export the run's model into a temporary folder and return it zipped with its sidecar (cached per model file)."""
-    export_run = core.require("export", "export_run", "exporting models")
+    export_run = export.export_run
     with tempfile.TemporaryDirectory(prefix="genre-export-") as folder:
         out = Path(folder) / OUT_NAMES[format_name]
         export_run(run_dir, format_name, out)

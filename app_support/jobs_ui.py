@@ -1,6 +1,6 @@
 """Widgets for background jobs: live progress (polled from status.json), cancel, errors, the demo offer.
 
-Jobs run as their own processes (genre_core.jobs); these widgets only read run folders and write cancel
+Jobs run as their own processes (genre_core.runs.jobs); these widgets only read run folders and write cancel
 requests, so a page reload or a second tab sees the same jobs and never starts or kills one by accident.
 """
 
@@ -12,7 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from app_support import charts, core, shared, state
-from genre_core import bundle
+from genre_core.evaluation import bundle
+from genre_core.runs import jobs, store
 
 REFRESH_SECONDS = 1.5
 # A stalled job (no heartbeat for its stall limit) is still a live process: it keeps its panel and Cancel button.
@@ -41,37 +42,24 @@ def _launch_guard(config: dict) -> None:
 
 
 def launch(kind: str, config: dict):
-    """Create a run of `kind` with `config` and start its job process; returns the Run (errors as st.error)."""
-    create_run = core.require("runs", "create_run", "creating run folders")
-    launch_job = core.require("jobs", "launch", "starting background jobs")
+    """Start a background job of `kind` for `config` (genre_core.runs.jobs.start checks it first); returns the
+    Run. A refusal on a shared server or a bad config shows as st.error and stops the page."""
     _launch_guard(config)
-    run = core.call(create_run, kind, config, failure=f"Cannot create the {kind} run")
     with shared.launch_limits():
-        core.call(launch_job, run, failure=f"Cannot start the {kind} job")
-    return run
+        return core.call(jobs.start, kind, config, background=True, failure=f"Cannot start the {kind} job")
 
 
 def start_training(config_values: dict):
-    """Start a classifier training job through train.start_run (validated TrainConfig), returning its Run."""
-    train_config = core.require("config", "TrainConfig", "training options")
-    start_run = core.require("train", "start_run", "training classifiers")
-    config = core.call(train_config.from_dict, config_values, failure="Invalid training options")
-    _launch_guard(config_values)
-    with shared.launch_limits():
-        run = core.call(start_run, config, background=True, failure="Cannot start training")
-    state.set_active_run(Path(getattr(run, "path", run)).name)
+    """Start a classifier training job and follow it; returns its Run."""
+    run = launch("classifier", config_values)
+    state.set_active_run(run.id)
     return run
 
 
 def cancel(run_path: str) -> None:
     """Ask the job of this run to stop (it stops at the next batch)."""
-    cancel_job = core.core_function("jobs", "cancel")
-    open_run = core.require("runs", "open_run", "opening run folders")
-    run = core.call(open_run, Path(run_path), failure="Cannot open the run")
-    if cancel_job is not None:
-        core.call(cancel_job, run, failure="Cannot cancel the job")
-    else:
-        core.call(run.request_cancel, failure="Cannot cancel the job")
+    run = core.call(store.open_run, Path(run_path), failure="Cannot open the run")
+    core.call(jobs.cancel, run, failure="Cannot cancel the job")
 
 
 def job_panel(run_path: str, key: str, show_curves: bool = True) -> None:
@@ -137,10 +125,7 @@ def _render_status(run_path: str, status: dict, key: str) -> None:
 
 def latest_run(kind: str, data: str | None = None) -> dict | None:
     """The newest run of `kind` (optionally for dataset `data`), as a listing row, or None."""
-    list_runs = core.core_function("runs", "list_runs")
-    if list_runs is None:
-        return None
-    for row in list_runs(kind):
+    for row in store.list_runs(kind):
         if data is None or str(row.get("data")) == str(data):
             return row
     return None

@@ -1,7 +1,7 @@
 """The Train page's hyper-parameter search section: launch a search job, follow its trials live, Optuna's
 Plotly figures, and open the best trial's run.
 
-A search is a background job of kind "search" (genre_core.search); this section only reads its run folder
+A search is a background job of kind "search" (genre_core.training.search); this section only reads its run folder
 (status.json, trials.csv, search.json, the Optuna journal) and writes launch and cancel requests.
 """
 
@@ -12,6 +12,9 @@ from pathlib import Path
 import streamlit as st
 
 from app_support import core, jobs_ui, state
+from genre_core.runs import jobs
+from genre_core.training import config, search
+from genre_core.util import fileio
 
 REFRESH_SECONDS = 2.0
 METRIC_LABELS = {"accuracy": "validation accuracy", "macro_f1": "validation macro-F1", "loss": "validation loss"}
@@ -19,9 +22,6 @@ METRIC_LABELS = {"accuracy": "validation accuracy", "macro_f1": "validation macr
 
 def search_section(dataset_spec: str) -> None:
     """An expander on the Train page: the launch form, then the followed search (newest by default)."""
-    search = core.core_function("search", "create_search")
-    if search is None:
-        return
     table = core.run_table("search")
     active = not table.empty and table["state"].isin(jobs_ui.ACTIVE_STATES).any()
     with st.expander("Hyper-parameter search (Optuna)", expanded=bool(active) or "search_followed" in st.session_state,
@@ -43,8 +43,8 @@ def search_section(dataset_spec: str) -> None:
 
 def _launch_form(dataset_spec: str) -> str | None:
     """The launch form; returns the new search's id when one was started."""
-    recipes = core.require("config", "RECIPES", "named training recipes")
-    default_space = core.require("search", "DEFAULT_SPACE", "hyper-parameter search")
+    recipes = config.RECIPES
+    default_space = search.DEFAULT_SPACE
     with st.form("search_form"):
         st.markdown(f"**New search** on `{dataset_spec}`: trials vary learning rate, weight decay, dropout, head "
                     "units, balancing, label smoothing, feature transform, schedule and epochs.")
@@ -66,15 +66,9 @@ def _launch_form(dataset_spec: str) -> str | None:
         low = max(1, int(max_epochs) // 5)
         space["epochs"] = {"type": "int", "low": low, "high": int(max_epochs)}
     overrides = {"size": int(size)} if size else {}
-    jobs_ui._launch_guard({"data": dataset_spec})  # Shared server: allowed folders, queue limit.
-    create = core.require("search", "create_search", "hyper-parameter search")
-    launch = core.require("jobs", "launch", "starting background jobs")
-    run = core.call(create, dataset_spec, int(trials), recipe=recipe, minutes=float(minutes) or None, space=space,
-                    metric=metric, overrides=overrides, failure="Cannot create the search")
-    from app_support import shared
-
-    with shared.launch_limits():
-        core.call(launch, run, failure="Cannot start the search job")
+    run = jobs_ui.launch("search", {"data": dataset_spec, "trials": int(trials), "recipe": recipe,
+                                    "minutes": float(minutes) or None, "space": space, "metric": metric,
+                                    "overrides": overrides})
     st.toast(f"Started search {run.id}")
     return run.id
 
@@ -115,20 +109,18 @@ def _status(run_path: str, status: dict) -> None:
     elif state_name in ("failed", "interrupted", "damaged"):
         st.error(f"Search {run_id} {state_name}: {status.get('error') or message or 'no error recorded'}")
         if state_name != "damaged" and st.button("Resume", key="search_resume", icon=":material/replay:"):
-            resume = core.require("jobs", "resume", "resuming jobs")
-            core.call(resume, run_path, failure="Cannot resume the search")
+            core.call(jobs.resume, run_path, failure="Cannot resume the search")
             st.rerun()
     elif state_name == "cancelled":
         st.warning(f"Search {run_id} was cancelled; resume keeps its finished trials.")
         if st.button("Resume", key="search_resume", icon=":material/replay:"):
-            resume = core.require("jobs", "resume", "resuming jobs")
-            core.call(resume, run_path, failure="Cannot resume the search")
+            core.call(jobs.resume, run_path, failure="Cannot resume the search")
             st.rerun()
 
 
 def _trials(run_path: str) -> None:
-    trials_table = core.require("search", "trials_table", "hyper-parameter search")
-    summary = core.require("search", "summary", "hyper-parameter search")(run_path)
+    trials_table = search.trials_table
+    summary = search.summary(run_path)
     table = trials_table(run_path)
     if table.empty:
         st.caption("Trials appear here as they finish (the feature pass comes first).")
@@ -141,7 +133,7 @@ def _trials(run_path: str) -> None:
     best_run = summary.get("best_run")
     metrics_file = Path(core.runs_folder("classifier")) / str(best_run) / "metrics.json"
     if best_run and metrics_file.exists():
-        metrics = core.require("fileio", "read_json", "reading run files")(metrics_file, None)
+        metrics = fileio.read_json(metrics_file, None)
         test = (metrics or {}).get("test") or {}
         val = (metrics or {}).get("val") or {}
         cards = st.columns(4)
@@ -162,7 +154,7 @@ def _percent(value) -> str:
 @st.cache_data(show_spinner=False, max_entries=8)
 def _cached_figures(run_path: str, trial_count: int, stamp: float) -> dict:
     """Optuna's figures for a search, redrawn only when trials.csv changes."""
-    figures = core.require("search", "figures", "hyper-parameter search")
+    figures = search.figures
     try:
         return figures(run_path)
     except ValueError as exc:

@@ -1,4 +1,4 @@
-"""Shared (exposed) mode in the app: the rules of genre_core.access applied to what a visitor can do.
+"""Shared (exposed) mode in the app: the rules of genre_core.runs.access applied to what a visitor can do.
 
 The app is shared when Streamlit's `server.address` is not a loopback address (e.g. `--server.address
 0.0.0.0`) or GENRE_SHARED=1. Then dataset paths must lie under GENRE_DATA_ROOTS (the demo is always allowed),
@@ -13,7 +13,7 @@ from typing import Iterator
 
 import streamlit as st
 
-from genre_core import access, jobs
+from genre_core.runs import access, jobs
 
 
 def is_shared() -> bool:

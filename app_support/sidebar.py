@@ -5,13 +5,15 @@ from __future__ import annotations
 import streamlit as st
 
 from app_support import core, state
+from genre_core.data import demo
+from genre_core.runs import jobs
 
 
 def first_launch() -> None:
     """On a fresh artifacts root, create the demo dataset and make it active (fast, nothing downloaded)."""
     if state.read_state()["active_dataset"]:
         return
-    ensure_demo = core.core_function("demo", "ensure_demo")
+    ensure_demo = demo.ensure_demo
     if ensure_demo is None:
         return
     with st.spinner("Creating the demo dataset (first launch, about 15 seconds)..."):
@@ -35,7 +37,7 @@ def status_panel() -> None:
             st.markdown(f"**Run:** `{run_id}` ({core.read_status(core.runs_folder() / run_id)['state']})")
         else:
             st.markdown("**Run:** none yet")
-        active_jobs = core.core_function("jobs", "active_jobs")
+        active_jobs = jobs.active_jobs
         for row in active_jobs() if active_jobs is not None else []:
             epoch = f", epoch {row['epoch']}/{row['epochs']}" if row.get("epochs") else ""
             if row["state"] == "stalled":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genre_core import fileio, paths
+from genre_core.util import fileio, paths
 
 STATE_FILE_NAME = "ui_state.json"
 MAX_RECENT_DATASETS = 8

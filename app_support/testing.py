@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from genre_core import fileio, paths
+from genre_core.runs import store
+from genre_core.util import fileio, paths
 
 
 def write_run(
@@ -42,16 +43,7 @@ def write_run(
     logits[np.arange(len(labels)), labels] += np.where(right, 3.0, -1.0)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     predicted = probabilities.argmax(axis=1)
-    predictions = pd.DataFrame(
-        {
-            "path": image_paths,
-            "true": [classes[i] for i in labels],
-            "predicted": [classes[i] for i in predicted],
-            "confidence": probabilities.max(axis=1),
-        }
-    )
-    for index, name in enumerate(classes):
-        predictions[name] = probabilities[:, index]
+    predictions = store.predictions_frame(image_paths, [classes[i] for i in labels], probabilities, classes)
     test_accuracy = float((predicted == labels).mean())
     history = pd.DataFrame(
         {
@@ -66,18 +58,21 @@ def write_run(
     )
     config = {"kind": "classifier", "model": "small_cnn", "data": data, "size": size, "policy": "squash",
               "epochs": epochs, "batch_size": 8, "seed": seed, "classes": list(classes)}
-    fileio.atomic_write_json(folder / "config.json", config)
-    fileio.atomic_write_json(folder / "classes.json", list(classes))
+    run = store.Run(folder, "classifier")
+    run.write_config(config)
+    run.write_classes(list(classes))
     fileio.atomic_write_json(
         folder / "status.json",
         {"state": state, "epoch": epochs, "epochs": epochs, "batch": 0, "batches": 0, "eta_seconds": 0,
          "message": "done", "error": None, "pid": None, "updated": "2026-01-01T00:00:00"},
     )
     fileio.atomic_write_csv(folder / "history.csv", history)
-    fileio.atomic_write_csv(folder / "predictions.csv", predictions)
+    run.write_predictions(predictions)
     scores = {"accuracy": test_accuracy, "macro_f1": test_accuracy * 0.95, "loss": 0.8}
-    fileio.atomic_write_json(folder / "metrics.json", {"train": {"accuracy": 0.8, "macro_f1": 0.78, "loss": 0.6},
-                                                       "val": scores, "test": scores, "wall_seconds": 3.0})
+    # Training counts as training records them; a stand-in: four training images per test image of a genre.
+    train_counts = {genre: 4 * int(count) for genre, count in zip(classes, np.bincount(labels, minlength=count))}
+    run.write_metrics({"train": {"accuracy": 0.8, "macro_f1": 0.78, "loss": 0.6}, "val": scores, "test": scores,
+                       "wall_seconds": 3.0, "train_counts": train_counts})
     if with_model:
         write_tiny_model(folder / "model.keras", size, count, seed)
     return folder

@@ -7,7 +7,9 @@ import os
 import numpy as np
 import pandas as pd
 
-from genre_core import images
+from genre_core.data import images
+from genre_core.evaluation.classify import top_genres
+
 
 # Largest image (in pixels) the Classify page decodes; the byte cap is server.maxUploadSize in .streamlit/config.toml.
 MAX_UPLOAD_PIXELS = int(os.environ.get("GENRE_MAX_UPLOAD_PIXELS", 40_000_000))
@@ -22,8 +24,6 @@ def classify_uploads(classifier, uploads: list[tuple[str, bytes]], top_k: int = 
     pixel cap before any pixel is decoded. A result is {name, ok, error, top: [(genre, p)], probabilities,
     image}: `image` is the decoded uint8 array (for display and Grad-CAM), None for a file that failed.
     """
-    from genre_core.classify import top_genres
-
     max_pixels = max_pixels or MAX_UPLOAD_PIXELS
     results = []
     for name, data in uploads:

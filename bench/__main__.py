@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     met = sum(1 for row in rows if row.get("ok"))
     print(f"\n{met}/{len(rows)} targets met (cpu_count={os.cpu_count()}); ratios compare baseline and candidate run in this process.")
     if args.json:
-        from genre_core.fileio import atomic_write_json
+        from genre_core.util.fileio import atomic_write_json
 
         atomic_write_json(args.json, rows)
     return 0

@@ -99,7 +99,7 @@ def bench_page_renders(few_root: Path, many_root: Path) -> list[dict]:
 
 def run() -> list[dict]:
     """All app benchmark rows (about a minute on two CPU cores)."""
-    from genre_core import demo
+    from genre_core.data import demo
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     warnings.filterwarnings("ignore")

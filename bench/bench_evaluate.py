@@ -36,9 +36,11 @@ def _row(name: str, baseline: float, candidate: float, limit: float, note: str) 
 
 def _classifier(folder: Path):
     """Save a small_cnn (random weights) as a run folder and load it through the classify API."""
-    from genre_core import classify, fileio, models
+    from genre_core.evaluation import classify
+    from genre_core.models import zoo
+    from genre_core.util import fileio
 
-    model = models.build_model("small_cnn", NUM_CLASSES, INPUT_SIZE, weights=None)
+    model = zoo.build_model("small_cnn", NUM_CLASSES, INPUT_SIZE, weights=None)
     model.save(folder / "model.keras")
     fileio.atomic_write_json(folder / "classes.json", [f"genre_{i}" for i in range(NUM_CLASSES)])
     fileio.atomic_write_json(folder / "config.json", {"kind": "classifier", "model": "small_cnn",
@@ -61,7 +63,7 @@ def bench_latency(classifier) -> dict:
 
 def bench_gradcam(classifier) -> dict:
     """Grad-CAM (layer-by-layer traced forward + gradient) against one plain forward pass."""
-    from genre_core import classify
+    from genre_core.evaluation import classify
 
     image = np.random.default_rng(1).integers(0, 256, (INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     batch = image[None].astype(np.float32)
@@ -76,7 +78,8 @@ def bench_full_evaluation() -> dict:
     """Interpretation.summary() on a 5,354 x 10 split against bare scikit-learn report + matrix + log loss."""
     from sklearn.metrics import classification_report, confusion_matrix, log_loss
 
-    from genre_core import evaluate
+    from genre_core.evaluation import evaluate
+    from genre_core.runs import store
 
     rng = np.random.default_rng(2)
     rows, classes = 5354, [f"genre_{i}" for i in range(NUM_CLASSES)]
@@ -84,7 +87,7 @@ def bench_full_evaluation() -> dict:
     logits = rng.normal(0, 1, (rows, NUM_CLASSES))
     logits[np.arange(rows), labels] += 1.5
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    frame = evaluate.predictions_frame([f"/img/{i}.jpg" for i in range(rows)], [classes[i] for i in labels],
+    frame = store.predictions_frame([f"/img/{i}.jpg" for i in range(rows)], [classes[i] for i in labels],
                                        probabilities, classes)
     predicted = probabilities.argmax(axis=1)
 
@@ -106,16 +109,19 @@ def bench_evaluate_data(images: int = 500) -> dict:
     caches and the fast engine (cold caches: decoding and the ncnn pass included) against the Keras path it
     replaced (each image decoded, then the whole Keras model in batches of 32)."""
     from bench import make_row, temporary_artifacts
-    from genre_core import classify, evaluate, fileio, models, sources
-    from genre_core.config import TrainConfig, recipe_values
+    from genre_core.data import sources
+    from genre_core.evaluation import classify, evaluate
+    from genre_core.models import zoo
+    from genre_core.training.config import recipe_values, TrainConfig
+    from genre_core.util import fileio
 
     with temporary_artifacts("bench_evaluate_data_") as folder:
         dataset = sources.load_dataset("demo")
         config = TrainConfig.from_dict({**recipe_values("cpu-15min"), "data": "demo"})
         run_dir = folder / "run"
         run_dir.mkdir()
-        model = models.build_model(config.model, len(dataset.classes), config.size, config.weights,
-                                   **models.model_options(config))
+        model = zoo.build_model(config.model, len(dataset.classes), config.size, config.weights,
+                                   **zoo.model_options(config))
         model.save(run_dir / "model.keras")
         fileio.atomic_write_json(run_dir / "classes.json", list(dataset.classes))
         fileio.atomic_write_json(run_dir / "config.json", config.to_dict())

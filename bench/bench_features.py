@@ -1,4 +1,4 @@
-"""The frozen-backbone feature pass: Keras against ncnn (genre_core.ncnn_engine), HED-VGG16 at 224 px.
+"""The frozen-backbone feature pass: Keras against ncnn (genre_core.models.ncnn_engine), HED-VGG16 at 224 px.
 
 This pass is nearly all of a frozen-feature run's time (21 of 22 minutes for the 5,354 ArtGAN paintings
 with Keras on 2 CPU cores), so its speed decides which image size fits a time budget.
@@ -44,10 +44,10 @@ def run() -> list[dict]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from genre_core import models, ncnn_engine
+    from genre_core.models import ncnn_engine, zoo
 
     images = _paintings(COUNT, SIZE)
-    extractor = models.build_feature_extractor("hed_vgg16", SIZE, "hed")
+    extractor = zoo.build_feature_extractor("hed_vgg16", SIZE, "hed")
 
     def keras_pass(function):
         return np.concatenate([np.asarray(function(images[start:start + BATCH]))

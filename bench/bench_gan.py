@@ -127,17 +127,17 @@ def run() -> list[dict]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    from genre_core import gan, gan_models
+    from genre_core.gan import networks, trainer
 
     rng = np.random.default_rng(0)
     images = rng.uniform(-1.0, 1.0, (BATCH_SIZE, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
     labels = np.zeros(BATCH_SIZE, dtype="int32")
     models = {}
     for architecture in ("dcgan", "projected"):
-        config = gan.GanConfig(architecture=architecture, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE,
+        config = trainer.GanConfig(architecture=architecture, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE,
                                latent_dim=LATENT_DIM, base_channels=32 if architecture == "dcgan" else 16,
                                augment_probability=0.5)
-        models[architecture] = gan_models.make_gan(gan._ModelShape(config, 1))
+        models[architecture] = networks.make_gan(trainer._ModelShape(config, 1))
     reference = keras_io_dcgan()
     for model in (reference, *models.values()):
         _time_steps(model, images, labels, WARMUP_STEPS)
@@ -170,13 +170,13 @@ def _epoch_row() -> dict:
     """Seconds per epoch of the default projected GAN at 128 px (timed steps x steps per epoch)."""
     import numpy as np
 
-    from genre_core import gan, gan_models
+    from genre_core.gan import networks, trainer
 
     rng = np.random.default_rng(1)
     images = rng.uniform(-1.0, 1.0, (EPOCH_BATCH_SIZE, EPOCH_IMAGE_SIZE, EPOCH_IMAGE_SIZE, 3)).astype("float32")
     labels = np.zeros(EPOCH_BATCH_SIZE, dtype="int32")
-    config = gan.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5)
-    model = gan_models.make_gan(gan._ModelShape(config, 1))
+    config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5)
+    model = networks.make_gan(trainer._ModelShape(config, 1))
     _time_steps(model, images, labels, WARMUP_STEPS)
     step_s = statistics.median(_time_steps(model, images, labels, STEPS_PER_ROUND) for _ in range(ROUNDS))
     steps = max(EPOCH_TRAINING_IMAGES // EPOCH_BATCH_SIZE, config.min_steps_per_epoch)

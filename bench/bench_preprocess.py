@@ -38,7 +38,7 @@ def _generate_large_jpegs(folder: Path, count: int = GENERATED_COUNT) -> list[Pa
     """Write painting-like 3000x2000 JPEGs (demo images upscaled, with fine grain so they compress like paintings)."""
     from PIL import Image
 
-    from genre_core.demo import DEMO_GENRES, generate_demo_image
+    from genre_core.data.demo import DEMO_GENRES, generate_demo_image
 
     rng = np.random.default_rng(0)
     files = []
@@ -72,7 +72,7 @@ def _naive_one(path: Path) -> np.ndarray:
 
 def _ours_one(path: Path) -> np.ndarray:
     """Our single-process path: load_rgb with JPEG draft mode."""
-    from genre_core.images import load_rgb
+    from genre_core.data.images import load_rgb
 
     return load_rgb(path, SIZE)
 
@@ -124,7 +124,7 @@ def _dataset(files: list[Path], fingerprint: str):
     """A hand-built Dataset over the benchmark files (two made-up genres)."""
     import pandas as pd
 
-    from genre_core.dataset import Dataset
+    from genre_core.data.dataset import Dataset
 
     genres = ["a" if index % 2 == 0 else "b" for index in range(len(files))]
     manifest = pd.DataFrame({"path": [str(p) for p in files], "genre": genres, "split": ""})
@@ -134,7 +134,7 @@ def _dataset(files: list[Path], fingerprint: str):
 
 def _cache_build_seconds(files: list[Path], tag: str, workers: int) -> float:
     """Best of two wall-clock cache builds from nothing, each in a fresh artifacts root."""
-    from genre_core import cache
+    from genre_core.data import cache
 
     builds = []
     for attempt in range(2):
@@ -146,7 +146,7 @@ def _cache_build_seconds(files: list[Path], tag: str, workers: int) -> float:
 
 
 def run() -> list[dict]:
-    from genre_core import cache, demo
+    from genre_core.data import cache, demo
 
     rows = []
     workers = os.cpu_count() or 1

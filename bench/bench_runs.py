@@ -12,10 +12,10 @@ def bench_listing() -> dict:
     """list_runs over 50 runs (small JSON reads) against a pandas-per-run listing."""
     import pandas as pd
 
-    from genre_core import runs
+    from genre_core.runs import store
 
     for index in range(RUN_COUNT):
-        run = runs.create_run("classifier", {"model": f"m{index}", "data": "demo", "epochs": 10})
+        run = store.create_run("classifier", {"model": f"m{index}", "data": "demo", "epochs": 10})
         for epoch in range(1, 11):
             run.append_history({"epoch": epoch, "loss": 1 / epoch, "accuracy": 0.5, "val_loss": 1 / epoch,
                                 "val_accuracy": 0.5, "lr": 0.001, "seconds": 1.0})
@@ -25,24 +25,24 @@ def bench_listing() -> dict:
     def pandas_listing():
         """The obvious listing: open each run, read its history with pandas, its status and metrics."""
         rows = []
-        for folder in sorted(runs.kind_root("classifier").iterdir()):
-            run = runs.open_run(folder)
+        for folder in sorted(store.kind_root("classifier").iterdir()):
+            run = store.open_run(folder)
             history = pd.read_csv(run.path / "history.csv")
             rows.append({"id": run.id, "state": run.status()["state"], "epochs": len(history),
                          "test": run.metrics().get("test", {}).get("accuracy"), "model": run.config()["model"]})
         return pd.DataFrame(rows)
 
     baseline = best_of(pandas_listing)
-    candidate = best_of(lambda: runs.list_runs("classifier"))
+    candidate = best_of(lambda: store.list_runs("classifier"))
     return make_row(f"list_runs, {RUN_COUNT} runs", baseline, candidate, ">=2x",
                 f"{candidate / RUN_COUNT * 1000:.2f} ms per run; baseline reads history.csv with pandas per run")
 
 
 def bench_progress() -> dict:
     """ProgressWriter over 500 batch events against writing status.json on every batch."""
-    from genre_core import runs
+    from genre_core.runs import store
 
-    run = runs.create_run("classifier", {"model": "progress"})
+    run = store.create_run("classifier", {"model": "progress"})
     events = [{"stage": "batch", "done": batch, "total": 500} for batch in range(1, 501)]
 
     def unthrottled():
@@ -50,7 +50,7 @@ def bench_progress() -> dict:
             run.update_status(batch=event["done"], batches=event["total"])
 
     def throttled():
-        writer = runs.ProgressWriter(run)
+        writer = store.ProgressWriter(run)
         writer({"stage": "epoch", "done": 0, "total": 1})
         for event in events:
             writer(event)

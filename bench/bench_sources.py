@@ -41,7 +41,7 @@ def _best_of(function, repeats: int = 3) -> float:
 def run() -> list[dict]:
     import pandas as pd
 
-    from genre_core.sources import load_dataset
+    from genre_core.data.sources import load_dataset
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,4 +1,4 @@
-"""Training benchmarks, all through the one training loop (`genre_core.train.fit`), on synthetic images.
+"""Training benchmarks, all through the one training loop (`genre_core.training.loop.fit`), on synthetic images.
 
 Rows:
 - head epoch from the embedding cache against a full frozen-backbone forward pass every epoch (hed_vgg16 at
@@ -43,15 +43,15 @@ def _write_folder_dataset(root: Path, count: int, size: int = 64) -> Path:
 
 
 def _time_epochs(model, make_dataset, steps: int, config, repeats: int = 3) -> float:
-    """Fastest of `repeats` epochs of one train.fit call, after a first warm-up epoch (tracing)."""
+    """Fastest of `repeats` epochs of one loop.fit call, after a first warm-up epoch (tracing)."""
     import keras
     import tensorflow as tf
 
-    from genre_core import train
+    from genre_core.training import loop
 
     strategy = tf.distribute.get_strategy()
     optimizer = keras.optimizers.Adam(1e-3)
-    result = train.fit(model, optimizer, make_dataset, steps, config.replace(epochs=1 + repeats), 4, strategy)
+    result = loop.fit(model, optimizer, make_dataset, steps, config.replace(epochs=1 + repeats), 4, strategy)
     return min(row["seconds"] for row in result.state.history[1:])
 
 
@@ -59,8 +59,8 @@ def bench_embedding_cache() -> dict:
     """A head epoch on cached features against a frozen backbone forward pass in every epoch."""
     import tensorflow as tf
 
-    from genre_core import models
-    from genre_core.config import TrainConfig
+    from genre_core.models import zoo
+    from genre_core.training.config import TrainConfig
 
     size, count, batch = 64, 128, 32
     rng = np.random.default_rng(0)
@@ -69,7 +69,7 @@ def bench_embedding_cache() -> dict:
     config = TrainConfig(model="hed_vgg16", size=size, batch_size=batch, head_units=0)
     steps = count // batch
 
-    full = models.build_model("hed_vgg16", 4, size, weights="default", head_units=0)
+    full = zoo.build_model("hed_vgg16", 4, size, weights="default", head_units=0)
 
     def image_stream(epoch, context):
         return tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(batch, drop_remainder=True)
@@ -80,7 +80,7 @@ def bench_embedding_cache() -> dict:
     started = time.perf_counter()
     features = extractor.predict(images, batch_size=batch, verbose=0)
     extraction = time.perf_counter() - started
-    head = models.build_head(features.shape[1], 4)
+    head = zoo.build_head(features.shape[1], 4)
 
     def feature_stream(epoch, context):
         return tf.data.Dataset.from_tensor_slices((features, labels)).repeat().batch(batch, drop_remainder=True)
@@ -94,9 +94,9 @@ def bench_cache_pipeline(root: Path) -> dict:
     """small_cnn epoch from the on-disk image cache against in-memory tensors."""
     import tensorflow as tf
 
-    from genre_core import cache as image_cache
-    from genre_core import models, sources
-    from genre_core.config import TrainConfig
+    from genre_core.data import cache as image_cache, sources
+    from genre_core.models import zoo
+    from genre_core.training.config import TrainConfig
 
     size, count, batch = 64, 512, 32
     dataset = sources.load_dataset(_write_folder_dataset(root / "pipeline", count, size))
@@ -105,7 +105,7 @@ def bench_cache_pipeline(root: Path) -> dict:
     images, labels = image_cache.load_arrays(cache, rows)
     config = TrainConfig(model="small_cnn", size=size, batch_size=batch)
     steps = count // batch
-    model = models.build_model("small_cnn", 4, size)
+    model = zoo.build_model("small_cnn", 4, size)
 
     def in_memory(epoch, context):
         stream = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(count, seed=epoch).repeat()
@@ -136,8 +136,7 @@ def _peak_rss_mb(arguments: list[str], env: dict) -> float:
 
 def bench_memory(root: Path) -> dict:
     """Peak RSS training one epoch on N against 4N cached images."""
-    from genre_core import cache as image_cache
-    from genre_core import sources
+    from genre_core.data import cache as image_cache, sources
 
     size, count = 64, 2400
     folder = _write_folder_dataset(root / "memory", count, size)

@@ -8,24 +8,13 @@ stay cheap: command modules import TensorFlow inside their functions, never at m
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 
+from genre_core.commands import CliError, data, evaluate, export, gan, runs, search, train
+
 # Command modules, in the order they appear in --help.
-COMMAND_MODULES = (
-    "data",
-    "evaluate",
-    "runs",
-    "gan",
-    "train",
-    "search",
-    "export",
-)
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
+COMMAND_MODULES = (data, evaluate, runs, gan, train, search, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"genre_core.commands.{name}").register(subparsers)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 

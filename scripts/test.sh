@@ -11,4 +11,6 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 python3 -m pip install -q -r requirements-dev.txt
 export TF_CPP_MIN_LOG_LEVEL=2 CUDA_VISIBLE_DEVICES=""
+# The architecture contracts (.importlinter): layers one way, no cycles, no Streamlit in genre_core.
+python3 -c "from importlinter.cli import lint_imports_command; lint_imports_command()" --no-cache  # = lint-imports
 python3 -m pytest -q "$@"

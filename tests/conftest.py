@@ -38,6 +38,14 @@ def isolated_artifacts(tmp_path, monkeypatch) -> Path:
     return root
 
 
+def app_page(name: str, timeout: float = 60):
+    """An AppTest of one page file of app_pages/ (run on its own)."""
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app_pages" / f"{name}.py"),
+                             default_timeout=timeout)
+
+
 def make_tiny_image(genre: str, index: int, size: int = 48) -> Image.Image:
     """A small synthetic painting whose genre is learnable: abstract = random colour blocks,
     landscape = blue sky over green ground, portrait = light oval on a dark ground."""
@@ -91,7 +99,7 @@ def wait_for(predicate, timeout: float = 20.0, poll: float = 0.05):
 @pytest.fixture()
 def stop_leftover_jobs():
     """After the test, stop any job process it started that is still alive (only ours, by pid)."""
-    from genre_core import jobs
+    from genre_core.runs import jobs
 
     yield
     for _pid, process in list(jobs._children.items()):

@@ -1,5 +1,5 @@
 """Shared (exposed) mode: loopback detection, dataset roots (outside, '..', symlinks leaving a root) in
-genre_core.access, in `data info` with GENRE_DATA_ROOTS, and on the Dataset page (AppTest)."""
+genre_core.runs.access, in `data info` with GENRE_DATA_ROOTS, and on the Dataset page (AppTest)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import write_tiny_folder_dataset
-from genre_core import access
 from genre_core.cli import main
+from genre_core.runs import access
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
@@ -122,7 +122,7 @@ def test_dataset_page_on_localhost_is_unchanged(isolated_artifacts, roots, monke
 
 
 def test_shared_mode_refuses_a_job_when_the_queue_is_full(isolated_artifacts, monkeypatch, tiny_dataset_dir):
-    from genre_core import jobs, runs
+    from genre_core.runs import jobs, store
 
     monkeypatch.setenv("GENRE_SHARED", "1")
     monkeypatch.setenv("GENRE_MAX_QUEUED", "1")
@@ -134,7 +134,7 @@ def test_shared_mode_refuses_a_job_when_the_queue_is_full(isolated_artifacts, mo
     assert [error.value for error in app.error] == [
         "The queue is full: 1 jobs are already waiting (limit 1). Nothing was started; try again when one of them "
         "has started."]
-    assert runs.list_runs("prepare") == []
+    assert store.list_runs("prepare") == []
 
 
 def test_the_ui_never_deletes_files():

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import TINY_GENRES, make_tiny_image, write_tiny_folder_dataset
+from conftest import app_page, make_tiny_image, TINY_GENRES, write_tiny_folder_dataset
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
@@ -32,7 +32,7 @@ RUN_ID = "20260101-000000-small_cnn-test"
 
 def page(name: str) -> AppTest:
     """An AppTest of one page file (run on its own, as the task asks)."""
-    return AppTest.from_file(str(PROJECT / "app_pages" / f"{name}.py"), default_timeout=TIMEOUT)
+    return app_page(name, TIMEOUT)
 
 
 def texts(elements) -> list[str]:
@@ -111,7 +111,8 @@ def test_genre_counts_figure_stacks_splits_in_count_order():
 
 
 def test_first_launch_creates_the_demo_and_offers_a_demo_run(isolated_artifacts, monkeypatch):
-    from genre_core import demo, paths
+    from genre_core.data import demo
+    from genre_core.util import paths
 
     # The real demo takes ~20 s on two cores; the tiny dataset stands in for it here.
     monkeypatch.setattr(demo, "ensure_demo", lambda *args, **kwargs: write_tiny_folder_dataset(paths.demo_dir()))
@@ -135,7 +136,7 @@ def test_first_launch_creates_the_demo_and_offers_a_demo_run(isolated_artifacts,
 
 
 def test_dataset_page_guard_without_a_dataset(isolated_artifacts, monkeypatch):
-    from genre_core import demo
+    from genre_core.data import demo
 
     def refuse(*args, **kwargs):
         raise ValueError("disk full")
@@ -181,32 +182,28 @@ def test_train_page_guard_without_a_dataset(isolated_artifacts):
     app = page("train").run()
     assert not app.exception
     info = texts(app.info)
-    assert info == ["Choose a dataset on the Dataset page first."] or "genre_core.train.start_run" in info[0]
+    assert info == ["Choose a dataset on the Dataset page first."]
 
 
 @pytest.fixture()
 def fake_start_run(monkeypatch):
-    """Replace train.start_run (expensive) by one that writes a run in the middle of epoch 2."""
-    from genre_core import runs
+    """Replace jobs.start (expensive) by one that writes a classifier run in the middle of epoch 2."""
+    from genre_core.runs import jobs, store
+    from genre_core.training.config import TrainConfig
 
     calls = []
 
-    def start_run(config, background=True):
+    def start(kind, config, background=False, progress=None):
+        assert kind == "classifier" and background
+        config = TrainConfig.from_dict(config)
         calls.append(config)
-        run = runs.create_run("classifier", config.to_dict(), classes=list(TINY_GENRES))
+        run = store.create_run("classifier", config.to_dict(), classes=list(TINY_GENRES))
         run.update_status(state="running", epoch=1, epochs=config.epochs, batch=2, batches=4, eta_seconds=75,
                           pid=os.getpid(), message="epoch 2/3, batch 2/4")
         run.append_history({"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4})
         return run
 
-    try:
-        import genre_core.train as train_module
-    except ImportError:  # Minimal local fallback while genre_core.train has not landed: a stand-in module.
-        import types
-
-        train_module = types.ModuleType("genre_core.train")
-        monkeypatch.setitem(sys.modules, "genre_core.train", train_module)
-    monkeypatch.setattr(train_module, "start_run", start_run, raising=False)
+    monkeypatch.setattr(jobs, "start", start)
     return calls
 
 
@@ -241,7 +238,7 @@ def test_train_page_launches_a_run_and_shows_live_progress(isolated_artifacts, t
 
 def test_train_page_recipe_replaces_the_model_settings_but_keeps_fraction_and_seed(
         isolated_artifacts, tiny_dataset_dir, fake_start_run):
-    from genre_core.config import RECIPES
+    from genre_core.training.config import RECIPES
 
     state.set_active_dataset(str(tiny_dataset_dir))
     app = page("train").run()
@@ -259,10 +256,10 @@ def test_train_page_recipe_replaces_the_model_settings_but_keeps_fraction_and_se
 
 
 def test_train_page_shows_a_failed_job_with_its_error(isolated_artifacts, tiny_dataset_dir, fake_start_run):
-    from genre_core import runs
+    from genre_core.runs import store
 
     state.set_active_dataset(str(tiny_dataset_dir))
-    run = runs.create_run("classifier", {"model": "small_cnn", "data": "demo", "epochs": 2})
+    run = store.create_run("classifier", {"model": "small_cnn", "data": "demo", "epochs": 2})
     run.update_status(state="failed", error="ValueError: out of memory in epoch 1")
     app = page("train").run()
     assert not app.exception
@@ -271,9 +268,9 @@ def test_train_page_shows_a_failed_job_with_its_error(isolated_artifacts, tiny_d
 
 def test_background_job_is_seen_by_two_sessions_until_it_finishes(isolated_artifacts):
     """A real TensorFlow-free job: two AppTest sessions (two tabs) follow the same run folder."""
-    from genre_core import jobs, runs
+    from genre_core.runs import jobs, store
 
-    run = runs.create_run("selftest", {"epochs": 2, "batches": 2, "step_seconds": 0.05})
+    run = store.create_run("selftest", {"epochs": 2, "batches": 2, "step_seconds": 0.05})
     jobs.launch(run)
 
     def follow(run_path):
@@ -301,7 +298,7 @@ def test_evaluate_page_guard_without_runs(isolated_artifacts):
 
 
 def test_evaluate_page_metrics_matrix_and_cells(tiny_run):
-    from genre_core.evaluate import Interpretation
+    from genre_core.evaluation.evaluate import Interpretation
 
     expected = Interpretation.from_run(tiny_run)
     app = page("evaluate").run()
@@ -339,7 +336,7 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def test_classify_page_guard_without_a_model(tiny_run, monkeypatch):
-    from genre_core import bundle
+    from genre_core.evaluation import bundle
 
     monkeypatch.setattr(bundle, "available", lambda: False)
     app = page("classify").run()
@@ -409,15 +406,17 @@ def test_gan_page_guard_without_runs(isolated_artifacts, tiny_dataset_dir):
 
 
 def test_gan_page_launches_a_job(isolated_artifacts, tiny_dataset_dir, monkeypatch):
-    from genre_core import gan, runs
+    from genre_core.gan.trainer import GanConfig
+    from genre_core.runs import jobs, store
 
     launched = []
 
-    def start_gan_run(config, background=True):
+    def start(kind, config, background=False, progress=None):
+        assert kind == "gan" and background
         launched.append(config)
-        return runs.create_run("gan", config, classes=[config["genre"]])
+        return store.create_run("gan", config, classes=[config["genre"]])
 
-    monkeypatch.setattr(gan, "start_gan_run", start_gan_run)
+    monkeypatch.setattr(jobs, "start", start)
     state.set_active_dataset(str(tiny_dataset_dir))
     app = page("gan").run()
     app.selectbox(key="gan_genre").set_value("portrait")
@@ -427,13 +426,13 @@ def test_gan_page_launches_a_job(isolated_artifacts, tiny_dataset_dir, monkeypat
     assert not app.exception
     (config,) = launched
     assert (config["genre"], config["epochs"], config["image_size"], config["conditional"]) == ("portrait", 2, 32, False)
-    assert gan.GanConfig.from_dict(config).validate().to_dict()["data"] == str(tiny_dataset_dir)  # a valid config
+    assert GanConfig.from_dict(config).validate().to_dict()["data"] == str(tiny_dataset_dir)  # a valid config
     assert state.read_state()["active_gan_run"] == app.selectbox(key="gan_run").value
 
 
 def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
     from app_support.testing import write_gan_run
-    from genre_core import gan
+    from genre_core.gan import trainer
 
     folder = write_gan_run("20260101-000000-landscape-gan1", epochs=3, image_size=16)
     app = page("gan").run()
@@ -446,7 +445,7 @@ def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
     sample_url, strip_url = app.image[1].value[0], app.image[2].value[0]
     assert sample_url != strip_url
     # The page shows exactly what the core generates for that seed: a 2 x 2 grid of 16-px images.
-    expected = gan.grid(gan.sample(folder, n=4, seed=7), columns=2)
+    expected = trainer.grid(trainer.sample(folder, n=4, seed=7), columns=2)
     assert expected.shape == (34, 34, 3)
     assert [image.captions[0] for image in app.image] == [
         "epoch 3 (fixed latent batch)", "4 samples, seed 7", "seed 0 → seed 1"]
@@ -468,7 +467,7 @@ def test_demo_run_button_starts_the_small_demo_training(isolated_artifacts, tiny
 
 
 def test_dataset_page_prepares_the_cache_as_a_background_job(isolated_artifacts, tiny_dataset_dir):
-    from genre_core import jobs, runs
+    from genre_core.runs import jobs, store
 
     state.set_active_dataset(str(tiny_dataset_dir))
     app = page("dataset").run()
@@ -476,7 +475,7 @@ def test_dataset_page_prepares_the_cache_as_a_background_job(isolated_artifacts,
     (prepare,) = [button for button in app.button if button.label == "Prepare"]
     prepare.click().run()
     assert not app.exception
-    (row,) = runs.list_runs("prepare")
+    (row,) = store.list_runs("prepare")
     assert row["data"] == str(tiny_dataset_dir)
     assert jobs.wait(row["path"], timeout=60)["state"] == "finished"
     app.run()
@@ -487,11 +486,11 @@ def test_dataset_page_prepares_the_cache_as_a_background_job(isolated_artifacts,
 def test_a_stalled_job_shows_as_stalled_in_its_panel_and_the_sidebar(isolated_artifacts):
     from datetime import datetime, timedelta, timezone
 
-    from genre_core import runs
+    from genre_core.runs import store
 
-    run = runs.create_run("selftest", {"epochs": 5})
+    run = store.create_run("selftest", {"epochs": 5})
     # A live process (this one) whose heartbeat is an hour old. Nothing here clicks Cancel: it would signal it.
-    run.update_status(state="running", pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()),
+    run.update_status(state="running", pid=os.getpid(), pid_start=store.process_start_time(os.getpid()),
                       stall_seconds=60, message="epoch 2/5, batch 3/4", epoch=1, epochs=5,
                       heartbeat=(datetime.now(timezone.utc) - timedelta(hours=1)).isoformat())
     script = f"""

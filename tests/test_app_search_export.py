@@ -7,23 +7,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import TINY_GENRES
+from conftest import app_page, TINY_GENRES
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
 from app_support import state  # noqa: E402
 from app_support.testing import write_run  # noqa: E402
-from genre_core import fileio, runs, search  # noqa: E402
+from genre_core.runs import store  # noqa: E402
+from genre_core.training import search  # noqa: E402
+from genre_core.util import fileio  # noqa: E402
 
 TIMEOUT = 120
 BEST_ID = "20260101-000000-hed_vgg16-best"
 
 
-def page(name: str) -> AppTest:
-    return AppTest.from_file(str(PROJECT / "app_pages" / f"{name}.py"), default_timeout=TIMEOUT)
+def page(name: str):
+    return app_page(name, TIMEOUT)
 
 
 def finished_run(tiny_dataset_dir, with_model: bool = False) -> Path:
@@ -56,7 +56,7 @@ def test_train_page_shows_a_search_with_its_trials_best_run_and_a_launch_form(is
     assert metrics["Best trial"] == "2"
     # Launching creates a queued search folder with the form's settings (the job launch itself is patched).
     launched = []
-    from genre_core import jobs
+    from genre_core.runs import jobs
 
     original = jobs.launch
     jobs.launch = lambda new_run: launched.append(new_run) or 0
@@ -68,7 +68,7 @@ def test_train_page_shows_a_search_with_its_trials_best_run_and_a_launch_form(is
         jobs.launch = original
     assert not app.exception
     (new_run,) = launched
-    config = runs.open_run(new_run.path).config()
+    config = store.open_run(new_run.path).config()
     assert config["trials"] == 5 and config["space"]["epochs"] == {"type": "int", "low": 4, "high": 20}
     assert config["base"]["model"] == "hed_vgg16" and config["data"] == str(tiny_dataset_dir)
 

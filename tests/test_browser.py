@@ -66,7 +66,7 @@ def app_url(tmp_path_factory):
     tiny saved model, and a finished GAN run."""
     from app_support import state
     from app_support.testing import write_gan_run, write_run
-    from genre_core import demo
+    from genre_core.data import demo
 
     base = tmp_path_factory.mktemp("browser")
     root = base / "artifacts"
@@ -182,7 +182,7 @@ def test_dataset_and_gan_pages_render(page, app_url):
     page.get_by_text("Gallery").wait_for()
     images_metric = page.locator('[data-testid="stMetric"]').filter(has_text="Images")
     images_metric.wait_for()
-    from genre_core import demo
+    from genre_core.data import demo
 
     expected = sum(demo.demo_counts(DEMO_TOTAL).values())
     assert images_metric.locator('[data-testid="stMetricValue"]').inner_text() == str(expected)
@@ -210,7 +210,7 @@ def test_dataset_and_gan_pages_render(page, app_url):
 
 
 def test_drop_paintings_and_see_predictions(page, app_url, tmp_path):
-    from genre_core import demo
+    from genre_core.data import demo
 
     portrait = tmp_path / "portrait.png"
     Image.fromarray(demo.generate_demo_image("portrait", seed=5, size=160)).save(portrait)
@@ -238,7 +238,9 @@ def test_drop_paintings_and_see_predictions(page, app_url, tmp_path):
 
 def test_a_fresh_clone_classifies_a_painting_with_the_bundled_model(page, tmp_path):
     """No run and no training: the Classify page answers with the bundled real-painting model."""
-    from genre_core import bundle, demo, fileio
+    from genre_core.data import demo
+    from genre_core.evaluation import bundle
+    from genre_core.util import fileio
 
     classes = fileio.read_json(bundle.folder() / "classes.json")
     painting = tmp_path / "landscape.png"
@@ -283,7 +285,6 @@ def test_click_a_confusion_matrix_cell_and_see_its_paintings(page, app_url):
 
 
 def test_launch_a_training_run_from_the_sidebar_and_see_it_finish(page, app_url):
-    pytest.importorskip("genre_core.train", reason="genre_core.train has not landed")
     open_page(page, app_url, "train", "Queue and history")
     sidebar = page.locator('[data-testid="stSidebar"]')
     # The form defaults to the measured recipe; this test trains the small settings it types in.

@@ -8,7 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genre_core import bundle, classify, cli, fileio, images, train
+from genre_core import cli
+from genre_core.data import images
+from genre_core.evaluation import bundle, classify
+from genre_core.runs import jobs
+from genre_core.util import fileio
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +24,7 @@ def tiny_bundle(tiny_dataset_dir, tmp_path_factory):
     previous = os.environ.get("GENRE_ARTIFACTS")
     os.environ["GENRE_ARTIFACTS"] = str(root)
     try:
-        run = train.start_run({"data": str(tiny_dataset_dir), "model": "hed_vgg16", "size": 32, "epochs": 2,
+        run = jobs.start("classifier", {"data": str(tiny_dataset_dir), "model": "hed_vgg16", "size": 32, "epochs": 2,
                                "batch_size": 8, "head_units": 0, "feature_layers": ["block3_conv3"],
                                "feature_transform": "sqrt", "cv_folds": 2, "logit_adjustment": 0.5,
                                "refit": True, "val_fraction": 0.2, "test_fraction": 0.2})
@@ -85,7 +89,7 @@ def test_evaluating_a_bundle_writes_under_artifacts(tiny_bundle, tiny_dataset_di
 
 
 def test_bundling_an_end_to_end_run_is_refused(tiny_dataset_dir, isolated_artifacts, tmp_path, capsys):
-    run = train.start_run({"data": str(tiny_dataset_dir), "model": "small_cnn", "size": 32, "epochs": 1,
+    run = jobs.start("classifier", {"data": str(tiny_dataset_dir), "model": "small_cnn", "size": 32, "epochs": 1,
                            "batch_size": 8})
     capsys.readouterr()
     assert cli.main(["bundle", str(run.path), "--out", str(tmp_path / "nope")]) == 2
@@ -95,7 +99,7 @@ def test_bundling_an_end_to_end_run_is_refused(tiny_dataset_dir, isolated_artifa
 def test_the_shipped_bundle_loads_with_safe_mode_and_matches_its_hashes():
     import keras
 
-    from genre_core import layers
+    from genre_core.models import layers
 
     assert bundle.available(), f"the bundled model is missing from {bundle.folder()}"
     assert bundle.verify() == []

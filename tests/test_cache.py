@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_GENRES, write_tiny_folder_dataset
-from genre_core import cache as cache_module
-from genre_core.cache import ImageCache, load_arrays, load_genre_images, make_tf_dataset, prepare_cache
-from genre_core.dataset import Dataset
-from genre_core.images import load_rgb
+from genre_core.data import cache as cache_module
+from genre_core.data.cache import ImageCache, load_arrays, load_genre_images, make_tf_dataset, prepare_cache
+from genre_core.data.dataset import Dataset
+from genre_core.data.images import load_rgb
 
 SIZE = 32
 
@@ -349,7 +349,7 @@ def test_spawned_workers_never_rerun_a_script_main(tmp_path, monkeypatch):
     import sys
     import types
 
-    from genre_core import cache
+    from genre_core.util import workers
 
     script = tmp_path / "page.py"
     script.write_text("raise SystemExit('the page script ran again in a worker')\n")
@@ -357,9 +357,9 @@ def test_spawned_workers_never_rerun_a_script_main(tmp_path, monkeypatch):
     page_main.__file__ = str(script)
     page_main.__spec__ = None
     monkeypatch.setitem(sys.modules, "__main__", page_main)
-    monkeypatch.setattr(cache, "worker_context", lambda: multiprocessing.get_context("spawn"))
-    with cache.worker_pool(2) as pool:
-        with cache.spawnable_main():
+    monkeypatch.setattr(workers, "worker_context", lambda: multiprocessing.get_context("spawn"))
+    with workers.worker_pool(2) as pool:
+        with workers.spawnable_main():
             futures = [pool.submit(abs, -index) for index in range(4)]
         assert sorted(future.result() for future in futures) == [0, 1, 2, 3]
     assert sys.modules["__main__"] is page_main

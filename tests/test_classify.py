@@ -13,7 +13,10 @@ import pandas as pd
 import pytest
 
 from conftest import TINY_GENRES, make_tiny_image
-from genre_core import classify, cli, fileio, images
+from genre_core import cli
+from genre_core.data import images
+from genre_core.evaluation import classify
+from genre_core.util import fileio
 
 SIZE = 32
 
@@ -115,7 +118,7 @@ def test_load_classifier_errors(tmp_path):
 
 def _cli(argv, monkeypatch, capsys):
     """Run the CLI with only this area's commands registered; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("evaluate",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (cli.evaluate,))
     code = cli.main(argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -299,7 +302,7 @@ def test_evaluate_on_another_dataset(run_dir, tmp_path, monkeypatch, capsys):
     data = write_tiny_folder_dataset(tmp_path / "other-data", per_genre=3, size=40)
     (data / "cubism").mkdir()
     make_tiny_image("abstract", 7).save(data / "cubism" / "unknown_genre.png")
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("evaluate",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (cli.evaluate,))
     before = {p.name for p in run_dir.iterdir()} - {"evaluations"}
     assert cli.main(["evaluate", str(run_dir), "--data", str(data)]) == 0
     out = capsys.readouterr().out
@@ -318,7 +321,7 @@ def test_classify_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, genre_core.classify, genre_core.evaluate; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
+    code = "import sys, genre_core.evaluation.classify, genre_core.evaluation.evaluate; print('keras' in sys.modules, 'tensorflow' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             cwd=os.path.dirname(os.path.dirname(__file__)))
     assert result.stdout.strip() == "False False", result.stderr

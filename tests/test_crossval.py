@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genre_core import crossval
+from genre_core.training import crossval
 
 
 def test_folds_are_stratified_and_cover_every_row_once():
@@ -53,11 +53,13 @@ def test_scores_mean_and_sd_over_folds_with_a_known_classifier():
 def test_training_and_evaluation_report_the_same_log_loss():
     import pandas as pd
 
-    from genre_core import evaluate, scoring
+    from genre_core.evaluation import evaluate
+    from genre_core.runs import store
+    from genre_core.training import scoring
 
     probabilities = np.array([[0.0, 1.0], [0.7, 0.3], [0.2, 0.8]])
     labels = np.array([0, 0, 1])
-    frame = evaluate.predictions_frame(["a", "b", "c"], ["x", "x", "y"], probabilities, ["x", "y"])
+    frame = store.predictions_frame(["a", "b", "c"], ["x", "x", "y"], probabilities, ["x", "y"])
     interpretation = evaluate.Interpretation.from_predictions(pd.DataFrame(frame), ["x", "y"])
     training = scoring.classification_scores(labels, probabilities, 2)["loss"]
     assert interpretation.metrics()["log_loss"] == pytest.approx(training, rel=1e-12)

@@ -6,14 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import genre_core
 from genre_core.cli import main
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -118,10 +116,9 @@ def test_prepare_builds_the_cache_and_lists_failures(capsys, tmp_path, tiny_data
 
 
 def test_demo_command_prints_the_folder(capsys, tmp_path, monkeypatch):
-    fake = types.ModuleType("genre_core.demo")
-    fake.ensure_demo = lambda root=None, progress=None: tmp_path / "demo-here"
-    monkeypatch.setitem(sys.modules, "genre_core.demo", fake)
-    monkeypatch.setattr(genre_core, "demo", fake, raising=False)
+    from genre_core.data import demo
+
+    monkeypatch.setattr(demo, "ensure_demo", lambda root=None, progress=None: tmp_path / "demo-here")
     code, out, _err = run_cli(capsys, "data", "demo")
     assert code == 0 and out.strip() == str(tmp_path / "demo-here")
 

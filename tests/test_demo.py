@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genre_core import demo
-from genre_core.demo import DEMO_GENRES, PBN_COUNTS, demo_counts, ensure_demo, generate_demo_image, painted_genre
+from genre_core.data import demo
+from genre_core.data.demo import demo_counts, DEMO_GENRES, ensure_demo, generate_demo_image, painted_genre, PBN_COUNTS
 
 
 def test_generate_demo_image_is_deterministic_per_seed():
@@ -142,7 +142,7 @@ def test_painting_one_default_size_image_is_fast():
 
 
 def test_demo_loads_through_the_folder_source(tmp_path):
-    sources = pytest.importorskip("genre_core.sources")
+    sources = pytest.importorskip("genre_core.data.sources")
     root = ensure_demo(tmp_path / "demo", seed=0, size=32, total=80, workers=1)
     dataset = sources.load_folder(root)
     assert sorted(dataset.classes) == sorted(DEMO_GENRES)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genre_core import train
+from genre_core.util import cluster
 from conftest import wait_for
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -28,18 +28,18 @@ def _free_port() -> int:
 
 def test_worker_roles_come_from_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert train.worker_count() == 1 and train.is_chief()
-    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
-    assert train.worker_count() == 2 and not train.is_chief()
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
-    assert train.is_chief()
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], **cluster},
+    assert cluster.worker_count() == 1 and cluster.is_chief()
+    workers = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": workers, "task": {"type": "worker", "index": 1}}))
+    assert cluster.worker_count() == 2 and not cluster.is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": workers, "task": {"type": "worker", "index": 0}}))
+    assert cluster.is_chief()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], **workers},
                                                 "task": {"type": "worker", "index": 0}}))
-    assert train.worker_count() == 3 and not train.is_chief()
+    assert cluster.worker_count() == 3 and not cluster.is_chief()
     monkeypatch.setenv("TF_CONFIG", "{broken")
     with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
-        train.worker_count()
+        cluster.worker_count()
 
 
 def start_workers(dataset: Path, tmp_path: Path, epochs: int, output=subprocess.PIPE,
@@ -63,7 +63,7 @@ def start_workers(dataset: Path, tmp_path: Path, epochs: int, output=subprocess.
 
 
 def test_two_workers_train_to_identical_weights(tiny_dataset_dir, tmp_path):
-    from genre_core import models
+    from genre_core.models import zoo
 
     processes = start_workers(tiny_dataset_dir, tmp_path, epochs=2)
     outputs = []
@@ -81,7 +81,7 @@ def test_two_workers_train_to_identical_weights(tiny_dataset_dir, tmp_path):
     assert folders[0].parent == tmp_path / "artifacts0" / "runs"
     assert folders[1].parent == tmp_path / "worker1" / "runs"
     assert not (tmp_path / "artifacts1").exists()
-    chief, worker = (models.load_model(folder / "model.keras") for folder in folders)
+    chief, worker = (zoo.load_model(folder / "model.keras") for folder in folders)
     for variable, worker_weights in zip(chief.weights, worker.get_weights()):
         np.testing.assert_allclose(np.asarray(variable), worker_weights, rtol=0, atol=1e-6, err_msg=variable.path)
     history = (folders[0] / "history.csv").read_text().splitlines()
@@ -91,7 +91,7 @@ def test_two_workers_train_to_identical_weights(tiny_dataset_dir, tmp_path):
 
 
 def test_a_killed_worker_makes_the_other_fail_within_the_stall_limit(tiny_dataset_dir, tmp_path):
-    from genre_core import runs
+    from genre_core.runs import store
 
     limit = 60
     processes = start_workers(tiny_dataset_dir, tmp_path, epochs=100_000, output=None,
@@ -100,7 +100,7 @@ def test_a_killed_worker_makes_the_other_fail_within_the_stall_limit(tiny_datase
     try:
         def chief_run():
             folders = list((tmp_path / "artifacts0" / "runs").glob("*"))
-            return runs.Run(folders[0]) if folders and (folders[0] / "status.json").exists() else None
+            return store.Run(folders[0]) if folders and (folders[0] / "status.json").exists() else None
 
         run = wait_for(lambda: (found := chief_run()) and (found.raw_status().get("epoch") or 0) >= 1 and found,
                        timeout=300)

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genre_core import cli, evaluate, fileio
-from genre_core.evaluate import Interpretation, compare_runs, learning_curves
+from genre_core import cli
+from genre_core.evaluation import evaluate
+from genre_core.evaluation.evaluate import compare_runs, Interpretation, learning_curves
+from genre_core.util import fileio
 
 CLASSES = ["abstract", "landscape", "portrait", "still_life"]
 
@@ -222,11 +224,17 @@ def test_train_counts_missing_gives_nan(tmp_path):
     assert interp.metrics()["accuracy"] == pytest.approx(0.6)
 
 
-def test_train_counts_from_config_list(tmp_path):
+def test_train_counts_are_read_only_where_training_writes_them(tmp_path):
+    """One spelling: metrics.json "train_counts" as {genre: images}. Counts elsewhere (a list in config.json)
+    are not a format any writer produces; such a run reads as an older run without counts."""
     folder = write_run(tmp_path / "run-c", train_counts=False)
     config = fileio.read_json(folder / "config.json")
     config["train_counts"] = [1, 2, 3, 4]
     fileio.atomic_write_json(folder / "config.json", config)
+    assert Interpretation.from_run(folder).train_counts().isna().all()
+    metrics = fileio.read_json(folder / "metrics.json")
+    metrics["train_counts"] = {"abstract": 1, "landscape": 2, "portrait": 3, "still_life": 4}
+    fileio.atomic_write_json(folder / "metrics.json", metrics)
     assert Interpretation.from_run(folder).train_counts().tolist() == [1, 2, 3, 4]
 
 
@@ -249,7 +257,7 @@ def test_evaluate_run_writes_files(tmp_path):
 
 
 def test_cli_evaluate_prints_summary(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("evaluate",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (cli.evaluate,))
     folder = write_run(tmp_path / "run-e")
     assert cli.main(["evaluate", str(folder)]) == 0
     out = capsys.readouterr().out
@@ -260,7 +268,7 @@ def test_cli_evaluate_prints_summary(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_evaluate_bad_run_exits_nonzero(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("evaluate",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (cli.evaluate,))
     assert cli.main(["evaluate", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "missing" in err and "\n" not in err
@@ -315,8 +323,8 @@ def test_learning_curves_long_table(tmp_path):
 
 
 def test_train_counts_recounted_from_the_dataset(tmp_path, monkeypatch):
-    from genre_core import sources
-    from genre_core.dataset import Dataset
+    from genre_core.data import sources
+    from genre_core.data.dataset import Dataset
 
     manifest = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(7)],
                              "genre": ["abstract"] * 3 + ["portrait"] * 2 + ["landscape"] * 2,
@@ -343,8 +351,8 @@ def test_train_counts_recounted_from_the_dataset(tmp_path, monkeypatch):
 
 
 def test_train_counts_recount_uses_the_runs_split_settings(tmp_path, monkeypatch):
-    from genre_core import sources, splits
-    from genre_core.dataset import Dataset
+    from genre_core.data import sources, splits
+    from genre_core.data.dataset import Dataset
 
     genres = ["abstract"] * 10 + ["landscape"] * 20 + ["portrait"] * 10
     manifest = pd.DataFrame({"path": [f"/x/{i}.jpg" for i in range(len(genres))], "genre": genres,
@@ -364,11 +372,12 @@ def test_train_counts_recount_uses_the_runs_split_settings(tmp_path, monkeypatch
 
 
 def test_runs_are_found_by_id_and_by_run_object(isolated_artifacts):
-    from genre_core import paths, runs
+    from genre_core.runs import store
+    from genre_core.util import paths
 
     folder = write_run(paths.runs_dir() / "20260101-000000-tiny-abc")
     by_id = Interpretation.from_run("20260101-000000-tiny-abc")
-    by_object = Interpretation.from_run(runs.open_run(folder))
+    by_object = Interpretation.from_run(store.open_run(folder))
     assert by_id.run_dir.resolve() == by_object.run_dir.resolve() == folder.resolve()
     with pytest.raises(FileNotFoundError, match="no-such-run"):
         Interpretation.from_run("no-such-run")

@@ -9,7 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from genre_core import cli, export, images, models, runs, train
+from genre_core import cli
+from genre_core.data import images
+from genre_core.evaluation import export
+from genre_core.models import zoo
+from genre_core.runs import store
+from genre_core.runs import jobs
 
 TOLERANCE = 1e-4
 
@@ -17,7 +22,7 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def trained_run(tiny_dataset_dir):
     """A frozen HED-VGG16 run at 32 px with every custom layer: Caffe preprocessing, mean+std pooling, sqrt."""
-    run = train.start_run({"data": str(tiny_dataset_dir), "model": "hed_vgg16", "size": 32, "epochs": 2,
+    run = jobs.start("classifier", {"data": str(tiny_dataset_dir), "model": "hed_vgg16", "size": 32, "epochs": 2,
                            "batch_size": 8, "head_units": 8, "feature_transform": "sqrt", "val_fraction": 0.2,
                            "test_fraction": 0.2})
     assert run.status()["state"] == "finished"
@@ -47,7 +52,7 @@ def test_each_format_round_trips_to_model_predict(trained_run, tiny_dataset_dir,
     assert sidecar["resize_policy"] == "squash" and sidecar["input"]["range"] == [0, 255]
     assert sidecar["check"]["checked"] and sidecar["check"]["max_abs_difference"] <= TOLERANCE
     batch = painting_batch(trained_run, tiny_dataset_dir)
-    expected = models.load_model(trained_run.model_path).predict(batch, verbose=0)
+    expected = zoo.load_model(trained_run.model_path).predict(batch, verbose=0)
     got = export.load_predictor(out, format_name)(batch)
     assert got.shape == expected.shape == (len(batch), len(trained_run.classes()))
     np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
@@ -74,6 +79,6 @@ def test_export_cli_writes_and_refuses_in_one_line(trained_run, tmp_path, capsys
     assert "already exists (pass --overwrite" in capsys.readouterr().err
     assert cli.main(["export", str(trained_run.path), "--format", "onnx", "--out", str(tmp_path / "x.tflite")]) == 2
     assert "one file ending in .onnx" in capsys.readouterr().err
-    empty = runs.create_run("classifier", {"model": "small_cnn", "data": "demo"})
+    empty = store.create_run("classifier", {"model": "small_cnn", "data": "demo"})
     assert cli.main(["export", empty.id, "--format", "saved_model", "--out", str(tmp_path / "m")]) == 2
     assert "has no model.keras" in capsys.readouterr().err

@@ -9,7 +9,11 @@ import numpy as np
 import pandas as pd
 
 from conftest import make_tiny_image, write_tiny_folder_dataset
-from genre_core import classify, cli, fileio, images, train
+from genre_core import cli
+from genre_core.data import images
+from genre_core.evaluation import classify
+from genre_core.runs import jobs
+from genre_core.util import fileio
 
 
 def test_evaluate_data_uses_the_caches_and_the_fast_engine(tiny_dataset_dir, isolated_artifacts, tmp_path,
@@ -17,7 +21,7 @@ def test_evaluate_data_uses_the_caches_and_the_fast_engine(tiny_dataset_dir, iso
     config = {"data": str(tiny_dataset_dir), "model": "hed_vgg16", "size": 32, "epochs": 2, "batch_size": 8,
               "head_units": 0, "feature_layers": ["block3_conv3"], "val_fraction": 0.2, "test_fraction": 0.2,
               "learning_rate": 0.01}
-    run = train.start_run(config)
+    run = jobs.start("classifier", config)
     assert run.status()["state"] == "finished"
     data = write_tiny_folder_dataset(tmp_path / "elsewhere", per_genre=3, size=40)
     (data / "portrait" / "broken.jpg").write_bytes(b"not a picture")
@@ -47,7 +51,7 @@ def test_evaluate_data_uses_the_caches_and_the_fast_engine(tiny_dataset_dir, iso
 
 
 def test_predict_dataset_on_an_end_to_end_model_reads_cached_images(tiny_dataset_dir, isolated_artifacts, tmp_path):
-    run = train.start_run({"data": str(tiny_dataset_dir), "model": "small_cnn", "size": 32, "epochs": 1,
+    run = jobs.start("classifier", {"data": str(tiny_dataset_dir), "model": "small_cnn", "size": 32, "epochs": 1,
                            "batch_size": 8, "val_fraction": 0.2, "test_fraction": 0.2})
     classifier = classify.load_classifier(run.path)
     assert classifier.frozen_parts() is None
@@ -68,7 +72,7 @@ def test_folder_classify_goes_through_the_caches_and_matches_single_images(tiny_
                                                                           capsys):
     from genre_core.commands import evaluate as evaluate_command
 
-    run = train.start_run({"data": str(tiny_dataset_dir), "model": "hed_vgg16", "size": 32, "epochs": 1,
+    run = jobs.start("classifier", {"data": str(tiny_dataset_dir), "model": "hed_vgg16", "size": 32, "epochs": 1,
                            "batch_size": 8, "head_units": 0, "feature_layers": ["block3_conv3"],
                            "val_fraction": 0.2, "test_fraction": 0.2})
     capsys.readouterr()

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from genre_core import fileio, jobs, paths, runs
+from genre_core.runs import jobs, store
+from genre_core.util import fileio, paths
 from conftest import wait_for
 
 
@@ -34,7 +35,7 @@ def read_csv_rows(path) -> list[dict]:
 
 
 def test_sigkill_mid_epoch_leaves_run_interrupted_consistent_and_resumable(isolated_artifacts):
-    run = runs.create_run("selftest", {"epochs": 6, "step_seconds": 0.2, "batches": 4})
+    run = store.create_run("selftest", {"epochs": 6, "step_seconds": 0.2, "batches": 4})
     pid = jobs.launch(run)
     # Kill the job inside epoch 3, after two epochs completed and at least one batch of the third ran.
     wait_for(lambda: run.raw_status().get("epoch") == 2 and (run.raw_status().get("batch") or 0) >= 1)
@@ -43,7 +44,7 @@ def test_sigkill_mid_epoch_leaves_run_interrupted_consistent_and_resumable(isola
     status = wait_for(lambda: (lambda s: s if s["state"] == "interrupted" else None)(run.status()))
     assert status["recorded_state"] == "running"
     assert "stopped without finishing" in status["message"]
-    assert [row["state"] for row in runs.list_runs(kind="selftest")] == ["interrupted"]
+    assert [row["state"] for row in store.list_runs(kind="selftest")] == ["interrupted"]
     assert jobs.active_jobs() == []
 
     # Every file the job wrote is complete and parseable.
@@ -65,7 +66,7 @@ def test_sigkill_mid_epoch_leaves_run_interrupted_consistent_and_resumable(isola
 
 
 def test_full_disk_fails_the_job_clearly_and_keeps_the_last_good_file(isolated_artifacts, monkeypatch):
-    run = runs.create_run("selftest", {"epochs": 3, "step_seconds": 0.01, "batches": 1})
+    run = store.create_run("selftest", {"epochs": 3, "step_seconds": 0.01, "batches": 1})
     real_write = fileio._write_file
     history_writes = []
 
@@ -91,8 +92,8 @@ def test_full_disk_fails_the_job_clearly_and_keeps_the_last_good_file(isolated_a
 
 
 def test_two_launches_at_once_are_queued_and_never_overlap(isolated_artifacts):
-    first = runs.create_run("selftest", {"epochs": 3, "step_seconds": 0.2, "batches": 2})
-    second = runs.create_run("selftest", {"epochs": 1, "step_seconds": 0.1, "batches": 1})
+    first = store.create_run("selftest", {"epochs": 3, "step_seconds": 0.2, "batches": 2})
+    second = store.create_run("selftest", {"epochs": 1, "step_seconds": 0.1, "batches": 1})
     jobs.launch(first)
     jobs.launch(second)
     wait_for(lambda: first.status()["state"] == "running")
@@ -109,7 +110,7 @@ def test_two_launches_at_once_are_queued_and_never_overlap(isolated_artifacts):
 
 
 def test_launching_the_same_run_twice_is_refused(isolated_artifacts):
-    run = runs.create_run("selftest", {"epochs": 2, "step_seconds": 0.2, "batches": 2})
+    run = store.create_run("selftest", {"epochs": 2, "step_seconds": 0.2, "batches": 2})
     results, barrier = [], threading.Barrier(2)
 
     def try_launch():
@@ -133,7 +134,7 @@ def test_launching_the_same_run_twice_is_refused(isolated_artifacts):
     assert log.count("launching job") == 1 and log.count("epoch 2/2 done") == 1
     assert run.history()["epoch"].tolist() == [1, 2]
     # And a launch while it is live is refused with a clear reason.
-    again = runs.create_run("selftest", {"epochs": 20, "step_seconds": 0.2})
+    again = store.create_run("selftest", {"epochs": 20, "step_seconds": 0.2})
     jobs.launch(again)
     with pytest.raises(jobs.JobLockedError, match="already has a job process"):
         jobs.launch(again)
@@ -144,23 +145,23 @@ def test_launching_the_same_run_twice_is_refused(isolated_artifacts):
 
 
 def test_damaged_run_folders_are_listed_and_the_others_listed_normally(isolated_artifacts):
-    good_old = runs.create_run("classifier", {"model": "a", "created": "2026-01-01T00:00:00.000+00:00"})
-    good_new = runs.create_run("classifier", {"model": "b", "created": "2026-03-01T00:00:00.000+00:00"})
+    good_old = store.create_run("classifier", {"model": "a", "created": "2026-01-01T00:00:00.000+00:00"})
+    good_new = store.create_run("classifier", {"model": "b", "created": "2026-03-01T00:00:00.000+00:00"})
     good_new.write_metrics({"test": {"accuracy": 0.9, "macro_f1": 0.8}})
-    corrupt_status = runs.create_run("classifier", {"model": "c"}, run_id="corrupt-status")
+    corrupt_status = store.create_run("classifier", {"model": "c"}, run_id="corrupt-status")
     (corrupt_status.path / "status.json").write_text('{"state": "runn')
-    missing_config = runs.create_run("classifier", {"model": "d"}, run_id="missing-config")
+    missing_config = store.create_run("classifier", {"model": "d"}, run_id="missing-config")
     (missing_config.path / "config.json").unlink()
-    binary_status = runs.create_run("classifier", {"model": "e"}, run_id="binary-status")
+    binary_status = store.create_run("classifier", {"model": "e"}, run_id="binary-status")
     (binary_status.path / "status.json").write_bytes(b"\xff\xfe\x00garbage")
-    list_config = runs.create_run("classifier", {"model": "f"}, run_id="list-config")
+    list_config = store.create_run("classifier", {"model": "f"}, run_id="list-config")
     (list_config.path / "config.json").write_text("[1, 2]")
-    bad_metrics = runs.create_run("classifier", {"model": "g"}, run_id="bad-metrics")
+    bad_metrics = store.create_run("classifier", {"model": "g"}, run_id="bad-metrics")
     (bad_metrics.path / "metrics.json").write_text("{")
     (paths.runs_dir() / "empty-folder").mkdir()
     (paths.runs_dir() / "stray-file.txt").write_text("not a run")
 
-    rows = {row["id"]: row for row in runs.list_runs()}
+    rows = {row["id"]: row for row in store.list_runs()}
     assert set(rows) == {good_old.id, good_new.id, "corrupt-status", "missing-config", "binary-status",
                          "list-config", "bad-metrics", "empty-folder"}
     assert rows[good_new.id]["damaged"] is None and rows[good_new.id]["test_accuracy"] == 0.9
@@ -175,17 +176,17 @@ def test_damaged_run_folders_are_listed_and_the_others_listed_normally(isolated_
     assert "status.json is missing" in rows["empty-folder"]["damaged"]
     # Opening a damaged run gives a clear error naming the file, not a crash.
     with pytest.raises(ValueError, match="corrupt-status.*status.json|status.json.*corrupt"):
-        runs.open_run("corrupt-status").status()
+        store.open_run("corrupt-status").status()
     # A damaged run can still be cancelled (so the app can clear it from the queue).
     assert jobs.cancel("corrupt-status") == "cancelled"
 
 
 def test_crash_between_temp_write_and_rename_keeps_the_previous_file(isolated_artifacts):
-    run = runs.create_run("selftest", {"epochs": 1, "step_seconds": 0.01, "batches": 1})
+    run = store.create_run("selftest", {"epochs": 1, "step_seconds": 0.01, "batches": 1})
     run.write_metrics({"test": {"accuracy": 0.5}})
     crash = textwrap.dedent(f"""
         import os
-        from genre_core import fileio
+        from genre_core.util import fileio
         os.replace = lambda source, target: os._exit(9)  # the process dies after the temp file is written
         fileio.atomic_write_json({str(run.path / 'metrics.json')!r}, {{"test": {{"accuracy": 0.99}}}})
     """)
@@ -195,7 +196,7 @@ def test_crash_between_temp_write_and_rename_keeps_the_previous_file(isolated_ar
     leftovers = list(run.path.glob(".metrics.json.*.tmp"))
     assert len(leftovers) == 1 and json.loads(leftovers[0].read_text()) == {"test": {"accuracy": 0.99}}
     # Listing ignores the leftover; the next job on the run removes it once it is stale.
-    assert [row["id"] for row in runs.list_runs(kind="selftest")] == [run.id]
+    assert [row["id"] for row in store.list_runs(kind="selftest")] == [run.id]
     old = time.time() - 3600
     os.utime(leftovers[0], (old, old))
     assert jobs.run_job(run, poll=0.01) == "finished"
@@ -203,7 +204,7 @@ def test_crash_between_temp_write_and_rename_keeps_the_previous_file(isolated_ar
 
 
 def test_interrupt_inside_an_atomic_write_cleans_up_and_keeps_the_previous_file(isolated_artifacts, monkeypatch):
-    run = runs.create_run("classifier", {"model": "m"})
+    run = store.create_run("classifier", {"model": "m"})
     run.append_history({"epoch": 1, "loss": 0.5})
     before = (run.path / "history.csv").read_bytes()
 
@@ -220,30 +221,30 @@ def test_interrupt_inside_an_atomic_write_cleans_up_and_keeps_the_previous_file(
 
 
 def test_hostile_run_ids_and_file_names_cannot_escape(isolated_artifacts, tmp_path):
-    run = runs.create_run("classifier", {"model": "../../../tmp/evil"}, run_id="../../etc")
+    run = store.create_run("classifier", {"model": "../../../tmp/evil"}, run_id="../../etc")
     assert run.path == paths.runs_dir() / "etc"
-    generated = runs.create_run("classifier", {"model": "../../../tmp/evil"})
+    generated = store.create_run("classifier", {"model": "../../../tmp/evil"})
     assert generated.path.parent == paths.runs_dir()
     for hostile in ("../../etc", "..", "a/../../b"):
         with pytest.raises((ValueError, FileNotFoundError)):
-            runs.open_run(hostile)
+            store.open_run(hostile)
     for hostile_name in ("../../outside.json", "/etc/passwd", "checkpoint/../../x"):
         with pytest.raises(ValueError):
             run.file(hostile_name)
     # A path that is not a run folder is refused even when it exists.
     with pytest.raises(ValueError, match="not a run folder"):
-        runs.open_run(tmp_path)
+        store.open_run(tmp_path)
     with pytest.raises((ValueError, FileNotFoundError)):
         jobs.cancel("../../etc")
     assert not (tmp_path / "cancel").exists()
 
 
 def test_job_rewrites_a_missing_status_file(isolated_artifacts):
-    run = runs.create_run("selftest", {"epochs": 1, "step_seconds": 0.01, "batches": 1})
+    run = store.create_run("selftest", {"epochs": 1, "step_seconds": 0.01, "batches": 1})
     (run.path / "status.json").unlink()
-    assert runs.list_runs(kind="selftest")[0]["damaged"] == "status.json is missing"
+    assert store.list_runs(kind="selftest")[0]["damaged"] == "status.json is missing"
     assert jobs.run_job(run, poll=0.01) == "finished"
-    assert runs.list_runs(kind="selftest")[0]["damaged"] is None
+    assert store.list_runs(kind="selftest")[0]["damaged"] is None
     assert run.status()["state"] == "finished"
 
 

@@ -6,23 +6,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genre_core import cli, fileio, gan, gan_models, runs
+from genre_core import cli
+from genre_core.gan import networks, trainer
+from genre_core.runs import store
+from genre_core.util import fileio
 
 
 def tiny_model_config(conditional=False, num_classes=2, image_size=16):
-    """A GanConfig-like object for gan_models.make_gan with tiny sizes."""
-    config = gan.GanConfig(image_size=image_size, latent_dim=8, base_channels=8, conditional=conditional,
+    """A GanConfig-like object for networks.make_gan with tiny sizes."""
+    config = trainer.GanConfig(image_size=image_size, latent_dim=8, base_channels=8, conditional=conditional,
                            genre=None if conditional else "landscape", augment_probability=1.0)
-    return gan._ModelShape(config, num_classes)
+    return trainer._ModelShape(config, num_classes)
 
 
 def test_channel_widths_and_network_shapes():
-    assert gan_models.channel_widths(64) == [256, 128, 64, 32]
-    assert gan_models.channel_widths(32, base_channels=8) == [32, 16, 8]
+    assert networks.channel_widths(64) == [256, 128, 64, 32]
+    assert networks.channel_widths(32, base_channels=8) == [32, 16, 8]
     with pytest.raises(ValueError, match="not supported"):
-        gan_models.check_size(48)
-    generator = gan_models.make_generator(32, latent_dim=8, base_channels=8)
-    discriminator = gan_models.make_discriminator(32, base_channels=8)
+        networks.check_size(48)
+    generator = networks.make_generator(32, latent_dim=8, base_channels=8)
+    discriminator = networks.make_discriminator(32, base_channels=8)
     images = np.asarray(generator(np.zeros((3, 8), np.float32), training=False))
     assert images.shape == (3, 32, 32, 3)
     assert images.min() >= -1.0 and images.max() <= 1.0
@@ -36,17 +39,17 @@ def test_diff_augment_keeps_shape_passes_gradients_and_probability_zero_is_ident
     seed = keras.random.SeedGenerator(0)
     images = tf.Variable(np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32))
     with tf.GradientTape() as tape:
-        augmented = gan_models.diff_augment(images, seed, 1.0)
+        augmented = networks.diff_augment(images, seed, 1.0)
         total = tf.reduce_sum(augmented)
     assert augmented.shape == images.shape
     assert not np.allclose(augmented.numpy(), images.numpy())
     assert tape.gradient(total, images) is not None
-    unchanged = gan_models.diff_augment(images, seed, tf.constant(0.0))
+    unchanged = networks.diff_augment(images, seed, tf.constant(0.0))
     np.testing.assert_array_equal(unchanged.numpy(), images.numpy())
 
 
 def test_one_train_step_changes_both_networks_and_the_ema():
-    model = gan_models.make_gan(tiny_model_config())
+    model = networks.make_gan(tiny_model_config())
     before = [w.numpy().copy() for w in (model.generator.weights[0], model.discriminator.trainable_weights[0],
                                     model.ema_generator.weights[0])]
     images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
@@ -59,7 +62,7 @@ def test_one_train_step_changes_both_networks_and_the_ema():
 
 
 def test_conditional_label_changes_the_output():
-    model = gan_models.make_gan(tiny_model_config(conditional=True, num_classes=2))
+    model = networks.make_gan(tiny_model_config(conditional=True, num_classes=2))
     noise = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     first = np.asarray(model.generator([noise, np.array([0, 0], np.int32)], training=False))
     second = np.asarray(model.generator([noise, np.array([1, 1], np.int32)], training=False))
@@ -70,17 +73,17 @@ def test_conditional_label_changes_the_output():
 
 def test_grid_tiles_images_and_rejects_bad_input():
     images = np.stack([np.full((4, 5, 3), value, np.uint8) for value in (10, 20, 30)])
-    canvas = gan.grid(images, columns=2, gap=1)
+    canvas = trainer.grid(images, columns=2, gap=1)
     assert canvas.shape == (4 * 2 + 1, 5 * 2 + 1, 3)
     assert canvas[0, 0, 0] == 10 and canvas[0, 6, 0] == 20 and canvas[5, 0, 0] == 30
     assert canvas[5, 6, 0] == 255  # the empty fourth cell stays white
     with pytest.raises(ValueError, match="shape"):
-        gan.grid(np.zeros((4, 5, 3)), 2)
+        trainer.grid(np.zeros((4, 5, 3)), 2)
 
 
 def test_slerp_ends_at_both_vectors():
     start, end = np.array([1.0, 0.0]), np.array([0.0, 2.0])
-    path = gan_models.slerp(start, end, [0.0, 0.5, 1.0])
+    path = networks.slerp(start, end, [0.0, 0.5, 1.0])
     np.testing.assert_allclose(path[0], start, atol=1e-12)
     np.testing.assert_allclose(path[-1], end, atol=1e-12)
     assert path[1, 0] > 0 and path[1, 1] > 0
@@ -88,11 +91,11 @@ def test_slerp_ends_at_both_vectors():
 
 def test_config_validation_names_the_problem():
     with pytest.raises(ValueError, match="not supported"):
-        gan.GanConfig(image_size=100).validate()
+        trainer.GanConfig(image_size=100).validate()
     with pytest.raises(ValueError, match="needs a genre"):
-        gan.GanConfig(genre=None).validate()
+        trainer.GanConfig(genre=None).validate()
     with pytest.raises(ValueError, match="batch_size"):
-        gan.GanConfig(batch_size=0).validate()
+        trainer.GanConfig(batch_size=0).validate()
 
 
 def run_config(data_dir, **overrides):
@@ -101,13 +104,13 @@ def run_config(data_dir, **overrides):
                   min_steps_per_epoch=3, latent_dim=8, base_channels=8, kid_samples=0, grid_images=4,
                   judge="")  # no judge unless a test asks: the bundled model would be slow here
     values.update(overrides)
-    return gan.GanConfig(**values).validate()
+    return trainer.GanConfig(**values).validate()
 
 
 def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_dir, isolated_artifacts):
     config = run_config(tiny_dataset_dir, kid_samples=6, kid_image_size=32, feature_space="hed_vgg16")
-    run = runs.create_run("gan", config.to_dict(), classes=[config.genre])
-    gan.execute(run)
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+    trainer.execute(run)
     for name in ("config.json", "classes.json", "generator.keras", "history.csv", "quality.json",
                  "samples/epoch_0001.png", "samples/epoch_0002.png", "checkpoint/state.npz"):
         assert (run.path / name).exists(), name
@@ -121,16 +124,16 @@ def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_
     grid_image = Image.open(run.path / "samples/epoch_0001.png")
     assert grid_image.size == (16 * 2 + 2, 16 * 2 + 2)
 
-    first = gan.sample(run, 3, seed=5)
-    gan._GENERATORS.clear()  # Reload the saved generator from disk.
-    again = gan.sample(run, 3, seed=5)
+    first = trainer.sample(run, 3, seed=5)
+    trainer._GENERATORS.clear()  # Reload the saved generator from disk.
+    again = trainer.sample(run, 3, seed=5)
     assert first.shape == (3, 16, 16, 3) and first.dtype == np.uint8
     np.testing.assert_array_equal(first, again)
-    assert not np.array_equal(first, gan.sample(run, 3, seed=6))
-    strip = gan.interpolate(run, 0, 1, steps=4)
-    np.testing.assert_array_equal(strip[0], gan.sample(run, 1, seed=0)[0])
+    assert not np.array_equal(first, trainer.sample(run, 3, seed=6))
+    strip = trainer.interpolate(run, 0, 1, steps=4)
+    np.testing.assert_array_equal(strip[0], trainer.sample(run, 1, seed=0)[0])
     with pytest.raises(ValueError, match="only genre"):
-        gan.sample(run, 2, seed=0, genre="portrait")
+        trainer.sample(run, 2, seed=0, genre="portrait")
 
     out = isolated_artifacts / "grid.png"
     assert cli.main(["gan", "sample", str(run.path), "--n", "4", "--seed", "1", "--out", str(out)]) == 0
@@ -142,7 +145,7 @@ def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_
 
 def test_cancel_then_resume_continues_from_the_checkpoint(tiny_dataset_dir, isolated_artifacts):
     config = run_config(tiny_dataset_dir, epochs=3)
-    run = runs.create_run("gan", config.to_dict(), classes=[config.genre])
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     events = []
 
     def cancel_in_second_epoch(event):
@@ -150,37 +153,37 @@ def test_cancel_then_resume_continues_from_the_checkpoint(tiny_dataset_dir, isol
         if event["stage"] == "batch" and any(e["stage"] == "epoch" and e["done"] == 1 for e in events):
             run.request_cancel()
 
-    with pytest.raises(runs.Cancelled):
-        gan.execute(run, progress=cancel_in_second_epoch)
+    with pytest.raises(store.Cancelled):
+        trainer.execute(run, progress=cancel_in_second_epoch)
     assert list(run.history()["epoch"]) == [1]
     assert fileio.read_json(run.path / "checkpoint/state.json")["epoch"] == 1
     assert not (run.path / "samples/epoch_0002.png").exists()
 
     run.clear_cancel()
-    gan.execute(run)
+    trainer.execute(run)
     assert list(run.history()["epoch"]) == [1, 2, 3]
     assert fileio.read_json(run.path / "checkpoint/state.json")["epoch"] == 3
 
 
 def test_conditional_run_samples_the_chosen_genre(tiny_dataset_dir, isolated_artifacts, monkeypatch):
     config = run_config(tiny_dataset_dir, conditional=True, genre=None, genres=["landscape", "portrait"], epochs=1)
-    run = runs.create_run("gan", config.to_dict())
-    gan.execute(run)
+    run = store.create_run("gan", config.to_dict())
+    trainer.execute(run)
     assert run.classes() == ["landscape", "portrait"]
     seen = []
-    original = gan._generate
+    original = trainer._generate
 
     def spy(generator, noise, labels, batch_size=64):
         seen.append(None if labels is None else labels.tolist())
         return original(generator, noise, labels, batch_size)
 
-    monkeypatch.setattr(gan, "_generate", spy)
-    portraits = gan.sample(run, 2, seed=0, genre="portrait")
-    landscapes = gan.sample(run, 2, seed=0, genre="landscape")
+    monkeypatch.setattr(trainer, "_generate", spy)
+    portraits = trainer.sample(run, 2, seed=0, genre="portrait")
+    landscapes = trainer.sample(run, 2, seed=0, genre="landscape")
     assert seen == [[1, 1], [0, 0]]
     assert not np.array_equal(portraits, landscapes)
     with pytest.raises(ValueError, match="not one of"):
-        gan.sample(run, 2, seed=0, genre="abstract")
+        trainer.sample(run, 2, seed=0, genre="abstract")
 
 
 def test_gan_train_cli_rejects_bad_input(capsys):
@@ -189,26 +192,26 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 
 
 def test_projected_networks_shapes_and_frozen_trunk():
-    assert gan_models.fastgan_widths(128, 16) == {4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16}
-    assert [gan_models.projected_feature_size(size) for size in (16, 32, 64, 128, 256)] == [32, 32, 64, 64, 128]
-    generator = gan_models.make_fastgan_generator(32, latent_dim=8, base_channels=2)
+    assert networks.fastgan_widths(128, 16) == {4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16}
+    assert [networks.projected_feature_size(size) for size in (16, 32, 64, 128, 256)] == [32, 32, 64, 64, 128]
+    generator = networks.make_fastgan_generator(32, latent_dim=8, base_channels=2)
     assert not any("transpose" in layer.__class__.__name__.lower() for layer in generator.layers)
     assert any(layer.name.startswith("sle4to32") for layer in generator.layers)  # skip-layer excitation
     images = np.asarray(generator(np.zeros((3, 8), np.float32), training=False))
     assert images.shape == (3, 32, 32, 3) and images.min() >= -1.0 and images.max() <= 1.0
-    discriminator = gan_models.make_projected_discriminator(32, base_channels=2)
+    discriminator = networks.make_projected_discriminator(32, base_channels=2)
     logits = np.asarray(discriminator(images))
     assert logits.shape[0] == 3 and logits.ndim == 2 and logits.shape[1] > 4  # patch logits of 4 heads
     trunk = discriminator.get_layer("trunk")
     assert not trunk.trainable and all(not weight.trainable for weight in trunk.weights)
-    conditional = gan_models.make_projected_discriminator(32, num_classes=2, base_channels=2)
+    conditional = networks.make_projected_discriminator(32, num_classes=2, base_channels=2)
     assert np.asarray(conditional([images, np.array([0, 1, 1], np.int32)])).shape == logits.shape
 
 
 def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
     config = tiny_model_config()
     assert config.architecture == "projected"
-    model = gan_models.make_gan(config)
+    model = networks.make_gan(config)
     trunk = model.discriminator.get_layer("trunk").weights[0]
     watched = (model.generator.get_layer("conv16").weights[0], model.discriminator.trainable_weights[0],
                model.ema_generator.get_layer("conv16").weights[0], trunk)
@@ -225,22 +228,22 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
 def test_conditional_projected_gan_trains_with_the_mode_seeking_term():
     config = tiny_model_config(conditional=True, num_classes=2)
     assert config.mode_seeking == 1.0  # on by default for conditional runs
-    model = gan_models.make_gan(config)
+    model = networks.make_gan(config)
     assert model.mode_seeking == 1.0
     images = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
     logs = model.train_on_batch(images, np.array([0, 1] * 4, np.int32), return_dict=True)
     assert np.isfinite(logs["g_loss"])
-    assert gan._ModelShape(gan.GanConfig(), 1).mode_seeking == 0.0
+    assert trainer._ModelShape(trainer.GanConfig(), 1).mode_seeking == 0.0
 
 
 def test_epochs_zero_means_until_the_budget():
-    assert gan.GanConfig(epochs=0, time_budget_minutes=15).validate().planned_epochs == gan.BUDGET_EPOCHS
+    assert trainer.GanConfig(epochs=0, time_budget_minutes=15).validate().planned_epochs == trainer.BUDGET_EPOCHS
     with pytest.raises(ValueError, match="time budget"):
-        gan.GanConfig(epochs=0).validate()
+        trainer.GanConfig(epochs=0).validate()
     with pytest.raises(ValueError, match="architecture"):
-        gan.GanConfig(architecture="stylegan").validate()
+        trainer.GanConfig(architecture="stylegan").validate()
     with pytest.raises(ValueError, match="up to 128"):
-        gan.GanConfig(architecture="dcgan", image_size=256).validate()
+        trainer.GanConfig(architecture="dcgan", image_size=256).validate()
 
 
 def make_judge_run(classes, size=16):
@@ -256,7 +259,7 @@ def make_judge_run(classes, size=16):
     weights[:, classes.index("landscape")] = 1.0
     bias[classes.index("landscape")] = -3 * 100.0  # landscape when the mean channel sum passes 300
     model.layers[2].set_weights([weights, bias])
-    run = runs.create_run("classifier", {"model": "tiny", "size": size, "policy": "squash", "data": "tiny"},
+    run = store.create_run("classifier", {"model": "tiny", "size": size, "policy": "squash", "data": "tiny"},
                           classes=classes)
     model.save(run.path / "model.keras")
     run.update_status(state="finished")
@@ -264,28 +267,28 @@ def make_judge_run(classes, size=16):
 
 
 def test_find_judge_picks_a_finished_run_that_knows_the_genre(isolated_artifacts, monkeypatch):
-    monkeypatch.setattr(gan, "_bundle_classes", lambda: [])  # no bundled model: "auto" finds nothing
-    assert gan.find_judge("auto", ["landscape"]) is None
-    assert gan.find_judge("", ["landscape"]) is None
+    monkeypatch.setattr(trainer, "_bundle_classes", lambda: [])  # no bundled model: "auto" finds nothing
+    assert trainer.find_judge("auto", ["landscape"]) is None
+    assert trainer.find_judge("", ["landscape"]) is None
     other = make_judge_run(["landscape", "portrait"])
-    assert gan.find_judge("auto", ["landscape"]) == other.path
-    assert gan.find_judge("auto", ["cityscape"]) is None
-    assert gan.find_judge(other.id, ["portrait", "landscape"]) == other.path
+    assert trainer.find_judge("auto", ["landscape"]) == other.path
+    assert trainer.find_judge("auto", ["cityscape"]) is None
+    assert trainer.find_judge(other.id, ["portrait", "landscape"]) == other.path
     with pytest.raises(ValueError, match="does not know"):
-        gan.find_judge(str(other.path), ["cityscape"])
+        trainer.find_judge(str(other.path), ["cityscape"])
     # Without a fitting run, "auto" falls back to the bundled real-painting model when it knows the genre.
-    monkeypatch.setattr(gan, "_bundle_classes", lambda: ["cityscape", "landscape"])
-    from genre_core import bundle
+    monkeypatch.setattr(trainer, "_bundle_classes", lambda: ["cityscape", "landscape"])
+    from genre_core.evaluation import bundle
 
-    assert gan.find_judge("auto", ["cityscape"]) == bundle.folder()
-    assert gan.find_judge("bundled", ["landscape"]) == bundle.folder()
+    assert trainer.find_judge("auto", ["cityscape"]) == bundle.folder()
+    assert trainer.find_judge("bundled", ["landscape"]) == bundle.folder()
 
 
 def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, isolated_artifacts):
     judge = make_judge_run(["abstract", "landscape", "portrait"])
     config = run_config(tiny_dataset_dir, epochs=1, kid_samples=6, kid_image_size=32, judge="auto", judge_samples=4)
-    run = runs.create_run("gan", config.to_dict(), classes=[config.genre])
-    gan.execute(run)
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+    trainer.execute(run)
     row = run.history().iloc[0]
     for column in ("kid_fixed", "kid_fixed_std", "recognised", "recognised_real", "diversity", "elapsed_seconds"):
         assert np.isfinite(row[column]), column

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from genre_core.images import ImageError, image_info, is_image_file, load_rgb, parse_size
+from genre_core.data.images import image_info, ImageError, is_image_file, load_rgb, parse_size
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:

@@ -12,16 +12,18 @@ import time
 
 import pytest
 
-from genre_core import cli, jobs, paths, runs
+from genre_core import cli
+from genre_core.runs import jobs, store
+from genre_core.util import paths
 from conftest import wait_for
 
 
 pytestmark = pytest.mark.usefixtures("stop_leftover_jobs")
 
 
-def selftest_run(epochs: int = 2, step_seconds: float = 0.2, **extra) -> runs.Run:
+def selftest_run(epochs: int = 2, step_seconds: float = 0.2, **extra) -> store.Run:
     """Create a selftest run with `epochs` epochs of `step_seconds` each."""
-    return runs.create_run("selftest", {"epochs": epochs, "step_seconds": step_seconds, "batches": 2, **extra})
+    return store.create_run("selftest", {"epochs": epochs, "step_seconds": step_seconds, "batches": 2, **extra})
 
 
 def test_launched_selftest_finishes_with_history_metrics_and_log(isolated_artifacts):
@@ -163,7 +165,7 @@ def test_job_in_process_unknown_kind_fails_cleanly(isolated_artifacts):
 
 @pytest.fixture()
 def runs_cli(monkeypatch):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("runs",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (cli.runs,))
     return cli.main
 
 
@@ -202,7 +204,7 @@ def test_job_command_refuses_a_held_run(isolated_artifacts):
     jobs.launch(run)
     wait_for(lambda: run.status()["state"] == "running")
     before = run.raw_status()
-    second = subprocess.run([sys.executable, "-m", "genre_core.jobs", str(run.path)],
+    second = subprocess.run([sys.executable, "-m", "genre_core.runs.jobs", str(run.path)],
                             capture_output=True, text=True, cwd=paths.PROJECT_DIR, timeout=30)
     assert second.returncode == 2
     assert "already has a job process" in second.stderr
@@ -213,19 +215,19 @@ def test_job_command_refuses_a_held_run(isolated_artifacts):
 
 
 def test_prepare_job_builds_the_image_cache(isolated_artifacts, tiny_dataset_dir):
-    run = runs.create_run("prepare", {"data": str(tiny_dataset_dir), "size": 32, "policy": "squash",
+    run = store.create_run("prepare", {"data": str(tiny_dataset_dir), "size": 32, "policy": "squash",
                                       "workers": 1, "name": "prepare"})
     assert run.path.parent == paths.artifacts_root() / "job_runs"
     jobs.launch(run)
     status = jobs.wait(run, timeout=90)
     assert status["state"] == "finished", run.log_path.read_text()
-    cache_info = json.loads((runs.Path(status["cache"]) / "cache.json").read_text())
+    cache_info = json.loads((store.Path(status["cache"]) / "cache.json").read_text())
     assert cache_info["complete"] is True and cache_info["rows"] == 30 and cache_info["size"] == [32, 32]
     assert status["stage"] == "prepare" and status["done"] == status["total"] == 30
 
 
 def test_prepare_job_without_data_fails_with_a_clear_message(isolated_artifacts):
-    run = runs.create_run("prepare", {"size": 32})
+    run = store.create_run("prepare", {"size": 32})
     assert jobs.run_job(run, poll=0.01) == "failed"
     assert "needs \"data\"" in run.raw_status()["error"]
 
@@ -285,12 +287,12 @@ def test_queue_is_first_come_first_served(isolated_artifacts):
 # Stalls, the queue limit and log rotation.
 
 
-def wait_until_running_a_batch(run: runs.Run) -> None:
+def wait_until_running_a_batch(run: store.Run) -> None:
     wait_for(lambda: run.status()["state"] == "running" and run.raw_status().get("batch"), timeout=30)
 
 
 @contextlib.contextmanager
-def stopped(pid: int, run: runs.Run):
+def stopped(pid: int, run: store.Run):
     """SIGSTOP the job process `pid`, wait until its run reads "stalled", yield; SIGCONT it afterwards."""
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -330,7 +332,7 @@ def test_cancel_ends_a_stalled_job(isolated_artifacts, monkeypatch):
     with stopped(pid, run):
         assert jobs.cancel(run) == "cancelled"
         jobs._reap()
-        assert not runs.pid_alive(pid)
+        assert not store.pid_alive(pid)
         status = run.status()
         assert status["state"] == "cancelled" and status["message"].startswith("cancelled while stalled (no progress")
 
@@ -342,7 +344,7 @@ def test_terminate_escalates_to_sigkill_for_a_process_that_ignores_sigterm():
     try:
         assert ignoring.stdout.readline().strip() == "ready"
         jobs._children[ignoring.pid] = ignoring
-        assert jobs._terminate(ignoring.pid, runs.process_start_time(ignoring.pid), grace=0.5)
+        assert jobs._terminate(ignoring.pid, store.process_start_time(ignoring.pid), grace=0.5)
         assert ignoring.wait(timeout=10) == -signal.SIGKILL
     finally:
         if ignoring.poll() is None:
@@ -412,7 +414,7 @@ def test_a_job_log_is_rotated_and_keeps_the_tail_the_pages_show(isolated_artifac
     run = selftest_run(epochs=20, step_seconds=0.5, batches=20, chatter=150)
     jobs.launch(run)
     assert jobs.wait(run, timeout=90)["state"] == "finished", run.log_path.read_text()[-2000:]
-    old_log = run.path / runs.OLD_LOG_FILE
+    old_log = run.path / store.OLD_LOG_FILE
     assert old_log.exists()
     # Checked every 2 s, at about 7 kB/s here: never far over the cap.
     assert run.log_path.stat().st_size < 80000 and old_log.stat().st_size < 80000
@@ -445,3 +447,40 @@ def test_one_line_errors_skip_tensorflow_s_traceback_block():
         "Graph execution error: Collective ops is aborted by: Error reported from /job:worker/task:1: The following "
         "tasks are unhealthy (stopped sending heartbeats): /job:worker/replica:0/task:1")
     assert jobs._one_line(ValueError("bad size: 0\nsecond line")) == "bad size: 0"
+
+
+def test_one_table_of_kinds_drives_folders_stall_limits_and_dispatch(isolated_artifacts, monkeypatch):
+    """Adding a kind is one row in genre_core.runs.kinds: its folder, stall limit, config check and executor
+    are all read from there by jobs.start, the run store and the job runner."""
+    from genre_core.runs import kinds
+
+    assert set(kinds.KINDS) == {"classifier", "gan", "search", "prepare", "selftest"}
+    for kind in kinds.KINDS.values():
+        assert callable(kind.executor()), kind.name  # every executor named in the table imports
+        if kind.new_run:
+            assert callable(kinds.resolve(kind.new_run)), kind.name
+    with pytest.raises(ValueError, match="unknown run kind 'nope'"):
+        jobs.start("nope", {})
+
+    checked = []
+
+    def new_run(config):
+        checked.append(config)
+        if config.get("epochs", 1) < 1:
+            raise ValueError("epochs must be at least 1")
+        return {**config, "batches": 1}, ["a", "b"]
+
+    monkeypatch.setitem(sys.modules, "tests_extra_kind", type(sys)("tests_extra_kind"))
+    sys.modules["tests_extra_kind"].new_run = new_run
+    monkeypatch.setitem(kinds.KINDS, "extra", kinds.Kind(
+        "extra", "extra_runs", 7.0, "genre_core.runs.selftest:execute", "tests_extra_kind:new_run"))
+    with pytest.raises(ValueError, match="epochs must be at least 1"):
+        jobs.start("extra", {"epochs": 0})
+    assert not (isolated_artifacts / "extra_runs").exists() or not list((isolated_artifacts / "extra_runs").iterdir())
+    events = []
+    run = jobs.start("extra", {"epochs": 2, "step_seconds": 0.01}, progress=events.append)
+    assert run.path.parent == isolated_artifacts / "extra_runs" and run.kind == "extra"
+    assert run.status()["state"] == "finished" and run.classes() == ["a", "b"]
+    assert run.raw_status()["stall_seconds"] == 7.0
+    assert [event["done"] for event in events if event["stage"] == "epoch"] == [0, 1, 2]
+    assert [row["id"] for row in store.list_runs("extra")] == [run.id]

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from genre_core import models
-from genre_core.config import TrainConfig
+from genre_core.models import zoo
+from genre_core.training.config import TrainConfig
 
 SIZE = 32
 
@@ -30,17 +30,17 @@ def _changed(before, after) -> bool:
 
 
 def test_registry_lists_every_required_model():
-    assert {"small_cnn", "resnet50", "vgg19_head", "resnet50_transfer", "efficientnetv2_b0", "hed_vgg16"} <= set(models.MODELS)
+    assert {"small_cnn", "resnet50", "vgg19_head", "resnet50_transfer", "efficientnetv2_b0", "hed_vgg16"} <= set(zoo.MODELS)
     with pytest.raises(ValueError, match="unknown model 'vgg99'"):
-        models.build_model("vgg99", 3, SIZE)
+        zoo.build_model("vgg99", 3, SIZE)
     with pytest.raises(ValueError, match="at least 2 classes"):
-        models.build_model("small_cnn", 1, SIZE)
+        zoo.build_model("small_cnn", 1, SIZE)
     with pytest.raises(ValueError, match="below its minimum"):
-        models.build_model("small_cnn", 3, 8)
+        zoo.build_model("small_cnn", 3, 8)
 
 
 def test_small_cnn_trains_and_reloads_with_safe_mode(tmp_path):
-    model = models.build_model("small_cnn", 3, SIZE)
+    model = zoo.build_model("small_cnn", 3, SIZE)
     assert model.input_shape == (None, SIZE, SIZE, 3)
     assert model.output_shape == (None, 3)
     before = _snapshot(model)
@@ -51,7 +51,7 @@ def test_small_cnn_trains_and_reloads_with_safe_mode(tmp_path):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     path = tmp_path / "small.keras"
     model.save(path)
-    reloaded = models.load_model(path)
+    reloaded = zoo.load_model(path)
     np.testing.assert_allclose(np.asarray(reloaded(images, training=False)), probabilities, atol=1e-6)
 
 
@@ -68,7 +68,7 @@ def test_small_cnn_trains_and_reloads_with_safe_mode(tmp_path):
 )
 def test_factory_builds_and_takes_one_training_step(name, options, frozen):
     weights = "default" if name == "hed_vgg16" else None
-    model = models.build_model(name, 3, SIZE, weights=weights, **options)
+    model = zoo.build_model(name, 3, SIZE, weights=weights, **options)
     assert model.output_shape == (None, 3)
     if name == "resnet50":
         trained_part = model
@@ -87,13 +87,13 @@ def test_factory_builds_and_takes_one_training_step(name, options, frozen):
 
 
 def test_resnet50_transfer_fine_tunes_the_last_24_layers_by_default():
-    model = models.build_model("resnet50_transfer", 3, SIZE, weights=None, variant="fine_tune")
+    model = zoo.build_model("resnet50_transfer", 3, SIZE, weights=None, variant="fine_tune")
     backbone = model.get_layer("features").get_layer("backbone")
     trainable = [layer for layer in backbone.layers if layer.trainable_weights]
     assert trainable, "fine_tune left no backbone layer trainable"
-    assert all(index >= len(backbone.layers) - models.DEFAULT_FINE_TUNE_LAYERS
+    assert all(index >= len(backbone.layers) - zoo.DEFAULT_FINE_TUNE_LAYERS
                for index, layer in enumerate(backbone.layers) if layer.trainable_weights)
-    frozen = models.build_model("resnet50_transfer", 3, SIZE, weights=None, variant="replace_top")
+    frozen = zoo.build_model("resnet50_transfer", 3, SIZE, weights=None, variant="replace_top")
     assert not frozen.get_layer("features").trainable_weights
 
 
@@ -103,32 +103,32 @@ def test_local_weights_file_loads_into_the_backbone(tmp_path):
     source = keras.applications.VGG19(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3))
     path = tmp_path / "vgg19_notop.weights.h5"
     source.save_weights(path)
-    model = models.build_model("vgg19_head", 3, SIZE, weights=str(path), head_units=0)
+    model = zoo.build_model("vgg19_head", 3, SIZE, weights=str(path), head_units=0)
     backbone = model.get_layer("features").get_layer("backbone")
     for expected, actual in zip(source.get_weights(), backbone.get_weights()):
         np.testing.assert_array_equal(expected, actual)
     with pytest.raises(Exception, match="does not exist"):
-        models.build_model("vgg19_head", 3, SIZE, weights=str(tmp_path / "missing.weights.h5"))
+        zoo.build_model("vgg19_head", 3, SIZE, weights=str(tmp_path / "missing.weights.h5"))
 
 
 def test_imagenet_offline_fails_at_once_with_instructions(tmp_path, monkeypatch):
-    from genre_core.backbones import WeightsUnavailableError
+    from genre_core.models.backbones import WeightsUnavailableError
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
     monkeypatch.delenv("GENRE_ALLOW_DOWNLOAD", raising=False)
     for name in ("vgg19_head", "resnet50_transfer", "efficientnetv2_b0"):
         with pytest.raises(WeightsUnavailableError) as caught:
-            models.build_model(name, 3, SIZE, weights="imagenet")
+            zoo.build_model(name, 3, SIZE, weights="imagenet")
         message = str(caught.value)
         assert "offline" in message and "--weights" in message and ".h5" in message
     with pytest.raises(ValueError, match="from scratch"):
-        models.build_model("small_cnn", 3, SIZE, weights="imagenet")
+        zoo.build_model("small_cnn", 3, SIZE, weights="imagenet")
 
 
 def test_custom_layers_compute_known_values():
     import keras
 
-    from genre_core import layers
+    from genre_core.models import layers
 
     image = np.zeros((1, 2, 2, 3), np.float32)
     image[..., 0], image[..., 1], image[..., 2] = 10.0, 20.0, 30.0
@@ -141,9 +141,9 @@ def test_custom_layers_compute_known_values():
 
 
 def test_adapt_head_normalises_features_and_floors_variance():
-    head = models.build_head(3, 2)
+    head = zoo.build_head(3, 2)
     features = np.array([[0.0, 10.0, 5.0], [2.0, 30.0, 5.0]])
-    models.adapt_head(head, features)
+    zoo.adapt_head(head, features)
     normalised = np.asarray(head.get_layer("normalize")(features.astype("float32")))
     np.testing.assert_allclose(normalised[:, 0], [-1.0, 1.0], atol=1e-5)
     np.testing.assert_allclose(normalised[:, 1], [-1.0, 1.0], atol=1e-5)
@@ -152,9 +152,9 @@ def test_adapt_head_normalises_features_and_floors_variance():
 
 
 def test_sqrt_feature_transform_head_adapts_on_transformed_features_and_reloads(tmp_path):
-    head = models.build_head(2, 2, feature_transform="sqrt")
+    head = zoo.build_head(2, 2, feature_transform="sqrt")
     features = np.array([[0.0, 4.0], [16.0, 64.0], [4.0, 16.0]])
-    models.adapt_head(head, features)
+    zoo.adapt_head(head, features)
     # sqrt first: 0, 4, 2 and 2, 8, 4 are then standardised (not the raw values).
     transformed = np.asarray(head.get_layer("transform")(features.astype("float32")))
     np.testing.assert_allclose(transformed, np.sqrt(features), atol=1e-5)
@@ -166,14 +166,14 @@ def test_sqrt_feature_transform_head_adapts_on_transformed_features_and_reloads(
                                [[-3.0, 3.0]], atol=1e-5)
     path = tmp_path / "head.keras"
     head.save(path)
-    reloaded = models.load_model(path)
+    reloaded = zoo.load_model(path)
     np.testing.assert_allclose(reloaded.predict(features, verbose=0), head.predict(features, verbose=0), atol=1e-6)
     with pytest.raises(ValueError, match="feature_transform 'log'"):
-        models.build_head(2, 2, feature_transform="log")
+        zoo.build_head(2, 2, feature_transform="log")
 
 
 def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_run():
-    from genre_core.train import make_optimizer
+    from genre_core.training.loop import make_optimizer
 
     optimizer = make_optimizer(TrainConfig(learning_rate=0.01, lr_schedule="cosine"), total_steps=100)
     assert float(optimizer.learning_rate) == pytest.approx(0.01)

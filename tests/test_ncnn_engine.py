@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genre_core import embeddings, models, ncnn_engine
+from genre_core.models import embeddings, ncnn_engine, zoo
 
 
 def _images(size: int, count: int = 3, seed: int = 0) -> np.ndarray:
@@ -22,7 +22,7 @@ def _relative_error(expected: np.ndarray, actual: np.ndarray) -> float:
 def test_vgg16_trunk_on_ncnn_gives_the_keras_features(size):
     # 40 px reaches block4 at 5x5: Keras's 'valid' max pooling floors to 2x2 where ncnn's default would
     # pad to 3x3, so an odd map checks the pooling translation.
-    extractor = models.build_feature_extractor("hed_vgg16", size, None)
+    extractor = zoo.build_feature_extractor("hed_vgg16", size, None)
     x = _images(size)
     expected = np.asarray(extractor(x, training=False))
     fast = ncnn_engine.NcnnExtractor(extractor, threads=1)
@@ -33,7 +33,7 @@ def test_vgg16_trunk_on_ncnn_gives_the_keras_features(size):
 
 
 def test_vgg19_trunk_converts_whole_with_its_last_pooling():
-    extractor = models.build_feature_extractor("vgg19_head", 64, None)
+    extractor = zoo.build_feature_extractor("vgg19_head", 64, None)
     x = _images(64, count=2, seed=3)
     fast = ncnn_engine.NcnnExtractor(extractor, threads=1)
     assert fast.spec.output_names == ["block5_pool"] and fast.spec.param.count("Convolution") == 16
@@ -41,7 +41,7 @@ def test_vgg19_trunk_converts_whole_with_its_last_pooling():
 
 
 def test_hed_weights_convert_and_match_keras():
-    extractor = models.build_feature_extractor("hed_vgg16", 32, "hed", feature_layers=["block2_conv2", "block4_conv1"])
+    extractor = zoo.build_feature_extractor("hed_vgg16", 32, "hed", feature_layers=["block2_conv2", "block4_conv1"])
     x = _images(32, count=2, seed=1)
     expected = np.asarray(extractor(x, training=False))
     actual = ncnn_engine.NcnnExtractor(extractor)(x)
@@ -51,7 +51,7 @@ def test_hed_weights_convert_and_match_keras():
 def _extractor_with_trunk(trunk_layers):
     import keras
 
-    from genre_core.layers import mean_std_pooling
+    from genre_core.models.layers import mean_std_pooling
 
     trunk_input = keras.Input((16, 16, 3))
     x = trunk_input
@@ -94,7 +94,7 @@ def test_layers_ncnn_cannot_take_are_refused_by_name_and_auto_falls_back_to_kera
 
 
 def test_auto_uses_ncnn_for_vgg_on_the_cpu_and_flips_like_keras():
-    extractor = models.build_feature_extractor("hed_vgg16", 32, None, feature_layers=["block3_conv3"])
+    extractor = zoo.build_feature_extractor("hed_vgg16", 32, None, feature_layers=["block3_conv3"])
     notes: list[str] = []
     forward, label = embeddings.feature_pass(extractor, "auto", notes=notes)
     assert label.startswith("ncnn ") and "ncnn" in notes[-1]
@@ -108,7 +108,7 @@ def test_auto_uses_ncnn_for_vgg_on_the_cpu_and_flips_like_keras():
 def test_auto_keeps_keras_when_a_gpu_is_visible_or_ncnn_is_missing(monkeypatch):
     import tensorflow as tf
 
-    extractor = models.build_feature_extractor("hed_vgg16", 32, None, feature_layers=["block1_conv1"])
+    extractor = zoo.build_feature_extractor("hed_vgg16", 32, None, feature_layers=["block1_conv1"])
     real = tf.config.list_physical_devices
     monkeypatch.setattr(tf.config, "list_physical_devices",
                         lambda kind=None: ["/physical_device:GPU:0"] if kind == "GPU" else real(kind))
@@ -129,12 +129,12 @@ def test_embedding_cache_records_the_engine_reuses_features_and_recomputes_a_del
 
     import pandas as pd
 
-    from genre_core import fileio
+    from genre_core.util import fileio
 
     pictures = _images(32, count=5, seed=5).astype(np.uint8)
     image_cache = SimpleNamespace(images=pictures, manifest=pd.DataFrame({"ok": [True] * 4 + [False]}),
                                   folder=tmp_path / "cache-32")
-    extractor = models.build_feature_extractor("hed_vgg16", 32, None, feature_layers=["block3_conv3"])
+    extractor = zoo.build_feature_extractor("hed_vgg16", 32, None, feature_layers=["block3_conv3"])
     notes: list[str] = []
     first = embeddings.compute_embeddings(image_cache, extractor, "tiny", flip=True, batch_size=2,
                                           engine="auto", notes=notes)

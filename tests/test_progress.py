@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from genre_core.progress import TerminalProgress
+from genre_core.commands.progress import TerminalProgress
 
 
 class FakeTerminal(io.StringIO):

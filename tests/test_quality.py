@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from genre_core import quality
+from genre_core.gan import quality
 
 
 def test_kid_of_constant_sets_has_the_closed_form_value():

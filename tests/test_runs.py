@@ -11,11 +11,12 @@ import time
 
 import pytest
 
-from genre_core import paths, runs
+from genre_core.runs import store
+from genre_core.util import paths
 
 
 def test_create_run_writes_config_status_and_classes(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "hed_vgg16", "epochs": 5, "data": "demo"},
+    run = store.create_run("classifier", {"model": "hed_vgg16", "epochs": 5, "data": "demo"},
                           classes=["landscape", "portrait"])
     assert run.path.parent == paths.runs_dir()
     assert re.fullmatch(r"\d{8}-\d{6}-hed_vgg16-[0-9a-f]{4}", run.id)
@@ -28,29 +29,29 @@ def test_create_run_writes_config_status_and_classes(isolated_artifacts):
 
 
 def test_create_run_places_gan_runs_and_refuses_existing_or_unknown(isolated_artifacts):
-    run = runs.create_run("gan", {"genre": "landscape"}, run_id="my-gan")
+    run = store.create_run("gan", {"genre": "landscape"}, run_id="my-gan")
     assert run.path == paths.gan_runs_dir() / "my-gan"
     with pytest.raises(ValueError, match="already exists"):
-        runs.create_run("gan", {}, run_id="my-gan")
+        store.create_run("gan", {}, run_id="my-gan")
     with pytest.raises(ValueError, match="unknown run kind"):
-        runs.create_run("painting", {})
+        store.create_run("painting", {})
     with pytest.raises(ValueError, match="must be a dict"):
-        runs.create_run("classifier", ["not", "a", "dict"])
+        store.create_run("classifier", ["not", "a", "dict"])
 
 
 def test_run_ids_are_sanitised_and_cannot_escape(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "../../etc/passwd x"}, run_id="../../etc")
+    run = store.create_run("classifier", {"model": "../../etc/passwd x"}, run_id="../../etc")
     assert run.path.parent == paths.runs_dir() and run.id == "etc"
-    generated = runs.create_run("classifier", {"model": "../../etc/passwd x"})
+    generated = store.create_run("classifier", {"model": "../../etc/passwd x"})
     assert generated.path.parent == paths.runs_dir()
     assert "/" not in generated.id and ".." not in generated.id
     with pytest.raises(ValueError, match="not a valid run id"):
-        runs.open_run("etc;rm")
+        store.open_run("etc;rm")
     with pytest.raises(ValueError):
-        runs.open_run("..")
+        store.open_run("..")
     # A path outside the run roots is only opened if it is a run folder; /etc is not.
     with pytest.raises((ValueError, FileNotFoundError)):
-        runs.open_run(os.path.join(str(paths.runs_dir()), "..", "..", "..", "etc"))
+        store.open_run(os.path.join(str(paths.runs_dir()), "..", "..", "..", "etc"))
     with pytest.raises(ValueError, match="leaves"):
         run.file("../config.json")
     with pytest.raises(ValueError):
@@ -59,16 +60,16 @@ def test_run_ids_are_sanitised_and_cannot_escape(isolated_artifacts):
 
 
 def test_open_run_by_id_and_by_path(isolated_artifacts):
-    classifier = runs.create_run("classifier", {"model": "small_cnn"})
-    gan = runs.create_run("gan", {"genre": "portrait"})
-    assert runs.open_run(classifier.id) == classifier
-    assert runs.open_run(gan.id).kind == "gan"
-    assert runs.open_run(str(classifier.path)) == classifier
-    assert runs.open_run(classifier.path).id == classifier.id
+    classifier = store.create_run("classifier", {"model": "small_cnn"})
+    gan = store.create_run("gan", {"genre": "portrait"})
+    assert store.open_run(classifier.id) == classifier
+    assert store.open_run(gan.id).kind == "gan"
+    assert store.open_run(str(classifier.path)) == classifier
+    assert store.open_run(classifier.path).id == classifier.id
     with pytest.raises(FileNotFoundError, match="no run with id"):
-        runs.open_run("20990101-000000-nothing-0000")
+        store.open_run("20990101-000000-nothing-0000")
     with pytest.raises(FileNotFoundError, match="no run with id"):
-        runs.open_run(gan.id, kind="classifier")
+        store.open_run(gan.id, kind="classifier")
 
 
 def _dead_pid() -> int:
@@ -79,19 +80,19 @@ def _dead_pid() -> int:
 
 
 def test_status_reports_interrupted_when_the_process_died(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "m"})
+    run = store.create_run("classifier", {"model": "m"})
     run.update_status(state="running", pid=_dead_pid())
     status = run.status()
     assert status["state"] == "interrupted" and status["recorded_state"] == "running"
     assert run.raw_status()["state"] == "running"
     # The current process is alive, so the same record with our pid reads as running.
-    run.update_status(pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()))
+    run.update_status(pid=os.getpid(), pid_start=store.process_start_time(os.getpid()))
     assert run.status()["state"] == "running"
 
 
 def test_status_guards_against_pid_reuse(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "m"})
-    start = runs.process_start_time(os.getpid())
+    run = store.create_run("classifier", {"model": "m"})
+    start = store.process_start_time(os.getpid())
     if start is None:
         pytest.skip("/proc is not available")
     # Our pid, but a different start time: the recorded job was an earlier process that had this pid.
@@ -102,16 +103,16 @@ def test_status_guards_against_pid_reuse(isolated_artifacts):
 def test_unreaped_child_counts_as_dead(isolated_artifacts):
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 10
-    while runs._process_state(process.pid) not in ("Z", None) and time.monotonic() < deadline:
+    while store._process_state(process.pid) not in ("Z", None) and time.monotonic() < deadline:
         time.sleep(0.02)
     try:
-        assert not runs.pid_alive(process.pid)
+        assert not store.pid_alive(process.pid)
     finally:
         process.wait()
 
 
 def test_update_status_merges_and_stamps(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "m", "epochs": 3})
+    run = store.create_run("classifier", {"model": "m", "epochs": 3})
     before = run.raw_status()["updated"]
     time.sleep(0.002)
     status = run.update_status(epoch=2, message="half way")
@@ -121,7 +122,7 @@ def test_update_status_merges_and_stamps(isolated_artifacts):
 
 
 def test_update_status_replaces_a_corrupt_status_file(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "m"})
+    run = store.create_run("classifier", {"model": "m"})
     (run.path / "status.json").write_text("{not json")
     with pytest.raises(ValueError, match="status.json"):
         run.status()
@@ -130,7 +131,7 @@ def test_update_status_replaces_a_corrupt_status_file(isolated_artifacts):
 
 
 def test_history_append_adds_columns_and_truncates(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "m"})
+    run = store.create_run("classifier", {"model": "m"})
     assert run.history().empty
     run.append_history({"epoch": 1, "loss": 0.9})
     run.append_history({"epoch": 2, "loss": 0.5, "lr": 0.001})
@@ -148,7 +149,7 @@ def test_history_append_adds_columns_and_truncates(isolated_artifacts):
 
 
 def test_metrics_and_cancel_files(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "m"})
+    run = store.create_run("classifier", {"model": "m"})
     assert run.metrics() == {}
     run.write_metrics({"test": {"accuracy": 0.75, "macro_f1": 0.5, "loss": 1.0}})
     assert run.metrics()["test"]["accuracy"] == 0.75
@@ -156,7 +157,7 @@ def test_metrics_and_cancel_files(isolated_artifacts):
     run.check_cancel()
     run.request_cancel()
     assert run.cancel_requested()
-    with pytest.raises(runs.Cancelled):
+    with pytest.raises(store.Cancelled):
         run.check_cancel()
     run.clear_cancel()
     assert not run.cancel_requested()
@@ -165,22 +166,22 @@ def test_metrics_and_cancel_files(isolated_artifacts):
 
 
 def test_list_runs_newest_first_with_headline_metrics(isolated_artifacts):
-    older = runs.create_run("classifier", {"model": "a", "data": "demo", "epochs": 4,
+    older = store.create_run("classifier", {"model": "a", "data": "demo", "epochs": 4,
                                            "created": "2026-01-01T00:00:00.000+00:00"})
-    newer = runs.create_run("classifier", {"model": "b", "data": "/data/x", "epochs": 2,
+    newer = store.create_run("classifier", {"model": "b", "data": "/data/x", "epochs": 2,
                                            "created": "2026-02-01T00:00:00.000+00:00"})
     newer.append_history({"epoch": 1, "loss": 1.0})
     newer.write_metrics({"test": {"accuracy": 0.8, "macro_f1": 0.6}})
-    runs.create_run("gan", {"genre": "portrait"})
-    rows = runs.list_runs()
+    store.create_run("gan", {"genre": "portrait"})
+    rows = store.list_runs()
     assert [row["id"] for row in rows] == [newer.id, older.id]
     first = rows[0]
     assert first["model"] == "b" and first["data"] == "/data/x" and first["state"] == "queued"
     assert first["test_accuracy"] == 0.8 and first["macro_f1"] == 0.6
     assert first["epoch"] == 1 and first["epochs"] == 2 and first["damaged"] is None
     assert rows[1]["test_accuracy"] is None
-    assert len(runs.list_runs(kind="gan")) == 1
-    assert len(runs.list_runs(kind=None)) == 3
+    assert len(store.list_runs(kind="gan")) == 1
+    assert len(store.list_runs(kind=None)) == 3
 
 
 class FakeClock:
@@ -194,9 +195,9 @@ class FakeClock:
 
 
 def test_progress_writer_throttles_batches_but_always_writes_epochs(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "m"})
+    run = store.create_run("classifier", {"model": "m"})
     clock = FakeClock()
-    writer = runs.ProgressWriter(run, min_interval=0.5, clock=clock)
+    writer = store.ProgressWriter(run, min_interval=0.5, clock=clock)
     writer({"stage": "epoch", "done": 0, "total": 4})
     assert writer.writes == 1
     for batch in range(1, 101):
@@ -216,9 +217,9 @@ def test_progress_writer_throttles_batches_but_always_writes_epochs(isolated_art
 
 
 def test_progress_writer_flushes_pending_and_handles_other_stages(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "m"})
+    run = store.create_run("classifier", {"model": "m"})
     clock = FakeClock()
-    writer = runs.ProgressWriter(run, min_interval=10, clock=clock)
+    writer = store.ProgressWriter(run, min_interval=10, clock=clock)
     writer({"stage": "prepare", "done": 0, "total": 10})
     clock.now += 1
     writer({"stage": "prepare", "done": 5, "total": 10, "message": "decoding"})
@@ -231,9 +232,9 @@ def test_progress_writer_flushes_pending_and_handles_other_stages(isolated_artif
 
 def test_progress_writer_eta_after_a_prepare_stage(isolated_artifacts):
     # A finished "prepare" stage (fraction 1.0 on its own scale) must not hide the training ETA.
-    run = runs.create_run("classifier", {"model": "m"})
+    run = store.create_run("classifier", {"model": "m"})
     clock = FakeClock()
-    writer = runs.ProgressWriter(run, min_interval=0, clock=clock)
+    writer = store.ProgressWriter(run, min_interval=0, clock=clock)
     writer({"stage": "prepare", "done": 0, "total": 2})
     clock.now += 1
     writer({"stage": "prepare", "done": 2, "total": 2})
@@ -254,44 +255,44 @@ def test_a_live_job_without_a_heartbeat_for_its_limit_reads_stalled(isolated_art
     from datetime import datetime, timedelta, timezone
 
     monkeypatch.delenv("GENRE_STALL_SECONDS", raising=False)
-    run = runs.create_run("selftest", {"epochs": 1})
+    run = store.create_run("selftest", {"epochs": 1})
     beat = datetime.now(timezone.utc)
-    run.update_status(state="running", pid=os.getpid(), pid_start=runs.process_start_time(os.getpid()),
+    run.update_status(state="running", pid=os.getpid(), pid_start=store.process_start_time(os.getpid()),
                       heartbeat=beat.isoformat(), stall_seconds=30, message="epoch 2/5, batch 7/9")
     assert run.status()["state"] == "running"
-    later = runs.effective_status(run.raw_status(), now=beat + timedelta(seconds=31))
+    later = store.effective_status(run.raw_status(), now=beat + timedelta(seconds=31))
     assert later["state"] == "stalled" and later["recorded_state"] == "running"
     assert later["message"] == "no progress for 31 s (limit 30 s); last: epoch 2/5, batch 7/9"
     assert later["last_message"] == "epoch 2/5, batch 7/9"
     # Without a recorded limit the observer's setting applies; a dead process is interrupted, never stalled.
     status = {**run.raw_status(), "stall_seconds": None}
     monkeypatch.setenv("GENRE_STALL_SECONDS", "100")
-    assert runs.effective_status(status, now=beat + timedelta(seconds=31))["state"] == "running"
+    assert store.effective_status(status, now=beat + timedelta(seconds=31))["state"] == "running"
     dead = {**status, "pid": 2 ** 22 + 12345}
-    assert runs.effective_status(dead, now=beat + timedelta(seconds=999))["state"] == "interrupted"
+    assert store.effective_status(dead, now=beat + timedelta(seconds=999))["state"] == "interrupted"
 
 
 def test_stall_seconds_defaults_per_kind_and_rejects_bad_values(monkeypatch):
     monkeypatch.delenv("GENRE_STALL_SECONDS", raising=False)
-    assert runs.stall_seconds("classifier") == 600 and runs.stall_seconds("gan") == 900
+    assert store.stall_seconds("classifier") == 600 and store.stall_seconds("gan") == 900
     monkeypatch.setenv("GENRE_STALL_SECONDS", "3")
-    assert runs.stall_seconds("gan") == 3
+    assert store.stall_seconds("gan") == 3
     for bad in ("soon", "0", "-5"):
         monkeypatch.setenv("GENRE_STALL_SECONDS", bad)
         with pytest.raises(ValueError, match="GENRE_STALL_SECONDS"):
-            runs.stall_seconds()
+            store.stall_seconds()
 
 
 def test_progress_writes_and_beats_stamp_the_heartbeat(isolated_artifacts):
-    run = runs.create_run("selftest", {"epochs": 1})
-    writer = runs.ProgressWriter(run, min_interval=0.0)
+    run = store.create_run("selftest", {"epochs": 1})
+    writer = store.ProgressWriter(run, min_interval=0.0)
     writer({"stage": "features", "done": 1, "total": 4})
     first = run.raw_status()["heartbeat"]
-    runs.attach_heartbeat(run, limit=1.0)
+    store.attach_heartbeat(run, limit=1.0)
     try:
         time.sleep(0.25)
-        runs.beat()
+        store.beat()
         assert run.raw_status()["heartbeat"] > first
-        assert runs.seconds_since_beat() < 1.0
+        assert store.seconds_since_beat() < 1.0
     finally:
-        runs.attach_heartbeat(None)
+        store.attach_heartbeat(None)

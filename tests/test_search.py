@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 
 from conftest import wait_for
-from genre_core import cli, jobs, runs, search, tensorboard_log
-from genre_core import scoring
-from genre_core.config import TrainConfig
+from genre_core import cli
+from genre_core.runs import jobs, store
+from genre_core.training import scoring, search, tensorboard_log
+from genre_core.training.config import TrainConfig
 
 pytest.importorskip("optuna", reason="optuna is in requirements.txt")
 
@@ -59,13 +60,13 @@ def test_a_cli_search_selects_by_validation_and_trains_the_best_trial_as_a_run(t
     printed = capsys.readouterr()
     assert code == 0, printed.err[-2000:]
     search_path, best_path = printed.out.split()[-2:]
-    run = runs.open_run(search_path)
+    run = store.open_run(search_path)
     assert run.kind == "search" and run.status()["state"] == "finished"
     trials = search.trials_table(run)
     assert list(trials["trial"]) == [0, 1, 2] and set(trials["state"]) <= {"complete", "pruned"}
     assert {"param_learning_rate", "param_head_units", "val_accuracy", "val_macro_f1"} <= set(trials.columns)
     summary = search.summary(run)
-    best = runs.open_run(best_path)
+    best = store.open_run(best_path)
     assert summary["best_run"] == best.id and best.kind == "classifier" and best.status()["state"] == "finished"
     # The best run is a normal run folder whose config is the recipe plus the best trial's parameters.
     config = best.config()
@@ -84,18 +85,18 @@ def test_a_cli_search_selects_by_validation_and_trains_the_best_trial_as_a_run(t
     figures = search.figures(run)
     assert {"history", "importances", "parallel"} == set(figures)
     assert not isinstance(figures["history"], str) and not isinstance(figures["parallel"], str)
-    assert run.id in [row["id"] for row in runs.list_runs("search")]
+    assert run.id in [row["id"] for row in store.list_runs("search")]
 
 
 def test_pruning_goes_through_the_epoch_hook(tiny_dataset_dir):
     """train_head reports every epoch's validation score to the hook, and a hook that prunes stops the loop."""
     import optuna
 
-    from genre_core import train
+    from genre_core.training import distribute, features, run_data
 
     base = search.base_config(str(tiny_dataset_dir), overrides={"size": 32, "val_fraction": 0.2,
                                                                "test_fraction": 0.2, "batch_size": 8})
-    data = train.prepare_data(base, 32)
+    data = run_data.prepare_data(base, 32)
     config = base.replace(epochs=6, learning_rate=0.01)
     seen = []
 
@@ -108,7 +109,7 @@ def test_pruning_goes_through_the_epoch_hook(tiny_dataset_dir):
 
     trial = AlwaysPrune()
     rng = np.random.default_rng(0)
-    features = rng.normal(size=(len(data.cache.manifest), 8)).astype("float32")
+    cached = rng.normal(size=(len(data.cache.manifest), 8)).astype("float32")
     scores: dict = {}
 
     def on_epoch(row):
@@ -117,7 +118,8 @@ def test_pruning_goes_through_the_epoch_hook(tiny_dataset_dir):
             raise optuna.TrialPruned("pruned")
 
     with pytest.raises(optuna.TrialPruned):
-        search.train_head(config, data, features, None, len(data.classes), train.get_strategy(), on_epoch, scores)
+        features.train_head(config, data, cached, None, len(data.classes), distribute.get_strategy(), on_epoch,
+                              scores)
     assert seen and seen[0][0] == 1  # reported after the first epoch, then stopped
 
 
@@ -138,7 +140,7 @@ def test_a_search_killed_with_sigkill_resumes_without_repeating_finished_trials(
     # The main thread of a killed multi-threaded process is reaped before its last thread lets the run lock go.
     wait_for(lambda: not jobs.is_locked(run), timeout=30)
     jobs.resume(run)
-    wait_for(lambda: run.status()["state"] not in runs.ACTIVE_STATES, timeout=300, poll=0.2)
+    wait_for(lambda: run.status()["state"] not in store.ACTIVE_STATES, timeout=300, poll=0.2)
     assert run.status()["state"] == "finished", run.status()
     after = search.trials_table(run)
     done = after[after["state"].isin(["complete", "pruned"])]
@@ -184,36 +186,36 @@ def test_trial_zero_is_the_recipe_when_the_space_holds_it(tiny_dataset_dir):
 def test_trials_are_scored_as_the_kept_model_outputs_with_logit_adjustment(tiny_dataset_dir, monkeypatch):
     """With the recipe's logit adjustment, a trial's validation scores are those of the adjusted probabilities
     that the kept model (PriorCorrection layer) will output."""
-    from genre_core import train
+    from genre_core.training import distribute, features, run_data
+    from genre_core.training.features import adjusted_probabilities
 
     uniform = np.full((4, 3), 1 / 3, np.float32)
     train_labels = np.array([0, 0, 0, 0, 1, 1, 2])  # genre 2 is the rarest
-    adjusted = train.adjusted_probabilities(TrainConfig(logit_adjustment=1.0), uniform, train_labels, 3)
+    adjusted = adjusted_probabilities(TrainConfig(logit_adjustment=1.0), uniform, train_labels, 3)
     assert (adjusted.argmax(axis=1) == 2).all()
     np.testing.assert_allclose(adjusted[0], [1 / 7, 2 / 7, 4 / 7], atol=1e-6)
-    assert train.adjusted_probabilities(TrainConfig(), uniform, train_labels, 3) is uniform
+    assert adjusted_probabilities(TrainConfig(), uniform, train_labels, 3) is uniform
 
     # In a trial: the head's probabilities (made uniform here) are adjusted by the train split's priors
     # before scoring, so with a skewed train split every validation image is called the rarest genre.
     base = search.base_config(str(tiny_dataset_dir), overrides={"size": 32, "val_fraction": 0.2,
                                                                "test_fraction": 0.2, "batch_size": 8})
-    data = train.prepare_data(base, 32)
+    data = run_data.prepare_data(base, 32)
     labels = data.cache.labels
     rarest = 2  # not genre 0, which unadjusted uniform probabilities pick
     keep = data.train_rows[(labels[data.train_rows] != rarest) | (np.arange(len(data.train_rows)) % 4 == 0)]
     data.train_rows = keep
-    monkeypatch.setattr(train, "predict_probabilities",
+    monkeypatch.setattr(features, "predict_probabilities",
                         lambda model, inputs, batch_size=64: np.full((len(inputs), 3), 1 / 3, np.float32))
-    features = np.random.default_rng(1).normal(size=(len(data.cache.manifest), 8)).astype("float32")
-    result = search.train_head(base.replace(epochs=1, logit_adjustment=1.0), data, features, None, 3,
-                               train.get_strategy(), lambda row: None, {})
+    cached = np.random.default_rng(1).normal(size=(len(data.cache.manifest), 8)).astype("float32")
+    result = features.train_head(base.replace(epochs=1, logit_adjustment=1.0), data, cached, None, 3,
+                                   distribute.get_strategy(), lambda row: None, {})
     val_labels = labels[data.val_rows]
-    expected = train.adjusted_probabilities(TrainConfig(logit_adjustment=1.0),
-                                            np.full((len(val_labels), 3), 1 / 3, np.float32),
-                                            labels[data.train_rows], 3)
+    expected = adjusted_probabilities(TrainConfig(logit_adjustment=1.0),
+                                      np.full((len(val_labels), 3), 1 / 3, np.float32), labels[data.train_rows], 3)
     assert result["val"]["accuracy"] == pytest.approx(float(np.mean(val_labels == rarest)))
     assert result["val"]["loss"] == pytest.approx(scoring.mean_log_loss(val_labels, expected, 3))
-    unadjusted = search.train_head(base.replace(epochs=1, logit_adjustment=0.0), data, features, None, 3,
-                                   train.get_strategy(), lambda row: None, {})
+    unadjusted = features.train_head(base.replace(epochs=1, logit_adjustment=0.0), data, cached, None, 3,
+                                       distribute.get_strategy(), lambda row: None, {})
     assert unadjusted["val"]["loss"] == pytest.approx(np.log(3))
     assert abs(result["val"]["loss"] - np.log(3)) > 0.01

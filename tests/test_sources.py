@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import genre_core
-from genre_core import genres, sources
-from genre_core.images import ImageError, load_rgb
-from genre_core.sources import detect_source, load_dataset, read_image_bytes
+from genre_core.data import genres, sources
+from genre_core.data.images import ImageError, load_rgb
+from genre_core.data.sources import detect_source, load_dataset, read_image_bytes
 
 
 def save_image(path: Path, color=(120, 60, 30), size=(12, 10)) -> Path:
@@ -478,10 +475,9 @@ def test_demo_word_loads_the_bundled_demo_as_a_folder(tmp_path, monkeypatch):
         calls.append(root_argument)
         return root
 
-    fake = types.ModuleType("genre_core.demo")
-    fake.ensure_demo = fake_ensure_demo
-    monkeypatch.setitem(sys.modules, "genre_core.demo", fake)
-    monkeypatch.setattr(genre_core, "demo", fake, raising=False)
+    from genre_core.data import demo
+
+    monkeypatch.setattr(demo, "ensure_demo", fake_ensure_demo)
     assert detect_source("demo") == "demo"
     dataset = load_dataset("demo")
     assert dataset.source == "demo" and dataset.name == "demo"

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genre_core import splits
-from genre_core.dataset import Dataset
+from genre_core.data import splits
+from genre_core.data.dataset import Dataset
 
 
 def manifest_of(counts: dict[str, int], split: str = "") -> pd.DataFrame:
@@ -191,7 +191,7 @@ def test_topup_plan():
 
 
 def test_splits_on_a_loaded_folder_dataset(tiny_dataset_dir):
-    from genre_core.sources import load_dataset
+    from genre_core.data.sources import load_dataset
 
     dataset = splits.assign_splits(load_dataset(tiny_dataset_dir), val_fraction=0.2, test_fraction=0.2, seed=0)
     table = pd.crosstab(dataset.manifest["genre"], dataset.manifest["split"])

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from genre_core import runs, tensorboard_log
+from genre_core.runs import store
+from genre_core.training import tensorboard_log
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
 def test_classifier_epochs_become_scalars_and_gaps_are_skipped(isolated_artifacts):
-    run = runs.create_run("classifier", {"model": "small_cnn", "data": "demo"})
+    run = store.create_run("classifier", {"model": "small_cnn", "data": "demo"})
     for epoch in (1, 2):
         tensorboard_log.log_epoch(run, {"epoch": epoch, "loss": 1.0 / epoch, "accuracy": 0.5, "val_loss": float("nan"),
                                         "val_accuracy": None, "lr": 0.001, "seconds": 1.5})
@@ -31,13 +32,13 @@ def test_classifier_epochs_become_scalars_and_gaps_are_skipped(isolated_artifact
 def test_only_the_chief_writes(isolated_artifacts, monkeypatch):
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
                                                 "task": {"type": "worker", "index": 1}}))
-    run = runs.create_run("classifier", {"model": "small_cnn", "data": "demo"})
+    run = store.create_run("classifier", {"model": "small_cnn", "data": "demo"})
     tensorboard_log.log_epoch(run, {"epoch": 1, "loss": 1.0})
     assert not (run.path / tensorboard_log.FOLDER).exists()
 
 
 def test_gan_epochs_log_losses_kid_and_the_sample_grid(isolated_artifacts):
-    run = runs.create_run("gan", {"genre": "landscape", "data": "demo"})
+    run = store.create_run("gan", {"genre": "landscape", "data": "demo"})
     grid = run.path / "epoch_0001.png"
     Image.fromarray(np.full((8, 12, 3), 128, np.uint8)).save(grid)
     tensorboard_log.log_gan_epoch(run, {"epoch": 1, "d_loss": 1.2, "g_loss": 0.7, "kid": 0.05, "kid_std": 0.01,
@@ -57,7 +58,7 @@ def test_gan_epochs_log_losses_kid_and_the_sample_grid(isolated_artifacts):
 def test_writing_needs_no_tensorboard_package(tmp_path):
     script = (
         "import sys; sys.modules['tensorboard'] = None\n"  # any import of tensorboard now fails
-        "from genre_core import tensorboard_log as t\n"
+        "from genre_core.training import tensorboard_log as t\n"
         f"t.log_scalars({str(tmp_path)!r}, 3, {{'loss': 0.25}}); t.close()\n"
         f"print(t.read_scalars({str(tmp_path)!r}))\n"
     )

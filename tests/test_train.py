@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genre_core import fileio, jobs, runs, train
-from genre_core.config import TrainConfig
+from genre_core.runs import jobs, store
+from genre_core.training.config import RUN_ONLY_KEYS, TrainConfig
+from genre_core.util import fileio
 
 TINY = {"model": "small_cnn", "size": 32, "epochs": 2, "batch_size": 8, "seed": 0, "val_fraction": 0.2,
         "test_fraction": 0.2}
@@ -17,17 +18,18 @@ RUN_FILES = ("config.json", "classes.json", "history.csv", "model.keras", "metri
              "status.json", "log.txt", "checkpoint")
 
 
-def test_two_epoch_run_writes_every_file_and_reloads(tiny_dataset_dir, isolated_artifacts):
-    from genre_core import images, models
+def test_two_epoch_run_writes_every_file_and_reloads(tiny_dataset_dir, isolated_artifacts, monkeypatch):
+    from genre_core.data import images
+    from genre_core.models import zoo
 
     events = []
-    run = train.start_run({**TINY, "data": str(tiny_dataset_dir)}, progress=events.append)
+    run = jobs.start("classifier", {**TINY, "data": str(tiny_dataset_dir)}, progress=events.append)
     assert run.status()["state"] == "finished", run.status()
     for name in RUN_FILES:
         assert (run.path / name).exists(), f"{name} is missing from the run folder"
     assert run.path.parent == isolated_artifacts / "runs"
 
-    config = TrainConfig.from_dict({k: v for k, v in run.config().items() if k not in train.RUN_ONLY_KEYS})
+    config = TrainConfig.from_dict({k: v for k, v in run.config().items() if k not in RUN_ONLY_KEYS})
     assert config.model == "small_cnn" and config.size == 32
     assert run.classes() == ["abstract", "landscape", "portrait"]
 
@@ -52,7 +54,7 @@ def test_two_epoch_run_writes_every_file_and_reloads(tiny_dataset_dir, isolated_
     assert accuracy == pytest.approx(metrics["test"]["accuracy"])
 
     # The saved model, loaded with safe_mode=True from the folder alone, predicts what predictions.csv says.
-    model = models.load_model(run.path / "model.keras")
+    model = zoo.load_model(run.path / "model.keras")
     batch = np.stack([images.load_rgb(path, config.size, config.policy) for path in predictions["path"]])
     np.testing.assert_allclose(np.asarray(model(batch.astype("float32"), training=False)), probabilities, atol=1e-4)
 
@@ -60,15 +62,29 @@ def test_two_epoch_run_writes_every_file_and_reloads(tiny_dataset_dir, isolated_
     assert {"prepare", "batch", "epoch"} <= stages
     assert "epoch 2/2" in (run.path / "log.txt").read_text()
 
+    # Evaluating the fresh run reads its folder alone: the dataset is neither reloaded nor split again.
+    from genre_core.data import sources
+    from genre_core.evaluation import evaluate
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("evaluate reloaded the dataset")
+
+    monkeypatch.setattr(sources, "load_dataset", no_dataset)
+    summary = evaluate.evaluate_run(run)
+    assert summary["metrics"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    per_class = {row["genre"]: row["train_count"] for row in summary["per_class"]}
+    assert per_class == metrics["train_counts"]
+
 
 def test_frozen_backbone_trains_its_head_on_cached_features(tiny_dataset_dir, isolated_artifacts):
-    from genre_core import images, models
+    from genre_core.data import images
+    from genre_core.models import zoo
 
     config = {**TINY, "data": str(tiny_dataset_dir), "model": "hed_vgg16", "head_units": 0,
               "feature_layers": ["block3_conv3", "block5_conv3"], "flip_features": True,
               "balancing": "class_weights", "epochs": 3, "learning_rate": 0.01}
     first_events = []
-    first = train.start_run(config, progress=first_events.append)
+    first = jobs.start("classifier", config, progress=first_events.append)
     assert first.status()["state"] == "finished", first.status()
     metrics = first.metrics()
     assert metrics["frozen_features"] is True
@@ -87,7 +103,7 @@ def test_frozen_backbone_trains_its_head_on_cached_features(tiny_dataset_dir, is
     # A second run with another head reuses the features: no backbone pass at all. This head power-normalises
     # the features and decays its learning rate along a cosine.
     second_events = []
-    second = train.start_run({**config, "dropout": 0.1, "feature_transform": "sqrt", "lr_schedule": "cosine"},
+    second = jobs.start("classifier", {**config, "dropout": 0.1, "feature_transform": "sqrt", "lr_schedule": "cosine"},
                              progress=second_events.append)
     assert second.status()["state"] == "finished"
     assert not any(event["stage"] == "features" for event in second_events)
@@ -99,7 +115,7 @@ def test_frozen_backbone_trains_its_head_on_cached_features(tiny_dataset_dir, is
 
     # The saved model is the whole image classifier (extractor + head), all Keras: on the test images it
     # gives the probabilities that the head gave on ncnn's features.
-    model = models.load_model(second.path / "model.keras")
+    model = zoo.load_model(second.path / "model.keras")
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 3)
     assert any(layer.name == "transform" for layer in model.get_layer("head").layers)
     predictions = pd.read_csv(second.path / "predictions.csv")
@@ -118,10 +134,10 @@ def test_cancel_stops_within_one_batch_keeps_the_model_and_resume_continues(tiny
         epochs_done = sum(1 for item in seen if item["stage"] == "epoch")
         if event["stage"] == "batch" and epochs_done == 1 and event["done"] == 2:
             # The only run folder is this one; a cancel request is just the `cancel` file.
-            runs.open_run(next((isolated_artifacts / "runs").iterdir())).request_cancel()
+            store.open_run(next((isolated_artifacts / "runs").iterdir())).request_cancel()
             holder["cancelled_at"] = len(seen)
 
-    run = train.start_run(config, progress=cancel_in_second_epoch)
+    run = jobs.start("classifier", config, progress=cancel_in_second_epoch)
     status = run.status()
     assert status["state"] == "cancelled", status
     later_batches = [event for event in seen[holder["cancelled_at"]:] if event["stage"] == "batch"]
@@ -134,8 +150,7 @@ def test_cancel_stops_within_one_batch_keeps_the_model_and_resume_continues(tiny
     run.clear_cancel()
     run.write_config({**run.config(), "resume": True})
     resumed = []
-    with train.progress_to(resumed.append):
-        state = jobs.run_job(run)
+    state = jobs.run_job(run, progress=resumed.append)
     assert state == "finished", run.status()
     assert pd.read_csv(run.path / "history.csv")["epoch"].tolist() == [1, 2, 3]
     assert any(event["stage"] == "resume" and event["done"] == 1 for event in resumed)
@@ -166,7 +181,7 @@ def test_train_cli_runs_a_config_file_with_flag_overrides(tiny_dataset_dir, isol
                      "--balancing", "oversample"])
     out = capsys.readouterr()
     assert code == 0, out.err
-    run = runs.open_run(out.out.strip().splitlines()[-1])
+    run = store.open_run(out.out.strip().splitlines()[-1])
     assert run.config()["epochs"] == 1
     assert run.config()["augmentation"] == ["flip", "contrast"]
     assert len(run.history()) == 1
@@ -176,7 +191,7 @@ def test_recipe_then_config_file_then_flags(tmp_path):
     import argparse
 
     from genre_core.commands import train as train_command
-    from genre_core.config import RECIPES
+    from genre_core.training.config import RECIPES
 
     parser = argparse.ArgumentParser()
     train_command.register(parser.add_subparsers())
@@ -202,8 +217,8 @@ def test_mixed_precision_without_a_gpu_falls_back_to_float32_with_a_warning(caps
     import keras
     import tensorflow as tf
 
-    from genre_core.config import TrainConfig
-    from genre_core.train import set_precision
+    from genre_core.training.config import TrainConfig
+    from genre_core.training.loop import set_precision
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU, so mixed precision is really used")
@@ -216,13 +231,14 @@ def test_mixed_precision_without_a_gpu_falls_back_to_float32_with_a_warning(caps
 
 
 def test_cross_validation_refit_and_logit_adjustment_are_recorded(tiny_dataset_dir, isolated_artifacts):
-    from genre_core import images, models
+    from genre_core.data import images
+    from genre_core.models import zoo
 
     config = {**TINY, "data": str(tiny_dataset_dir), "model": "hed_vgg16", "head_units": 0,
               "feature_layers": ["block3_conv3"], "epochs": 3, "learning_rate": 0.01, "cv_folds": 3,
               "refit": True, "logit_adjustment": 1.0}
     events = []
-    run = train.start_run(config, progress=events.append)
+    run = jobs.start("classifier", config, progress=events.append)
     assert run.status()["state"] == "finished", run.status()
     metrics = run.metrics()
 
@@ -247,7 +263,7 @@ def test_cross_validation_refit_and_logit_adjustment_are_recorded(tiny_dataset_d
 
     # Logit adjustment lives inside the saved model: it reproduces predictions.csv, and removing the layer
     # gives probabilities that differ by the train priors.
-    model = models.load_model(run.path / "model.keras")
+    model = zoo.load_model(run.path / "model.keras")
     head = model.get_layer("head")
     layer = head.get_layer("logit_adjustment")
     assert layer.tau == 1.0
@@ -260,10 +276,10 @@ def test_cross_validation_refit_and_logit_adjustment_are_recorded(tiny_dataset_d
 
 
 def test_prior_correction_matches_its_numpy_twin_and_balances_a_prior():
-    from genre_core import layers, models
+    from genre_core.models import layers, zoo
 
     probabilities = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]], np.float32)
-    log_prior = models.log_priors(np.array([0, 0, 0, 0, 1, 1, 2]), 3)
+    log_prior = zoo.log_priors(np.array([0, 0, 0, 0, 1, 1, 2]), 3)
     np.testing.assert_allclose(log_prior, np.log([4 / 7, 2 / 7, 1 / 7]))
     layer = layers.prior_correction(list(log_prior), tau=1.0)
     expected = probabilities / np.exp(log_prior)

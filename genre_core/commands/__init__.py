@@ -1,1 +1,5 @@
-"""CLI command groups; see genre_core/cli.py."""
+"""The command groups of `python -m genre_core`: one module per group, each with `register(subparsers)`."""
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""

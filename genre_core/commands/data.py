@@ -8,7 +8,14 @@ from __future__ import annotations
 import json
 import time
 
-from genre_core.progress import TerminalProgress
+from genre_core.commands.progress import TerminalProgress
+from genre_core.data import demo
+from genre_core.data.cache import prepare_cache
+from genre_core.data.images import parse_size, POLICIES
+from genre_core.data.sources import check_images, load_dataset
+from genre_core.data.splits import imbalance_stats
+from genre_core.runs import access
+
 
 
 def register(subparsers) -> None:
@@ -37,8 +44,6 @@ def register(subparsers) -> None:
 
 def check_roots(path: str) -> None:
     """With GENRE_DATA_ROOTS set, refuse (ValueError, one line) a dataset path outside those folders."""
-    from genre_core import access
-
     roots = access.data_roots()
     if roots is not None:
         access.check_dataset_path(path, roots)
@@ -46,8 +51,6 @@ def check_roots(path: str) -> None:
 
 def cmd_info(args) -> int:
     """Print what a dataset holds and what is wrong with it."""
-    from genre_core.sources import check_images, load_dataset
-
     check_roots(args.path)
     dataset = load_dataset(args.path, source=args.source)
     if args.check:
@@ -61,10 +64,6 @@ def cmd_info(args) -> int:
 
 def cmd_prepare(args) -> int:
     """Build (or reuse) the preprocessed image cache and list the files that failed."""
-    from genre_core.cache import prepare_cache
-    from genre_core.images import POLICIES, parse_size
-    from genre_core.sources import load_dataset
-
     size = parse_size(args.size)
     if args.policy not in POLICIES:
         raise ValueError(f"resize policy {args.policy!r} is not one of {', '.join(POLICIES)}")
@@ -91,8 +90,6 @@ def cmd_prepare(args) -> int:
 
 def cmd_demo(args) -> int:
     """Generate the demo dataset if needed and print its folder."""
-    from genre_core import demo
-
     print(demo.ensure_demo(progress=TerminalProgress("generating demo", bar_stages=None)))
     return 0
 
@@ -113,8 +110,6 @@ def info_dict(dataset) -> dict:
 
 def format_info(dataset) -> str:
     """A plain-text report for `data info`."""
-    from genre_core.splits import imbalance_stats
-
     report = dataset.report
     lines = [
         f"source: {report['source']} ({report.get('root', dataset.root)})",

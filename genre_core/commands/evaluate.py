@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from genre_core.commands import CliError
+from genre_core.commands.progress import TerminalProgress
+from genre_core.evaluation import bundle, classify, evaluate
+
 def register(subparsers) -> None:
     """Add the `evaluate` and `classify` sub-commands."""
     evaluate = subparsers.add_parser(
@@ -53,9 +57,6 @@ def register(subparsers) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run and print a compact summary."""
-    from genre_core import evaluate
-    from genre_core.progress import TerminalProgress
-
     if args.data is None and (args.map_genres or args.split or args.limit):
         raise ValueError("--map-genres, --split and --limit only apply together with --data")
     if args.limit is not None and args.limit < 1:
@@ -77,9 +78,6 @@ CACHED_CLASSIFY_MIN = 16
 
 def run_classify(args: argparse.Namespace) -> int:
     """Classify images or folders; exit 0 when at least one image was classified."""
-    from genre_core import classify
-    from genre_core.cli import CliError
-
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     paths = classify.collect_images(args.inputs)
@@ -107,9 +105,6 @@ def run_classify(args: argparse.Namespace) -> int:
 
 def _run_or_bundled(run: str | None) -> str:
     """The --run given, else the bundled model (CliError when it is missing too)."""
-    from genre_core import bundle
-    from genre_core.cli import CliError
-
     if run:
         return run
     if not bundle.available():
@@ -121,10 +116,7 @@ def run_bundle(args: argparse.Namespace) -> int:
     """Pack a run as a bundle and print the folder."""
     from pathlib import Path
 
-    from genre_core import bundle
-    from genre_core.runs import resolve_run_dir
-
-    run_dir = resolve_run_dir(args.run)
+    run_dir = bundle.resolve_model_dir(args.run)
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
     out = bundle.make_bundle(run_dir, args.out, bundle.card_from_run(run_dir, title=args.title, notes=notes))
     print(out)

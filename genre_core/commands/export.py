@@ -10,6 +10,8 @@ sidecar `<out>.json` names the classes, the input size and the resize policy (ge
 
 from __future__ import annotations
 
+from genre_core.evaluation import export
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("export", help="export a run's model (saved_model, tflite or onnx) with a "
@@ -26,8 +28,6 @@ def register(subparsers) -> None:
 
 def cmd_export(args) -> int:
     """Export, print the output path and a one-line summary (or the sidecar as JSON)."""
-    from genre_core import export
-
     try:
         info = export.export_run(args.run, args.format, args.out, overwrite=args.overwrite, check=not args.no_check)
     except export.ExportUnavailable as exc:

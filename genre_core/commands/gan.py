@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from genre_core.gan_models import ARCHITECTURES, SUPPORTED_SIZES
+from genre_core.gan import trainer
+from genre_core.gan.networks import ARCHITECTURES, SUPPORTED_SIZES
+from genre_core.runs import jobs, store
+
 
 
 def register(subparsers) -> None:
@@ -60,11 +63,9 @@ def register(subparsers) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from genre_core import gan
-
     if args.conditional and args.genre:
         raise ValueError("--genre is for unconditional runs; use --genres with --conditional")
-    config = gan.GanConfig(
+    config = trainer.GanConfig(
         data=args.data, genre=None if args.conditional else (args.genre or "landscape"),
         conditional=args.conditional, genres=list(args.genres), image_size=args.size,
         architecture=args.architecture, epochs=args.epochs if args.epochs is not None else (0 if args.minutes else 20),
@@ -75,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ).validate()
     if args.data != "demo" and not Path(args.data).exists():
         raise FileNotFoundError(f"dataset {args.data} does not exist")
-    run = gan.start_gan_run(config, background=args.background)
+    run = jobs.start("gan", config, background=args.background)
     if args.background:
         print(f"started GAN run {run.id} in the background: {run.path}")
         return 0
@@ -86,30 +87,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _default_out(run_ref: str, name: str) -> Path:
     """A PNG path inside the run's samples folder."""
-    from genre_core import gan, runs
-
-    return runs.open_run(run_ref, kind="gan").path / gan.SAMPLES_DIR / name
+    return store.open_run(run_ref, kind="gan").path / trainer.SAMPLES_DIR / name
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from genre_core import gan
-
-    images = gan.sample(args.run, args.n, args.seed, args.genre)
+    images = trainer.sample(args.run, args.n, args.seed, args.genre)
     columns = args.columns or int(np.ceil(np.sqrt(len(images))))
     out = Path(args.out) if args.out else _default_out(args.run, f"sample_seed{args.seed}.png")
-    gan.write_png(gan.grid(images, columns), out)
+    trainer.write_png(trainer.grid(images, columns), out)
     print(out)
     return 0
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
-    from genre_core import gan
-
     seed_a, seed_b = args.seeds
-    images = gan.interpolate(args.run, seed_a, seed_b, args.steps, args.genre)
+    images = trainer.interpolate(args.run, seed_a, seed_b, args.steps, args.genre)
     out = Path(args.out) if args.out else _default_out(args.run, f"interpolate_{seed_a}_{seed_b}.png")
-    gan.write_png(gan.grid(images, len(images)), out)
+    trainer.write_png(trainer.grid(images, len(images)), out)
     print(out)
     return 0

@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
-KINDS = ("classifier", "gan", "search", "prepare", "selftest", "all")
+from genre_core.runs import jobs, kinds, store
+
+KINDS = (*kinds.KINDS, "all")
 TABLE_COLUMNS = (
     ("id", "id"), ("state", "state"), ("model", "model"), ("data", "data"), ("epochs", "epochs"),
     ("test acc", "test_accuracy"), ("macro-F1", "macro_f1"),
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
     resume.add_argument("run", help="run id or run folder")
     resume.set_defaults(func=cmd_resume)
 
-    # The job runner itself; launched by genre_core.jobs.launch, not meant for everyday use.
+    # The job runner itself; launched by genre_core.runs.jobs.launch, not meant for everyday use.
     job = subparsers.add_parser("job", help="(internal) run one background job in this process")
     job.add_argument("run_dir", help="run folder")
     job.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -69,9 +71,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cmd_runs(args) -> int:
-    from genre_core import runs
-
-    rows = runs.list_runs(kind=None if args.kind == "all" else args.kind)
+    rows = store.list_runs(kind=None if args.kind == "all" else args.kind)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     elif not rows:
@@ -82,8 +82,6 @@ def cmd_runs(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from genre_core import jobs
-
     state = jobs.cancel(args.run)
     if state == "cancelled":
         print(f"{args.run}: cancelled")
@@ -99,16 +97,12 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from genre_core import jobs
-
     pid = jobs.resume(args.run)
     print(f"{args.run}: resumed in the background (pid {pid}); follow it with `python -m genre_core runs`")
     return 0
 
 
 def cmd_job(args) -> int:
-    from genre_core import jobs
-
     try:
         state = jobs.run_job(args.run_dir, lock_fd=args.lock_fd, handle_signals=True)
     except jobs.JobLockedError as exc:

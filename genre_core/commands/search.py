@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import sys
 
-OVERRIDES = {
-    "--size": ("size", int, "input size in pixels (default: the recipe's)"),
-    "--seed": ("seed", int, "random seed of the splits, the sampler and every trial"),
-    "--val-fraction": ("val_fraction", float, "validation fraction when the source has no val split"),
-    "--test-fraction": ("test_fraction", float, "test fraction when the source has no test split"),
-    "--data-fraction": ("data_fraction", float, "use this fraction of each split and genre"),
-    "--feature-engine": ("feature_engine", str, "the feature pass: auto, keras or ncnn"),
-}
+from genre_core.commands.progress import TerminalProgress
+from genre_core.commands.train import OPTIONS
+from genre_core.runs import jobs, store
+from genre_core.training import search
+
+# The training flags a search takes for its base config: the same flags, types and help as `train`'s.
+OVERRIDES = {flag: OPTIONS[flag] for flag in ("--size", "--seed", "--val-fraction", "--test-fraction",
+                                             "--data-fraction", "--feature-engine")}
 
 
 def register(subparsers) -> None:
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument("--minutes", type=float, default=None, help="stop starting trials after this many minutes "
                                                                    "of trials (the feature pass is not counted)")
     parser.add_argument("--space", default=None, help="JSON file of the search space (default: "
-                                                      "genre_core.search.DEFAULT_SPACE)")
+                                                      "genre_core.training.search.DEFAULT_SPACE)")
     parser.add_argument("--metric", default="accuracy", choices=("accuracy", "macro_f1", "loss"),
                         help="the validation score to optimise (default accuracy)")
     for flag, (_field, kind, text) in OVERRIDES.items():
@@ -45,8 +45,6 @@ def register(subparsers) -> None:
 
 def cmd_search(args) -> int:
     """Run (or launch) a search and print its folder, the best trial and the best run."""
-    from genre_core import search
-
     if args.show_space:
         print(json.dumps(search.DEFAULT_SPACE, indent=2))
         return 0
@@ -55,16 +53,14 @@ def cmd_search(args) -> int:
     overrides = {field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _kind, _text) in OVERRIDES.items()}
     overrides = {key: value for key, value in overrides.items() if value is not None}
     space = search.read_space_file(args.space) if args.space else None
-    options = {"recipe": args.recipe, "minutes": args.minutes, "space": space, "metric": args.metric,
-               "overrides": overrides}
+    settings = {"data": args.data, "trials": args.trials, "recipe": args.recipe, "minutes": args.minutes,
+                "space": space, "metric": args.metric, "overrides": overrides}
     if args.background:
-        run = search.start_search(args.data, args.trials, background=True, **options)
+        run = jobs.start("search", settings, background=True)
         print(run.path)
         return 0
-    from genre_core.progress import TerminalProgress
-
     display = TerminalProgress(min_seconds=10.0)  # In a log: a line at most every 10 s, plus each trial's line.
-    run = search.start_search(args.data, args.trials, background=False, progress=display, **options)
+    run = jobs.start("search", settings, background=False, progress=display)
     display.close()
     print(run.path)
     status = run.status()
@@ -75,7 +71,5 @@ def cmd_search(args) -> int:
     print(status.get("message", "finished"), file=sys.stderr)
     best = search.summary(run)
     if best.get("best_run"):
-        from genre_core import runs
-
-        print(runs.open_run(best["best_run"], kind="classifier").path)
+        print(store.open_run(best["best_run"], kind="classifier").path)
     return 0

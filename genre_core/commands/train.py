@@ -15,6 +15,11 @@ import json
 import sys
 from pathlib import Path
 
+from genre_core.commands.progress import TerminalProgress
+from genre_core.models import zoo
+from genre_core.runs import jobs
+from genre_core.training.config import recipe_values, TrainConfig
+
 # Flag name -> (TrainConfig field, type, help). Every flag defaults to None so that only given flags
 # override --config.
 OPTIONS = {
@@ -80,8 +85,6 @@ def register(subparsers) -> None:
 
 def config_from_args(args):
     """Build the TrainConfig from --config and the flags given (ValueError on bad values)."""
-    from genre_core.config import TrainConfig, recipe_values
-
     values = recipe_values(args.recipe) if getattr(args, "recipe", None) else {}
     if args.config:
         file_config = TrainConfig.from_json(args.config)  # validates, with errors that name the file
@@ -106,24 +109,19 @@ def config_from_args(args):
 
 def cmd_train(args) -> int:
     """Train in the foreground with a progress bar (or launch a job) and print the run folder."""
-    from genre_core import models
-
     if args.list_models:
-        for name, spec in models.MODELS.items():
+        for name, spec in zoo.MODELS.items():
             print(f"{name:20s} {spec.default_size:4d} px  {spec.description}")
         return 0
     config = config_from_args(args)
-    models.get_spec(config.model)
-    from genre_core import train
-    from genre_core.progress import TerminalProgress
-
+    zoo.get_spec(config.model)
     if args.background:
-        run = train.start_run(config, background=True)
+        run = jobs.start("classifier", config, background=True)
         print(run.path)
         return 0
     # A tqdm bar on a terminal; in a log, a plain line at most every 10 s plus every epoch's summary.
     bar = TerminalProgress(min_seconds=10.0)
-    run = train.start_run(config, background=False, progress=bar)
+    run = jobs.start("classifier", config, background=False, progress=bar)
     bar.close()
     status = run.status()
     state = status.get("state")

@@ -1,0 +1,1 @@
+"""Using trained classifiers: classify paintings, evaluate and compare runs, the bundled model, export."""

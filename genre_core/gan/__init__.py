@@ -1,0 +1,1 @@
+"""Generating paintings: GAN networks, training and sampling, and picture-quality measures."""

@@ -1,0 +1,734 @@
+"""GAN runs: train a GAN on one genre (or a conditional one on several), sample it, measure it.
+
+A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md, "Run folders"):
+
+| file | content |
+| --- | --- |
+| `config.json` | the `GanConfig` plus `kind: "gan"` and `data` |
+| `classes.json` | the genres, label order (one genre for an unconditional run) |
+| `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
+| `generator.keras` | the EMA generator (loads with `safe_mode=True`) |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, recognised, recognised_real, diversity, elapsed_seconds` |
+| `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
+| `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
+
+Quality per epoch (all measured on a fixed latent batch against real images the GAN did not train on):
+`kid` in the configured feature space, `kid_fixed` in `quality.FIXED_SPACE` (comparable across projects),
+`recognised` (the share of samples a real-painting classifier calls by the run's genre; `recognised_real`
+is the same share for held-out real images brought to the GAN's size) and `diversity` (mean pairwise feature
+distance of samples over that of real images, per genre).
+
+`execute(run)` is the executor that `python -m genre_core job RUN_DIR` calls for kind "gan"; it resumes from
+`checkpoint/` when one exists and stops cleanly (raising `store.Cancelled`) when a cancel is requested.
+The app uses `load_generator`, `sample`, `interpolate` and `grid`; runs start through
+`genre_core.runs.jobs.start("gan", config)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from genre_core.data import cache as cache_module, sources
+from genre_core.evaluation import bundle, classify
+from genre_core.gan import networks, quality
+from genre_core.runs import store
+from genre_core.training import tensorboard_log
+from genre_core.util import fileio
+
+
+GENERATOR_FILE = "generator.keras"
+QUALITY_FILE = "quality.json"
+SAMPLES_DIR = "samples"
+CHECKPOINT_STATE = "state.npz"
+CHECKPOINT_INFO = "state.json"
+RESIZE_POLICIES = ("crop", "squash", "letterbox")
+BUDGET_EPOCHS = 10_000  # epochs = 0 with a time budget: train until the budget says stop
+BUDGET_CLOCKS = ("wall", "cpu")
+
+
+def budget_clock(kind: str = "wall"):
+    """A seconds clock for time budgets: wall-clock time, or this process's CPU time divided by the cores it
+    may use (on a machine shared with other jobs, "15 minutes on 2 cores" means 30 CPU-minutes of work)."""
+    if kind == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return lambda: time.process_time() / cores
+    return time.monotonic
+
+
+@dataclass
+class GanConfig:
+    """Every option of one GAN run; saved as the run's config.json so the run can be rebuilt from it."""
+
+    data: str = "demo"
+    genre: str | None = "landscape"  # unconditional: the genre to learn
+    conditional: bool = False
+    genres: list[str] = field(default_factory=list)  # conditional: the genres to learn (empty: all)
+    architecture: str = "projected"  # projected (FastGAN-style G, Projected-GAN D) | dcgan (see networks.py)
+    image_size: int = 128
+    policy: str = "crop"
+    epochs: int = 20  # 0: as many as the time budget allows
+    batch_size: int = 16
+    min_steps_per_epoch: int = 50  # small genres repeat their images so that an epoch has at least this many steps
+    max_images: int = 0  # 0: every image of the genre(s)
+    holdout_fraction: float = 0.2  # share of each genre kept out of training for KID when the data has no val/test
+    latent_dim: int = 128
+    base_channels: int = 16
+    loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
+    mode_seeking: float = -1.0  # weight of the MSGAN mode-seeking term; -1: 1.0 for conditional runs, else 0
+    learning_rate: float = 2e-4
+    beta_1: float = 0.5
+    ema_decay: float = 0.995
+    augment_probability: float = 0.0  # the starting DiffAugment probability
+    adaptive_augment: bool = True  # raise/lower it ADA-style from D's accuracy on real images
+    augment_target: float = 0.6
+    augment_speed: float = 0.005
+    horizontal_flip: bool = True
+    feature_space: str = "auto"  # auto | inception_v3 | hed_vgg16 (see quality.py)
+    kid_image_size: int = 64
+    kid_samples: int = 256  # generated and real images per KID measurement; 0 switches KID off
+    kid_every: int = 1
+    judge: str = "auto"  # real-painting classifier run for the recognisability score; "auto": newest fitting; "": off
+    judge_samples: int = 64  # generated (and real) images the judge classifies per epoch
+    grid_images: int = 36
+    time_budget_minutes: float = 0.0  # 0: no limit; else no epoch is started that would not end inside it
+    budget_clock: str = "wall"  # wall: wall-clock time; cpu: this process's CPU time / usable cores (a shared machine)
+    seed: int = 0
+
+    def validate(self) -> "GanConfig":
+        """Raise ValueError naming the first bad option; return self."""
+        networks.check_size(self.image_size)
+        if self.architecture not in networks.ARCHITECTURES:
+            raise ValueError(f"architecture {self.architecture!r} is not one of {networks.ARCHITECTURES}")
+        if self.architecture == "dcgan" and self.image_size > 128:
+            raise ValueError("the dcgan architecture goes up to 128 px; use architecture 'projected' for 256")
+        if self.loss and self.loss not in networks.LOSSES:
+            raise ValueError(f"loss {self.loss!r} is not one of {networks.LOSSES}")
+        if int(self.epochs) == 0 and not self.time_budget_minutes:
+            raise ValueError("epochs 0 means 'until the time budget', so it needs time_budget_minutes > 0")
+        if int(self.epochs) < 0:
+            raise ValueError(f"epochs must be at least 0, got {self.epochs}")
+        if not 0.0 <= self.holdout_fraction < 0.9:
+            raise ValueError(f"holdout_fraction must be in 0..0.9, got {self.holdout_fraction}")
+        if self.budget_clock not in BUDGET_CLOCKS:
+            raise ValueError(f"budget_clock {self.budget_clock!r} is not one of {BUDGET_CLOCKS}")
+        if self.judge_samples < 0:
+            raise ValueError(f"judge_samples must be at least 0, got {self.judge_samples}")
+        if self.policy not in RESIZE_POLICIES:
+            raise ValueError(f"policy {self.policy!r} is not one of {RESIZE_POLICIES}")
+        if not self.conditional and not self.genre:
+            raise ValueError("an unconditional GAN needs a genre (or pass conditional=True)")
+        for name in ("batch_size", "latent_dim", "base_channels", "min_steps_per_epoch", "kid_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.augment_probability <= 1.0:
+            raise ValueError(f"augment_probability must be in 0..1, got {self.augment_probability}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in 0..1 (exclusive of 1), got {self.ema_decay}")
+        if self.kid_samples < 0 or self.kid_samples == 1:
+            raise ValueError(f"kid_samples must be 0 (off) or at least 2, got {self.kid_samples}")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GanConfig":
+        """Build a config from a dict or a run's config.json, setting aside the keys runs add (kind, created,
+        resume, ...) and rejecting unknown keys with a clear message, as TrainConfig does."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a GAN config must be a JSON object, not {type(values).__name__}")
+        names = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names - set(store.RUN_ONLY_KEYS) - {"kind"})
+        if unknown:
+            raise ValueError(f"unknown GAN option(s) {', '.join(unknown)}; known options are {', '.join(sorted(names))}")
+        return cls(**{key: value for key, value in values.items() if key in names})
+
+    def to_dict(self) -> dict:
+        """The config as a plain dict."""
+        return dataclasses.asdict(self)
+
+    @property
+    def planned_epochs(self) -> int:
+        """The epoch count to train for: `epochs`, or BUDGET_EPOCHS when 0 leaves it to the time budget."""
+        return int(self.epochs) or BUDGET_EPOCHS
+
+    @property
+    def mode_seeking_weight(self) -> float:
+        """The mode-seeking weight in use (-1 resolves to 1.0 for conditional runs, else 0)."""
+        if self.mode_seeking < 0:
+            return 1.0 if self.conditional else 0.0
+        return float(self.mode_seeking)
+
+
+@dataclass
+class _ModelShape:
+    """What `networks.make_gan` needs: the config plus the number of genres."""
+
+    config: GanConfig
+    num_classes: int
+
+    @property
+    def mode_seeking(self) -> float:
+        return self.config.mode_seeking_weight
+
+    def __getattr__(self, name):
+        return getattr(self.config, name)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data.
+
+
+def load_training_images(config: GanConfig, progress=None):
+    """Return (train uint8 (N,S,S,3), train labels int32, reference uint8 images, reference labels, classes).
+
+    Images come from the preprocessed cache at the GAN size. The reference set for KID, diversity and the
+    judge is the genre's held-out split (val/test) when it has at least 50 images; else a seeded random
+    `holdout_fraction` of the genre is kept out of training (when both parts keep at least 50 images);
+    else, for tiny genres, the training images themselves."""
+    dataset = sources.load_dataset(config.data)
+    if config.conditional:
+        classes = list(config.genres) or list(dataset.classes)
+    else:
+        classes = [config.genre]
+    unknown = [name for name in classes if name not in dataset.classes]
+    if unknown:
+        raise ValueError(f"genre {unknown[0]!r} is not in {config.data}; its genres are: {', '.join(dataset.classes)}")
+    cache = cache_module.prepare_cache(dataset, (config.image_size, config.image_size), config.policy,
+                                       progress=progress)
+    train_parts, held_out_parts = [], []
+    for name in classes:
+        indices = cache.ok_indices(genre=name)
+        if len(indices) == 0:
+            raise ValueError(f"genre {name!r} has no readable images in {config.data}")
+        splits = cache.manifest["split"].to_numpy()[indices]
+        held_out = indices[np.isin(splits, ("val", "test"))]
+        train = indices[~np.isin(splits, ("val", "test"))]
+        if len(held_out) < 50 or len(train) < 50:
+            count = int(round(len(indices) * config.holdout_fraction))
+            if count >= 50 and len(indices) - count >= 50:
+                shuffled = np.random.default_rng(config.seed).permutation(indices)
+                held_out, train = np.sort(shuffled[:count]), np.sort(shuffled[count:])
+            else:
+                train, held_out = indices, np.array([], dtype=int)
+        train_parts.append(train)
+        held_out_parts.append(held_out)
+    train_indices = np.concatenate(train_parts)
+    held_out_indices = np.concatenate(held_out_parts)
+    rng = np.random.default_rng(config.seed)
+    if config.max_images and len(train_indices) > config.max_images:
+        train_indices = np.sort(rng.choice(train_indices, config.max_images, replace=False))
+    images, cache_labels = cache_module.load_arrays(cache, train_indices)
+    label_of = {cache.classes.index(name): position for position, name in enumerate(classes)}
+    labels = np.array([label_of[int(label)] for label in cache_labels], dtype=np.int32)
+    if len(held_out_indices):
+        reference, reference_cache_labels = cache_module.load_arrays(cache, held_out_indices)
+        reference_labels = np.array([label_of[int(label)] for label in reference_cache_labels], dtype=np.int32)
+    else:
+        reference, reference_labels = images, labels
+    return images, labels, reference, reference_labels, classes
+
+
+def make_training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, horizontal_flip: bool, seed: int):
+    """An endless shuffled tf.data pipeline of (float images in [-1, 1], int32 labels) batches."""
+    import tensorflow as tf
+
+    if len(images) < batch_size:
+        repeats = int(np.ceil(batch_size / len(images)))
+        images, labels = np.concatenate([images] * repeats), np.concatenate([labels] * repeats)
+
+    def to_float(image, label):
+        image = tf.cast(image, tf.float32) / 127.5 - 1.0
+        if horizontal_flip:
+            image = tf.image.random_flip_left_right(image, seed=seed)
+        return image, label
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Images.
+
+
+def to_uint8(images) -> np.ndarray:
+    """Generator output in [-1, 1] -> uint8 0..255."""
+    return np.clip((np.asarray(images, dtype=np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def grid(images, columns: int = 8, gap: int = 2) -> np.ndarray:
+    """Tile uint8 images (N, H, W, 3) into one uint8 image with `columns` per row and a white gap."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(f"grid needs images of shape (N, H, W, 3) with N >= 1, got {images.shape}")
+    if int(columns) < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
+    count, height, width, _ = images.shape
+    columns = min(int(columns), count)
+    rows = int(np.ceil(count / columns))
+    canvas = np.full((rows * height + (rows - 1) * gap, columns * width + (columns - 1) * gap, 3), 255, np.uint8)
+    for index, image in enumerate(images.astype(np.uint8)):
+        row, column = divmod(index, columns)
+        top, left = row * (height + gap), column * (width + gap)
+        canvas[top:top + height, left:left + width] = image
+    return canvas
+
+
+def write_png(image: np.ndarray, path) -> Path:
+    """Write a uint8 RGB image as PNG atomically and return the path."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8), "RGB").save(buffer, format="PNG")
+    return fileio.atomic_write_bytes(path, buffer.getvalue())
+
+
+def latent_vectors(seed: int, count: int, latent_dim: int) -> np.ndarray:
+    """The latent batch for a seed: the same seed always gives the same vectors (NumPy, backend-free)."""
+    return np.random.default_rng(int(seed)).standard_normal((int(count), int(latent_dim))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def save_checkpoint(gan, run: store.Run, epoch: int, extra: dict | None = None) -> None:
+    """Save the whole training state (networks, EMA, optimizers, seeds, aug_p) for resume after `epoch`."""
+    buffer = io.BytesIO()
+    variables = gan.state_variables()
+    np.savez(buffer, **{f"v{index:04d}": np.asarray(variable.numpy()) for index, variable in enumerate(variables)})
+    folder = run.checkpoint_dir
+    fileio.atomic_write_bytes(folder / CHECKPOINT_STATE, buffer.getvalue())
+    # state.json is written last: it is what says the checkpoint is complete.
+    fileio.atomic_write_json(folder / CHECKPOINT_INFO, {"epoch": int(epoch), "variables": len(variables),
+                                                         **(extra or {})})
+
+
+def load_checkpoint(gan, run: store.Run) -> dict | None:
+    """Restore the training state from the run's checkpoint; return its info (None if there is none)."""
+    folder = run.path / store.CHECKPOINT_DIR
+    info = fileio.read_json(folder / CHECKPOINT_INFO, default=None)
+    if not info:
+        return None
+    variables = gan.state_variables()
+    if info.get("variables") != len(variables):
+        raise ValueError(f"run {run.id}: checkpoint holds {info.get('variables')} variables but the model has "
+                         f"{len(variables)}; was the config changed?")
+    with np.load(folder / CHECKPOINT_STATE) as stored:
+        for index, variable in enumerate(variables):
+            value = stored[f"v{index:04d}"]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise ValueError(f"run {run.id}: checkpoint variable {variable.path} has shape {value.shape}, "
+                                 f"expected {tuple(variable.shape)}")
+            variable.assign(value)
+    return info
+
+
+def save_generator(gan, run: store.Run) -> Path:
+    """Save the EMA generator as generator.keras (written to a temporary file, then renamed)."""
+    path = run.path / GENERATOR_FILE
+    temporary = run.path / f".{GENERATOR_FILE}.{os.getpid()}.keras"
+    gan.ema_generator.save(temporary)
+    os.replace(temporary, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training.
+
+
+def _generate(generator, noise: np.ndarray, labels: np.ndarray | None, batch_size: int = 64) -> np.ndarray:
+    """Run a generator in inference mode in batches -> uint8 images."""
+    outputs = []
+    for start in range(0, len(noise), batch_size):
+        inputs = noise[start:start + batch_size]
+        if labels is not None:
+            inputs = [inputs, labels[start:start + batch_size].astype(np.int32)]
+        outputs.append(to_uint8(generator(inputs, training=False)))
+    return np.concatenate(outputs)
+
+
+def _epoch_callback_class():
+    """Define the Keras callback that writes samples, quality, history and checkpoints (Keras imported here)."""
+    import keras
+
+    class GanRunCallback(keras.callbacks.Callback):
+        """Per batch: progress and cancel. Per epoch: EMA recalibration, grid, quality, history, checkpoint."""
+
+        def __init__(self, run, config, classes, steps_per_epoch, progress, reference, start_time,
+                     previous_seconds, clock=time.monotonic):
+            super().__init__()
+            self.run = run
+            self.config = config
+            self.classes = classes
+            self.steps_per_epoch = steps_per_epoch
+            self.progress = progress
+            self.reference = reference
+            self.cancelled = False
+            self.start_time = start_time
+            self.previous_seconds = previous_seconds
+            self.clock = clock  # the budget's clock (wall or CPU); start_time is on it
+            self.epoch_clock_start = clock()
+            self.epoch_start = time.monotonic()
+            self.epoch_cpu_start = time.process_time()
+            conditional = config.conditional
+            self.grid_noise = latent_vectors(config.seed + 1, config.grid_images, config.latent_dim)
+            self.grid_labels = (np.arange(config.grid_images) % len(classes)).astype(np.int32) if conditional else None
+            self.kid_noise = latent_vectors(config.seed + 2, config.kid_samples, config.latent_dim)
+            self.kid_labels = (np.arange(config.kid_samples) % len(classes)).astype(np.int32) if conditional else None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_start = time.monotonic()
+            self.epoch_clock_start = self.clock()
+            self.epoch_cpu_start = time.process_time()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.progress({"stage": "batch", "done": batch + 1, "total": self.steps_per_epoch})
+            if self.run.cancel_requested():
+                self.cancelled = True
+                self.model.stop_training = True
+
+        def _planned_total(self, number: int, epoch_seconds: float, elapsed: float) -> int:
+            """The epoch count to show: the config's, or (budget only) how many more fit at this pace."""
+            if self.config.epochs:
+                return int(self.config.epochs)
+            remaining = self.config.time_budget_minutes * 60.0 - elapsed
+            return number + max(0, int(remaining // max(epoch_seconds, 1e-6)))
+
+        def on_epoch_end(self, epoch, logs=None):
+            if self.cancelled:
+                return
+            logs = logs or {}
+            gan = self.model
+            config = self.config
+            number = epoch + 1
+            planned = config.planned_epochs
+            train_seconds = self.clock() - self.epoch_clock_start
+            gan.recalibrate_ema(seed=config.seed + 3)
+            samples = _generate(gan.ema_generator, self.grid_noise, self.grid_labels)
+            columns = int(np.ceil(np.sqrt(len(samples))))
+            if config.conditional:
+                columns = len(self.classes) * max(1, columns // len(self.classes))
+            write_png(grid(samples, columns), self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
+            # The budget check below may end the run after this epoch: measure the last epoch in any case.
+            elapsed_so_far = self.previous_seconds + self.clock() - self.start_time
+            budget = config.time_budget_minutes * 60.0
+            last = number >= planned or (budget and elapsed_so_far + train_seconds * 1.15 > budget)
+            measured = {}
+            if self.reference is not None and (number % config.kid_every == 0 or last):
+                measured = measure(gan.ema_generator, self.kid_noise, self.kid_labels, self.reference, self.classes,
+                                   seed=config.seed)
+                _append_quality(self.run, number, measured)
+            seconds = time.monotonic() - self.epoch_start
+            budget_seconds = self.clock() - self.epoch_clock_start
+            elapsed = self.previous_seconds + self.clock() - self.start_time
+            row = {
+                "epoch": number,
+                "d_loss": float(logs.get("d_loss", np.nan)),
+                "g_loss": float(logs.get("g_loss", np.nan)),
+                "kid": measured.get("kid"),
+                "kid_std": measured.get("kid_std"),
+                "aug_p": float(logs.get("aug_p", np.nan)),
+                "seconds": round(seconds, 2),
+                "cpu_seconds": round(time.process_time() - self.epoch_cpu_start, 2),
+                "real_accuracy": float(logs.get("real_accuracy", np.nan)),
+                "feature_space": measured.get("feature_space"),
+                "kid_fixed": measured.get("kid_fixed"),
+                "kid_fixed_std": measured.get("kid_fixed_std"),
+                "recognised": measured.get("recognised"),
+                "recognised_real": measured.get("recognised_real"),
+                "diversity": measured.get("diversity"),
+                "elapsed_seconds": round(elapsed, 2),  # since the start, on the budget's clock
+            }
+            self.run.append_history(row)
+            tensorboard_log.log_gan_epoch(self.run, row, self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
+            save_generator(gan, self.run)
+            save_checkpoint(gan, self.run, number, {"elapsed_seconds": round(elapsed, 2)})
+            text = _quality_text(measured)
+            total = self._planned_total(number, budget_seconds, elapsed)
+            print(f"epoch {number}/{total}: d_loss {row['d_loss']:.3f} g_loss {row['g_loss']:.3f} "
+                  f"aug_p {row['aug_p']:.2f} {text} ({seconds:.0f} s, {elapsed / 60:.1f} min in all)", flush=True)
+            self.progress({"stage": "epoch", "done": number, "total": total,
+                           "message": f"epoch {number}/{total}, {text}"})
+            # Stop when the next epoch would not end inside the budget (15% margin for its measurement).
+            if budget and number < planned and elapsed + budget_seconds * 1.15 > budget:
+                print(f"time budget of {config.time_budget_minutes} min: stopping after epoch {number} "
+                      f"({elapsed / 60:.1f} min)", flush=True)
+                gan.stop_training = True
+
+    return GanRunCallback
+
+
+def _quality_text(measured: dict) -> str:
+    """A short progress text of the epoch's quality numbers."""
+    parts = []
+    if measured.get("kid_fixed") is not None:
+        parts.append(f"KID(fixed) {measured['kid_fixed']:.3g} ± {measured['kid_fixed_std']:.2g}")
+    if measured.get("kid") is not None:
+        parts.append(f"KID {measured['kid']:.4g}")
+    if measured.get("recognised") is not None:
+        parts.append(f"recognised {measured['recognised']:.0%} (real {measured['recognised_real']:.0%})")
+    if measured.get("diversity") is not None:
+        parts.append(f"diversity {measured['diversity']:.2f}")
+    return ", ".join(parts) or "no quality measured"
+
+
+@dataclass
+class Reference:
+    """Real images the GAN did not train on, with what every epoch compares against, computed once."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    extractor: object  # the configured KID space
+    features: np.ndarray  # in the configured space (at most kid_samples images)
+    fixed_extractor: object
+    fixed_features: np.ndarray  # in quality.FIXED_SPACE (every reference image)
+    judge: object = None  # a classify.Classifier, or None
+    judge_name: str | None = None
+    judge_real: dict = field(default_factory=dict)  # genre -> share of real images the judge calls that genre
+    judge_samples: int = 64  # images per genre that the judge classifies
+
+
+def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels: np.ndarray, classes,
+                      progress=None) -> Reference:
+    """Features of the held-out real images in both spaces, and the judge with its share on real images."""
+    progress = progress or (lambda event: None)
+    progress({"stage": "prepare", "done": 0, "total": 1, "message": "computing real-image features for KID"})
+    extractor = quality.feature_extractor(config.feature_space, config.kid_image_size)
+    fixed_extractor = quality.feature_extractor("hed_vgg16_fixed")
+    rng = np.random.default_rng(config.seed)
+    chosen = np.sort(rng.choice(len(reference), min(config.kid_samples, len(reference)), replace=False))
+    # One pass over every held-out image gives both spaces (the configured one keeps kid_samples of them).
+    features, fixed_features = quality.extract_many(np.asarray(reference), [extractor, fixed_extractor])
+    features = features[chosen]
+    result = Reference(np.asarray(reference), np.asarray(reference_labels), extractor, features, fixed_extractor,
+                       fixed_features, judge_samples=int(config.judge_samples))
+    judge_path = find_judge(config.judge, classes)
+    if judge_path is not None and config.judge_samples:
+        progress({"stage": "prepare", "done": 0, "total": 1, "message": "the judge classifies real images"})
+        result.judge = classify.load_classifier(judge_path)
+        result.judge_name = Path(judge_path).name
+        for label, genre in enumerate(classes):
+            of_genre = np.flatnonzero(result.labels == label)[: config.judge_samples]
+            if len(of_genre):
+                result.judge_real[genre] = quality.recognisability(result.judge, result.images[of_genre], genre)["share"]
+    return result
+
+
+def find_judge(judge: str | None, genres) -> Path | None:
+    """The classifier that scores recognisability: `judge` (a run id or folder, or "bundled") when given,
+    which must know every genre; with "auto" the newest finished classifier run whose classes include every
+    genre, else the bundled real-painting model when it knows them; None when `judge` is empty or "auto"
+    finds none."""
+    if not judge or judge == "none":
+        return None
+    genres = list(genres)
+    if bundle.is_reference(judge):
+        missing = [genre for genre in genres if genre not in _bundle_classes()]
+        if missing:
+            raise ValueError(f"the bundled model does not know genre(s) {', '.join(missing)}")
+        return bundle.folder()
+    if judge != "auto":
+        run = store.open_run(judge, kind="classifier")
+        missing = [genre for genre in genres if genre not in (run.classes() or [])]
+        if missing:
+            raise ValueError(f"judge run {run.id} does not know genre(s) {', '.join(missing)}")
+        if not (run.path / "model.keras").exists():
+            raise ValueError(f"judge run {run.id} has no model.keras")
+        return run.path
+    for row in store.list_runs("classifier"):
+        if row.get("state") != "finished" or row.get("damaged"):
+            continue
+        folder = Path(row["path"])
+        classes = fileio.read_json(folder / "classes.json", default=None) or []
+        if all(genre in classes for genre in genres) and (folder / "model.keras").exists():
+            return folder
+    if all(genre in _bundle_classes() for genre in genres):
+        return bundle.folder()
+    return None
+
+
+def _bundle_classes() -> list[str]:
+    """The bundled real-painting model's genres (empty when it is not shipped)."""
+    if not bundle.available():
+        return []
+    return fileio.read_json(bundle.folder() / "classes.json", default=None) or []
+
+
+def measure(generator, noise, labels, reference: Reference, classes, seed: int = 0) -> dict:
+    """Quality of the generator's images for a fixed latent batch against the held-out real images:
+    KID in the configured space and in the fixed space, recognisability and diversity (per genre, averaged)."""
+    generated = _generate(generator, noise, labels)
+    features, fixed_features = quality.extract_many(generated, [reference.extractor, reference.fixed_extractor])
+    # Subsets of half the smaller set, so that the spread over subsets says how stable the number is.
+    subset_size = max(2, min(len(features), len(reference.features), 2000) // 2)
+    result = quality.compare(features, reference.features, reference.extractor.name, subsets=50,
+                             subset_size=subset_size, seed=seed)
+    fixed = quality.fixed_kid(fixed_features, reference.fixed_features, seed=seed)
+    result.update(kid_fixed=fixed["kid"], kid_fixed_std=fixed["kid_std"], fixed_space=fixed["feature_space"])
+    generated_labels = np.zeros(len(generated), np.int32) if labels is None else np.asarray(labels)
+    ratios, shares, real_shares, per_genre = [], [], [], {}
+    for label, genre in enumerate(classes):
+        mine = generated_labels == label
+        real = reference.labels == label
+        record = {}
+        if mine.sum() >= 2 and real.sum() >= 2:
+            record["diversity"] = quality.diversity(fixed_features[mine], reference.fixed_features[real])["ratio"]
+            ratios.append(record["diversity"])
+        if reference.judge is not None and genre in reference.judge_real:
+            chosen = np.flatnonzero(mine)[:reference.judge_samples]
+            record["recognised"] = quality.recognisability(reference.judge, generated[chosen], genre)["share"]
+            record["recognised_real"] = reference.judge_real[genre]
+            shares.append(record["recognised"])
+            real_shares.append(record["recognised_real"])
+        per_genre[genre] = record
+    result.update(
+        diversity=float(np.mean(ratios)) if ratios else None,
+        recognised=float(np.mean(shares)) if shares else None,
+        recognised_real=float(np.mean(real_shares)) if real_shares else None,
+        judge=reference.judge_name,
+        per_genre=per_genre,
+    )
+    return result
+
+
+def _append_quality(run: store.Run, epoch: int, measured: dict) -> None:
+    """Add one per-epoch record to quality.json (each record names its feature space)."""
+    record = fileio.read_json(run.path / QUALITY_FILE, default={}) or {}
+    history = [item for item in record.get("history", []) if item.get("epoch", 0) < epoch]
+    history.append({"epoch": epoch, **measured})
+    fileio.atomic_write_json(run.path / QUALITY_FILE, {"latest": history[-1], "history": history})
+
+
+def execute(run, progress=None) -> None:
+    """Train (or resume) the GAN described by the run folder's config.json; the job runner calls this.
+    Progress is recorded in status.json and also passed to `progress`."""
+    run = store.open_run(run, kind="gan")
+    with store.recording_progress(run, progress) as report:
+        _execute(run, report)
+
+
+def _execute(run, progress) -> None:
+    """The body of `execute`."""
+    import keras
+
+    config = GanConfig.from_dict(run.config()).validate()
+    clock = budget_clock(config.budget_clock)
+    start_time = clock()
+    keras.utils.set_random_seed(config.seed)
+    progress({"stage": "prepare", "done": 0, "total": 1, "message": "loading images"})
+    images, labels, reference_images, reference_labels, classes = load_training_images(config, progress=progress)
+    run.write_classes(classes)
+    gan = networks.make_gan(_ModelShape(config, len(classes)))
+    info = load_checkpoint(gan, run)
+    initial_epoch = int(info["epoch"]) if info else 0
+    previous_seconds = float(info.get("elapsed_seconds", 0.0)) if info else 0.0
+    run.truncate_history(initial_epoch)
+    if initial_epoch:
+        print(f"resuming after epoch {initial_epoch}", flush=True)
+    if initial_epoch >= config.planned_epochs:
+        return
+    reference = None
+    if config.kid_samples:
+        reference = prepare_reference(config, reference_images, reference_labels, classes, progress)
+        if reference.judge is not None:
+            shares = ", ".join(f"{genre} {share:.0%}" for genre, share in reference.judge_real.items())
+            print(f"judge {reference.judge_name} calls held-out real images by their genre: {shares}", flush=True)
+        elif config.judge:
+            print("no finished classifier run knows these genres: recognisability is not measured", flush=True)
+    steps_per_epoch = max(len(images) // config.batch_size, config.min_steps_per_epoch)
+    print(f"training on {len(images)} images of {', '.join(classes)} at {config.image_size} px "
+          f"({config.architecture}), {steps_per_epoch} steps per epoch; {len(reference_images)} held-out images "
+          f"for quality", flush=True)
+    dataset = make_training_dataset(images, labels, config.batch_size, config.horizontal_flip,
+                                    config.seed + initial_epoch)
+    callback = _epoch_callback_class()(run, config, classes, steps_per_epoch, progress, reference, start_time,
+                                       previous_seconds, clock)
+    progress({"stage": "epoch", "done": initial_epoch, "total": config.epochs or initial_epoch + 1})
+    try:
+        gan.fit(dataset, epochs=config.planned_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                callbacks=[callback], verbose=0)
+    finally:
+        if hasattr(progress, "flush"):
+            progress.flush()
+    if callback.cancelled:
+        raise store.Cancelled(f"run {run.id} was cancelled")
+
+
+def new_run_config(config: GanConfig | dict) -> tuple[dict, list[str] | None]:
+    """Check a new GAN run's config before its folder is made (the "gan" kind's new_run): its config.json
+    and its classes (the genre, or the genres of a conditional GAN when they are listed)."""
+    if isinstance(config, dict):
+        config = GanConfig.from_dict(config)
+    config.validate()
+    classes = [config.genre] if not config.conditional else (list(config.genres) or None)
+    return config.to_dict(), classes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sampling.
+
+_GENERATORS: dict[tuple[str, float], object] = {}
+
+
+def load_generator(run):
+    """Load the run's EMA generator (safe_mode=True), cached per file version."""
+    import keras
+
+    run = store.open_run(run, kind="gan")
+    path = run.path / GENERATOR_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"run {run.id} has no {GENERATOR_FILE} yet (no epoch finished)")
+    key = (str(path), path.stat().st_mtime)
+    if key not in _GENERATORS:
+        # Keep only the newest version of each run's generator in memory.
+        for old in [old for old in _GENERATORS if old[0] == key[0]]:
+            del _GENERATORS[old]
+        _GENERATORS[key] = keras.saving.load_model(path, safe_mode=True, compile=False)
+    return _GENERATORS[key]
+
+
+def _labels_for(run, count: int, genre: str | None) -> np.ndarray | None:
+    """Label input for a run: None when unconditional; else the genre's label, or all genres in turn."""
+    config = GanConfig.from_dict(run.config())
+    classes = run.classes()
+    if not config.conditional:
+        if genre is not None and genre != config.genre:
+            raise ValueError(f"run {run.id} learned only genre {config.genre!r}, not {genre!r}")
+        return None
+    if genre is None:
+        return (np.arange(count) % len(classes)).astype(np.int32)
+    if genre not in classes:
+        raise ValueError(f"genre {genre!r} is not one of run {run.id}'s genres: {', '.join(classes)}")
+    return np.full(count, classes.index(genre), dtype=np.int32)
+
+
+def sample(run, n: int = 16, seed: int = 0, genre: str | None = None) -> np.ndarray:
+    """Generate `n` images (uint8 (n, H, W, 3)); the same run, seed and genre give the same images."""
+    if int(n) < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    run = store.open_run(run, kind="gan")
+    generator = load_generator(run)
+    config = GanConfig.from_dict(run.config())
+    return _generate(generator, latent_vectors(seed, n, config.latent_dim), _labels_for(run, int(n), genre))
+
+
+def interpolate(run, seed_a: int, seed_b: int, steps: int = 8, genre: str | None = None) -> np.ndarray:
+    """Images along the spherical path between the latent vectors of two seeds (uint8 (steps, H, W, 3))."""
+    if int(steps) < 2:
+        raise ValueError(f"steps must be at least 2, got {steps}")
+    run = store.open_run(run, kind="gan")
+    config = GanConfig.from_dict(run.config())
+    start = latent_vectors(seed_a, 1, config.latent_dim)[0]
+    end = latent_vectors(seed_b, 1, config.latent_dim)[0]
+    noise = networks.slerp(start, end, np.linspace(0.0, 1.0, int(steps))).astype(np.float32)
+    labels = _labels_for(run, int(steps), genre)
+    if labels is not None and genre is None:
+        labels = np.zeros(int(steps), dtype=np.int32)
+    return _generate(load_generator(run), noise, labels)

@@ -1,0 +1,163 @@
+"""Small registered Keras layers used inside saved classifiers, so models load with `safe_mode=True`.
+
+Keras is imported when a layer class is first asked for (`caffe_preprocess()`, `mean_std_pooling()`),
+never when this module is imported, so `python -m genre_core --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from genre_core.models.backbones import CAFFE_BGR_MEAN
+
+# How a frozen backbone's pooled features are transformed before the head: as they are, or signed square root.
+FEATURE_TRANSFORMS = ("none", "sqrt")
+
+
+@functools.lru_cache(maxsize=None)
+def layer_classes() -> dict:
+    """Define (once) and return the registered custom layer classes by name."""
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class CaffePreprocess(keras.layers.Layer):
+        """RGB 0..255 in, Caffe-style input out: BGR channel order minus the ImageNet channel means.
+
+        This is what `keras.applications.vgg16/vgg19/resnet50.preprocess_input` does, as a layer.
+        """
+
+        def call(self, inputs):
+            inputs = ops.cast(inputs, self.compute_dtype)
+            bgr = ops.flip(inputs, axis=-1)
+            mean = ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype=self.compute_dtype)
+            return bgr - mean
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class MeanStdPooling2D(keras.layers.Layer):
+        """Global pooling that keeps per-channel mean and standard deviation ("style" statistics).
+
+        Output is (batch, 2 * channels): the means followed by the standard deviations. Feature-map
+        statistics like these describe texture and brushwork, which is why they help for art.
+        """
+
+        def __init__(self, epsilon: float = 1e-6, **kwargs):
+            super().__init__(**kwargs)
+            self.epsilon = float(epsilon)
+
+        def call(self, inputs):
+            inputs = ops.cast(inputs, "float32")
+            mean = ops.mean(inputs, axis=(1, 2))
+            variance = ops.mean(ops.square(inputs), axis=(1, 2)) - ops.square(mean)
+            std = ops.sqrt(ops.maximum(variance, 0.0) + self.epsilon)
+            return ops.concatenate([mean, std], axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], 2 * input_shape[-1])
+
+        def get_config(self):
+            config = super().get_config()
+            config["epsilon"] = self.epsilon
+            return config
+
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class SignedSqrt(keras.layers.Layer):
+        """Power normalisation: sign(x) * sqrt(|x|), elementwise (Perronnin et al. 2010, for pooled features).
+
+        Pooled CNN statistics are heavy-tailed (a few channels fire strongly on some paintings); the square
+        root evens them out before a linear classifier. A small epsilon keeps the gradient finite at zero.
+        """
+
+        def __init__(self, epsilon: float = 1e-6, **kwargs):
+            super().__init__(**kwargs)
+            self.epsilon = float(epsilon)
+
+        def call(self, inputs):
+            inputs = ops.cast(inputs, self.compute_dtype)
+            return ops.sign(inputs) * ops.sqrt(ops.abs(inputs) + self.epsilon)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            config = super().get_config()
+            config["epsilon"] = self.epsilon
+            return config
+
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class PriorCorrection(keras.layers.Layer):
+        """Post-hoc logit adjustment (Menon et al., ICLR 2021, "Long-tail learning via logit adjustment").
+
+        Input: softmax probabilities. Output: probabilities proportional to p / prior**tau, i.e. the softmax
+        of (logits - tau * log prior). With tau = 1 this is the balanced-error Bayes rule: a genre is no
+        longer favoured just because it is common in the training data. The priors travel in the config,
+        so a saved model applies the same correction wherever it is loaded.
+        """
+
+        def __init__(self, log_prior=(), tau: float = 1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.log_prior = [float(value) for value in log_prior]
+            self.tau = float(tau)
+
+        def call(self, inputs):
+            inputs = ops.cast(inputs, "float32")
+            shift = ops.convert_to_tensor([-self.tau * value for value in self.log_prior], dtype="float32")
+            logits = ops.log(ops.maximum(inputs, 1e-30)) + shift
+            return ops.softmax(logits, axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            config = super().get_config()
+            config.update({"log_prior": list(self.log_prior), "tau": self.tau})
+            return config
+
+    return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D, "SignedSqrt": SignedSqrt,
+            "PriorCorrection": PriorCorrection}
+
+
+def caffe_preprocess(**kwargs):
+    """Return a CaffePreprocess layer (RGB 0..255 -> BGR minus ImageNet means)."""
+    return layer_classes()["CaffePreprocess"](**kwargs)
+
+
+def mean_std_pooling(**kwargs):
+    """Return a MeanStdPooling2D layer (per-channel mean and standard deviation)."""
+    return layer_classes()["MeanStdPooling2D"](**kwargs)
+
+
+def signed_sqrt(**kwargs):
+    """Return a SignedSqrt layer (sign(x) * sqrt(|x|), elementwise)."""
+    return layer_classes()["SignedSqrt"](**kwargs)
+
+
+def signed_sqrt_numpy(values, epsilon: float = 1e-6):
+    """What a SignedSqrt layer computes, in NumPy (to adapt a head's normalisation on transformed features)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    return np.sign(values) * np.sqrt(np.abs(values) + epsilon)
+
+
+def prior_correction(log_prior, tau: float = 1.0, **kwargs):
+    """Return a PriorCorrection layer (probabilities / prior**tau, renormalised)."""
+    return layer_classes()["PriorCorrection"](log_prior=log_prior, tau=tau, **kwargs)
+
+
+def prior_correction_numpy(probabilities, log_prior, tau: float = 1.0):
+    """What a PriorCorrection layer computes, in NumPy (for choosing tau on stored probabilities)."""
+    import numpy as np
+
+    logits = np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), 1e-30)) - tau * np.asarray(log_prior)
+    logits -= logits.max(axis=-1, keepdims=True)
+    exp = np.exp(logits)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def register_all() -> None:
+    """Make sure every custom layer is registered before a model is loaded."""
+    layer_classes()
