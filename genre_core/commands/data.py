@@ -17,7 +17,6 @@ from genre_core.data.splits import imbalance_stats
 from genre_core.runs import access
 
 
-
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="inspect datasets, prepare image caches, generate the demo dataset")
     commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")

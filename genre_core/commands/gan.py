@@ -10,7 +10,6 @@ from genre_core.gan.networks import ARCHITECTURES, SUPPORTED_SIZES
 from genre_core.runs import jobs, store
 
 
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser("gan", help="train a GAN on a genre, sample it, interpolate between seeds")
     commands = parser.add_subparsers(dest="gan_command", metavar="GAN_COMMAND")

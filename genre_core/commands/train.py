@@ -6,7 +6,7 @@
     python -m genre_core train --list-models
 
 It prints the run folder. On several machines, run the same command on every machine with TF_CONFIG set;
-the chief writes the run folder (see genre_core/train.py).
+the chief writes the run folder (see genre_core/training/distribute.py).
 """
 
 from __future__ import annotations

@@ -40,7 +40,6 @@ from genre_core.runs import kinds, store
 from genre_core.runs.store import ACTIVE_STATES, Cancelled, FINAL_STATES, Run
 from genre_core.util import cluster, fileio, paths
 
-
 Progress = Callable[[dict], None]
 
 POLL_SECONDS = 0.2

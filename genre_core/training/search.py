@@ -34,7 +34,6 @@ from genre_core.training.config import recipe_values, TrainConfig
 from genre_core.util import fileio
 
 
-
 KIND = "search"
 JOURNAL_FILE = "study.journal"
 TRIALS_FILE = "trials.csv"
