@@ -21,6 +21,7 @@ from pathlib import Path
 from genre_core.data.images import POLICIES
 from genre_core.models.layers import FEATURE_TRANSFORMS
 from genre_core.runs.store import RUN_ONLY_KEYS
+from genre_core.util import fileio
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 BALANCING = ("none", "class_weights", "focal", "oversample")
@@ -137,13 +138,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":
         """Read a config JSON file (a run's config.json or a user's --config file)."""
-        path = Path(path)
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
+        values = fileio.read_json_file(path, "config file")
         try:
             return cls.from_dict(values)
         except (TypeError, ValueError) as exc:

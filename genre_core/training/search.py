@@ -112,13 +112,7 @@ def parse_space(space: dict | None) -> dict:
 
 def read_space_file(path: str | os.PathLike) -> dict:
     """Read and validate a search-space JSON file (ValueError naming the file)."""
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"search space file {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
+    values = fileio.read_json_file(path, "search space file")
     try:
         return parse_space(values)
     except ValueError as exc:

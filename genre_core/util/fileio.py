@@ -95,6 +95,14 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         raise ValueError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from exc
 
 
+def read_json_file(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON file the user named: a missing file or corrupt JSON raises ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist")
+    return read_json(path)
+
+
 def _json_default(value: Any) -> Any:
     # NumPy scalars and paths appear in configs and metrics; store them as plain JSON values.
     if hasattr(value, "item"):
