@@ -208,6 +208,38 @@ def test_projected_networks_shapes_and_frozen_trunk():
     assert np.asarray(conditional([images, np.array([0, 1, 1], np.int32)])).shape == logits.shape
 
 
+def test_reflect_padded_generator_has_no_zero_padding_and_loads_with_safe_mode(tmp_path):
+    """generator_padding "reflect": every 3x3 convolution of the projected generator reads a mirrored border
+    (no zero padding for the frame artifact to come from), and the model reloads with safe_mode=True."""
+    import keras
+
+    from genre_core.models import layers
+
+    generator = networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, padding="reflect")
+    convs = [layer for layer in generator.layers if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (3, 3)]
+    assert convs and all(layer.padding == "valid" for layer in convs)
+    noise = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    images = np.asarray(generator(noise, training=False))
+    assert images.shape == (2, 32, 32, 3)
+    generator.save(tmp_path / "generator.keras")
+    layers.register_all()
+    again = keras.saving.load_model(tmp_path / "generator.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(np.asarray(again(noise, training=False)), images, atol=1e-5)
+    with pytest.raises(ValueError, match="generator padding 'wrap'"):
+        networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, padding="wrap")
+    with pytest.raises(ValueError, match="generator_padding"):
+        trainer.GanConfig(generator_padding="wrap").validate()
+
+
+def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
+    assert trainer.GanConfig().generator_padding == "reflect"
+    older = {key: value for key, value in trainer.GanConfig().to_dict().items() if key != "generator_padding"}
+    assert trainer.GanConfig.from_run_config({**older, "kind": "gan", "created": "x"}).generator_padding == "zeros"
+    assert trainer.GanConfig.from_run_config(trainer.GanConfig().to_dict()).generator_padding == "reflect"
+    with pytest.raises(ValueError, match="unknown GAN option.*colour"):
+        trainer.GanConfig.from_dict({"colour": "blue"})
+
+
 def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
     config = tiny_model_config()
     assert config.architecture == "projected"

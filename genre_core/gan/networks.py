@@ -43,6 +43,7 @@ from genre_core.models.layers import layer_classes
 SUPPORTED_SIZES = (16, 32, 64, 128, 256)
 ARCHITECTURES = ("projected", "dcgan")
 LOSSES = ("hinge", "non_saturating")
+GENERATOR_PADDINGS = ("zeros", "reflect")  # how the projected generator's 3x3 convolutions pad
 AUGMENT_POLICIES = ("translation", "color", "cutout")
 # The frozen trunk layers whose maps the projected discriminator's heads read, and a fixed divisor for each
 # (about the RMS of that layer's activations on real paintings at 64 px), so that the heads see inputs of
@@ -93,11 +94,22 @@ def _projected_latent(latent_dim: int, num_classes: int, channels: int):
     return inputs, layers.BatchNormalization(momentum=0.9, name="project_bn")(x)
 
 
-def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 16):
+def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 16,
+                           padding: str = "zeros"):
     """Build the FastGAN-style generator: z (and a genre label) -> 4x4 map -> (nearest upsample, 3x3 conv, BN,
-    LeakyReLU) per doubling, with skip-layer excitation, -> tanh image in [-1, 1]."""
+    LeakyReLU) per doubling, with skip-layer excitation, -> tanh image in [-1, 1]. `padding` is how the 3x3
+    convolutions pad: "zeros" or "reflect" (GENERATOR_PADDINGS)."""
     import keras
     from keras import layers
+
+    if padding not in GENERATOR_PADDINGS:
+        raise ValueError(f"generator padding {padding!r} is not one of {GENERATOR_PADDINGS}")
+
+    def conv3x3(x, filters: int, name: str, **options):
+        if padding == "zeros":
+            return layers.Conv2D(filters, 3, padding="same", name=name, **options)(x)
+        x = layer_classes()["ReflectionPadding2D"](1, name=f"{name}_pad")(x)
+        return layers.Conv2D(filters, 3, padding="valid", name=name, **options)(x)
 
     widths = fastgan_widths(image_size, base_channels)
     inputs, x = _projected_latent(latent_dim, num_classes, widths[4])
@@ -107,14 +119,14 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     while size < image_size:
         size *= 2
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{size}")(x)
-        x = layers.Conv2D(widths[size], 3, padding="same", use_bias=False, name=f"conv{size}")(x)
+        x = conv3x3(x, widths[size], f"conv{size}", use_bias=False)
         x = layers.BatchNormalization(momentum=0.9, name=f"conv{size}_bn")(x)
         x = layers.LeakyReLU(0.2)(x)
         for small, large in FASTGAN_EXCITATIONS:
             if large == size and small in maps:
                 x = _skip_layer_excitation(maps[small], x, widths[size], name=f"sle{small}to{large}")
         maps[size] = x
-    image = layers.Conv2D(3, 3, padding="same", activation="tanh", name="to_rgb")(x)
+    image = conv3x3(x, 3, "to_rgb", activation="tanh")
     return keras.Model(inputs if num_classes else inputs[0], image, name="generator")
 
 
@@ -309,7 +321,8 @@ def make_gan(config):
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {architecture!r}; choose one of {ARCHITECTURES}")
     if architecture == "projected":
-        generator = make_fastgan_generator(config.image_size, config.latent_dim, num_classes, config.base_channels)
+        generator = make_fastgan_generator(config.image_size, config.latent_dim, num_classes, config.base_channels,
+                                           getattr(config, "generator_padding", "zeros"))
         discriminator = make_projected_discriminator(config.image_size, num_classes, config.base_channels)
     else:
         generator = make_generator(config.image_size, config.latent_dim, num_classes, config.base_channels)

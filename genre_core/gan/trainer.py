@@ -80,10 +80,11 @@ class GanConfig:
     holdout_fraction: float = 0.2  # share of each genre kept out of training for KID when the data has no val/test
     latent_dim: int = 128
     base_channels: int = 16
+    generator_padding: str = "reflect"  # projected generator's 3x3 convolutions: reflect | zeros (zeros paints frames)
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # weight of the MSGAN mode-seeking term; -1: 1.0 for conditional runs, else 0
-    learning_rate: float = 2e-4
-    beta_1: float = 0.5
+    learning_rate: float = 1e-4
+    beta_1: float = 0.0
     ema_decay: float = 0.995
     augment_probability: float = 0.0  # the starting DiffAugment probability
     adaptive_augment: bool = True  # raise/lower it ADA-style from D's accuracy on real images
@@ -108,6 +109,8 @@ class GanConfig:
             raise ValueError(f"architecture {self.architecture!r} is not one of {networks.ARCHITECTURES}")
         if self.architecture == "dcgan" and self.image_size > 128:
             raise ValueError("the dcgan architecture goes up to 128 px; use architecture 'projected' for 256")
+        if self.generator_padding not in networks.GENERATOR_PADDINGS:
+            raise ValueError(f"generator_padding {self.generator_padding!r} is not one of {networks.GENERATOR_PADDINGS}")
         if self.loss and self.loss not in networks.LOSSES:
             raise ValueError(f"loss {self.loss!r} is not one of {networks.LOSSES}")
         if int(self.epochs) == 0 and not self.time_budget_minutes:
@@ -146,6 +149,12 @@ class GanConfig:
         if unknown:
             raise ValueError(f"unknown GAN option(s) {', '.join(unknown)}; known options are {', '.join(sorted(names))}")
         return cls(**{key: value for key, value in values.items() if key in names})
+
+    @classmethod
+    def from_run_config(cls, values: dict) -> "GanConfig":
+        """The GanConfig of a run's config.json. A run written before `generator_padding` existed used zero
+        padding, so it resumes and samples with the networks it was trained with."""
+        return cls.from_dict({"generator_padding": "zeros", **values})
 
     def to_dict(self) -> dict:
         """The config as a plain dict."""
@@ -618,7 +627,7 @@ def _execute(run, progress) -> None:
     """The body of `execute`."""
     import keras
 
-    config = GanConfig.from_dict(run.config()).validate()
+    config = GanConfig.from_run_config(run.config()).validate()
     clock = budget_clock(config.budget_clock)
     start_time = clock()
     keras.utils.set_random_seed(config.seed)
@@ -696,7 +705,7 @@ def load_generator(run):
 
 def _labels_for(run, count: int, genre: str | None) -> np.ndarray | None:
     """Label input for a run: None when unconditional; else the genre's label, or all genres in turn."""
-    config = GanConfig.from_dict(run.config())
+    config = GanConfig.from_run_config(run.config())
     classes = run.classes()
     if not config.conditional:
         if genre is not None and genre != config.genre:
@@ -715,7 +724,7 @@ def sample(run, n: int = 16, seed: int = 0, genre: str | None = None) -> np.ndar
         raise ValueError(f"n must be at least 1, got {n}")
     run = store.open_run(run, kind="gan")
     generator = load_generator(run)
-    config = GanConfig.from_dict(run.config())
+    config = GanConfig.from_run_config(run.config())
     return _generate(generator, latent_vectors(seed, n, config.latent_dim), _labels_for(run, int(n), genre))
 
 
@@ -724,7 +733,7 @@ def interpolate(run, seed_a: int, seed_b: int, steps: int = 8, genre: str | None
     if int(steps) < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
     run = store.open_run(run, kind="gan")
-    config = GanConfig.from_dict(run.config())
+    config = GanConfig.from_run_config(run.config())
     start = latent_vectors(seed_a, 1, config.latent_dim)[0]
     end = latent_vectors(seed_b, 1, config.latent_dim)[0]
     noise = networks.slerp(start, end, np.linspace(0.0, 1.0, int(steps))).astype(np.float32)

@@ -116,8 +116,33 @@ def layer_classes() -> dict:
             config.update({"log_prior": list(self.log_prior), "tau": self.tau})
             return config
 
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class ReflectionPadding2D(keras.layers.Layer):
+        """Pad height and width by `padding` pixels on each side with their mirror image (no zeros).
+
+        A generator whose 3x3 convolutions pad with zeros can tell the border cells of its small maps from the
+        others and paints a frame one coarse cell in from the edge; mirrored borders carry no such signal."""
+
+        def __init__(self, padding: int = 1, **kwargs):
+            super().__init__(**kwargs)
+            self.padding = int(padding)
+
+        def call(self, inputs):
+            pad = self.padding
+            return ops.pad(inputs, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="reflect")
+
+        def compute_output_shape(self, input_shape):
+            batch, height, width, channels = input_shape
+            grow = lambda size: None if size is None else size + 2 * self.padding  # noqa: E731
+            return (batch, grow(height), grow(width), channels)
+
+        def get_config(self):
+            config = super().get_config()
+            config["padding"] = self.padding
+            return config
+
     return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D, "SignedSqrt": SignedSqrt,
-            "PriorCorrection": PriorCorrection}
+            "PriorCorrection": PriorCorrection, "ReflectionPadding2D": ReflectionPadding2D}
 
 
 def caffe_preprocess(**kwargs):
