@@ -486,11 +486,11 @@ def test_dataset_page_prepares_the_cache_as_a_background_job(isolated_artifacts,
 def test_a_stalled_job_shows_as_stalled_in_its_panel_and_the_sidebar(isolated_artifacts):
     from datetime import datetime, timedelta, timezone
 
-    from genre_core.runs import store
+    from genre_core.runs import heartbeat, store
 
     run = store.create_run("selftest", {"epochs": 5})
     # A live process (this one) whose heartbeat is an hour old. Nothing here clicks Cancel: it would signal it.
-    run.update_status(state="running", pid=os.getpid(), pid_start=store.process_start_time(os.getpid()),
+    run.update_status(state="running", pid=os.getpid(), pid_start=heartbeat.process_start_time(os.getpid()),
                       stall_seconds=60, message="epoch 2/5, batch 3/4", epoch=1, epochs=5,
                       heartbeat=(datetime.now(timezone.utc) - timedelta(hours=1)).isoformat())
     script = f"""

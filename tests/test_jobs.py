@@ -13,7 +13,7 @@ import time
 import pytest
 
 from genre_core import cli
-from genre_core.runs import jobs, store
+from genre_core.runs import heartbeat, jobs, store
 from genre_core.util import paths
 from conftest import wait_for
 
@@ -332,7 +332,7 @@ def test_cancel_ends_a_stalled_job(isolated_artifacts, monkeypatch):
     with stopped(pid, run):
         assert jobs.cancel(run) == "cancelled"
         jobs._reap()
-        assert not store.pid_alive(pid)
+        assert not heartbeat.pid_alive(pid)
         status = run.status()
         assert status["state"] == "cancelled" and status["message"].startswith("cancelled while stalled (no progress")
 
@@ -344,7 +344,7 @@ def test_terminate_escalates_to_sigkill_for_a_process_that_ignores_sigterm():
     try:
         assert ignoring.stdout.readline().strip() == "ready"
         jobs._children[ignoring.pid] = ignoring
-        assert jobs._terminate(ignoring.pid, store.process_start_time(ignoring.pid), grace=0.5)
+        assert jobs._terminate(ignoring.pid, heartbeat.process_start_time(ignoring.pid), grace=0.5)
         assert ignoring.wait(timeout=10) == -signal.SIGKILL
     finally:
         if ignoring.poll() is None:

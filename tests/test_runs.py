@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from genre_core.runs import store
+from genre_core.runs import heartbeat, store
 from genre_core.util import paths
 
 
@@ -86,13 +86,13 @@ def test_status_reports_interrupted_when_the_process_died(isolated_artifacts):
     assert status["state"] == "interrupted" and status["recorded_state"] == "running"
     assert run.raw_status()["state"] == "running"
     # The current process is alive, so the same record with our pid reads as running.
-    run.update_status(pid=os.getpid(), pid_start=store.process_start_time(os.getpid()))
+    run.update_status(pid=os.getpid(), pid_start=heartbeat.process_start_time(os.getpid()))
     assert run.status()["state"] == "running"
 
 
 def test_status_guards_against_pid_reuse(isolated_artifacts):
     run = store.create_run("classifier", {"model": "m"})
-    start = store.process_start_time(os.getpid())
+    start = heartbeat.process_start_time(os.getpid())
     if start is None:
         pytest.skip("/proc is not available")
     # Our pid, but a different start time: the recorded job was an earlier process that had this pid.
@@ -103,10 +103,10 @@ def test_status_guards_against_pid_reuse(isolated_artifacts):
 def test_unreaped_child_counts_as_dead(isolated_artifacts):
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 10
-    while store._process_state(process.pid) not in ("Z", None) and time.monotonic() < deadline:
+    while heartbeat._process_state(process.pid) not in ("Z", None) and time.monotonic() < deadline:
         time.sleep(0.02)
     try:
-        assert not store.pid_alive(process.pid)
+        assert not heartbeat.pid_alive(process.pid)
     finally:
         process.wait()
 
@@ -257,7 +257,7 @@ def test_a_live_job_without_a_heartbeat_for_its_limit_reads_stalled(isolated_art
     monkeypatch.delenv("GENRE_STALL_SECONDS", raising=False)
     run = store.create_run("selftest", {"epochs": 1})
     beat = datetime.now(timezone.utc)
-    run.update_status(state="running", pid=os.getpid(), pid_start=store.process_start_time(os.getpid()),
+    run.update_status(state="running", pid=os.getpid(), pid_start=heartbeat.process_start_time(os.getpid()),
                       heartbeat=beat.isoformat(), stall_seconds=30, message="epoch 2/5, batch 7/9")
     assert run.status()["state"] == "running"
     later = store.effective_status(run.raw_status(), now=beat + timedelta(seconds=31))
@@ -274,13 +274,13 @@ def test_a_live_job_without_a_heartbeat_for_its_limit_reads_stalled(isolated_art
 
 def test_stall_seconds_defaults_per_kind_and_rejects_bad_values(monkeypatch):
     monkeypatch.delenv("GENRE_STALL_SECONDS", raising=False)
-    assert store.stall_seconds("classifier") == 600 and store.stall_seconds("gan") == 900
+    assert heartbeat.stall_seconds("classifier") == 600 and heartbeat.stall_seconds("gan") == 900
     monkeypatch.setenv("GENRE_STALL_SECONDS", "3")
-    assert store.stall_seconds("gan") == 3
+    assert heartbeat.stall_seconds("gan") == 3
     for bad in ("soon", "0", "-5"):
         monkeypatch.setenv("GENRE_STALL_SECONDS", bad)
         with pytest.raises(ValueError, match="GENRE_STALL_SECONDS"):
-            store.stall_seconds()
+            heartbeat.stall_seconds()
 
 
 def test_progress_writes_and_beats_stamp_the_heartbeat(isolated_artifacts):
@@ -288,11 +288,11 @@ def test_progress_writes_and_beats_stamp_the_heartbeat(isolated_artifacts):
     writer = store.ProgressWriter(run, min_interval=0.0)
     writer({"stage": "features", "done": 1, "total": 4})
     first = run.raw_status()["heartbeat"]
-    store.attach_heartbeat(run, limit=1.0)
+    heartbeat.attach_heartbeat(run, limit=1.0)
     try:
         time.sleep(0.25)
-        store.beat()
+        heartbeat.beat()
         assert run.raw_status()["heartbeat"] > first
-        assert store.seconds_since_beat() < 1.0
+        assert heartbeat.seconds_since_beat() < 1.0
     finally:
-        store.attach_heartbeat(None)
+        heartbeat.attach_heartbeat(None)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from genre_core.models import backbones
-from genre_core.runs import store
+from genre_core.runs import heartbeat
 
 MIN_FID_IMAGES = 2048
 INCEPTION_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -184,7 +184,7 @@ def recognisability(classifier, images, genre: str, batch_size: int = 32) -> dic
     for start in range(0, len(images), batch_size):
         probabilities = classifier.predict_arrays(_resize_for(classifier, images[start:start + batch_size]))
         predicted.append(np.argmax(np.asarray(probabilities), axis=1))
-        store.beat()
+        heartbeat.beat()
     predicted = np.concatenate(predicted)
     index = classes.index(genre)
     return {"share": float(np.mean(predicted == index)), "n": int(len(predicted)), "genre": genre}
@@ -259,7 +259,7 @@ class FeatureExtractor:
             result = self._model(batch, training=False)
             outputs.append([np.asarray(item, dtype=np.float64) for item in (result if isinstance(result, (list, tuple))
                                                                               else [result])])
-            store.beat()  # A KID feature pass inside a GAN epoch is progress of the job.
+            heartbeat.beat()  # A KID feature pass inside a GAN epoch is progress of the job.
         return [np.concatenate([batch[index] for batch in outputs]) for index in range(len(outputs[0]))]
 
 

@@ -15,7 +15,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from genre_core.runs import store
+from genre_core.runs import heartbeat
 from genre_core.util import paths
 
 DEMO = "demo"
@@ -54,7 +54,7 @@ def data_roots() -> list[Path] | None:
 
 def max_queued() -> int:
     """How many jobs may wait in shared mode: GENRE_MAX_QUEUED (default 10)."""
-    return int(store.positive_env("GENRE_MAX_QUEUED", DEFAULT_MAX_QUEUED))
+    return int(heartbeat.positive_env("GENRE_MAX_QUEUED", DEFAULT_MAX_QUEUED))
 
 
 def describe_roots(roots: list[Path] | None) -> str:

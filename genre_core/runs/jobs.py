@@ -10,7 +10,7 @@
   as "interrupted" by `Run.status()`, because its recorded pid is no longer alive.
 - `resume(run)` relaunches an interrupted, cancelled or failed run with `config["resume"] = True`; the
   executor picks up from `run.checkpoint_dir`.
-- Stalls. The job's working code path beats (`store.beat`, per batch, chunk or queue poll) into status.json;
+- Stalls. The job's working code path beats (`heartbeat.beat`, per batch, chunk or queue poll) into status.json;
   a live job with no beat for its stall limit reads "stalled". A stalled job keeps its slot lock while its
   process lives, so the job first in line ends it (SIGTERM and SIGCONT, then SIGKILL after a grace period),
   records it as failed with the reason, and takes the slot: the queue moves on. `cancel` ends a stalled job
@@ -36,7 +36,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from genre_core.runs import kinds, store
+from genre_core.runs import heartbeat, kinds, store
 from genre_core.runs.store import ACTIVE_STATES, Cancelled, FINAL_STATES, Run
 from genre_core.util import cluster, fileio, paths
 
@@ -88,12 +88,12 @@ def max_jobs() -> int:
 
 def stop_grace_seconds() -> float:
     """Seconds between SIGTERM and SIGKILL when a stalled job is ended: $GENRE_STOP_GRACE_SECONDS (default 10)."""
-    return float(store.positive_env("GENRE_STOP_GRACE_SECONDS", DEFAULT_STOP_GRACE_SECONDS))
+    return float(heartbeat.positive_env("GENRE_STOP_GRACE_SECONDS", DEFAULT_STOP_GRACE_SECONDS))
 
 
 def log_max_bytes() -> int:
     """The size at which a job rotates its log.txt: $GENRE_LOG_MAX_BYTES (default 20 MB)."""
-    return int(store.positive_env("GENRE_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES))
+    return int(heartbeat.positive_env("GENRE_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES))
 
 
 def max_queued() -> int | None:
@@ -101,7 +101,7 @@ def max_queued() -> int | None:
     limit = _QUEUE_LIMIT.get()
     if limit is not None:
         return limit
-    value = store.positive_env("GENRE_MAX_QUEUED", None)
+    value = heartbeat.positive_env("GENRE_MAX_QUEUED", None)
     return int(value) if value is not None else None
 
 
@@ -217,7 +217,7 @@ def _spawn(run: Run, lock_fd: int) -> int:
         # The child holds its own copy of the lock; ours is closed either way.
         os.close(lock_fd)
     _children[process.pid] = process
-    run.update_status(pid=process.pid, pid_start=store.process_start_time(process.pid))
+    run.update_status(pid=process.pid, pid_start=heartbeat.process_start_time(process.pid))
     return process.pid
 
 
@@ -255,7 +255,7 @@ def _check_queue_room(run: Run) -> None:
 def _start_fields(run: Run, message: str) -> dict:
     """Status fields of a (re)launched run: queued now, with a fresh heartbeat and the job's stall limit."""
     now = store.now_iso()
-    return {"state": "queued", "queued_at": now, "heartbeat": now, "stall_seconds": store.stall_seconds(run.kind),
+    return {"state": "queued", "queued_at": now, "heartbeat": now, "stall_seconds": heartbeat.stall_seconds(run.kind),
             "pid": None, "pid_start": None, "error": None, "message": message, "finished_at": None}
 
 
@@ -367,7 +367,7 @@ def _terminate(pid: int, pid_start: Any, grace: float) -> bool:
     it still lives; True once the process is gone. A pid reused by another process is never signalled."""
     def alive() -> bool:
         _reap()
-        return store.pid_alive(pid, pid_start)
+        return heartbeat.pid_alive(pid, pid_start)
 
     for number in (signal.SIGTERM, signal.SIGCONT):
         if not alive():
@@ -507,7 +507,7 @@ def _wait_for_slot(run: Run, poll: float) -> list[int] | None:
     last_position = None
     last_stall_check = time.monotonic()
     while True:
-        store.beat()
+        heartbeat.beat()
         if run.cancel_requested():
             return None
         position = _queue_position(run)
@@ -590,14 +590,14 @@ def run_job(run: Run | str | os.PathLike, lock_fd: int | None = None, poll: floa
     final: dict[str, Any] = {}
     stop_helpers = threading.Event()
     try:
-        limit = store.stall_seconds(run.kind)
+        limit = heartbeat.stall_seconds(run.kind)
         try:
             status = run.raw_status()
         except ValueError:
             # A missing or corrupt status.json is rewritten from here on.
             status = {}
-        store.attach_heartbeat(run, limit)
-        run.update_status(state="queued", pid=os.getpid(), pid_start=store.process_start_time(os.getpid()),
+        heartbeat.attach_heartbeat(run, limit)
+        run.update_status(state="queued", pid=os.getpid(), pid_start=heartbeat.process_start_time(os.getpid()),
                           queued_at=status.get("queued_at") or store.now_iso(), error=None,
                           message="waiting for a free job slot", heartbeat=store.now_iso(), stall_seconds=limit)
         _start_log_rotation(run, stop_helpers)
@@ -610,7 +610,7 @@ def run_job(run: Run | str | os.PathLike, lock_fd: int | None = None, poll: floa
             return "cancelled"
         run.update_status(state="running", started_at=store.now_iso(), message=f"starting the {run.kind} job",
                           heartbeat=store.now_iso())
-        store.beat()
+        heartbeat.beat()
         _say(f"running ({run.kind})")
         workers = _worker_count()
         if workers > 1:
@@ -626,7 +626,7 @@ def run_job(run: Run | str | os.PathLike, lock_fd: int | None = None, poll: floa
         raise
     finally:
         stop_helpers.set()
-        store.attach_heartbeat(None)
+        heartbeat.attach_heartbeat(None)
         if final:
             try:
                 run.update_status(finished_at=store.now_iso(), **final)
@@ -656,7 +656,7 @@ def _start_watchdog(run: Run, limit: float, workers: int, stop: threading.Event)
     keeps a hung job looking alive; it records the failure and exits the process (exit code 1)."""
     def watch() -> None:
         while not stop.wait(min(1.0, limit / 5.0)):
-            age = store.seconds_since_beat()
+            age = heartbeat.seconds_since_beat()
             if age <= limit:
                 continue
             try:

@@ -14,7 +14,7 @@ import numpy as np
 
 from genre_core.models import zoo
 from genre_core.models.layers import prior_correction_numpy
-from genre_core.runs import store
+from genre_core.runs import heartbeat, store
 from genre_core.training import crossval
 from genre_core.training.config import TrainConfig
 from genre_core.training.loop import fit, LoopHooks, make_optimizer, predict_probabilities
@@ -124,7 +124,7 @@ def train_head(config: TrainConfig, data, cached: np.ndarray, flipped: np.ndarra
         last_scores.update(result)
         return result["loss"], result["accuracy"]
 
-    hooks = LoopHooks(evaluate_val=evaluate_val, on_epoch_end=on_epoch, progress=lambda event: store.beat(),
+    hooks = LoopHooks(evaluate_val=evaluate_val, on_epoch_end=on_epoch, progress=lambda event: heartbeat.beat(),
                       cancel_requested=cancel_requested or (lambda: False))
     result = fit(head, optimizer,
                  lambda epoch, context: feature_stream(config, cached, flipped, labels, train_rows, strategy,

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from genre_core.runs import store
+from genre_core.runs import heartbeat
 from genre_core.training.config import TrainConfig
 from genre_core.util.cluster import worker_count
 
@@ -163,11 +163,11 @@ def predict_probabilities(model, inputs, batch_size: int = 64) -> np.ndarray:
     if isinstance(inputs, np.ndarray):
         for start in range(0, len(inputs), batch_size):
             outputs.append(forward(np.asarray(inputs[start:start + batch_size])).numpy())
-            store.beat()  # Validation and final scoring report no progress events; they still beat.
+            heartbeat.beat()  # Validation and final scoring report no progress events; they still beat.
     else:
         for batch, _labels in inputs:
             outputs.append(forward(batch).numpy())
-            store.beat()
+            heartbeat.beat()
     if not outputs:
         return np.zeros((0, int(model.output.shape[-1])), dtype=np.float32)
     return np.concatenate(outputs).astype(np.float32)

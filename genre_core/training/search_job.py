@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from genre_core.models import embeddings, zoo
-from genre_core.runs import store
+from genre_core.runs import heartbeat, store
 from genre_core.training import executor, features, tensorboard_log
 from genre_core.training.config import TrainConfig
 from genre_core.training.distribute import get_strategy
@@ -302,9 +302,9 @@ def _run_best(run, record: dict, config, progress: Progress):
         values["resume"] = True
         best_run.write_config(values)
         best_run.clear_cancel()
-    best_run.update_status(state="running", pid=os.getpid(), pid_start=store.process_start_time(os.getpid()),
+    best_run.update_status(state="running", pid=os.getpid(), pid_start=heartbeat.process_start_time(os.getpid()),
                            started_at=store.now_iso(), heartbeat=store.now_iso(), error=None,
-                           stall_seconds=store.stall_seconds("classifier"),
+                           stall_seconds=heartbeat.stall_seconds("classifier"),
                            message=f"training the best trial of search {run.id}")
 
     def relay(event: dict) -> None:
@@ -312,7 +312,7 @@ def _run_best(run, record: dict, config, progress: Progress):
             progress({"stage": "best", "done": event.get("done"), "total": event.get("total"),
                       "message": f"best trial's run {best_run.id}: {event.get('message', '')}"})
         else:
-            store.beat()
+            heartbeat.beat()
 
     try:
         executor.execute(best_run, progress=relay)
