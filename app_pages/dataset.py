@@ -43,8 +43,7 @@ if chosen:
         st.error(f"{spec}: no such file or folder")
         st.stop()
     if spec != core.DEMO:
-        detect_source = sources.detect_source
-        source = core.call(detect_source, Path(spec).expanduser(), failure=f"Cannot recognise {spec}")
+        source = core.call(sources.detect_source, Path(spec).expanduser(), failure=f"Cannot recognise {spec}")
         st.toast(f"{spec}: detected a {source} dataset")
     state.set_active_dataset(spec)
     active = spec

@@ -55,8 +55,7 @@ def modification_time(path: str | os.PathLike) -> float:
 
 def ensure_demo():
     """Generate the demo dataset if it is missing or outdated (about 10 s the first time; instant after)."""
-    ensure = demo.ensure_demo
-    return call(ensure, failure="Cannot create the demo dataset")
+    return call(demo.ensure_demo, failure="Cannot create the demo dataset")
 
 
 def dataset_stamp(spec: str) -> float:
@@ -70,8 +69,7 @@ def dataset_stamp(spec: str) -> float:
 def _load_dataset(spec: str, stamp: float):
     # cache_resource, not cache_data: a manifest of 100,000 rows is shared read-only instead of unpickled on
     # every rerun. Pages never modify it.
-    load_dataset = sources.load_dataset
-    return load_dataset(spec)
+    return sources.load_dataset(spec)
 
 
 def load_dataset(spec: str, reload: bool = False):
@@ -97,18 +95,16 @@ def thumbnail(path: str, size: int, stamp: float):
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _thumbnail(path: str, size: int, stamp: float):
-    read_image_bytes = sources.read_image_bytes
-    source = read_image_bytes(path) if read_image_bytes is not None and "#" in path else path
+    source = sources.read_image_bytes(path) if "#" in path else path
     return images.load_rgb(source, size=size, policy="letterbox", name=path, pad_color=(255, 255, 255))
 
 
 @st.cache_data(show_spinner="Reading image sizes...", max_entries=8)
 def _image_sizes(fingerprint: str, rows: tuple[tuple[str, str], ...]) -> pd.DataFrame:
-    read_image_bytes = sources.read_image_bytes
     records = []
     for path, genre in rows:
         try:
-            source = read_image_bytes(path) if "#" in path and read_image_bytes is not None else path
+            source = sources.read_image_bytes(path) if "#" in path else path
             info = images.image_info(source, name=path)
         except (ValueError, OSError):
             continue
@@ -183,8 +179,7 @@ def finished_runs(kind: str = "classifier", need: str = "model.keras") -> list[s
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=3)
 def _classifier(run_dir: str, stamp: float):
-    load_classifier = classify.load_classifier
-    return load_classifier(run_dir)
+    return classify.load_classifier(run_dir)
 
 
 def classifier(run_dir: str | os.PathLike):
@@ -208,8 +203,7 @@ def bundled_card() -> str:
 
 @st.cache_resource(show_spinner="Reading predictions...", max_entries=8)
 def _interpretation(run_dir: str, stamp: float):
-    interpretation_class = evaluate.Interpretation
-    return interpretation_class.from_run(run_dir)
+    return evaluate.Interpretation.from_run(run_dir)
 
 
 def interpretation(run_dir: str | os.PathLike):
@@ -225,9 +219,7 @@ def interpretation(run_dir: str | os.PathLike):
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _comparison(run_dirs: tuple[str, ...], stamps: tuple[float, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    compare_runs = evaluate.compare_runs
-    learning_curves = evaluate.learning_curves
-    return compare_runs(list(run_dirs)), learning_curves(list(run_dirs))
+    return evaluate.compare_runs(list(run_dirs)), evaluate.learning_curves(list(run_dirs))
 
 
 def comparison(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -20,10 +20,9 @@ OUT_NAMES = {"saved_model": "saved_model", "tflite": "model.tflite", "onnx": "mo
 @st.cache_data(show_spinner=False, max_entries=4)
 def _export_zip(run_dir: str, format_name: str, stamp: float) -> bytes:
     """Export the run's model into a temporary folder and return it zipped with its sidecar (cached per model file)."""
-    export_run = export.export_run
     with tempfile.TemporaryDirectory(prefix="genre-export-") as folder:
         out = Path(folder) / OUT_NAMES[format_name]
-        export_run(run_dir, format_name, out)
+        export.export_run(run_dir, format_name, out)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for path in sorted(Path(folder).rglob("*")):

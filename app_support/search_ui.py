@@ -119,9 +119,8 @@ def _status(run_path: str, status: dict) -> None:
 
 
 def _trials(run_path: str) -> None:
-    trials_table = search.trials_table
     summary = search.summary(run_path)
-    table = trials_table(run_path)
+    table = search.trials_table(run_path)
     if table.empty:
         st.caption("Trials appear here as they finish (the feature pass comes first).")
         return
@@ -154,9 +153,8 @@ def _percent(value) -> str:
 @st.cache_data(show_spinner=False, max_entries=8)
 def _cached_figures(run_path: str, trial_count: int, stamp: float) -> dict:
     """Optuna's figures for a search, redrawn only when trials.csv changes."""
-    figures = search.figures
     try:
-        return figures(run_path)
+        return search.figures(run_path)
     except ValueError as exc:
         return {"history": str(exc)}
 

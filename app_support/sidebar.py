@@ -13,12 +13,9 @@ def first_launch() -> None:
     """On a fresh artifacts root, create the demo dataset and make it active (fast, nothing downloaded)."""
     if state.read_state()["active_dataset"]:
         return
-    ensure_demo = demo.ensure_demo
-    if ensure_demo is None:
-        return
     with st.spinner("Creating the demo dataset (first launch, about 15 seconds)..."):
         try:
-            ensure_demo()
+            demo.ensure_demo()
         except Exception as exc:  # noqa: BLE001 - the pages still work with a dataset chosen by hand.
             st.sidebar.error(f"Cannot create the demo dataset: {core.describe_error(exc)}")
             return
@@ -37,8 +34,7 @@ def status_panel() -> None:
             st.markdown(f"**Run:** `{run_id}` ({core.read_status(core.runs_folder() / run_id)['state']})")
         else:
             st.markdown("**Run:** none yet")
-        active_jobs = jobs.active_jobs
-        for row in active_jobs() if active_jobs is not None else []:
+        for row in jobs.active_jobs():
             epoch = f", epoch {row['epoch']}/{row['epochs']}" if row.get("epochs") else ""
             if row["state"] == "stalled":
                 st.caption(f":material/hourglass_disabled: {row.get('kind') or 'job'} `{row['id']}`: stalled, "
