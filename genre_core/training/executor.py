@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from genre_core.data import cache as image_cache
-from genre_core.models import embeddings, zoo
+from genre_core.models import zoo
 from genre_core.runs import store
 from genre_core.training import checkpoint, crossval, distribute, features, tensorboard_log
 from genre_core.training.config import TrainConfig
@@ -133,15 +133,8 @@ def _build(run, config: TrainConfig, data: PreparedData, strategy, progress: Pro
         if zoo.get_spec(config.model).pretrained_backbone:
             _adapt_head_normalization(model, data)
         return _Model(model=model, frozen=False)
-    with strategy.scope():
-        extractor = zoo.build_feature_extractor(config.model, config.size, weights, **options)
-    cached = embeddings.compute_embeddings(
-        data.cache, extractor, zoo.frozen_extractor_id(config), flip=config.flip_features, batch_size=32,
-        progress=progress, cancel_check=run.cancel_requested, jit_compile=config.xla,
-        engine=config.feature_engine, notes=data.notes)
+    extractor, cached_features, flipped = features.cached_features(run, config, data, strategy, progress)
     progress({"stage": "prepare", "message": data.notes[-1]})
-    cached_features = np.asarray(cached.features)
-    flipped = np.asarray(cached.flipped) if cached.flipped is not None else None
     head = features.new_feature_head(config, cached_features, flipped, data.train_rows, num_classes, strategy)
     return _Model(model=head, frozen=True, extractor=extractor, features=cached_features, flipped=flipped)
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from genre_core.models import zoo
+from genre_core.models import embeddings, zoo
 from genre_core.models.layers import prior_correction_numpy
 from genre_core.runs import heartbeat, store
 from genre_core.training import crossval
@@ -41,6 +41,21 @@ def feature_stream(config: TrainConfig, features, flipped, labels, train_rows, s
     return stream.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def cached_features(run, config: TrainConfig, data: PreparedData, strategy, progress: Progress):
+    """The frozen extractor of a config (its size resolved) and the features of every image-cache row:
+    computed once, or read from the embedding cache. Returns (extractor, features, flipped features or None)."""
+    options = zoo.model_options(config)
+    weights = zoo.resolve_weights_option(config.model, config.weights)
+    with strategy.scope():
+        extractor = zoo.build_feature_extractor(config.model, config.size, weights, **options)
+    cached = embeddings.compute_embeddings(
+        data.cache, extractor, zoo.frozen_extractor_id(config), flip=config.flip_features, batch_size=32,
+        progress=progress, cancel_check=run.cancel_requested, jit_compile=config.xla,
+        engine=config.feature_engine, notes=data.notes)
+    flipped = np.asarray(cached.flipped) if cached.flipped is not None else None
+    return extractor, np.asarray(cached.features), flipped
+
+
 def new_feature_head(config: TrainConfig, features, flipped, train_rows, num_classes: int, strategy):
     """The config's head for cached features (built under `strategy`), its normalisation adapted to the
     features (and flipped features) of the distinct `train_rows`."""
@@ -54,21 +69,27 @@ def new_feature_head(config: TrainConfig, features, flipped, train_rows, num_cla
 
 
 def fit_feature_head(config: TrainConfig, features, flipped, labels, train_rows, num_classes: int, strategy,
-                      progress: Progress, cancel_requested: Callable[[], bool]):
+                     progress: Progress, cancel_requested: Callable[[], bool]):
     """A fresh head trained on cached features of `train_rows` for all epochs (no validation, no checkpoint)."""
     head = new_feature_head(config, features, flipped, train_rows, num_classes, strategy)
-    steps = max(1, math.ceil(len(train_rows) / (config.batch_size * strategy.num_replicas_in_sync)))
-    with strategy.scope():
-        optimizer = make_optimizer(config, total_steps=steps * config.epochs)
     weights = balanced_weights(labels[train_rows], num_classes) if config.balancing == "class_weights" else None
-    result = fit(head, optimizer,
-                 lambda epoch, context: feature_stream(config, features, flipped, labels, train_rows, strategy,
-                                                        epoch, context),
-                 steps, config.replace(patience=0), num_classes, strategy, class_weight=weights,
-                 hooks=LoopHooks(cancel_requested=cancel_requested, progress=progress))
+    result = _fit_head(head, config.replace(patience=0), features, flipped, labels, train_rows, num_classes,
+                       strategy, weights, LoopHooks(cancel_requested=cancel_requested, progress=progress))
     if result.cancelled:
         raise store.Cancelled("cancelled during cross-validation")
     return head
+
+
+def _fit_head(head, config: TrainConfig, features, flipped, labels, train_rows, num_classes: int, strategy,
+              class_weight, hooks: LoopHooks):
+    """Train `head` on the cached features of `train_rows` with the loop (a cosine schedule over all epochs)."""
+    steps = max(1, math.ceil(len(train_rows) / (config.batch_size * strategy.num_replicas_in_sync)))
+    with strategy.scope():
+        optimizer = make_optimizer(config, total_steps=steps * config.epochs)
+    return fit(head, optimizer,
+               lambda epoch, context: feature_stream(config, features, flipped, labels, train_rows, strategy,
+                                                      epoch, context),
+               steps, config, num_classes, strategy, class_weight=class_weight, hooks=hooks)
 
 
 def cross_validate_head(run, config: TrainConfig, data: PreparedData, features, flipped, strategy,
@@ -109,9 +130,6 @@ def train_head(config: TrainConfig, data, cached: np.ndarray, flipped: np.ndarra
     labels = data.cache.labels
     train_rows, val_rows = data.train_rows, data.val_rows
     head = new_feature_head(config, cached, flipped, train_rows, num_classes, strategy)
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / (config.batch_size * strategy.num_replicas_in_sync)))
-    with strategy.scope():
-        optimizer = make_optimizer(config, total_steps=steps_per_epoch * config.epochs)
 
     def val_probabilities() -> np.ndarray:
         # Scored as the kept model will output them: with the config's logit adjustment applied.
@@ -126,11 +144,8 @@ def train_head(config: TrainConfig, data, cached: np.ndarray, flipped: np.ndarra
 
     hooks = LoopHooks(evaluate_val=evaluate_val, on_epoch_end=on_epoch, progress=lambda event: heartbeat.beat(),
                       cancel_requested=cancel_requested or (lambda: False))
-    result = fit(head, optimizer,
-                 lambda epoch, context: feature_stream(config, cached, flipped, labels, train_rows, strategy,
-                                                       epoch, context),
-                 steps_per_epoch, config, num_classes, strategy, class_weight=class_weight_vector(config, data),
-                 hooks=hooks)
+    result = _fit_head(head, config, cached, flipped, labels, train_rows, num_classes, strategy,
+                       class_weight_vector(config, data), hooks)
     if result.cancelled:
         return None
     val = classification_scores(labels[val_rows], val_probabilities(), num_classes)

@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 
-from genre_core.models import embeddings, zoo
+from genre_core.models import zoo
 from genre_core.runs import heartbeat, store
 from genre_core.training import executor, features, tensorboard_log
 from genre_core.training.config import TrainConfig
@@ -81,21 +80,14 @@ def _feature_pass(run, base: TrainConfig, record: dict, progress: Progress):
     if len(data.val_rows) == 0:
         raise ValueError(f"dataset {base.data}: the validation split is empty; a search selects by validation")
     run.write_classes(data.classes)
-    options = zoo.model_options(base)
-    weights = zoo.resolve_weights_option(base.model, base.weights)
-    extractor = zoo.build_feature_extractor(base.model, size, weights, **options)
-    cached = embeddings.compute_embeddings(
-        data.cache, extractor, zoo.extractor_id(base.model, size, weights, options), flip=base.flip_features,
-        batch_size=32, progress=progress, cancel_check=run.cancel_requested, jit_compile=base.xla,
-        engine=base.feature_engine, notes=data.notes)
+    _extractor, cached, flipped = features.cached_features(run, base, data, get_strategy(), progress)
     feature_seconds = round(time.monotonic() - feature_started, 2)
     record.setdefault("feature_seconds", []).append(feature_seconds)
     record["notes"] = data.notes
     write_summary(run, record)
     progress({"stage": "prepare", "done": 1, "total": 1,
               "message": f"features ready in {feature_seconds:.0f} s ({data.notes[-1] if data.notes else ''})"})
-    flipped = np.asarray(cached.flipped) if cached.flipped is not None else None
-    return base, data, np.asarray(cached.features), flipped
+    return base, data, cached, flipped
 
 
 def _open_study(run, settings: _Settings, base: TrainConfig, progress: Progress):
