@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -118,6 +120,7 @@ def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_
     assert list(history["epoch"]) == [1, 2]
     assert {"d_loss", "g_loss", "kid", "kid_std", "aug_p", "seconds"} <= set(history.columns)
     assert history["kid"].notna().all()
+    assert list(history["learning_rate"]) == pytest.approx([1e-4, 0.5e-4])  # lr_decay linear over 2 epochs
     quality = fileio.read_json(run.path / "quality.json")
     assert quality["latest"]["feature_space"] == "hed_vgg16_pool345@32"
     assert fileio.read_json(run.path / "checkpoint/state.json")["epoch"] == 2
@@ -191,6 +194,40 @@ def test_gan_train_cli_rejects_bad_input(capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_gan_train_flags_reach_the_run_config(monkeypatch):
+    """--learning-rate, --beta-1, --generator-padding, --global-head and --precision set the run's config;
+    left out, the GanConfig defaults stand."""
+    from genre_core.commands import gan as gan_command
+
+    started = []
+    monkeypatch.setattr(gan_command.jobs, "start", lambda kind, config, background=False: started.append(config)
+                        or types.SimpleNamespace(id="x", path="x", status=lambda: {"state": "finished"}))
+    assert cli.main(["gan", "train", "--epochs", "1", "--learning-rate", "3e-4", "--beta-1", "0.5",
+                     "--generator-padding", "zeros", "--global-head", "0", "--precision", "float32",
+                     "--lr-decay", "none"]) == 0
+    assert cli.main(["gan", "train", "--epochs", "1"]) == 0
+    chosen, default = started
+    assert (chosen.learning_rate, chosen.beta_1, chosen.generator_padding, chosen.global_head, chosen.precision,
+            chosen.lr_decay) == (3e-4, 0.5, "zeros", 0.0, "float32", "none")
+    assert (default.learning_rate, default.generator_padding, default.global_head, default.precision,
+            default.lr_decay) == (1e-4, "reflect", 0.2, "auto", "linear")
+
+
+def test_linear_learning_rate_decay_follows_the_budget_or_the_epochs():
+    budget = trainer.GanConfig(epochs=0, time_budget_minutes=10, learning_rate=1e-4)
+    assert budget.learning_rate_at(0, 0.0) == pytest.approx(1e-4)
+    assert budget.learning_rate_at(5, 150.0) == pytest.approx(0.75e-4)  # a quarter of the 600 s budget
+    assert budget.learning_rate_at(9, 900.0) == 0.0  # past the budget
+    epochs = trainer.GanConfig(epochs=4, learning_rate=2e-4)
+    assert [epochs.learning_rate_at(epoch, 1e6) for epoch in range(4)] == pytest.approx([2e-4, 1.5e-4, 1e-4, 0.5e-4])
+    both = trainer.GanConfig(epochs=4, time_budget_minutes=10, learning_rate=1e-4)
+    assert both.learning_rate_at(1, 450.0) == pytest.approx(0.25e-4)  # the budget is further along than the epochs
+    constant = trainer.GanConfig(epochs=4, lr_decay="none", learning_rate=1e-4)
+    assert constant.learning_rate_at(3, 1e6) == 1e-4
+    with pytest.raises(ValueError, match="lr_decay 'cosine'"):
+        trainer.GanConfig(lr_decay="cosine").validate()
+
+
 def test_projected_networks_shapes_and_frozen_trunk():
     assert networks.fastgan_widths(128, 16) == {4: 256, 8: 256, 16: 128, 32: 64, 64: 32, 128: 16}
     assert [networks.projected_feature_size(size) for size in (16, 32, 64, 128, 256)] == [32, 32, 64, 64, 128]
@@ -206,6 +243,28 @@ def test_projected_networks_shapes_and_frozen_trunk():
     assert not trunk.trainable and all(not weight.trainable for weight in trunk.weights)
     conditional = networks.make_projected_discriminator(32, num_classes=2, base_channels=2)
     assert np.asarray(conditional([images, np.array([0, 1, 1], np.int32)])).shape == logits.shape
+
+
+def test_whole_picture_head_weighs_its_share_and_sees_where_things_are():
+    """global_weight 0.5: one whole-picture logit, repeated as often as there are patch logits (half the hinge
+    loss), that tells a picture from its upside-down copy (a patch logit's mean cannot, up to the borders)."""
+    images = np.zeros((2, 32, 32, 3), np.float32)
+    images[:, :12] = 0.8  # a bright sky above a dark ground
+    images[1] = images[1, ::-1]  # the same picture upside down
+    plain = networks.make_projected_discriminator(32, base_channels=2)
+    patches = plain.output_shape[-1]
+    with_global = networks.make_projected_discriminator(32, base_channels=2, global_weight=0.5)
+    assert with_global.output_shape[-1] == 2 * patches
+    global_logits = np.asarray(with_global(images))[:, patches:]
+    assert np.ptp(global_logits, axis=1).max() < 1e-6  # one logit, repeated
+    assert abs(global_logits[0, 0] - global_logits[1, 0]) > 1e-4
+    quarter = networks.make_projected_discriminator(32, num_classes=2, base_channels=2, global_weight=0.25)
+    assert quarter.output_shape[-1] == patches + round(patches / 3)
+    assert np.asarray(quarter([images, np.array([0, 1], np.int32)])).shape == (2, patches + round(patches / 3))
+    with pytest.raises(ValueError, match="global_weight"):
+        networks.make_projected_discriminator(32, base_channels=2, global_weight=1.0)
+    with pytest.raises(ValueError, match="global_head"):
+        trainer.GanConfig(global_head=1.5).validate()
 
 
 def test_reflect_padded_generator_has_no_zero_padding_and_loads_with_safe_mode(tmp_path):
@@ -236,6 +295,15 @@ def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
     older = {key: value for key, value in trainer.GanConfig().to_dict().items() if key != "generator_padding"}
     assert trainer.GanConfig.from_run_config({**older, "kind": "gan", "created": "x"}).generator_padding == "zeros"
     assert trainer.GanConfig.from_run_config(trainer.GanConfig().to_dict()).generator_padding == "reflect"
+    # The same for the whole-picture head: new runs have it, runs written before it existed do not.
+    assert trainer.GanConfig().global_head == 0.2
+    before_global = {key: value for key, value in older.items() if key != "global_head"}
+    assert trainer.GanConfig.from_run_config({**before_global, "kind": "gan"}).global_head == 0.0
+    # And for mixed precision: runs written before it computed in float32.
+    assert trainer.GanConfig().precision == "auto"
+    before_precision = {key: value for key, value in before_global.items() if key != "precision"}
+    assert trainer.GanConfig.from_run_config(before_precision).precision == "float32"
+    assert trainer.GanConfig.from_run_config({k: v for k, v in before_precision.items() if k != "lr_decay"}).lr_decay == "none"
     with pytest.raises(ValueError, match="unknown GAN option.*colour"):
         trainer.GanConfig.from_dict({"colour": "blue"})
 
@@ -255,6 +323,43 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
         assert not np.allclose(old, new), f"{name} weights did not change"
     np.testing.assert_array_equal(before[3], after[3])  # the pretrained trunk stays frozen
     assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
+
+
+def test_mixed_bfloat16_gan_computes_in_bfloat16_gives_float32_images_and_leaves_the_global_policy(tmp_path):
+    """precision "mixed_bfloat16": float32 weights, bfloat16 arithmetic (about 1.5x faster steps on a CPU with
+    AVX512-BF16, bench gan), float32 images and logits; one step trains; the generator reloads with
+    safe_mode; the process's global dtype policy is left as it was."""
+    import keras
+
+    from genre_core.models import layers
+
+    config = tiny_model_config()
+    config.precision = "mixed_bfloat16"
+    model = networks.make_gan(config)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert model.generator.get_layer("conv16").compute_dtype == "bfloat16"
+    assert model.generator.get_layer("conv16").weights[0].dtype == "float32"
+    assert model.ema_generator.get_layer("conv16").compute_dtype == "bfloat16"
+    assert model.discriminator.get_layer("trunk").layers[1].compute_dtype == "bfloat16"
+    before = model.generator.get_layer("conv16").weights[0].numpy().copy()
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    logs = model.train_on_batch(images, np.zeros(8, np.int32), return_dict=True)
+    assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
+    assert not np.allclose(before, model.generator.get_layer("conv16").weights[0].numpy())
+    noise = np.random.default_rng(1).normal(size=(2, 8)).astype(np.float32)
+    samples = model.ema_generator(noise, training=False)
+    assert samples.dtype == "float32" and model.discriminator(samples).dtype == "float32"
+    model.ema_generator.save(tmp_path / "generator.keras")
+    layers.register_all()
+    again = keras.saving.load_model(tmp_path / "generator.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(np.asarray(again(noise, training=False)), np.asarray(samples), atol=1e-2)
+    assert networks.resolve_precision("auto", "dcgan") == "float32"
+    assert networks.resolve_precision("float32") == "float32"
+    assert networks.resolve_precision("auto") in ("float32", "mixed_bfloat16")
+    with pytest.raises(ValueError, match="precision 'half'"):
+        networks.resolve_precision("half")
+    with pytest.raises(ValueError, match="precision 'half'"):
+        trainer.GanConfig(precision="half").validate()
 
 
 def test_conditional_projected_gan_trains_with_the_mode_seeking_term():

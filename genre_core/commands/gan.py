@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from genre_core.gan import trainer
-from genre_core.gan.networks import ARCHITECTURES, GENERATOR_PADDINGS, SUPPORTED_SIZES
+from genre_core.gan.networks import ARCHITECTURES, GENERATOR_PADDINGS, PRECISIONS, SUPPORTED_SIZES
 from genre_core.runs import jobs, store
 
 
@@ -34,10 +34,19 @@ def register(subparsers) -> None:
     train.add_argument("--max-images", type=int, default=0, help="use at most this many images (0: all)")
     train.add_argument("--learning-rate", type=float, default=None, help="Adam learning rate of both networks "
                                                                         "(default 1e-4)")
+    train.add_argument("--lr-decay", default=None, choices=trainer.LR_DECAYS,
+                       help="linear: both learning rates fall linearly to 0 over the run (--minutes, else --epochs), so "
+                            "the samples settle at the end (default); none: constant")
     train.add_argument("--beta-1", type=float, default=None, help="Adam beta_1 of both networks (default 0)")
     train.add_argument("--generator-padding", default=None, choices=GENERATOR_PADDINGS,
                        help="how the projected generator's 3x3 convolutions pad (default reflect; zeros paints "
                             "frames)")
+    train.add_argument("--global-head", type=float, default=None,
+                       help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
+                            "things are (sky above, ground below); 0 turns it off (default 0.2)")
+    train.add_argument("--precision", default=None, choices=PRECISIONS,
+                       help="projected GAN arithmetic: auto (mixed_bfloat16 where the CPU or GPU has bfloat16, about "
+                            "1.5x faster steps; else float32), float32 or mixed_bfloat16 (default auto)")
     train.add_argument("--kid-samples", type=int, default=256, help="images per KID measurement (0: no KID)")
     train.add_argument("--feature-space", default="auto", choices=("auto", "inception_v3", "hed_vgg16"),
                        help="the run's own KID space; KID in the fixed space (hed_vgg16_conv345_rms@64) is always added")
@@ -79,7 +88,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         kid_samples=args.kid_samples, feature_space=args.feature_space, seed=args.seed,
         judge="" if args.judge in ("none", "") else args.judge, judge_samples=args.judge_samples,
         **{name: value for name, value in (("learning_rate", args.learning_rate), ("beta_1", args.beta_1),
-                                           ("generator_padding", args.generator_padding)) if value is not None},
+                                           ("generator_padding", args.generator_padding),
+                                           ("global_head", args.global_head), ("precision", args.precision),
+                                           ("lr_decay", args.lr_decay))
+           if value is not None},
     ).validate()
     if args.data != "demo" and not Path(args.data).exists():
         raise FileNotFoundError(f"dataset {args.data} does not exist")

