@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +147,12 @@ def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_
     assert cli.main(["gan", "interpolate", run.id, "--seeds", "0", "3", "--steps", "3"]) == 0
     assert Image.open(run.path / "samples/interpolate_0_3.png").size == (16 * 3 + 4, 16)
     assert cli.main(["gan", "sample", "no-such-run"]) == 2
+    # A fresh process, where nothing has registered the custom layers yet, samples the reflect-padded run too.
+    fresh = subprocess.run([sys.executable, "-m", "genre_core", "gan", "sample", str(run.path), "--n", "2",
+                            "--out", str(isolated_artifacts / "fresh.png")], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert Image.open(isolated_artifacts / "fresh.png").size == (16 * 2 + 2, 16)
 
 
 def test_cancel_then_resume_continues_from_the_checkpoint(tiny_dataset_dir, isolated_artifacts):

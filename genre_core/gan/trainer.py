@@ -38,6 +38,7 @@ import numpy as np
 from genre_core.data import cache as cache_module, sources
 from genre_core.evaluation import bundle, classify
 from genre_core.gan import networks, quality
+from genre_core.models import layers as custom_layers
 from genre_core.runs import store
 from genre_core.training import tensorboard_log
 from genre_core.util import fileio
@@ -733,6 +734,7 @@ def load_generator(run):
         # Keep only the newest version of each run's generator in memory.
         for old in [old for old in _GENERATORS if old[0] == key[0]]:
             del _GENERATORS[old]
+        custom_layers.register_all()  # a reflect-padded generator holds ReflectionPadding2D layers
         _GENERATORS[key] = keras.saving.load_model(path, safe_mode=True, compile=False)
     return _GENERATORS[key]
 
