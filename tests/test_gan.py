@@ -66,6 +66,48 @@ def test_one_train_step_changes_both_networks_and_the_ema():
     assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
 
 
+def test_ema_slows_down_with_the_learning_rate():
+    """The EMA's per-step share is scaled by (lr / starting lr) ** ema_lr_power, so once the rate is 0 the EMA
+    stands still instead of converging on the last trained generator; power 0 keeps the fixed share."""
+    config = trainer.GanConfig(learning_rate=1e-4)
+    assert config.ema_lr_power == 0.5
+    assert config.ema_rate_scale(1e-4) == 1.0 and config.ema_rate_scale(2.5e-5) == pytest.approx(0.5)
+    assert config.ema_rate_scale(0.0) == 0.0
+    assert trainer.GanConfig(ema_lr_power=1.0).ema_rate_scale(2.5e-5) == pytest.approx(0.25)
+    assert trainer.GanConfig(ema_lr_power=0.0).ema_rate_scale(2.5e-5) == 1.0
+    with pytest.raises(ValueError, match="ema_lr_power must be in 0..2, got -1"):
+        trainer.GanConfig(ema_lr_power=-1).validate()
+
+    model = networks.make_gan(tiny_model_config())
+    model.ema_rate_scale.assign(0.0)
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    ema_before = [w.numpy().copy() for w in model.ema_generator.trainable_weights]
+    generator_before = model.generator.trainable_weights[0].numpy().copy()
+    model.train_on_batch(images, np.zeros(8, np.int32))
+    assert not np.allclose(generator_before, model.generator.trainable_weights[0].numpy())
+    for old, weight in zip(ema_before, model.ema_generator.trainable_weights):
+        np.testing.assert_array_equal(old, weight.numpy())
+    model.ema_rate_scale.assign(1.0)
+    model.train_on_batch(images, np.zeros(8, np.int32))
+    assert not np.allclose(ema_before[0], model.ema_generator.trainable_weights[0].numpy())
+
+
+def test_batchnorm_recalibration_averages_the_statistics_of_its_batches():
+    """recalibrate_ema in batches gives the mean of the batches' statistics: for the first BatchNorm (whose
+    input no other BatchNorm changes), two batches of 256 give the same moving mean as one batch of 512."""
+    import keras
+
+    model = networks.make_gan(tiny_model_config())
+    first = next(layer for layer in model.ema_generator.layers if isinstance(layer, keras.layers.BatchNormalization))
+    model.recalibrate_ema(samples=512, seed=7, batch_size=512)
+    whole = first.moving_mean.numpy().copy()
+    model.recalibrate_ema(samples=512, seed=7, batch_size=256)
+    np.testing.assert_allclose(first.moving_mean.numpy(), whole, rtol=1e-4, atol=1e-5)
+    model.recalibrate_ema(samples=256, seed=7, batch_size=256)
+    assert not np.allclose(first.moving_mean.numpy(), whole, rtol=1e-4, atol=1e-5)
+    assert first.momentum == 0.9  # the layer's own momentum is back
+
+
 def test_conditional_label_changes_the_output():
     model = networks.make_gan(tiny_model_config(conditional=True, num_classes=2))
     noise = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
@@ -204,7 +246,8 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 
 
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
-    """--learning-rate, --beta-1, --generator-padding, --global-head and --precision set the run's config;
+    """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay and --ema-lr-power set
+    the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -213,13 +256,13 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                         or types.SimpleNamespace(id="x", path="x", status=lambda: {"state": "finished"}))
     assert cli.main(["gan", "train", "--epochs", "1", "--learning-rate", "3e-4", "--beta-1", "0.5",
                      "--generator-padding", "zeros", "--global-head", "0", "--precision", "float32",
-                     "--lr-decay", "none"]) == 0
+                     "--lr-decay", "none", "--ema-lr-power", "0"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     chosen, default = started
     assert (chosen.learning_rate, chosen.beta_1, chosen.generator_padding, chosen.global_head, chosen.precision,
-            chosen.lr_decay) == (3e-4, 0.5, "zeros", 0.0, "float32", "none")
+            chosen.lr_decay, chosen.ema_lr_power) == (3e-4, 0.5, "zeros", 0.0, "float32", "none", 0.0)
     assert (default.learning_rate, default.generator_padding, default.global_head, default.precision,
-            default.lr_decay) == (1e-4, "reflect", 0.2, "auto", "linear")
+            default.lr_decay, default.ema_lr_power) == (1e-4, "reflect", 0.2, "auto", "linear", 0.5)
 
 
 def test_linear_learning_rate_decay_follows_the_budget_or_the_epochs():
@@ -313,6 +356,11 @@ def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
     before_precision = {key: value for key, value in before_global.items() if key != "precision"}
     assert trainer.GanConfig.from_run_config(before_precision).precision == "float32"
     assert trainer.GanConfig.from_run_config({k: v for k, v in before_precision.items() if k != "lr_decay"}).lr_decay == "none"
+    # And for the EMA: runs written before ema_lr_power moved it a fixed share per step, with 256-sample statistics.
+    before_ema = {k: v for k, v in trainer.GanConfig().to_dict().items() if k not in ("ema_lr_power", "bn_calibration_samples")}
+    assert trainer.GanConfig.from_run_config(before_ema).ema_lr_power == 0.0
+    assert trainer.GanConfig.from_run_config(before_ema).bn_calibration_samples == 256
+    assert (trainer.GanConfig().ema_lr_power, trainer.GanConfig().bn_calibration_samples) == (0.5, 1024)
     with pytest.raises(ValueError, match="unknown GAN option.*colour"):
         trainer.GanConfig.from_dict({"colour": "blue"})
 

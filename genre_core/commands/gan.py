@@ -37,6 +37,10 @@ def register(subparsers) -> None:
     train.add_argument("--lr-decay", default=None, choices=trainer.LR_DECAYS,
                        help="linear: both learning rates fall linearly to 0 over the run (--minutes, else --epochs), so "
                             "the samples settle at the end (default); none: constant")
+    train.add_argument("--ema-lr-power", type=float, default=None,
+                       help="the sampled (EMA) generator follows the trained one by a share per step times (learning "
+                            "rate / starting rate) ** this, so it keeps averaging as the rate falls instead of "
+                            "settling on the last step; 0: a fixed share (default 0.5)")
     train.add_argument("--beta-1", type=float, default=None, help="Adam beta_1 of both networks (default 0)")
     train.add_argument("--generator-padding", default=None, choices=GENERATOR_PADDINGS,
                        help="how the projected generator's 3x3 convolutions pad (default reflect; zeros paints "
@@ -90,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{name: value for name, value in (("learning_rate", args.learning_rate), ("beta_1", args.beta_1),
                                            ("generator_padding", args.generator_padding),
                                            ("global_head", args.global_head), ("precision", args.precision),
-                                           ("lr_decay", args.lr_decay))
+                                           ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power))
            if value is not None},
     ).validate()
     if args.data != "demo" and not Path(args.data).exists():

@@ -11,7 +11,8 @@ on a few thousand images:
   in both the discriminator and the generator step, to each image with probability `aug_p`, which can adapt
   as in ADA / gan_ada.py (raised while the discriminator is too sure of the real images);
 - an exponential moving average (EMA) of the generator weights; the EMA generator is the one sampled and
-  saved.
+  saved. Its per-step share can be scaled by the learning rate (`ema_rate_scale`, set by the trainer), and
+  its BatchNorm statistics are re-estimated from generated batches (`recalibrate_ema`).
 
 A conditional model embeds the genre and concatenates it to z in the generator; the discriminator is a
 projection discriminator (Miyato & Koyama 2018).
@@ -462,6 +463,9 @@ def _gan_class():
             self.augment_probability = keras.Variable(
                 float(augment_probability), trainable=False, name="augment_probability"
             )
+            # Multiplies the EMA's per-step share; the trainer sets it each epoch (GanConfig.ema_rate_scale). It
+            # is not training state (not in state_variables), so older checkpoints still load.
+            self.ema_rate_scale = keras.Variable(1.0, trainable=False, name="ema_rate_scale")
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
@@ -546,11 +550,12 @@ def _gan_class():
 
             # The EMA generator follows the trained one, with a shorter memory during the first steps (as in
             # tf.train.ExponentialMovingAverage with num_updates) so that short runs are not dominated by the
-            # random initial weights. Its BatchNorm statistics are recalibrated at each epoch end.
+            # random initial weights, and times ema_rate_scale (slower while the learning rate is low). Its
+            # BatchNorm statistics are recalibrated at each epoch end.
             step = tf.cast(self.generator_optimizer.iterations, "float32")
-            decay = tf.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))
+            share = (1.0 - tf.minimum(self.ema_decay, (1.0 + step) / (10.0 + step))) * self.ema_rate_scale
             for ema_weight, weight in zip(self.ema_generator.trainable_weights, self.generator.trainable_weights):
-                ema_weight.assign(decay * ema_weight + (1.0 - decay) * weight)
+                ema_weight.assign(ema_weight + share * (weight - ema_weight))
 
             # ADA-style heuristic: raise the augmentation probability while D is too sure of the reals.
             real_accuracy = tf.reduce_mean(tf.cast(real_logits > 0.0, "float32"))
@@ -568,23 +573,30 @@ def _gan_class():
                 "aug_p": self.augment_probability.value,
             }
 
-        def recalibrate_ema(self, labels=None, samples=256, seed=0):
-            """Re-estimate the EMA generator's BatchNorm statistics from one large batch in training mode."""
+        def recalibrate_ema(self, labels=None, samples=256, seed=0, batch_size=256):
+            """Re-estimate the EMA generator's BatchNorm statistics from `samples` generated in training mode,
+            as BigGAN's "standing statistics": the mean of the statistics of batches of `batch_size`.
+
+            The generator's output is sensitive to these statistics: on one kit run, four draws of 256 gave
+            fixed-space KIDs from 0.34 to 0.65 for the same weights, four draws of 1,024 from 0.36 to 0.44."""
             import numpy as np
 
             rng = np.random.default_rng(seed)
-            noise = rng.standard_normal((samples, self.latent_dim)).astype("float32")
-            inputs = noise
-            if self.num_classes:
-                choices = np.arange(self.num_classes) if labels is None else np.asarray(labels)
-                inputs = [noise, rng.choice(choices, samples).astype("int32")]
             norms = [layer for layer in self.ema_generator.layers if isinstance(layer, keras.layers.BatchNormalization)]
             momenta = [layer.momentum for layer in norms]
-            # Momentum 0 makes the moving statistics exactly this batch's statistics.
-            for layer in norms:
-                layer.momentum = 0.0
             try:
-                self.ema_generator(inputs, training=True)
+                for index, start in enumerate(range(0, int(samples), int(batch_size))):
+                    count = min(int(batch_size), int(samples) - start)
+                    noise = rng.standard_normal((count, self.latent_dim)).astype("float32")
+                    inputs = noise
+                    if self.num_classes:
+                        choices = np.arange(self.num_classes) if labels is None else np.asarray(labels)
+                        inputs = [noise, rng.choice(choices, count).astype("int32")]
+                    # Momentum index / (index + 1) makes the moving statistics the running mean over batches
+                    # (the first batch, with momentum 0, replaces what was there).
+                    for layer in norms:
+                        layer.momentum = index / (index + 1.0)
+                    self.ema_generator(inputs, training=True)
             finally:
                 for layer, momentum in zip(norms, momenta):
                     layer.momentum = momentum
