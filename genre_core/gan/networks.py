@@ -582,16 +582,14 @@ def _gan_class():
             import numpy as np
 
             rng = np.random.default_rng(seed)
+            choices = np.arange(self.num_classes) if labels is None else np.asarray(labels)
             norms = [layer for layer in self.ema_generator.layers if isinstance(layer, keras.layers.BatchNormalization)]
             momenta = [layer.momentum for layer in norms]
             try:
                 for index, start in enumerate(range(0, int(samples), int(batch_size))):
                     count = min(int(batch_size), int(samples) - start)
                     noise = rng.standard_normal((count, self.latent_dim)).astype("float32")
-                    inputs = noise
-                    if self.num_classes:
-                        choices = np.arange(self.num_classes) if labels is None else np.asarray(labels)
-                        inputs = [noise, rng.choice(choices, count).astype("int32")]
+                    inputs = [noise, rng.choice(choices, count).astype("int32")] if self.num_classes else noise
                     # Momentum index / (index + 1) makes the moving statistics the running mean over batches
                     # (the first batch, with momentum 0, replaces what was there).
                     for layer in norms:

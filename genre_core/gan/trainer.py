@@ -38,7 +38,7 @@ import numpy as np
 from genre_core.data import cache as cache_module, sources
 from genre_core.evaluation import bundle, classify
 from genre_core.gan import networks, quality
-from genre_core.models import layers as custom_layers
+from genre_core.models import zoo
 from genre_core.runs import store
 from genre_core.training import tensorboard_log
 from genre_core.util import fileio
@@ -744,8 +744,6 @@ _GENERATORS: dict[tuple[str, float], object] = {}
 
 def load_generator(run):
     """Load the run's EMA generator (safe_mode=True), cached per file version."""
-    import keras
-
     run = store.open_run(run, kind="gan")
     path = run.path / GENERATOR_FILE
     if not path.exists():
@@ -755,8 +753,8 @@ def load_generator(run):
         # Keep only the newest version of each run's generator in memory.
         for old in [old for old in _GENERATORS if old[0] == key[0]]:
             del _GENERATORS[old]
-        custom_layers.register_all()  # a reflect-padded generator holds ReflectionPadding2D layers
-        _GENERATORS[key] = keras.saving.load_model(path, safe_mode=True, compile=False)
+        # zoo.load_model registers the custom layers first: a reflect-padded generator holds ReflectionPadding2D.
+        _GENERATORS[key] = zoo.load_model(path)
     return _GENERATORS[key]
 
 

@@ -416,7 +416,8 @@ def model_options(config) -> dict:
 
 
 def load_model(path: str | Path):
-    """Load a saved classifier with safe_mode=True after registering our custom layers."""
+    """Load a saved model (a classifier, a GAN generator) with safe_mode=True after registering our custom
+    layers."""
     keras = _keras()
     register_all()
     path = Path(path)
