@@ -80,13 +80,13 @@ with fixed_left:
     if "kid_fixed" in history.columns and history["kid_fixed"].notna().any():
         st.subheader("KID, fixed space (lower is better)")
         st.caption("HED-VGG16 conv3_3/4_3/5_3 at 64 px, scaled by the real set's RMS; comparable across runs")
-        st.line_chart(history.set_index("epoch")[["kid_fixed"]], key="gan_kid_fixed")
+        st.line_chart(history.set_index("epoch")[["kid_fixed"]])
 with fixed_right:
     if "recognised" in history.columns and history["recognised"].notna().any():
         st.subheader("Recognised as the genre")
         st.caption("share of samples a real-painting classifier calls by the run's genre; "
                    "recognised_real: the same for held-out real images at the GAN's size")
-        st.line_chart(history.set_index("epoch")[["recognised", "recognised_real"]], key="gan_recognised")
+        st.line_chart(history.set_index("epoch")[["recognised", "recognised_real"]])
     elif "kid_fixed" in history.columns:
         st.info("Recognisability is not measured: no finished classifier run knew this genre when the run started.")
 

@@ -116,6 +116,11 @@ def write_gan_run(run_id: str, *, genre: str = "landscape", epochs: int = 2, ima
         "kid": np.linspace(0.30, 0.10, epochs),
         "kid_std": [0.01] * epochs,
         "seconds": [2.0] * epochs,
+        # What a run with a judge writes (issue 13): fixed-space KID and the recognisability shares.
+        "kid_fixed": np.linspace(0.50, 0.12, epochs),
+        "kid_fixed_std": [0.02] * epochs,
+        "recognised": np.linspace(0.30, 0.55, epochs),
+        "recognised_real": [0.70] * epochs,
     })
     fileio.atomic_write_csv(folder / "history.csv", history)
     for epoch in range(1, epochs + 1):

@@ -437,6 +437,8 @@ def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
     folder = write_gan_run("20260101-000000-landscape-gan1", epochs=3, image_size=16)
     app = page("gan").run()
     assert not app.exception, app.exception
+    # The fixed-space KID and recognisability charts a judged run has (st.line_chart takes no key).
+    assert {"KID, fixed space (lower is better)", "Recognised as the genre"} <= {item.value for item in app.subheader}
     assert app.select_slider(key="gan_epoch").value == 3
     app.number_input(key="gan_sample_n").set_value(4)
     app.number_input(key="gan_sample_seed").set_value(7)
