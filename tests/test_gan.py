@@ -246,8 +246,8 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 
 
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
-    """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay and --ema-lr-power set
-    the run's config;
+    """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power and
+    --discriminator-downsample set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -256,13 +256,15 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                         or types.SimpleNamespace(id="x", path="x", status=lambda: {"state": "finished"}))
     assert cli.main(["gan", "train", "--epochs", "1", "--learning-rate", "3e-4", "--beta-1", "0.5",
                      "--generator-padding", "zeros", "--global-head", "0", "--precision", "float32",
-                     "--lr-decay", "none", "--ema-lr-power", "0"]) == 0
+                     "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     chosen, default = started
     assert (chosen.learning_rate, chosen.beta_1, chosen.generator_padding, chosen.global_head, chosen.precision,
-            chosen.lr_decay, chosen.ema_lr_power) == (3e-4, 0.5, "zeros", 0.0, "float32", "none", 0.0)
+            chosen.lr_decay, chosen.ema_lr_power, chosen.discriminator_downsample) == (
+        3e-4, 0.5, "zeros", 0.0, "float32", "none", 0.0, "blur")
     assert (default.learning_rate, default.generator_padding, default.global_head, default.precision,
-            default.lr_decay, default.ema_lr_power) == (1e-4, "reflect", 0.2, "auto", "linear", 0.5)
+            default.lr_decay, default.ema_lr_power, default.discriminator_downsample) == (
+        1e-4, "reflect", 0.2, "auto", "linear", 0.5, "average")
 
 
 def test_linear_learning_rate_decay_follows_the_budget_or_the_epochs():
@@ -295,6 +297,43 @@ def test_projected_networks_shapes_and_frozen_trunk():
     assert not trunk.trainable and all(not weight.trainable for weight in trunk.weights)
     conditional = networks.make_projected_discriminator(32, num_classes=2, base_channels=2)
     assert np.asarray(conditional([images, np.array([0, 1, 1], np.int32)])).shape == logits.shape
+
+
+def test_blur_downsampling_passes_smooth_gradients_and_is_wired_into_the_discriminator():
+    """BlurPool2D keeps a flat image flat, removes a one-pixel stripe pattern, and sends one output pixel's
+    gradient back as the outer product of [1, 3, 3, 1] / 8 (smooth) where average pooling sends a 2x2 block.
+    discriminator_downsample "blur" puts it before the trunk and the whole-picture head."""
+    import tensorflow as tf
+
+    from genre_core.models import layers
+
+    pool = layers.layer_classes()["BlurPool2D"](1)
+    flat = np.full((1, 8, 8, 3), -0.4, np.float32)
+    np.testing.assert_allclose(np.asarray(pool(flat)), np.full((1, 4, 4, 3), -0.4), atol=1e-6)
+    stripes = np.broadcast_to(np.cos(np.pi * np.arange(8))[None, None, :, None], (1, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(pool(stripes)), 0.0, atol=1e-6)
+    image = tf.convert_to_tensor(np.zeros((1, 8, 8, 1), np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(image)
+        picked = pool(image)[0, 2, 1, 0]
+    gradient = np.asarray(tape.gradient(picked, image))[0, :, :, 0]
+    taps = np.array([1, 3, 3, 1]) / 8
+    expected = np.zeros((8, 8))
+    expected[3:7, 1:5] = np.outer(taps, taps)  # output (2, 1) reads input rows 3..6 and columns 1..4
+    np.testing.assert_allclose(gradient, expected, atol=1e-6)
+    assert layers.layer_classes()["BlurPool2D"](2)(np.zeros((2, 16, 16, 3), np.float32)).shape == (2, 4, 4, 3)
+    blurred = networks.make_projected_discriminator(64, base_channels=2, feature_size=32, global_weight=0.2,
+                                                    downsample="blur")
+    for name in ("to_feature_size", "head_global_downscale"):
+        assert blurred.get_layer(name).__class__.__name__ == "BlurPool2D"
+    default = networks.make_projected_discriminator(64, base_channels=2, feature_size=32, global_weight=0.2)
+    assert default.get_layer("to_feature_size").__class__.__name__ == "AveragePooling2D"
+    assert len(blurred.weights) == len(default.weights)  # no weights: checkpoints keep their layout
+    config = trainer.GanConfig(image_size=64, latent_dim=8, base_channels=2, discriminator_downsample="blur")
+    gan = networks.make_gan(trainer._ModelShape(config, 1))  # the config's choice reaches the networks
+    assert gan.discriminator.get_layer("head_global_downscale").__class__.__name__ == "BlurPool2D"
+    with pytest.raises(ValueError, match="discriminator downsampling 'nearest'"):
+        networks.make_projected_discriminator(64, base_channels=2, downsample="nearest")
 
 
 def test_whole_picture_head_weighs_its_share_and_sees_where_things_are():
@@ -361,6 +400,13 @@ def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
     assert trainer.GanConfig.from_run_config(before_ema).ema_lr_power == 0.0
     assert trainer.GanConfig.from_run_config(before_ema).bn_calibration_samples == 256
     assert (trainer.GanConfig().ema_lr_power, trainer.GanConfig().bn_calibration_samples) == (0.5, 1024)
+    # The discriminator's downsampling: average pooling unless a run chose blur (runs before it had no choice).
+    before_blur = {k: v for k, v in trainer.GanConfig().to_dict().items() if k != "discriminator_downsample"}
+    assert trainer.GanConfig.from_run_config(before_blur).discriminator_downsample == "average"
+    blurred = {**before_blur, "discriminator_downsample": "blur"}
+    assert trainer.GanConfig.from_run_config(blurred).discriminator_downsample == "blur"
+    with pytest.raises(ValueError, match="discriminator_downsample 'max'"):
+        trainer.GanConfig(discriminator_downsample="max").validate()
     with pytest.raises(ValueError, match="unknown GAN option.*colour"):
         trainer.GanConfig.from_dict({"colour": "blue"})
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from genre_core.gan import trainer
-from genre_core.gan.networks import ARCHITECTURES, GENERATOR_PADDINGS, PRECISIONS, SUPPORTED_SIZES
+from genre_core.gan.networks import ARCHITECTURES, DOWNSAMPLINGS, GENERATOR_PADDINGS, PRECISIONS, SUPPORTED_SIZES
 from genre_core.runs import jobs, store
 
 
@@ -45,6 +45,11 @@ def register(subparsers) -> None:
     train.add_argument("--generator-padding", default=None, choices=GENERATOR_PADDINGS,
                        help="how the projected generator's 3x3 convolutions pad (default reflect; zeros paints "
                             "frames)")
+    train.add_argument("--discriminator-downsample", default=None, choices=DOWNSAMPLINGS,
+                       help="how the projected discriminator shrinks images for its trunk and whole-picture head: "
+                            "average (pooling, whose gradient to the generator is blocky) or blur (a [1, 3, 3, 1] "
+                            "filter, whose gradient is smooth; steadier on the kit, not better on average) "
+                            "(default average)")
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")
@@ -93,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         judge="" if args.judge in ("none", "") else args.judge, judge_samples=args.judge_samples,
         **{name: value for name, value in (("learning_rate", args.learning_rate), ("beta_1", args.beta_1),
                                            ("generator_padding", args.generator_padding),
+                                           ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head), ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power))
            if value is not None},

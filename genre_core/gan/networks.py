@@ -60,6 +60,8 @@ PROJECTED_LAYERS = (("block1_conv2", 80.0), ("block2_conv2", 40.0), ("block3_con
 FASTGAN_MULTIPLIERS = {4: 16, 8: 16, 16: 8, 32: 4, 64: 2, 128: 1, 256: 1}
 # Skip-layer excitation: the small map on the left gates the large map on the right.
 FASTGAN_EXCITATIONS = ((4, 32), (8, 64), (16, 128), (32, 256))
+# How the projected discriminator shrinks the image for its trunk and its whole-picture head.
+DOWNSAMPLINGS = ("average", "blur")
 # The size at which the projected discriminator's whole-picture head sees the image (composition, not texture).
 GLOBAL_HEAD_SIZE = 32
 
@@ -172,12 +174,15 @@ def _patch_head(x, widths, name: str):
 
 
 def make_projected_discriminator(image_size: int, num_classes: int = 0, base_channels: int = 16,
-                                 feature_size: int | None = None, global_weight: float = 0.0):
+                                 feature_size: int | None = None, global_weight: float = 0.0,
+                                 downsample: str = "average"):
     """Build the Projected-GAN-style discriminator: image in [-1, 1] -> (batch, patch logits of all heads).
 
-    The frozen HED-VGG16 trunk (block1_conv1 .. block3_conv2) sees the image average-pooled to
-    `feature_size` (default `projected_feature_size`) with the Caffe preprocessing; trainable heads read
-    three of its maps, one more reads the full-size pixels. A conditional discriminator adds a projection
+    The frozen HED-VGG16 trunk (block1_conv1 .. block3_conv2) sees the image shrunk to `feature_size`
+    (default `projected_feature_size`) with the Caffe preprocessing; trainable heads read three of its maps,
+    one more reads the full-size pixels. `downsample` is how the image is shrunk for the trunk and the
+    whole-picture head (DOWNSAMPLINGS): "average" pooling, or "blur" (BlurPool2D), whose gradient back to the
+    generator is smooth where average pooling's is blocky. A conditional discriminator adds a projection
     term (label embedding . pooled head features) to each head's logits.
 
     `global_weight` > 0 adds a whole-picture head (`_global_head`): one logit for the entire image, seen at
@@ -188,13 +193,15 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     from keras import layers
 
     image_size = check_size(image_size)
+    if downsample not in DOWNSAMPLINGS:
+        raise ValueError(f"discriminator downsampling {downsample!r} is not one of {DOWNSAMPLINGS}")
     feature_size = int(feature_size or projected_feature_size(image_size))
     if max(image_size, feature_size) % min(image_size, feature_size):
         raise ValueError(f"feature size {feature_size} and image size {image_size} must divide one another")
     image = keras.Input(shape=(image_size, image_size, 3), name="image")
     x = image
     if feature_size < image_size:
-        x = layers.AveragePooling2D(image_size // feature_size, name="to_feature_size")(x)
+        x = _downsample(x, image_size // feature_size, downsample, name="to_feature_size")
     elif feature_size > image_size:
         x = layers.UpSampling2D(feature_size // image_size, interpolation="bilinear", name="to_feature_size")(x)
     x = layers.Rescaling(127.5, offset=127.5, name="to_0_255")(x)
@@ -216,7 +223,7 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     if global_weight:
         if not 0.0 < global_weight < 1.0:
             raise ValueError(f"global_weight must be in 0..1 (exclusive), got {global_weight}")
-        heads.append(_global_head(image, width, name="head_global"))
+        heads.append(_global_head(image, width, name="head_global", downsample=downsample))
         repeats.append(max(1, round(global_weight / (1.0 - global_weight) * patch_logits)))
     inputs = image
     if num_classes:
@@ -227,6 +234,16 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     logits = [logit if count == 1 else _repeat(logit, count, name=f"head{index}_x{count}")
               for index, ((logit, _), count) in enumerate(zip(heads, repeats))]
     return keras.Model(inputs, layers.Concatenate(name="logits", dtype="float32")(logits), name="discriminator")
+
+
+def _downsample(x, factor: int, method: str, name: str):
+    """Shrink a map by `factor` (a power of 2): "average" pooling, or "blur" (BlurPool2D, whose gradient is
+    smooth where average pooling's is blocky)."""
+    from keras import layers
+
+    if method == "average":
+        return layers.AveragePooling2D(factor, name=name)(x)
+    return layer_classes()["BlurPool2D"](int(math.log2(factor)), name=name)(x)
 
 
 def _plus_projection(logit, feature_map, label, num_classes: int, index: int):
@@ -246,16 +263,17 @@ def _repeat(logit, count: int, name: str):
     return layers.Flatten(name=name)(layers.RepeatVector(count, name=f"{name}_repeat")(logit))
 
 
-def _global_head(image, width: int, name: str):
-    """A whole-picture head: the image average-pooled to GLOBAL_HEAD_SIZE px, stride-2 spectrally normalised
-    convolutions down to 4x4, then a dense layer over the whole flattened map, so that the one logit depends
-    on where things are (sky above, ground below), which no patch logit can see. Returns (logit, last map)."""
+def _global_head(image, width: int, name: str, downsample: str = "average"):
+    """A whole-picture head: the image shrunk to GLOBAL_HEAD_SIZE px (`_downsample`), stride-2 spectrally
+    normalised convolutions down to 4x4, then a dense layer over the whole flattened map, so that the one logit
+    depends on where things are (sky above, ground below), which no patch logit can see. Returns (logit, last
+    map)."""
     from keras import layers
 
     size = int(image.shape[1])
     x = image
     if size > GLOBAL_HEAD_SIZE:
-        x = layers.AveragePooling2D(size // GLOBAL_HEAD_SIZE, name=f"{name}_downscale")(x)
+        x = _downsample(x, size // GLOBAL_HEAD_SIZE, downsample, name=f"{name}_downscale")
     index = 0
     while x.shape[1] > 4:
         index += 1
@@ -405,8 +423,10 @@ def make_gan(config):
         with backbones.keras_dtype_policy(resolve_precision(getattr(config, "precision", "float32"))):
             generator = make_fastgan_generator(config.image_size, config.latent_dim, num_classes,
                                                config.base_channels, getattr(config, "generator_padding", "zeros"))
-            discriminator = make_projected_discriminator(config.image_size, num_classes, config.base_channels,
-                                                         global_weight=float(getattr(config, "global_head", 0.0)))
+            discriminator = make_projected_discriminator(
+                config.image_size, num_classes, config.base_channels,
+                global_weight=float(getattr(config, "global_head", 0.0)),
+                downsample=getattr(config, "discriminator_downsample", "average"))
     else:
         generator = make_generator(config.image_size, config.latent_dim, num_classes, config.base_channels)
         discriminator = make_discriminator(config.image_size, num_classes, config.base_channels)

@@ -84,6 +84,7 @@ class GanConfig:
     base_channels: int = 16
     generator_padding: str = "reflect"  # projected generator's 3x3 convolutions: reflect | zeros (zeros paints frames)
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
+    discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # weight of the MSGAN mode-seeking term; -1: 1.0 for conditional runs, else 0
@@ -118,6 +119,9 @@ class GanConfig:
             raise ValueError("the dcgan architecture goes up to 128 px; use architecture 'projected' for 256")
         if self.generator_padding not in networks.GENERATOR_PADDINGS:
             raise ValueError(f"generator_padding {self.generator_padding!r} is not one of {networks.GENERATOR_PADDINGS}")
+        if self.discriminator_downsample not in networks.DOWNSAMPLINGS:
+            raise ValueError(f"discriminator_downsample {self.discriminator_downsample!r} is not one of "
+                             f"{networks.DOWNSAMPLINGS}")
         if not 0.0 <= self.ema_lr_power <= 2.0:
             raise ValueError(f"ema_lr_power must be in 0..2, got {self.ema_lr_power}")
         if int(self.bn_calibration_samples) < 2:
