@@ -53,6 +53,26 @@ def test_diff_augment_keeps_shape_passes_gradients_and_probability_zero_is_ident
     np.testing.assert_array_equal(unchanged.numpy(), images.numpy())
 
 
+def test_augment_policy_without_colour_only_moves_and_cuts_out_pixels():
+    """Without "color", every augmented pixel is a pixel of the image or a zero (translation's border, cutout);
+    with it, the values themselves change. The policy reaches the Gan from the config."""
+    import keras
+
+    grey = np.full((8, 16, 16, 3), 0.5, np.float32)
+    seed = keras.random.SeedGenerator(0)
+    moved = networks.diff_augment(grey, seed, 1.0, ("translation", "cutout")).numpy()
+    assert set(np.unique(moved)) <= {0.0, 0.5} and (moved == 0.0).any()
+    coloured = networks.diff_augment(grey, seed, 1.0, ("color",)).numpy()
+    assert not set(np.unique(coloured)) <= {0.0, 0.5}
+
+    config = tiny_model_config()
+    config.config.augment_policy = ["translation", "cutout"]
+    assert networks.make_gan(config).augment_policy == ("translation", "cutout")
+    assert networks.make_gan(tiny_model_config()).augment_policy == networks.AUGMENT_POLICIES
+    with pytest.raises(ValueError, match="augment_policy has unknown transform"):
+        trainer.GanConfig(augment_policy=["rotate"]).validate()
+
+
 def test_one_train_step_changes_both_networks_and_the_ema():
     model = networks.make_gan(tiny_model_config())
     before = [w.numpy().copy() for w in (model.generator.weights[0], model.discriminator.trainable_weights[0],
@@ -243,11 +263,16 @@ def test_conditional_run_samples_the_chosen_genre(tiny_dataset_dir, isolated_art
 def test_gan_train_cli_rejects_bad_input(capsys):
     assert cli.main(["gan", "train", "--data", "/no/such/folder", "--epochs", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    for bad, message in (("1.5", "augmentation probability 1.5 is not in 0..1"),
+                         ("often", "'often' is neither 'adaptive' nor a probability")):
+        with pytest.raises(SystemExit):
+            cli.main(["gan", "train", "--epochs", "1", "--augment", bad])
+        assert message in capsys.readouterr().err
 
 
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
-    """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power and
-    --discriminator-downsample set the run's config;
+    """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
+    --discriminator-downsample, --augment and --augment-policy set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -256,9 +281,17 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                         or types.SimpleNamespace(id="x", path="x", status=lambda: {"state": "finished"}))
     assert cli.main(["gan", "train", "--epochs", "1", "--learning-rate", "3e-4", "--beta-1", "0.5",
                      "--generator-padding", "zeros", "--global-head", "0", "--precision", "float32",
-                     "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur"]) == 0
+                     "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur",
+                     "--augment", "0.5", "--augment-policy", "translation", "cutout"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
-    chosen, default = started
+    assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
+    chosen, default, adaptive = started
+    assert (chosen.augment_probability, chosen.adaptive_augment) == (0.5, False)
+    assert chosen.augment_policy == ["translation", "cutout"]
+    assert default.augment_policy == list(networks.AUGMENT_POLICIES)
+    assert (adaptive.augment_probability, adaptive.adaptive_augment) == (0.0, True)
+    assert (default.augment_probability, default.adaptive_augment) == (
+        trainer.GanConfig.augment_probability, trainer.GanConfig.adaptive_augment)
     assert (chosen.learning_rate, chosen.beta_1, chosen.generator_padding, chosen.global_head, chosen.precision,
             chosen.lr_decay, chosen.ema_lr_power, chosen.discriminator_downsample) == (
         3e-4, 0.5, "zeros", 0.0, "float32", "none", 0.0, "blur")

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from genre_core.gan import trainer
-from genre_core.gan.networks import ARCHITECTURES, DOWNSAMPLINGS, GENERATOR_PADDINGS, PRECISIONS, SUPPORTED_SIZES
+from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_POLICIES, DOWNSAMPLINGS, GENERATOR_PADDINGS, PRECISIONS,
+                                     SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
 
 
@@ -50,6 +51,13 @@ def register(subparsers) -> None:
                             "average (pooling, whose gradient to the generator is blocky) or blur (a [1, 3, 3, 1] "
                             "filter, whose gradient is smooth; steadier on the kit, not better on average) "
                             "(default average)")
+    train.add_argument("--augment", default=None, type=_augment_choice, metavar="{adaptive,P}",
+                       help="DiffAugment (colour, translation, cutout) before the discriminator: a fixed probability "
+                            "P per image (0..1), or adaptive (from 0, raised while the discriminator calls more than "
+                            "60%% of the real images real and lowered while it calls fewer, as in ADA) "
+                            "(default adaptive)")
+    train.add_argument("--augment-policy", default=None, nargs="+", choices=AUGMENT_POLICIES,
+                       help="the DiffAugment transforms (default: all three)")
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")
@@ -85,6 +93,28 @@ def register(subparsers) -> None:
     between.set_defaults(func=cmd_interpolate)
 
 
+def _augment_choice(value: str) -> str | float:
+    """--augment's value: "adaptive", or a probability in 0..1."""
+    if value == "adaptive":
+        return value
+    try:
+        probability = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither 'adaptive' nor a probability") from None
+    if not 0.0 <= probability <= 1.0:
+        raise argparse.ArgumentTypeError(f"augmentation probability {value} is not in 0..1")
+    return probability
+
+
+def _augment_options(choice: str | float | None) -> dict:
+    """The GanConfig options for --augment (none when it is left out)."""
+    if choice is None:
+        return {}
+    if choice == "adaptive":
+        return {"adaptive_augment": True, "augment_probability": 0.0}
+    return {"adaptive_augment": False, "augment_probability": float(choice)}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     if args.conditional and args.genre:
         raise ValueError("--genre is for unconditional runs; use --genres with --conditional")
@@ -102,6 +132,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("global_head", args.global_head), ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power))
            if value is not None},
+        **_augment_options(args.augment),
+        **({"augment_policy": list(args.augment_policy)} if args.augment_policy else {}),
     ).validate()
     if args.data != "demo" and not Path(args.data).exists():
         raise FileNotFoundError(f"dataset {args.data} does not exist")

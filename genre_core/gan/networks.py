@@ -440,6 +440,7 @@ def make_gan(config):
         mode_seeking=float(getattr(config, "mode_seeking", 0.0)),
         ema_decay=config.ema_decay,
         augment_probability=config.augment_probability,
+        augment_policy=tuple(getattr(config, "augment_policy", AUGMENT_POLICIES)),
         adaptive_augment=config.adaptive_augment,
         augment_target=config.augment_target,
         augment_speed=config.augment_speed,
@@ -463,10 +464,16 @@ def _gan_class():
 
         def __init__(self, generator, discriminator, latent_dim, num_classes=0, ema_decay=0.999,
                      augment_probability=1.0, adaptive_augment=False, augment_target=0.6,
-                     augment_speed=0.001, seed=0, loss="non_saturating", mode_seeking=0.0, **kwargs):
+                     augment_speed=0.001, seed=0, loss="non_saturating", mode_seeking=0.0,
+                     augment_policy=AUGMENT_POLICIES, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
+            unknown = sorted(set(augment_policy) - set(AUGMENT_POLICIES))
+            if unknown:
+                raise ValueError(f"unknown DiffAugment transform(s) {', '.join(unknown)}; "
+                                 f"choose from {AUGMENT_POLICIES}")
+            self.augment_policy = tuple(augment_policy)
             self.loss = loss
             self.mode_seeking = float(mode_seeking)
             self.generator = generator
@@ -516,7 +523,7 @@ def _gan_class():
             return [images_or_noise, labels] if self.num_classes else images_or_noise
 
         def _augment(self, images):
-            return diff_augment(images, self.seed_generator, self.augment_probability)
+            return diff_augment(images, self.seed_generator, self.augment_probability, self.augment_policy)
 
         def _discriminator_loss(self, real_logits, fake_logits):
             """Hinge (projected) or binary cross-entropy (DCGAN) loss of the discriminator."""

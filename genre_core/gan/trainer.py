@@ -95,6 +95,7 @@ class GanConfig:
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
     bn_calibration_samples: int = 1024  # samples (in batches of 256) that re-estimate the EMA generator's BatchNorm
     augment_probability: float = 0.0  # the starting DiffAugment probability
+    augment_policy: list[str] = field(default_factory=lambda: list(networks.AUGMENT_POLICIES))  # its transforms
     adaptive_augment: bool = True  # raise/lower it ADA-style from D's accuracy on real images
     augment_target: float = 0.6
     augment_speed: float = 0.005
@@ -151,6 +152,10 @@ class GanConfig:
         for name in ("batch_size", "latent_dim", "base_channels", "min_steps_per_epoch", "kid_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        unknown = sorted(set(self.augment_policy) - set(networks.AUGMENT_POLICIES))
+        if unknown:
+            raise ValueError(f"augment_policy has unknown transform(s) {', '.join(unknown)}; known are "
+                             f"{', '.join(networks.AUGMENT_POLICIES)}")
         if not 0.0 <= self.augment_probability <= 1.0:
             raise ValueError(f"augment_probability must be in 0..1, got {self.augment_probability}")
         if not 0.0 <= self.ema_decay < 1.0:
