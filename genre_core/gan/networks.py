@@ -66,6 +66,15 @@ DOWNSAMPLINGS = ("average", "blur")
 GLOBAL_HEAD_SIZE = 32
 
 
+def check_augment_policy(policy) -> tuple:
+    """Return the DiffAugment transforms `policy` as a tuple, or raise ValueError naming any unknown one."""
+    unknown = sorted(set(policy) - set(AUGMENT_POLICIES))
+    if unknown:
+        raise ValueError(f"augment_policy has unknown transform(s) {', '.join(unknown)}; known are "
+                         f"{', '.join(AUGMENT_POLICIES)}")
+    return tuple(policy)
+
+
 def check_size(image_size: int) -> int:
     """Return `image_size` if it is a supported square GAN size, else raise ValueError."""
     if int(image_size) not in SUPPORTED_SIZES:
@@ -469,11 +478,7 @@ def _gan_class():
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
-            unknown = sorted(set(augment_policy) - set(AUGMENT_POLICIES))
-            if unknown:
-                raise ValueError(f"unknown DiffAugment transform(s) {', '.join(unknown)}; "
-                                 f"choose from {AUGMENT_POLICIES}")
-            self.augment_policy = tuple(augment_policy)
+            self.augment_policy = check_augment_policy(augment_policy)
             self.loss = loss
             self.mode_seeking = float(mode_seeking)
             self.generator = generator

@@ -152,10 +152,7 @@ class GanConfig:
         for name in ("batch_size", "latent_dim", "base_channels", "min_steps_per_epoch", "kid_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        unknown = sorted(set(self.augment_policy) - set(networks.AUGMENT_POLICIES))
-        if unknown:
-            raise ValueError(f"augment_policy has unknown transform(s) {', '.join(unknown)}; known are "
-                             f"{', '.join(networks.AUGMENT_POLICIES)}")
+        networks.check_augment_policy(self.augment_policy)
         if not 0.0 <= self.augment_probability <= 1.0:
             raise ValueError(f"augment_probability must be in 0..1, got {self.augment_probability}")
         if not 0.0 <= self.ema_decay < 1.0:
