@@ -73,6 +73,32 @@ def test_augment_policy_without_colour_only_moves_and_cuts_out_pixels():
         trainer.GanConfig(augment_policy=["rotate"]).validate()
 
 
+def test_geometric_augment_rotates_and_scales_and_passes_gradients():
+    """"geometric" keeps a flat image flat (mirrored borders, no black corners), turns a vertical line into one
+    that leans or widens, keeps the values in range, and passes a gradient back to the images."""
+    import keras
+    import tensorflow as tf
+
+    seed = keras.random.SeedGenerator(0)
+    grey = np.full((8, 32, 32, 3), 0.5, np.float32)
+    np.testing.assert_allclose(networks.diff_augment(grey, seed, 1.0, ("geometric",)).numpy(), 0.5, atol=1e-5)
+    line = np.full((8, 32, 32, 3), -1.0, np.float32)
+    line[:, :, 15:17, :] = 1.0
+    turned = networks.diff_augment(line, seed, 1.0, ("geometric",)).numpy()
+    assert turned.min() >= -1.0 - 1e-5 and turned.max() <= 1.0 + 1e-5
+    changed = [not np.allclose(turned[i], line[i], atol=1e-3) for i in range(8)]
+    assert all(changed)
+    # The line stays a line through the middle: the centre pixel is still bright.
+    assert (turned[:, 16, 15:17, 0].max(axis=1) > 0.5).all()
+    images = tf.Variable(line)
+    with tf.GradientTape() as tape:
+        total = tf.reduce_sum(networks.diff_augment(images, seed, 1.0, ("geometric",)) ** 2)
+    gradient = tape.gradient(total, images)
+    assert gradient is not None and float(tf.reduce_sum(tf.abs(gradient))) > 0
+    assert trainer.GanConfig(augment_policy=["translation", "geometric"]).validate().augment_policy == [
+        "translation", "geometric"]
+
+
 def test_one_train_step_changes_both_networks_and_the_ema():
     model = networks.make_gan(tiny_model_config())
     before = [w.numpy().copy() for w in (model.generator.weights[0], model.discriminator.trainable_weights[0],
@@ -282,12 +308,12 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert cli.main(["gan", "train", "--epochs", "1", "--learning-rate", "3e-4", "--beta-1", "0.5",
                      "--generator-padding", "zeros", "--global-head", "0", "--precision", "float32",
                      "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur",
-                     "--augment", "0.5", "--augment-policy", "translation", "cutout"]) == 0
+                     "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
     assert (chosen.augment_probability, chosen.adaptive_augment) == (0.5, False)
-    assert chosen.augment_policy == ["translation", "cutout"]
+    assert chosen.augment_policy == ["translation", "cutout", "geometric"]
     assert default.augment_policy == list(networks.AUGMENT_POLICIES)
     assert (adaptive.augment_probability, adaptive.adaptive_augment) == (0.0, True)
     assert (default.augment_probability, default.adaptive_augment) == (
@@ -440,6 +466,11 @@ def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
     assert trainer.GanConfig.from_run_config(blurred).discriminator_downsample == "blur"
     with pytest.raises(ValueError, match="discriminator_downsample 'max'"):
         trainer.GanConfig(discriminator_downsample="max").validate()
+    # The augmentation policy: runs written before it had translation, colour and cutout, whatever the default.
+    before_policy = {k: v for k, v in trainer.GanConfig().to_dict().items() if k != "augment_policy"}
+    assert trainer.GanConfig.from_run_config(before_policy).augment_policy == list(networks.AUGMENT_POLICIES)
+    chosen_policy = {**before_policy, "augment_policy": ["geometric"]}
+    assert trainer.GanConfig.from_run_config(chosen_policy).augment_policy == ["geometric"]
     with pytest.raises(ValueError, match="unknown GAN option.*colour"):
         trainer.GanConfig.from_dict({"colour": "blue"})
 

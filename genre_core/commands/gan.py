@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from genre_core.gan import trainer
-from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_POLICIES, DOWNSAMPLINGS, GENERATOR_PADDINGS, PRECISIONS,
-                                     SUPPORTED_SIZES)
+from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, GENERATOR_PADDINGS,
+                                     PRECISIONS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
 
 
@@ -56,8 +56,9 @@ def register(subparsers) -> None:
                             "P per image (0..1), or adaptive (from 0, raised while the discriminator calls more than "
                             "60%% of the real images real and lowered while it calls fewer, as in ADA) "
                             "(default adaptive)")
-    train.add_argument("--augment-policy", default=None, nargs="+", choices=AUGMENT_POLICIES,
-                       help="the DiffAugment transforms (default: all three)")
+    train.add_argument("--augment-policy", default=None, nargs="+", choices=AUGMENT_TRANSFORMS,
+                       help="the DiffAugment transforms (default: translation, color, cutout; geometric rotates by up "
+                            "to 10 degrees and scales by up to 1.1x)")
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")

@@ -52,6 +52,12 @@ LOSSES = ("hinge", "non_saturating")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # "auto": mixed_bfloat16 where the hardware has bfloat16
 GENERATOR_PADDINGS = ("zeros", "reflect")  # how the projected generator's 3x3 convolutions pad
 AUGMENT_POLICIES = ("translation", "color", "cutout")
+# Transforms DiffAugment can also apply (not in the default policy): "geometric" rotates each image by up to
+# GEOMETRIC_MAX_DEGREES and scales it by up to GEOMETRIC_MAX_SCALE either way, resampled bilinearly with
+# mirrored borders (ADA's "geometric" group, Karras et al. 2020, in a small range).
+AUGMENT_TRANSFORMS = AUGMENT_POLICIES + ("geometric",)
+GEOMETRIC_MAX_DEGREES = 10.0
+GEOMETRIC_MAX_SCALE = 1.1
 # The frozen trunk layers whose maps the projected discriminator's heads read, and a fixed divisor for each
 # (about the RMS of that layer's activations on real paintings at 64 px), so that the heads see inputs of
 # order one whatever the layer.
@@ -68,10 +74,10 @@ GLOBAL_HEAD_SIZE = 32
 
 def check_augment_policy(policy) -> tuple:
     """Return the DiffAugment transforms `policy` as a tuple, or raise ValueError naming any unknown one."""
-    unknown = sorted(set(policy) - set(AUGMENT_POLICIES))
+    unknown = sorted(set(policy) - set(AUGMENT_TRANSFORMS))
     if unknown:
         raise ValueError(f"augment_policy has unknown transform(s) {', '.join(unknown)}; known are "
-                         f"{', '.join(AUGMENT_POLICIES)}")
+                         f"{', '.join(AUGMENT_TRANSFORMS)}")
     return tuple(policy)
 
 
@@ -347,6 +353,8 @@ def diff_augment(images, seed_generator, probability=1.0, policy=AUGMENT_POLICIE
     batch = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
     augmented = images
+    if "geometric" in policy:
+        augmented = _rotate_and_scale(augmented, seed_generator)
     if "color" in policy:
         brightness = random.uniform((batch, 1, 1, 1), -0.5, 0.5, seed=seed_generator)
         augmented = augmented + brightness
@@ -380,6 +388,36 @@ def diff_augment(images, seed_generator, probability=1.0, policy=AUGMENT_POLICIE
         return augmented
     chosen = random.uniform((batch, 1, 1, 1), seed=seed_generator) < probability
     return tf.where(chosen, augmented, images)
+
+
+def _rotate_and_scale(images, seed_generator):
+    """Rotate each image about its centre by an angle uniform in +-GEOMETRIC_MAX_DEGREES and scale it by a
+    factor log-uniform in 1/GEOMETRIC_MAX_SCALE..GEOMETRIC_MAX_SCALE (bilinear, mirrored borders);
+    differentiable with respect to the images.
+
+    One `keras.ops.image.affine_transform` per batch rather than keras.layers.RandomRotation followed by
+    RandomZoom: one bilinear resampling instead of two (each one blurs), and the angles come from the model's
+    own SeedGenerator, whose state a checkpoint keeps, so a resumed run draws what it would have drawn."""
+    import tensorflow as tf
+    from keras import ops, random
+
+    batch = tf.shape(images)[0]
+    height, width = images.shape[1], images.shape[2]
+    limit = math.radians(GEOMETRIC_MAX_DEGREES)
+    angle = random.uniform((batch,), -limit, limit, seed=seed_generator)
+    log_scale = random.uniform((batch,), -math.log(GEOMETRIC_MAX_SCALE), math.log(GEOMETRIC_MAX_SCALE),
+                               seed=seed_generator)
+    # affine_transform maps each output pixel (x, y) to the input point (a0 x + a1 y + a2, b0 x + b1 y + b2).
+    shrink = tf.exp(-log_scale)
+    a0, a1 = tf.cos(angle) * shrink, -tf.sin(angle) * shrink
+    b0, b1 = tf.sin(angle) * shrink, tf.cos(angle) * shrink
+    centre_x, centre_y = (width - 1) / 2.0, (height - 1) / 2.0
+    a2 = centre_x - a0 * centre_x - a1 * centre_y
+    b2 = centre_y - b0 * centre_x - b1 * centre_y
+    zeros = tf.zeros_like(angle)
+    transform = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return ops.image.affine_transform(images, tf.cast(transform, images.dtype), interpolation="bilinear",
+                                      fill_mode="reflect")
 
 
 def slerp(start, end, fractions):

@@ -178,10 +178,12 @@ class GanConfig:
         """The GanConfig of a run's config.json. A run written before `generator_padding` existed used zero
         padding, one written before `global_head` had no whole-picture head, one written before `precision`
         computed in float32, one written before `lr_decay` kept its learning rate and one written before
-        `ema_lr_power` moved its EMA a fixed share per step with BatchNorm statistics from 256 samples, so it
-        resumes and samples with the networks (and trains with the schedule) it was started with."""
+        `ema_lr_power` moved its EMA a fixed share per step with BatchNorm statistics from 256 samples, and one
+        written before `augment_policy` augmented with translation, colour and cutout, so it resumes and samples
+        with the networks (and trains with the schedule) it was started with."""
         return cls.from_dict({"generator_padding": "zeros", "global_head": 0.0, "precision": "float32",
-                              "lr_decay": "none", "ema_lr_power": 0.0, "bn_calibration_samples": 256, **values})
+                              "lr_decay": "none", "ema_lr_power": 0.0, "bn_calibration_samples": 256,
+                              "augment_policy": list(networks.AUGMENT_POLICIES), **values})
 
     def to_dict(self) -> dict:
         """The config as a plain dict."""
