@@ -7,7 +7,7 @@ from pathlib import Path
 
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, GENERATOR_PADDINGS,
-                                     PRECISIONS, SUPPORTED_SIZES)
+                                     GEOMETRIC_MAX_DEGREES, GEOMETRIC_MAX_SCALE, PRECISIONS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
 
 
@@ -58,7 +58,7 @@ def register(subparsers) -> None:
                             "(default adaptive)")
     train.add_argument("--augment-policy", default=None, nargs="+", choices=AUGMENT_TRANSFORMS,
                        help="the DiffAugment transforms (default: translation, color, cutout; geometric rotates by up "
-                            "to 10 degrees and scales by up to 1.1x)")
+                            f"to {GEOMETRIC_MAX_DEGREES:g} degrees and scales by up to {GEOMETRIC_MAX_SCALE:g}x)")
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")
