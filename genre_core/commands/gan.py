@@ -52,7 +52,7 @@ def register(subparsers) -> None:
                             "filter, whose gradient is smooth; steadier on the kit, not better on average) "
                             "(default average)")
     train.add_argument("--augment", default=None, type=_augment_choice, metavar="{adaptive,P}",
-                       help="DiffAugment (colour, translation, cutout) before the discriminator: a fixed probability "
+                       help="DiffAugment (the --augment-policy transforms) before the discriminator: a fixed probability "
                             "P per image (0..1), or adaptive (from 0, raised while the discriminator calls more than "
                             "60%% of the real images real and lowered while it calls fewer, as in ADA) "
                             "(default adaptive)")
