@@ -200,6 +200,24 @@ def run_config(data_dir, **overrides):
     return trainer.GanConfig(**values).validate()
 
 
+def test_training_images_decode_only_the_gans_genres(tiny_dataset_dir, isolated_artifacts, monkeypatch):
+    decoded = []
+    prepare = trainer.cache_module.prepare_cache
+
+    def recording(dataset, *args, **kwargs):
+        decoded.append(list(dataset.classes))
+        return prepare(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.cache_module, "prepare_cache", recording)
+    images, labels, _, _, classes = trainer.load_training_images(run_config(tiny_dataset_dir))
+    assert decoded == [["landscape"]] and classes == ["landscape"] and set(labels.tolist()) == {0}
+    assert len(images) == 10  # every landscape, nothing else
+    config = run_config(tiny_dataset_dir, conditional=True, genre=None, genres=["portrait", "landscape"])
+    _, labels, _, _, classes = trainer.load_training_images(config)
+    assert decoded[-1] == ["landscape", "portrait"] and classes == ["portrait", "landscape"]
+    assert sorted(set(labels.tolist())) == [0, 1]  # labels follow the run's genre order
+
+
 def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_dir, isolated_artifacts):
     config = run_config(tiny_dataset_dir, kid_samples=6, kid_image_size=32, feature_space="hed_vgg16")
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])

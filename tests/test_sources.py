@@ -561,3 +561,19 @@ def test_map_dataset_genres_to_artgan(pbn_dir):
     assert mapped.report["images"] == 2 and mapped.fingerprint != dataset.fingerprint
     assert any("no artgan counterpart: gold leaf" in problem for problem in mapped.report["problems"])
     assert len(dataset.manifest) == 3  # the original is unchanged
+
+
+def test_keep_genres_keeps_rows_in_order_with_new_labels_and_fingerprint(tiny_dataset_dir):
+    dataset = load_dataset(tiny_dataset_dir)
+    assert len(dataset.classes) >= 2
+    wanted = dataset.classes[-1]
+    kept = sources.keep_genres(dataset, [wanted])
+    assert kept.classes == [wanted] and set(kept.manifest["genre"]) == {wanted}
+    # Manifest order is kept, so a seeded split of the genre picks the same rows as in the whole dataset.
+    assert kept.manifest["path"].tolist() == dataset.manifest.loc[dataset.manifest["genre"] == wanted, "path"].tolist()
+    assert kept.manifest["label"].tolist() == [0] * len(kept.manifest)
+    assert kept.report["images"] == len(kept.manifest) and kept.fingerprint != dataset.fingerprint
+    assert sources.keep_genres(dataset, dataset.classes) is dataset  # nothing to drop
+    assert len(dataset.manifest) > len(kept.manifest)  # the original is unchanged
+    with pytest.raises(ValueError, match="'fresco' is not in"):
+        sources.keep_genres(dataset, [wanted, "fresco"])

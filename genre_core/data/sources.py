@@ -195,6 +195,30 @@ def map_dataset_genres(dataset: Dataset, target: str = "artgan", *, broad: bool 
                    fingerprint=digest.hexdigest())
 
 
+def keep_genres(dataset: Dataset, genres) -> Dataset:
+    """The dataset with only the rows of `genres`, in manifest order (so a seeded split of a genre picks the
+    same rows as in the whole dataset); the dataset itself when it has no other genre.
+
+    Classes (sorted), labels, report counts and the fingerprint are recomputed, so an image cache of the
+    subset is its own cache. Raises ValueError naming a genre the dataset does not have.
+    """
+    genres = list(dict.fromkeys(str(name) for name in genres))
+    unknown = [name for name in genres if name not in dataset.classes]
+    if unknown:
+        raise ValueError(f"genre {unknown[0]!r} is not in {dataset.root}; its genres are: {', '.join(dataset.classes)}")
+    if set(genres) >= set(dataset.classes):
+        return dataset
+    keep = dataset.manifest["genre"].isin(genres).to_numpy()
+    manifest = dataset.manifest.loc[keep].copy().reset_index(drop=True)
+    classes = sorted(genres)
+    manifest["label"] = manifest["genre"].map({genre: label for label, genre in enumerate(classes)}).astype("int64")
+    report = dict(dataset.report, images=int(len(manifest)), genres_with_images=int(manifest["genre"].nunique()),
+                  kept_genres=classes)
+    digest = hashlib.blake2b(f"{dataset.fingerprint}\0genres\0{'/'.join(classes)}".encode(), digest_size=16)
+    return Dataset(source=dataset.source, root=dataset.root, manifest=manifest, classes=classes, report=report,
+                   fingerprint=digest.hexdigest())
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Loaders
 
