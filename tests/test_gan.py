@@ -229,7 +229,9 @@ def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_
     assert list(history["epoch"]) == [1, 2]
     assert {"d_loss", "g_loss", "kid", "kid_std", "aug_p", "seconds"} <= set(history.columns)
     assert history["kid"].notna().all()
-    assert list(history["learning_rate"]) == pytest.approx([1e-4, 0.5e-4])  # lr_decay linear over 2 epochs
+    # lr_decay linear over 2 epochs of 3 steps, set before every step: the last steps are at 2/3 and 5/3 epochs.
+    assert list(history["learning_rate"]) == pytest.approx([1e-4 * (1 - 1 / 3), 1e-4 * (1 - 5 / 6)])
+    assert list(history["steps"]) == [3, 3]
     quality = fileio.read_json(run.path / "quality.json")
     assert quality["latest"]["feature_space"] == "hed_vgg16_pool345@32"
     assert fileio.read_json(run.path / "checkpoint/state.json")["epoch"] == 2
@@ -351,6 +353,7 @@ def test_linear_learning_rate_decay_follows_the_budget_or_the_epochs():
     assert budget.learning_rate_at(9, 900.0) == 0.0  # past the budget
     epochs = trainer.GanConfig(epochs=4, learning_rate=2e-4)
     assert [epochs.learning_rate_at(epoch, 1e6) for epoch in range(4)] == pytest.approx([2e-4, 1.5e-4, 1e-4, 0.5e-4])
+    assert epochs.learning_rate_at(3.5, 1e6) == pytest.approx(0.25e-4)  # halfway through the last epoch
     both = trainer.GanConfig(epochs=4, time_budget_minutes=10, learning_rate=1e-4)
     assert both.learning_rate_at(1, 450.0) == pytest.approx(0.25e-4)  # the budget is further along than the epochs
     constant = trainer.GanConfig(epochs=4, lr_decay="none", learning_rate=1e-4)
@@ -556,6 +559,28 @@ def test_conditional_projected_gan_trains_with_the_mode_seeking_term():
     logs = model.train_on_batch(images, np.array([0, 1] * 4, np.int32), return_dict=True)
     assert np.isfinite(logs["g_loss"])
     assert trainer._ModelShape(trainer.GanConfig(), 1).mode_seeking == 0.0
+
+
+def test_the_budget_ends_an_epoch_after_the_step_that_still_fits(tiny_dataset_dir, isolated_artifacts, monkeypatch):
+    # A fake budget clock on which every training step takes 10 s and nothing else takes any time.
+    now = {"t": 0.0}
+    monkeypatch.setattr(trainer, "budget_clock", lambda kind: (lambda: now["t"]))
+
+    def progress(event):
+        if event.get("stage") == "batch":
+            now["t"] += 10.0
+
+    config = run_config(tiny_dataset_dir, epochs=0, time_budget_minutes=75 / 60)  # 3 steps (30 s) an epoch
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+    trainer.execute(run, progress=progress)
+    history = run.history()
+    # Epochs 1 and 2 end at 30 s and 60 s; epoch 3 stops after its first step (70 s), as a second would end
+    # at 80 s, past the 75-s budget. That last step ran at 60/75 of the budget: a fifth of the starting rate.
+    assert list(history["steps"]) == [3, 3, 1]
+    assert list(history["elapsed_seconds"]) == pytest.approx([30.0, 60.0, 70.0])
+    assert history["learning_rate"].iloc[-1] == pytest.approx(0.2e-4)
+    assert fileio.read_json(run.path / "checkpoint/state.json")["epoch"] == 3
+    assert (run.path / "samples/epoch_0003.png").exists()
 
 
 def test_epochs_zero_means_until_the_budget():

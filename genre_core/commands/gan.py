@@ -29,7 +29,8 @@ def register(subparsers) -> None:
                        help="default 20, or with --minutes as many as fit in the budget")
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--minutes", type=float, default=0.0,
-                       help="time budget from start to finish: no epoch is started that would not end inside it")
+                       help="time budget from start to finish: training stops after the last step that still fits "
+                            "with its epoch's measurement and checkpoint (the last epoch may be shorter)")
     train.add_argument("--budget-clock", default="wall", choices=("wall", "cpu"),
                        help="cpu: count this process's CPU time / usable cores, for a machine shared with other jobs")
     train.add_argument("--max-images", type=int, default=0, help="use at most this many images (0: all)")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ class GanConfig:
     judge: str = "auto"  # real-painting classifier run for the recognisability score; "auto": newest fitting; "": off
     judge_samples: int = 64  # generated (and real) images the judge classifies per epoch
     grid_images: int = 36
-    time_budget_minutes: float = 0.0  # 0: no limit; else no epoch is started that would not end inside it
+    time_budget_minutes: float = 0.0  # 0: no limit; else training stops at the last step that fits (README)
     budget_clock: str = "wall"  # wall: wall-clock time; cpu: this process's CPU time / usable cores (a shared machine)
     seed: int = 0
 
@@ -207,11 +208,12 @@ class GanConfig:
             return 1.0
         return float(min(1.0, max(0.0, learning_rate / self.learning_rate)) ** self.ema_lr_power)
 
-    def learning_rate_at(self, epoch: int, elapsed_seconds: float) -> float:
-        """The learning rate of both networks for the epoch that starts now (0-based `epoch`, `elapsed_seconds`
-        on the budget's clock). lr_decay "linear" falls from `learning_rate` to 0 over the run: over the time
-        budget when there is one, over the epochs when they are set, whichever is further along; a GAN's
-        samples then settle in the last epochs instead of wandering with the full step size."""
+    def learning_rate_at(self, epoch: float, elapsed_seconds: float) -> float:
+        """The learning rate of both networks for the step that starts now (`epoch`: 0-based epochs done,
+        fractional within an epoch; `elapsed_seconds` on the budget's clock). The trainer sets it before every
+        step. lr_decay "linear" falls from `learning_rate` to 0 over the run: over the time budget when there
+        is one, over the epochs when they are set, whichever is further along; a GAN's samples then settle in
+        the last steps instead of wandering with the full step size."""
         if self.lr_decay == "none":
             return float(self.learning_rate)
         fractions = []
@@ -442,7 +444,13 @@ def _epoch_callback_class():
             self.start_time = start_time
             self.previous_seconds = previous_seconds
             self.clock = clock  # the budget's clock (wall or CPU); start_time is on it
-            self.learning_rate = float(config.learning_rate)  # set per epoch by on_epoch_begin (lr_decay)
+            self.learning_rate = float(config.learning_rate)  # set before every step (lr_decay)
+            self.epoch = 0
+            self.steps_done = 0  # steps of the current epoch
+            self.budget_reached = False  # the budget stopped the current epoch before its last step
+            # The budget's seconds that an epoch's end takes (EMA statistics, grid, quality, checkpoint), the
+            # longest so far: a step is not started unless this much is left after it. None before the first.
+            self.end_seconds = None
             self.epoch_clock_start = clock()
             self.epoch_start = time.monotonic()
             self.epoch_cpu_start = time.process_time()
@@ -453,27 +461,50 @@ def _epoch_callback_class():
             self.kid_labels = (np.arange(config.kid_samples) % len(classes)).astype(np.int32) if conditional else None
 
         def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+            self.steps_done = 0
             self.epoch_start = time.monotonic()
             self.epoch_clock_start = self.clock()
             self.epoch_cpu_start = time.process_time()
-            elapsed = self.previous_seconds + self.epoch_clock_start - self.start_time
-            self.learning_rate = self.config.learning_rate_at(epoch, elapsed)
+
+        def _elapsed(self) -> float:
+            """Seconds on the budget's clock since the run started (resumed runs included)."""
+            return self.previous_seconds + self.clock() - self.start_time
+
+        def on_train_batch_begin(self, batch, logs=None):
+            # The learning rate falls step by step, not epoch by epoch: on a large genre an epoch is a sixth of
+            # a 15-minute run, and a per-epoch staircase would end the run at a sixth of the starting rate.
+            self.learning_rate = self.config.learning_rate_at(self.epoch + batch / self.steps_per_epoch,
+                                                              self._elapsed())
             for optimizer in (self.model.generator_optimizer, self.model.discriminator_optimizer):
                 optimizer.learning_rate.assign(self.learning_rate)
             self.model.ema_rate_scale.assign(self.config.ema_rate_scale(self.learning_rate))
 
         def on_train_batch_end(self, batch, logs=None):
+            self.steps_done = batch + 1
             self.progress({"stage": "batch", "done": batch + 1, "total": self.steps_per_epoch})
             if self.run.cancel_requested():
                 self.cancelled = True
                 self.model.stop_training = True
+                return
+            # The budget may end an epoch after any step: another step (about the last one's time) and the
+            # epoch's end must still fit.
+            budget = self.config.time_budget_minutes * 60.0
+            if budget and self.end_seconds is not None and batch + 1 < self.steps_per_epoch:
+                step_seconds = (self.clock() - self.epoch_clock_start) / (batch + 1)
+                if self._elapsed() + step_seconds + self.end_seconds > budget:
+                    self.budget_reached = True
+                    self.model.stop_training = True
 
-        def _planned_total(self, number: int, epoch_seconds: float, elapsed: float) -> int:
-            """The epoch count to show: the config's, or (budget only) how many more fit at this pace."""
+        def _planned_total(self, number: int, epoch_seconds: float, elapsed: float, ends: bool) -> int:
+            """The epoch count to show: the config's, or (budget only) this one when the budget ends here, else
+            how many more fit at this pace, a shortened last one included."""
             if self.config.epochs:
                 return int(self.config.epochs)
+            if ends:
+                return number
             remaining = self.config.time_budget_minutes * 60.0 - elapsed
-            return number + max(0, int(remaining // max(epoch_seconds, 1e-6)))
+            return number + max(1, math.ceil(remaining / max(epoch_seconds, 1e-6)))
 
         def on_epoch_end(self, epoch, logs=None):
             if self.cancelled:
@@ -484,16 +515,22 @@ def _epoch_callback_class():
             number = epoch + 1
             planned = config.planned_epochs
             train_seconds = self.clock() - self.epoch_clock_start
+            end_start = self.clock()
             gan.recalibrate_ema(samples=int(config.bn_calibration_samples), seed=config.seed + 3)
             samples = _generate(gan.ema_generator, self.grid_noise, self.grid_labels)
             columns = int(np.ceil(np.sqrt(len(samples))))
             if config.conditional:
                 columns = len(self.classes) * max(1, columns // len(self.classes))
             write_png(grid(samples, columns), self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
-            # The budget check below may end the run after this epoch: measure the last epoch in any case.
-            elapsed_so_far = self.previous_seconds + self.clock() - self.start_time
+            # The budget may end the run after this epoch: measure the last epoch in any case. Another epoch is
+            # started only when, after this epoch's end and the next one's, a quarter of an epoch's steps fit
+            # (that epoch then stops at whichever step the budget allows).
             budget = config.time_budget_minutes * 60.0
-            last = number >= planned or (budget and elapsed_so_far + train_seconds * 1.15 > budget)
+            end_seconds = self.end_seconds if self.end_seconds is not None else 0.15 * train_seconds
+            full_epoch = train_seconds * self.steps_per_epoch / max(1, self.steps_done)
+            left = budget - self._elapsed() - 2 * end_seconds
+            budget_ends = bool(budget) and (self.budget_reached or left < 0.25 * full_epoch)
+            last = number >= planned or budget_ends
             measured = {}
             if self.reference is not None and (number % config.kid_every == 0 or last):
                 measured = measure(gan.ema_generator, self.kid_noise, self.kid_labels, self.reference, self.classes,
@@ -509,7 +546,8 @@ def _epoch_callback_class():
                 "kid": measured.get("kid"),
                 "kid_std": measured.get("kid_std"),
                 "aug_p": float(logs.get("aug_p", np.nan)),
-                "learning_rate": self.learning_rate,
+                "learning_rate": self.learning_rate,  # at the epoch's last step
+                "steps": self.steps_done,
                 "seconds": round(seconds, 2),
                 "cpu_seconds": round(time.process_time() - self.epoch_cpu_start, 2),
                 "real_accuracy": float(logs.get("real_accuracy", np.nan)),
@@ -525,15 +563,17 @@ def _epoch_callback_class():
             tensorboard_log.log_gan_epoch(self.run, row, self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
             save_generator(gan, self.run)
             save_checkpoint(gan, self.run, number, {"elapsed_seconds": round(elapsed, 2)})
+            self.end_seconds = max(self.end_seconds or 0.0, 1.15 * (self.clock() - end_start))
             text = _quality_text(measured)
-            total = self._planned_total(number, budget_seconds, elapsed)
+            total = self._planned_total(number, budget_seconds, elapsed, budget_ends)
             print(f"epoch {number}/{total}: d_loss {row['d_loss']:.3f} g_loss {row['g_loss']:.3f} "
                   f"aug_p {row['aug_p']:.2f} {text} ({seconds:.0f} s, {elapsed / 60:.1f} min in all)", flush=True)
             self.progress({"stage": "epoch", "done": number, "total": total,
                            "message": f"epoch {number}/{total}, {text}"})
-            # Stop when the next epoch would not end inside the budget (15% margin for its measurement).
-            if budget and number < planned and elapsed + budget_seconds * 1.15 > budget:
-                print(f"time budget of {config.time_budget_minutes} min: stopping after epoch {number} "
+            if budget_ends and number < planned:
+                steps = (f" ({self.steps_done} of its {self.steps_per_epoch} steps)"
+                         if self.steps_done < self.steps_per_epoch else "")
+                print(f"time budget of {config.time_budget_minutes} min: stopping after epoch {number}{steps} "
                       f"({elapsed / 60:.1f} min)", flush=True)
                 gan.stop_training = True
 
