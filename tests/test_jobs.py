@@ -484,3 +484,27 @@ def test_one_table_of_kinds_drives_folders_stall_limits_and_dispatch(isolated_ar
     assert run.raw_status()["stall_seconds"] == 7.0
     assert [event["done"] for event in events if event["stage"] == "epoch"] == [0, 1, 2]
     assert [row["id"] for row in store.list_runs("extra")] == [run.id]
+
+
+def test_run_lock_waits_for_a_dead_holder_and_refuses_a_live_one(isolated_artifacts, monkeypatch):
+    import fcntl
+    import threading
+
+    run = store.create_run("selftest", {"epochs": 1})
+    # A dying job: its pid reads dead while its last thread still holds the lock for a moment.
+    holder = os.open(run.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    run.lock_path.write_text("999999999\n")
+    threading.Timer(0.3, os.close, args=(holder,)).start()
+    fd = jobs._acquire_run_lock(run)
+    os.close(fd)
+    # A live holder (this process) is refused at once, naming its pid.
+    holder = os.open(run.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    run.lock_path.write_text(f"{os.getpid()}\n")
+    monkeypatch.setattr(jobs, "DYING_HOLDER_WAIT_SECONDS", 30.0)
+    started = time.monotonic()
+    with pytest.raises(jobs.JobLockedError, match=f"pid {os.getpid()}"):
+        jobs._acquire_run_lock(run)
+    assert time.monotonic() - started < 5
+    os.close(holder)

@@ -133,12 +133,23 @@ def _try_flock(fd: int) -> bool:
         return False
 
 
+DYING_HOLDER_WAIT_SECONDS = 10.0
+
+
 def _acquire_run_lock(run: Run) -> int:
-    """Take the run's exclusive lock and return its file descriptor; JobLockedError if a job holds it."""
+    """Take the run's exclusive lock and return its file descriptor; JobLockedError if a job holds it.
+
+    A killed job's main thread is a zombie (so its run reads "interrupted") a moment before its last thread
+    exits and the kernel closes its files and so its lock; while the pid in the lock file is dead like that,
+    wait up to DYING_HOLDER_WAIT_SECONDS for the lock instead of refusing a resume."""
     fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    if not _try_flock(fd):
-        os.close(fd)
+    deadline = time.monotonic() + DYING_HOLDER_WAIT_SECONDS
+    while not _try_flock(fd):
         holder = _lock_holder(run)
+        if holder is not None and not heartbeat.pid_alive(holder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            continue
+        os.close(fd)
         raise JobLockedError(
             f"run {run.id} already has a job process{f' (pid {holder})' if holder else ''}; "
             "a run folder never gets two jobs at once")
