@@ -256,9 +256,8 @@ def load_training_images(config: GanConfig, progress=None):
 
     Images come from the preprocessed cache at the GAN size, which holds only the GAN's genres. The reference
     set for KID, diversity and the judge is the genre's held-out split (val/test) when it has at least 50
-    images; else a seeded random
-    `holdout_fraction` of the genre is kept out of training (when both parts keep at least 50 images);
-    else, for tiny genres, the training images themselves."""
+    images; else a seeded random `holdout_fraction` of the genre is kept out of training (when both parts keep
+    at least 50 images); else, for tiny genres, the training images themselves."""
     dataset = sources.load_dataset(config.data)
     if config.conditional:
         classes = list(config.genres) or list(dataset.classes)
@@ -473,7 +472,7 @@ def _epoch_callback_class():
 
         def on_train_batch_begin(self, batch, logs=None):
             # The learning rate falls step by step, not epoch by epoch: on a large genre an epoch is a sixth of
-            # a 15-minute run, and a per-epoch staircase would end the run at a sixth of the starting rate.
+            # a 15-minute run, and a per-epoch staircase ended such runs at a fifth of the starting rate.
             self.learning_rate = self.config.learning_rate_at(self.epoch + batch / self.steps_per_epoch,
                                                               self._elapsed())
             for optimizer in (self.model.generator_optimizer, self.model.discriminator_optimizer):
