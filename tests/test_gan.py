@@ -216,6 +216,8 @@ def test_training_images_decode_only_the_gans_genres(tiny_dataset_dir, isolated_
     _, labels, _, _, classes = trainer.load_training_images(config)
     assert decoded[-1] == ["landscape", "portrait"] and classes == ["portrait", "landscape"]
     assert sorted(set(labels.tolist())) == [0, 1]  # labels follow the run's genre order
+    with pytest.raises(ValueError, match="genre 'fresco' is not in .*; its genres are: .*landscape"):
+        trainer.load_training_images(run_config(tiny_dataset_dir, genre="fresco"))
 
 
 def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_dir, isolated_artifacts):
