@@ -1,6 +1,6 @@
 """GAN page: launch a GAN job like a training job, browse its sample grids by epoch, follow KID (the run's
-space and the fixed one) and recognisability, sample N paintings with a seed (and a genre), walk between two
-seeds, and download the pictures as PNG."""
+space and the fixed one), recognisability and diversity (per genre for a conditional run), sample N
+paintings with a seed (and a genre), walk between two seeds, and download the pictures as PNG."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ if dataset_spec:
     classes = core.load_dataset(dataset_spec).classes
     with st.sidebar.form("gan_form"):
         st.markdown(f"**New GAN run** on `{dataset_spec}`")
-        conditional = st.toggle("Conditional on every genre", key="gan_conditional")
+        conditional = st.toggle("Conditional (one model for several genres)", key="gan_conditional")
         genre = st.selectbox("Genre (unconditional)", classes, key="gan_genre")
+        genres = st.multiselect("Genres (conditional; none chosen: every genre)", classes, key="gan_genres")
         architecture = st.selectbox("Networks", ["projected", "dcgan"], key="gan_architecture",
                                     help="projected: FastGAN-style generator, discriminator on frozen HED-VGG16 "
                                          "features (the default); dcgan: the earlier DCGAN")
@@ -34,6 +35,7 @@ if dataset_spec:
     if launched:
         run = jobs_ui.launch("gan", {
             "data": dataset_spec, "genre": None if conditional else genre, "conditional": bool(conditional),
+            "genres": list(genres) if conditional else [],
             "architecture": architecture, "epochs": int(epochs), "image_size": int(image_size),
             "batch_size": int(batch_size), "kid_samples": int(kid_samples), "time_budget_minutes": float(budget),
             "seed": int(seed)})
@@ -89,6 +91,19 @@ with fixed_right:
         st.line_chart(history.set_index("epoch")[["recognised", "recognised_real"]])
     elif "kid_fixed" in history.columns:
         st.info("Recognisability is not measured: no finished classifier run knew this genre when the run started.")
+
+# Diversity, per genre for a conditional run (well below 1 is partial mode collapse).
+if "diversity" in history.columns and history["diversity"].notna().any():
+    by_genre = core.gan_quality_by_genre(run_dir)
+    st.subheader("Diversity (1 = as spread out as real images)")
+    st.caption("mean pairwise distance of the samples' fixed-space features over that of held-out real images "
+               "of the same genre; well below 1 means samples of a genre look alike (partial mode collapse)")
+    st.plotly_chart(charts.diversity_figure(history, by_genre), key="gan_diversity")
+    if by_genre["genre"].nunique() > 1:
+        last = by_genre[by_genre["epoch"] == by_genre["epoch"].max()]
+        st.dataframe(last.drop(columns="epoch").set_index("genre"), width="stretch")
+        st.caption(f"epoch {int(last['epoch'].iloc[0])}, per genre; recognised: the judge's share for the "
+                   "samples of that genre, recognised_real the same for real images")
 
 # Sampling and interpolation from the saved generator (deterministic for a seed, so cached).
 if not (run_dir / "generator.keras").exists():

@@ -239,6 +239,24 @@ def kid_figure(history: pd.DataFrame) -> go.Figure:
     return figure
 
 
+def diversity_figure(history: pd.DataFrame, by_genre: pd.DataFrame | None = None) -> go.Figure:
+    """Diversity per epoch (samples' mean pairwise feature distance over real images'; well below 1 is partial
+    mode collapse): one line per genre when `by_genre` (epoch, genre, diversity) has several, else the run's
+    line, and a dashed line at 1, the spread of the real images."""
+    figure = go.Figure()
+    rows = by_genre.dropna(subset=["diversity"]) if by_genre is not None and "diversity" in by_genre.columns else None
+    if rows is not None and rows["genre"].nunique() > 1:
+        for genre, part in rows.groupby("genre", sort=False):
+            figure.add_scatter(x=part["epoch"], y=part["diversity"], mode="lines+markers", name=str(genre))
+    elif "diversity" in history.columns:
+        part = history.dropna(subset=["diversity"])
+        figure.add_scatter(x=part["epoch"], y=part["diversity"], mode="lines+markers", name="diversity")
+    figure.add_hline(y=1.0, line_dash="dash", annotation_text="real images")
+    figure.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch",
+                         yaxis_title="diversity (real = 1)")
+    return figure
+
+
 def gan_loss_figure(history: pd.DataFrame) -> go.Figure:
     """Discriminator and generator losses per epoch."""
     figure = go.Figure()

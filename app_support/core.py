@@ -248,6 +248,13 @@ def _gan_picture(run_dir: str, stamp: float, what: str, count: int, seed: int, g
     return {"image": image, "png": buffer.getvalue()}
 
 
+def gan_quality_by_genre(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The GAN run's per-genre quality by epoch (trainer.QUALITY_BY_GENRE_COLUMNS); empty before the first
+    measured epoch. A corrupt quality.json stops the page with one line naming it."""
+    rows = call(trainer.quality_by_genre, run_dir, failure="Cannot read the run's quality")
+    return pd.DataFrame(rows, columns=list(trainer.QUALITY_BY_GENRE_COLUMNS))
+
+
 def gan_picture(run_dir: str, what: str, count: int, seed: int, genre: str | None = None, seed_b: int = 1) -> dict:
     """A grid of `count` samples for a seed (what="sample") or an interpolation strip from seed to seed_b, as
     {"image": uint8 array, "png": bytes}; deterministic, so cached per generator file version."""

@@ -94,17 +94,22 @@ def write_tiny_model(path: Path, size: int, num_classes: int, seed: int = 0) -> 
 
 
 def write_gan_run(run_id: str, *, genre: str = "landscape", epochs: int = 2, image_size: int = 16,
-                  latent_dim: int = 8, with_generator: bool = True, seed: int = 0, runs_root: Path | None = None) -> Path:
-    """Write a finished unconditional GAN run (history with KID, a sample grid per epoch, a tiny generator)."""
+                  latent_dim: int = 8, with_generator: bool = True, seed: int = 0, runs_root: Path | None = None,
+                  genres: list[str] | None = None) -> Path:
+    """Write a finished GAN run (history with KID, recognisability and diversity, quality.json with them per
+    genre, a sample grid per epoch, a tiny unconditional generator). `genres` writes a conditional run's
+    folder instead (use with_generator=False: the tiny generator takes no genre)."""
     from PIL import Image
 
     folder = Path(runs_root or paths.gan_runs_dir()) / paths.sanitize_id(run_id)
     (folder / "samples").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    config = {"kind": "gan", "data": "demo", "genre": genre, "conditional": False, "genres": [],
-              "image_size": image_size, "epochs": epochs, "batch_size": 8, "latent_dim": latent_dim, "seed": seed}
+    classes = list(genres) if genres else [genre]
+    config = {"kind": "gan", "data": "demo", "genre": None if genres else genre, "conditional": bool(genres),
+              "genres": list(genres or []), "image_size": image_size, "epochs": epochs, "batch_size": 8,
+              "latent_dim": latent_dim, "seed": seed}
     fileio.atomic_write_json(folder / "config.json", config)
-    fileio.atomic_write_json(folder / "classes.json", [genre])
+    fileio.atomic_write_json(folder / "classes.json", classes)
     fileio.atomic_write_json(
         folder / "status.json",
         {"state": "finished", "epoch": epochs, "epochs": epochs, "message": "done", "error": None, "pid": None},
@@ -121,8 +126,15 @@ def write_gan_run(run_id: str, *, genre: str = "landscape", epochs: int = 2, ima
         "kid_fixed_std": [0.02] * epochs,
         "recognised": np.linspace(0.30, 0.55, epochs),
         "recognised_real": [0.70] * epochs,
+        "diversity": np.linspace(0.60, 0.90, epochs),
     })
     fileio.atomic_write_csv(folder / "history.csv", history)
+    # Per genre: genre i's diversity is the run's minus 0.1 * i (so genres differ), recognised as in history.
+    fileio.atomic_write_json(folder / "quality.json", {"history": [
+        {"epoch": int(row.epoch), "per_genre": {
+            name: {"diversity": round(float(row.diversity) - 0.1 * index, 4), "recognised": float(row.recognised),
+                   "recognised_real": float(row.recognised_real)} for index, name in enumerate(classes)}}
+        for row in history.itertuples()]})
     for epoch in range(1, epochs + 1):
         picture = rng.integers(0, 255, (image_size * 2, image_size * 2, 3), dtype=np.uint8)
         Image.fromarray(picture, "RGB").save(folder / "samples" / f"epoch_{epoch:04d}.png")

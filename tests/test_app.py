@@ -414,7 +414,7 @@ def test_gan_page_launches_a_job(isolated_artifacts, tiny_dataset_dir, monkeypat
     def start(kind, config, background=False, progress=None):
         assert kind == "gan" and background
         launched.append(config)
-        return store.create_run("gan", config, classes=[config["genre"]])
+        return store.create_run("gan", config, classes=config["genres"] or [config["genre"]])
 
     monkeypatch.setattr(jobs, "start", start)
     state.set_active_dataset(str(tiny_dataset_dir))
@@ -426,8 +426,16 @@ def test_gan_page_launches_a_job(isolated_artifacts, tiny_dataset_dir, monkeypat
     assert not app.exception
     (config,) = launched
     assert (config["genre"], config["epochs"], config["image_size"], config["conditional"]) == ("portrait", 2, 32, False)
+    assert config["genres"] == []
     assert GanConfig.from_dict(config).validate().to_dict()["data"] == str(tiny_dataset_dir)  # a valid config
     assert state.read_state()["active_gan_run"] == app.selectbox(key="gan_run").value
+    # A conditional run on two of the genres.
+    app.toggle(key="gan_conditional").set_value(True)
+    app.multiselect(key="gan_genres").set_value(["portrait", "landscape"])
+    app.sidebar.button[0].click().run()
+    assert not app.exception
+    assert (launched[-1]["conditional"], launched[-1]["genre"], launched[-1]["genres"]) == (True, None, ["portrait", "landscape"])
+    assert GanConfig.from_dict(launched[-1]).validate().genres == ["portrait", "landscape"]
 
 
 def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
@@ -438,7 +446,9 @@ def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
     app = page("gan").run()
     assert not app.exception, app.exception
     # The fixed-space KID and recognisability charts a judged run has (st.line_chart takes no key).
-    assert {"KID, fixed space (lower is better)", "Recognised as the genre"} <= {item.value for item in app.subheader}
+    assert {"KID, fixed space (lower is better)", "Recognised as the genre",
+            "Diversity (1 = as spread out as real images)"} <= {item.value for item in app.subheader}
+    assert not app.dataframe  # one genre: its diversity is the run's line, no per-genre table
     assert app.select_slider(key="gan_epoch").value == 3
     app.number_input(key="gan_sample_n").set_value(4)
     app.number_input(key="gan_sample_seed").set_value(7)
@@ -452,6 +462,28 @@ def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
     assert [image.captions[0] for image in app.image] == [
         "epoch 3 (fixed latent batch)", "4 samples, seed 7", "seed 0 → seed 1"]
     assert app.get_by_key("gan_sample_download").label == "Download PNG"
+
+
+def test_gan_page_shows_a_conditional_runs_diversity_per_genre(isolated_artifacts):
+    from app_support import core
+    from app_support.testing import write_gan_run
+
+    folder = write_gan_run("20260101-000000-conditional-gan2", epochs=3, genres=["landscape", "portrait"],
+                           with_generator=False)
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert "Diversity (1 = as spread out as real images)" in [item.value for item in app.subheader]
+    # The latest epoch's numbers per genre, as the run wrote them to quality.json.
+    (table,) = app.dataframe
+    assert list(table.value.index) == ["landscape", "portrait"]
+    assert list(table.value["diversity"]) == pytest.approx([0.90, 0.80])
+    assert list(table.value["recognised"]) == pytest.approx([0.55, 0.55])
+    assert "epoch 3, per genre" in " ".join(item.value for item in app.caption)
+    # The chart draws one line per genre and the real images' level.
+    figure = charts.diversity_figure(core.read_history(folder), core.gan_quality_by_genre(folder))
+    assert [trace.name for trace in figure.data] == ["landscape", "portrait"]
+    assert list(figure.data[1].y) == pytest.approx([0.50, 0.65, 0.80])
+    assert [shape.y0 for shape in figure.layout.shapes] == [1.0]
 
 
 def test_demo_run_button_starts_the_small_demo_training(isolated_artifacts, tiny_dataset_dir, fake_start_run):

@@ -288,10 +288,16 @@ def test_cancel_then_resume_continues_from_the_checkpoint(tiny_dataset_dir, isol
 
 
 def test_conditional_run_samples_the_chosen_genre(tiny_dataset_dir, isolated_artifacts, monkeypatch):
-    config = run_config(tiny_dataset_dir, conditional=True, genre=None, genres=["landscape", "portrait"], epochs=1)
+    config = run_config(tiny_dataset_dir, conditional=True, genre=None, genres=["landscape", "portrait"], epochs=1,
+                        kid_samples=8, kid_image_size=32, feature_space="hed_vgg16")
     run = store.create_run("gan", config.to_dict())
     trainer.execute(run)
     assert run.classes() == ["landscape", "portrait"]
+    # Diversity per genre (4 samples of each against that genre's held-out images), as the GAN page reads it.
+    rows = trainer.quality_by_genre(run)
+    assert [(row["epoch"], row["genre"]) for row in rows] == [(1, "landscape"), (1, "portrait")]
+    assert all(row["diversity"] > 0 and row["recognised"] is None for row in rows)
+    assert run.history()["diversity"].iloc[0] == pytest.approx(np.mean([row["diversity"] for row in rows]))
     seen = []
     original = trainer._generate
 
@@ -306,6 +312,24 @@ def test_conditional_run_samples_the_chosen_genre(tiny_dataset_dir, isolated_art
     assert not np.array_equal(portraits, landscapes)
     with pytest.raises(ValueError, match="not one of"):
         trainer.sample(run, 2, seed=0, genre="abstract")
+
+
+def test_quality_by_genre_reads_every_epoch_and_names_a_bad_file(isolated_artifacts):
+    run = store.create_run("gan", {"genre": None, "conditional": True}, classes=["landscape", "portrait"])
+    assert trainer.quality_by_genre(run) == []  # nothing measured yet
+    fileio.atomic_write_json(run.path / trainer.QUALITY_FILE, {"history": [
+        {"epoch": 1, "per_genre": {"landscape": {"diversity": 0.5}, "portrait": {}}},
+        {"epoch": 2, "per_genre": {"landscape": {"diversity": 0.9, "recognised": 0.6, "recognised_real": 0.7}}}]})
+    assert trainer.quality_by_genre(run.path) == [
+        {"epoch": 1, "genre": "landscape", "diversity": 0.5, "recognised": None, "recognised_real": None},
+        {"epoch": 1, "genre": "portrait", "diversity": None, "recognised": None, "recognised_real": None},
+        {"epoch": 2, "genre": "landscape", "diversity": 0.9, "recognised": 0.6, "recognised_real": 0.7}]
+    (run.path / trainer.QUALITY_FILE).write_text('{"history": 3}')
+    with pytest.raises(ValueError, match=r"quality\.json: not a GAN quality record"):
+        trainer.quality_by_genre(run)
+    (run.path / trainer.QUALITY_FILE).write_text("{")
+    with pytest.raises(ValueError, match=r"quality\.json: corrupt JSON"):
+        trainer.quality_by_genre(run)
 
 
 def test_gan_train_cli_rejects_bad_input(capsys):

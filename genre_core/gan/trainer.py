@@ -20,7 +20,7 @@ distance of samples over that of real images, per genre).
 
 `execute(run)` is the executor that `python -m genre_core job RUN_DIR` calls for kind "gan"; it resumes from
 `checkpoint/` when one exists and stops cleanly (raising `store.Cancelled`) when a cancel is requested.
-The app uses `load_generator`, `sample`, `interpolate` and `grid`; runs start through
+The app uses `load_generator`, `sample`, `interpolate`, `grid` and `quality_by_genre`; runs start through
 `genre_core.runs.jobs.start("gan", config)`.
 """
 
@@ -716,6 +716,28 @@ def _append_quality(run: store.Run, epoch: int, measured: dict) -> None:
     history = [item for item in record.get("history", []) if item.get("epoch", 0) < epoch]
     history.append({"epoch": epoch, **measured})
     fileio.atomic_write_json(run.path / QUALITY_FILE, {"latest": history[-1], "history": history})
+
+
+QUALITY_BY_GENRE_COLUMNS = ("epoch", "genre", "diversity", "recognised", "recognised_real")
+
+
+def quality_by_genre(run) -> list[dict]:
+    """Per-genre quality of every measured epoch, read from the run's quality.json: one row per (epoch, genre)
+    with QUALITY_BY_GENRE_COLUMNS (None where a number was not measured). Empty before the first measured
+    epoch; ValueError naming the file when quality.json is not a quality record."""
+    run = store.open_run(run, "gan")
+    path = run.path / QUALITY_FILE
+    record = fileio.read_json(path, default={}) or {}
+    history = record.get("history", []) if isinstance(record, dict) else None
+    if not isinstance(history, list) or not all(isinstance(item, dict) for item in history):
+        raise ValueError(f"{path}: not a GAN quality record (expected {{'history': [{{'epoch': ..., ...}}]}})")
+    rows = []
+    for item in history:
+        for genre, numbers in (item.get("per_genre") or {}).items():
+            numbers = numbers if isinstance(numbers, dict) else {}
+            rows.append({"epoch": item.get("epoch"), "genre": genre,
+                         **{name: numbers.get(name) for name in QUALITY_BY_GENRE_COLUMNS[2:]}})
+    return rows
 
 
 def execute(run, progress=None) -> None:
