@@ -340,11 +340,16 @@ def test_gan_train_cli_rejects_bad_input(capsys):
         with pytest.raises(SystemExit):
             cli.main(["gan", "train", "--epochs", "1", "--augment", bad])
         assert message in capsys.readouterr().err
+    for bad, message in (("-1", "argument --mode-seeking: -1 is below 0"),
+                         ("much", "argument --mode-seeking: 'much' is not a number")):
+        with pytest.raises(SystemExit):
+            cli.main(["gan", "train", "--conditional", "--mode-seeking", bad])
+        assert message in capsys.readouterr().err
 
 
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
-    --discriminator-downsample, --augment and --augment-policy set the run's config;
+    --discriminator-downsample, --augment, --augment-policy and --mode-seeking set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -354,11 +359,14 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert cli.main(["gan", "train", "--epochs", "1", "--learning-rate", "3e-4", "--beta-1", "0.5",
                      "--generator-padding", "zeros", "--global-head", "0", "--precision", "float32",
                      "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur",
-                     "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric"]) == 0
+                     "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
+                     "--conditional", "--mode-seeking", "0.1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
     assert (chosen.augment_probability, chosen.adaptive_augment) == (0.5, False)
+    assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
+    assert (default.mode_seeking, default.mode_seeking_weight) == (-1.0, 0.0)  # unconditional: off
     assert chosen.augment_policy == ["translation", "cutout", "geometric"]
     assert default.augment_policy == list(networks.AUGMENT_POLICIES)
     assert (adaptive.augment_probability, adaptive.adaptive_augment) == (0.0, True)

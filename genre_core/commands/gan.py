@@ -63,6 +63,10 @@ def register(subparsers) -> None:
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")
+    train.add_argument("--mode-seeking", type=_non_negative, default=None, metavar="W",
+                       help="weight of the MSGAN mode-seeking term, which pays the generator for making different "
+                            "images of one genre from different latent vectors; 0 turns it off (default "
+                            f"{trainer.CONDITIONAL_MODE_SEEKING:g} for conditional runs, 0 otherwise)")
     train.add_argument("--precision", default=None, choices=PRECISIONS,
                        help="projected GAN arithmetic: auto (mixed_bfloat16 where the CPU or GPU has bfloat16, about "
                             "1.5x faster steps; else float32), float32 or mixed_bfloat16 (default auto)")
@@ -108,6 +112,17 @@ def _augment_choice(value: str) -> str | float:
     return probability
 
 
+def _non_negative(text: str) -> float:
+    """argparse type: a number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0")
+    return value
+
+
 def _augment_options(choice: str | float | None) -> dict:
     """The GanConfig options for --augment (none when it is left out)."""
     if choice is None:
@@ -132,7 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("generator_padding", args.generator_padding),
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head), ("precision", args.precision),
-                                           ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power))
+                                           ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),
+                                           ("mode_seeking", args.mode_seeking))
            if value is not None},
         **_augment_options(args.augment),
         **({"augment_policy": list(args.augment_policy)} if args.augment_policy else {}),

@@ -54,6 +54,7 @@ RESIZE_POLICIES = ("crop", "squash", "letterbox")
 BUDGET_EPOCHS = 10_000  # epochs = 0 with a time budget: train until the budget says stop
 BUDGET_CLOCKS = ("wall", "cpu")
 LR_DECAYS = ("linear", "none")
+CONDITIONAL_MODE_SEEKING = 1.0  # the mode-seeking weight of a conditional run that does not set one (README)
 
 
 def budget_clock(kind: str = "wall"):
@@ -88,7 +89,7 @@ class GanConfig:
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
-    mode_seeking: float = -1.0  # weight of the MSGAN mode-seeking term; -1: 1.0 for conditional runs, else 0
+    mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING for conditional runs, else 0
     learning_rate: float = 1e-4
     lr_decay: str = "linear"  # linear: both learning rates fall linearly to 0 over the run (budget or epochs) | none
     beta_1: float = 0.0
@@ -226,9 +227,9 @@ class GanConfig:
 
     @property
     def mode_seeking_weight(self) -> float:
-        """The mode-seeking weight in use (-1 resolves to 1.0 for conditional runs, else 0)."""
+        """The mode-seeking weight in use (-1 resolves to CONDITIONAL_MODE_SEEKING for conditional runs, else 0)."""
         if self.mode_seeking < 0:
-            return 1.0 if self.conditional else 0.0
+            return CONDITIONAL_MODE_SEEKING if self.conditional else 0.0
         return float(self.mode_seeking)
 
 
