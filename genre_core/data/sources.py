@@ -180,19 +180,14 @@ def map_dataset_genres(dataset: Dataset, target: str = "artgan", *, broad: bool 
     keep = mapped.notna()
     manifest = dataset.manifest.loc[keep].copy()
     manifest["genre"] = mapped[keep].astype(str)
-    classes = sorted(manifest["genre"].unique().tolist())
-    manifest["label"] = manifest["genre"].map({genre: label for label, genre in enumerate(classes)}).astype("int64")
-    manifest = manifest.reset_index(drop=True)
     unmapped = sorted(dataset.manifest.loc[~keep, "genre"].unique().tolist())
-    report = dict(dataset.report, images=int(len(manifest)), genres_with_images=len(classes),
-                  problems=list(dataset.report.get("problems", [])))
-    report["genre_mapping"] = {"target": target, "broad": broad, "dropped_rows": int((~keep).sum()), "unmapped": unmapped}
+    problems = list(dataset.report.get("problems", []))
     if unmapped:
-        report["problems"].append(
+        problems.append(
             f"{int((~keep).sum()):,} images dropped: genre(s) with no {target} counterpart: {', '.join(unmapped)}")
-    digest = hashlib.blake2b(f"{dataset.fingerprint}\0{target}\0{broad}".encode(), digest_size=16)
-    return Dataset(source=dataset.source, root=dataset.root, manifest=manifest, classes=classes, report=report,
-                   fingerprint=digest.hexdigest())
+    return _row_subset(dataset, manifest, sorted(manifest["genre"].unique().tolist()), f"{target}\0{broad}",
+                       problems=problems, genre_mapping={"target": target, "broad": broad,
+                                                         "dropped_rows": int((~keep).sum()), "unmapped": unmapped})
 
 
 def keep_genres(dataset: Dataset, genres) -> Dataset:
@@ -208,13 +203,20 @@ def keep_genres(dataset: Dataset, genres) -> Dataset:
         raise ValueError(f"genre {unknown[0]!r} is not in {dataset.root}; its genres are: {', '.join(dataset.classes)}")
     if set(genres) >= set(dataset.classes):
         return dataset
-    keep = dataset.manifest["genre"].isin(genres).to_numpy()
-    manifest = dataset.manifest.loc[keep].copy().reset_index(drop=True)
     classes = sorted(genres)
+    manifest = dataset.manifest.loc[dataset.manifest["genre"].isin(genres).to_numpy()].copy()
+    return _row_subset(dataset, manifest, classes, f"genres\0{'/'.join(classes)}", kept_genres=classes)
+
+
+def _row_subset(dataset: Dataset, manifest, classes: list[str], fingerprint_key: str, **report) -> Dataset:
+    """A Dataset of some of `dataset`'s rows (`manifest`, genres possibly renamed): labels renumbered in the
+    order of `classes`, the report's counts recomputed (plus `report`'s entries), and a fingerprint derived
+    from the dataset's and `fingerprint_key`, so that an image cache of it is its own cache."""
+    manifest = manifest.reset_index(drop=True)
     manifest["label"] = manifest["genre"].map({genre: label for label, genre in enumerate(classes)}).astype("int64")
     report = dict(dataset.report, images=int(len(manifest)), genres_with_images=int(manifest["genre"].nunique()),
-                  kept_genres=classes)
-    digest = hashlib.blake2b(f"{dataset.fingerprint}\0genres\0{'/'.join(classes)}".encode(), digest_size=16)
+                  **report)
+    digest = hashlib.blake2b(f"{dataset.fingerprint}\0{fingerprint_key}".encode(), digest_size=16)
     return Dataset(source=dataset.source, root=dataset.root, manifest=manifest, classes=classes, report=report,
                    fingerprint=digest.hexdigest())
 
