@@ -349,7 +349,8 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
-    --discriminator-downsample, --augment, --augment-policy and --mode-seeking set the run's config;
+    --discriminator-downsample, --augment, --augment-policy, --mode-seeking and --feature-mixing set the run's
+    config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -360,13 +361,14 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--generator-padding", "zeros", "--global-head", "0", "--precision", "float32",
                      "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur",
                      "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
-                     "--conditional", "--mode-seeking", "0.1"]) == 0
+                     "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
     assert (chosen.augment_probability, chosen.adaptive_augment) == (0.5, False)
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
     assert (default.mode_seeking, default.mode_seeking_weight) == (-1.0, 0.0)  # unconditional: off
+    assert (chosen.feature_mixing, default.feature_mixing) == ("channels_scales", "none")
     assert chosen.augment_policy == ["translation", "cutout", "geometric"]
     assert default.augment_policy == list(networks.AUGMENT_POLICIES)
     assert (adaptive.augment_probability, adaptive.adaptive_augment) == (0.0, True)
@@ -545,6 +547,43 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
         assert not np.allclose(old, new), f"{name} weights did not change"
     np.testing.assert_array_equal(before[3], after[3])  # the pretrained trunk stays frozen
     assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
+
+
+def test_feature_mixing_projects_the_trunks_maps_with_fixed_random_weights():
+    """Projected GAN's CCM/CSM: random 1x1 projections between trunk and heads, drawn from the seed, never
+    trained; same logits shape as without; one step trains the heads and leaves the projections alone."""
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    plain = networks.make_projected_discriminator(32, base_channels=2)
+    mixed = networks.make_projected_discriminator(32, base_channels=2, mixing="channels_scales", mixing_seed=1)
+    assert np.asarray(mixed(images)).shape == np.asarray(plain(images)).shape
+    channel = [mixed.get_layer(f"{name}_channel_mix") for name, _ in networks.PROJECTED_LAYERS]
+    scale = [mixed.get_layer(f"{name}_scale_mix") for name, _ in networks.PROJECTED_LAYERS[:-1]]
+    assert not any(layer.trainable for layer in channel + scale)
+    assert [tuple(layer.kernel.shape[2:]) for layer in channel] == [(64, 64), (128, 128), (256, 256)]
+    assert [tuple(layer.kernel.shape[2:]) for layer in scale] == [(128, 64), (256, 128)]  # deeper onto shallower
+    assert len(mixed.trainable_weights) == len(plain.trainable_weights)  # nothing new is trained
+    only_channels = networks.make_projected_discriminator(32, base_channels=2, mixing="channels", mixing_seed=1)
+    assert not any("scale_mix" in layer.name for layer in only_channels.layers)
+    again = networks.make_projected_discriminator(32, base_channels=2, mixing="channels", mixing_seed=1)
+    other = networks.make_projected_discriminator(32, base_channels=2, mixing="channels", mixing_seed=2)
+    kernel = lambda model: model.get_layer("block2_conv2_channel_mix").kernel.numpy()  # noqa: E731
+    np.testing.assert_array_equal(kernel(again), kernel(only_channels))
+    assert not np.allclose(kernel(other), kernel(only_channels))
+    with pytest.raises(ValueError, match="feature mixing 'random' is not one of"):
+        networks.make_projected_discriminator(32, mixing="random")
+    with pytest.raises(ValueError, match="feature_mixing 'random'"):
+        trainer.GanConfig(feature_mixing="random").validate()
+
+    config = tiny_model_config()
+    config.feature_mixing = "channels_scales"
+    model = networks.make_gan(config)
+    projection = model.discriminator.get_layer("block1_conv2_scale_mix").kernel
+    head = model.discriminator.get_layer("head_block1_conv2_conv1_sn").trainable_weights[0]
+    before = (projection.numpy().copy(), head.numpy().copy())
+    model.train_on_batch(np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
+                         np.zeros(8, np.int32), return_dict=True)
+    np.testing.assert_array_equal(projection.numpy(), before[0])
+    assert not np.allclose(head.numpy(), before[1])
 
 
 def test_mixed_bfloat16_gan_computes_in_bfloat16_gives_float32_images_and_leaves_the_global_policy(tmp_path):

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from genre_core.gan import trainer
-from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, GENERATOR_PADDINGS,
-                                     GEOMETRIC_MAX_DEGREES, GEOMETRIC_MAX_SCALE, PRECISIONS, SUPPORTED_SIZES)
+from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
+                                     GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES, GEOMETRIC_MAX_SCALE, PRECISIONS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
 
 
@@ -60,6 +60,9 @@ def register(subparsers) -> None:
     train.add_argument("--augment-policy", default=None, nargs="+", choices=AUGMENT_TRANSFORMS,
                        help="the DiffAugment transforms (default: translation, color, cutout; geometric rotates by up "
                             f"to {GEOMETRIC_MAX_DEGREES:g} degrees and scales by up to {GEOMETRIC_MAX_SCALE:g}x)")
+    train.add_argument("--feature-mixing", default=None, choices=FEATURE_MIXINGS,
+                       help="fixed random 1x1 projections of the projected discriminator's trunk maps before its heads "
+                            "(Projected GAN): channels (CCM), channels_scales (CCM and CSM), none (default none)")
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")
@@ -148,7 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head), ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),
-                                           ("mode_seeking", args.mode_seeking))
+                                           ("mode_seeking", args.mode_seeking),
+                                           ("feature_mixing", args.feature_mixing))
            if value is not None},
         **_augment_options(args.augment),
         **({"augment_policy": list(args.augment_policy)} if args.augment_policy else {}),

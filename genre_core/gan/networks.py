@@ -68,6 +68,8 @@ FASTGAN_MULTIPLIERS = {4: 16, 8: 16, 16: 8, 32: 4, 64: 2, 128: 1, 256: 1}
 FASTGAN_EXCITATIONS = ((4, 32), (8, 64), (16, 128), (32, 256))
 # How the projected discriminator shrinks the image for its trunk and its whole-picture head.
 DOWNSAMPLINGS = ("average", "blur")
+# Fixed random projections of the trunk's maps before the heads (Projected GAN's CCM and CSM; `_mix_features`).
+FEATURE_MIXINGS = ("none", "channels", "channels_scales")
 # The size at which the projected discriminator's whole-picture head sees the image (composition, not texture).
 GLOBAL_HEAD_SIZE = 32
 
@@ -190,7 +192,7 @@ def _patch_head(x, widths, name: str):
 
 def make_projected_discriminator(image_size: int, num_classes: int = 0, base_channels: int = 16,
                                  feature_size: int | None = None, global_weight: float = 0.0,
-                                 downsample: str = "average"):
+                                 downsample: str = "average", mixing: str = "none", mixing_seed: int = 0):
     """Build the Projected-GAN-style discriminator: image in [-1, 1] -> (batch, patch logits of all heads).
 
     The frozen HED-VGG16 trunk (block1_conv1 .. block3_conv2) sees the image shrunk to `feature_size`
@@ -203,13 +205,18 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     `global_weight` > 0 adds a whole-picture head (`_global_head`): one logit for the entire image, seen at
     GLOBAL_HEAD_SIZE px, which carries that share of the loss (its logit is repeated so that the hinge loss's
     mean over all logits gives it this weight). Patch logits cannot tell where in the picture a patch is, so
-    without it nothing asks for sky above and ground below."""
+    without it nothing asks for sky above and ground below.
+
+    `mixing` (FEATURE_MIXINGS) puts fixed random projections between the trunk and the heads (`_mix_features`,
+    drawn from `mixing_seed`); "none" reads the trunk's maps directly."""
     import keras
     from keras import layers
 
     image_size = check_size(image_size)
     if downsample not in DOWNSAMPLINGS:
         raise ValueError(f"discriminator downsampling {downsample!r} is not one of {DOWNSAMPLINGS}")
+    if mixing not in FEATURE_MIXINGS:
+        raise ValueError(f"feature mixing {mixing!r} is not one of {FEATURE_MIXINGS}")
     feature_size = int(feature_size or projected_feature_size(image_size))
     if max(image_size, feature_size) % min(image_size, feature_size):
         raise ValueError(f"feature size {feature_size} and image size {image_size} must divide one another")
@@ -224,13 +231,15 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     vgg = backbones.hed_vgg16((feature_size, feature_size, 3))
     trunk = keras.Model(vgg.input, [vgg.get_layer(name).output for name, _ in PROJECTED_LAYERS], name="trunk")
     trunk.trainable = False
-    maps = trunk(x, training=False)
+    maps = [layers.Rescaling(1.0 / scale, name=f"{layer_name}_scale")(feature_map)
+            for (layer_name, scale), feature_map in zip(PROJECTED_LAYERS, trunk(x, training=False))]
+    if mixing != "none":
+        maps = _mix_features(maps, scales=mixing == "channels_scales", seed=mixing_seed)
     width = int(base_channels)
     heads = []
-    for (layer_name, scale), feature_map in zip(PROJECTED_LAYERS, maps):
-        scaled = layers.Rescaling(1.0 / scale, name=f"{layer_name}_scale")(feature_map)
+    for (layer_name, _), feature_map in zip(PROJECTED_LAYERS, maps):
         depth = 2 if feature_map.shape[1] >= 8 else 1
-        heads.append(_patch_head(scaled, [width * 4 * 2 ** i for i in range(depth)], name=f"head_{layer_name}"))
+        heads.append(_patch_head(feature_map, [width * 4 * 2 ** i for i in range(depth)], name=f"head_{layer_name}"))
     pixel_widths = [width, width * 2, width * 4][: max(1, min(3, int(math.log2(image_size)) - 3))]
     heads.append(_patch_head(image, pixel_widths, name="head_pixels"))
     patch_logits = sum(int(logit.shape[-1]) for logit, _ in heads)
@@ -249,6 +258,36 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     logits = [logit if count == 1 else _repeat(logit, count, name=f"head{index}_x{count}")
               for index, ((logit, _), count) in enumerate(zip(heads, repeats))]
     return keras.Model(inputs, layers.Concatenate(name="logits", dtype="float32")(logits), name="discriminator")
+
+
+def _mix_features(maps, scales: bool, seed: int):
+    """Projected GAN's fixed random projections (Sauer et al., NeurIPS 2021): each trunk map goes through a
+    random 1x1 convolution that keeps its channel count (cross-channel mixing, CCM), so that no head can lean
+    on a few of the trunk's channels; with `scales`, each map also gets the mixed map below it, upsampled
+    (bilinear) and projected to its channels by another random 1x1 convolution (cross-scale mixing, CSM, a
+    top-down pass as in a U-Net), so the shallow heads see deeper features too. The weights are drawn once
+    from `seed` (normal, variance 1 / fan-in, so the maps stay of order one) and are never trained; they are
+    saved with the discriminator's weights."""
+    from keras import initializers, layers
+
+    def project(x, channels: int, name: str, index: int):
+        conv = layers.Conv2D(channels, 1, use_bias=False, trainable=False, name=name,
+                             kernel_initializer=initializers.VarianceScaling(1.0, "fan_in", "normal",
+                                                                            seed=int(seed) * 16 + index))
+        return conv(x)
+
+    names = [layer_name for layer_name, _ in PROJECTED_LAYERS]
+    mixed = [project(x, int(x.shape[-1]), f"{name}_channel_mix", index)
+             for index, (name, x) in enumerate(zip(names, maps))]
+    if scales:
+        for index in range(len(mixed) - 2, -1, -1):
+            deeper = mixed[index + 1]
+            factor = int(mixed[index].shape[1]) // int(deeper.shape[1])
+            up = layers.UpSampling2D(factor, interpolation="bilinear", name=f"{names[index]}_from_below")(deeper)
+            up = project(up, int(mixed[index].shape[-1]), f"{names[index]}_scale_mix", 8 + index)
+            added = layers.Add(name=f"{names[index]}_plus_below")([mixed[index], up])
+            mixed[index] = layers.Rescaling(math.sqrt(0.5), name=f"{names[index]}_mixed")(added)
+    return mixed
 
 
 def _downsample(x, factor: int, method: str, name: str):
@@ -473,7 +512,8 @@ def make_gan(config):
             discriminator = make_projected_discriminator(
                 config.image_size, num_classes, config.base_channels,
                 global_weight=float(getattr(config, "global_head", 0.0)),
-                downsample=getattr(config, "discriminator_downsample", "average"))
+                downsample=getattr(config, "discriminator_downsample", "average"),
+                mixing=getattr(config, "feature_mixing", "none"), mixing_seed=int(getattr(config, "seed", 0)))
     else:
         generator = make_generator(config.image_size, config.latent_dim, num_classes, config.base_channels)
         discriminator = make_discriminator(config.image_size, num_classes, config.base_channels)

@@ -87,6 +87,7 @@ class GanConfig:
     generator_padding: str = "reflect"  # projected generator's 3x3 convolutions: reflect | zeros (zeros paints frames)
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
+    feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING for conditional runs, else 0
@@ -122,6 +123,8 @@ class GanConfig:
             raise ValueError("the dcgan architecture goes up to 128 px; use architecture 'projected' for 256")
         if self.generator_padding not in networks.GENERATOR_PADDINGS:
             raise ValueError(f"generator_padding {self.generator_padding!r} is not one of {networks.GENERATOR_PADDINGS}")
+        if self.feature_mixing not in networks.FEATURE_MIXINGS:
+            raise ValueError(f"feature_mixing {self.feature_mixing!r} is not one of {networks.FEATURE_MIXINGS}")
         if self.discriminator_downsample not in networks.DOWNSAMPLINGS:
             raise ValueError(f"discriminator_downsample {self.discriminator_downsample!r} is not one of "
                              f"{networks.DOWNSAMPLINGS}")
