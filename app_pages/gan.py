@@ -105,6 +105,22 @@ if "diversity" in history.columns and history["diversity"].notna().any():
         st.caption(f"epoch {int(last['epoch'].iloc[0])}, per genre; recognised: the judge's share for the "
                    "samples of that genre, recognised_real the same for real images")
 
+# Comparison with other GAN runs: one row each, and a chosen metric per epoch.
+st.subheader("Compare GAN runs")
+compared = st.multiselect("GAN runs", ids, default=[run_id], key="gan_compare")
+if len(compared) > 1:
+    table, curves = core.gan_comparison([str(core.runs_folder("gan") / name) for name in compared])
+    st.dataframe(table.drop(columns="found"), hide_index=True, key="gan_compare_table")
+    metric_names = [name for name in ("kid_fixed", "recognised", "diversity", "kid", "d_loss", "g_loss", "aug_p")
+                    if name in set(curves["metric"])] or ["kid_fixed"]
+    metric = st.selectbox("Curve", metric_names, key="gan_compare_metric")
+    histories = {name: part.rename(columns={"value": metric})[["epoch", metric]]
+                 for name, part in curves[curves["metric"] == metric].groupby("run")}
+    st.plotly_chart(charts.compare_figure(histories, metric), key="gan_compare_curves")
+    st.caption("A GAN's last epoch is one draw from a chaotic run: compare settings over several seeds.")
+else:
+    st.caption("Choose two or more runs to compare them.")
+
 # Sampling and interpolation from the saved generator (deterministic for a seed, so cached).
 if not (run_dir / "generator.keras").exists():
     st.info("Sampling needs the generator, which is saved after the first epoch.")

@@ -248,6 +248,21 @@ def _gan_picture(run_dir: str, stamp: float, what: str, count: int, seed: int, g
     return {"image": image, "png": buffer.getvalue()}
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _gan_comparison(run_dirs: tuple[str, ...], stamps: tuple[float, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from genre_core.gan import compare
+
+    return compare.compare_runs(list(run_dirs)), compare.curves(list(run_dirs))
+
+
+def gan_comparison(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(gan.compare.compare_runs table, gan.compare.curves long table) for these GAN runs, cached on their
+    config and history times."""
+    stamps = tuple(modification_time(Path(folder) / name) for folder in run_dirs
+                   for name in ("config.json", "history.csv"))
+    return call(_gan_comparison, tuple(run_dirs), stamps, failure="Cannot compare the GAN runs")
+
+
 def gan_quality_by_genre(run_dir: str | os.PathLike) -> pd.DataFrame:
     """The GAN run's per-genre quality by epoch (trainer.QUALITY_BY_GENRE_COLUMNS); empty before the first
     measured epoch. A corrupt quality.json stops the page with one line naming it."""

@@ -486,6 +486,24 @@ def test_gan_page_shows_a_conditional_runs_diversity_per_genre(isolated_artifact
     assert [shape.y0 for shape in figure.layout.shapes] == [1.0]
 
 
+def test_gan_page_compares_runs(isolated_artifacts):
+    from app_support.testing import write_gan_run
+
+    first = write_gan_run("20260101-000000-landscape-gan1", epochs=3, with_generator=False)
+    second = write_gan_run("20260101-000001-landscape-gan2", epochs=2, with_generator=False, seed=1)
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert app.multiselect(key="gan_compare").value == [second.name]  # the newest run, alone: nothing to compare
+    app.multiselect(key="gan_compare").set_value([first.name, second.name]).run()
+    assert not app.exception, app.exception
+    (table,) = [frame.value for frame in app.dataframe]
+    assert list(table["run"]) == [first.name, second.name] and list(table["epochs"]) == [3, 2]
+    assert list(table["kid_fixed"]) == pytest.approx([0.12, 0.12]) and list(table["seed"]) == [0, 1]
+    assert app.selectbox(key="gan_compare_metric").value == "kid_fixed"
+    app.selectbox(key="gan_compare_metric").set_value("recognised").run()
+    assert not app.exception
+
+
 def test_demo_run_button_starts_the_small_demo_training(isolated_artifacts, tiny_dataset_dir, fake_start_run):
     state.set_active_dataset(str(tiny_dataset_dir))
     app = page("evaluate").run()

@@ -101,6 +101,15 @@ def register(subparsers) -> None:
     between.add_argument("--out", default=None, help="PNG path (default: <run>/samples/interpolate_A_B.png)")
     between.set_defaults(func=cmd_interpolate)
 
+    compare = commands.add_parser("compare", help="compare GAN runs: last and best fixed-space KID, recognised "
+                                                  "share, diversity, and the settings in which they differ")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="GAN run ids or folders")
+    compare.add_argument("--epochs", action="store_true",
+                         help="also print a Markdown table per epoch (cells: KID fixed / recognised)")
+    compare.add_argument("--names", nargs="+", default=None, help="column names for --epochs (default: run ids)")
+    compare.add_argument("--csv", default=None, help="also write the comparison table to this CSV file")
+    compare.set_defaults(func=cmd_compare)
+
 
 def _augment_choice(value: str) -> str | float:
     """--augment's value: "adaptive", or a probability in 0..1."""
@@ -191,3 +200,43 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     trainer.write_png(trainer.grid(images, len(images)), out)
     print(out)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Print the comparison (one block per run); 1 when a run could not be read (its problem is printed)."""
+    from genre_core.gan import compare
+
+    if args.names is not None and len(args.names) != len(args.runs):
+        raise ValueError(f"--names gives {len(args.names)} names for {len(args.runs)} runs")
+    table = compare.compare_runs(args.runs)
+    for row in table.to_dict("records"):
+        print(_comparison_block(row))
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    readable = [run for run, found in zip(args.runs, table["found"]) if found]
+    if args.epochs and readable:
+        names = [name for name, found in zip(args.names or args.runs, table["found"]) if found]
+        print(compare.epoch_table(readable, names))
+    return 0 if len(readable) == len(args.runs) else 1
+
+
+def _comparison_block(row: dict) -> str:
+    """A few lines for one compared run."""
+    def number(key: str, pattern: str = "{:.3f}") -> str:
+        value = row.get(key)
+        return "–" if value is None or value != value else pattern.format(value)
+
+    if not row.get("found"):
+        return f"{row['run']}: {row['problems']}"
+    lines = [f"{row['run']}: {row['genres']} at {number('size', '{:.0f}')} px on {row['data']}, seed "
+             f"{number('seed', '{:.0f}')}; {number('epochs', '{:.0f}')} epochs in {number('minutes', '{:.1f}')} min",
+             f"  KID (fixed space) last {number('kid_fixed')}, best {number('best_kid_fixed')} at epoch "
+             f"{number('best_epoch', '{:.0f}')}; recognised {number('recognised', '{:.0%}')} (real "
+             f"{number('recognised_real', '{:.0%}')}); diversity {number('diversity', '{:.2f}')}"]
+    if row.get("differs"):
+        lines.append(f"  differs: {row['differs']}")
+    if row.get("problems"):
+        lines.append(f"  problems: {row['problems']}")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""Compare GAN runs: one row per run (last and best fixed-space KID, recognisability, diversity, time, and the
+settings in which the runs differ) and their per-epoch curves as one long table.
+
+A GAN's last epoch is one draw from a chaotic trajectory (README, "GAN"): the same command can end anywhere
+from the best to the worst of a setting, so settings are compared over several seeds. This module reads run
+folders tolerantly (`store.RunFiles`): a missing or damaged file gives empty cells and a note in `problems`,
+and never hides the other runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from genre_core.runs import store
+
+COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs", "minutes", "kid_fixed", "best_kid_fixed",
+                      "best_epoch", "recognised", "recognised_real", "diversity", "differs", "problems")
+CURVE_METRICS = ("kid_fixed", "recognised", "recognised_real", "diversity", "kid", "d_loss", "g_loss", "aug_p")
+# Settings that say what a run is rather than how it was set up, so "differs" leaves them out.
+NOT_SETTINGS = {"kind", "created", "classes", "data", "genre", "genres", "conditional", "image_size", "seed", "judge"}
+
+
+def _last(history: pd.DataFrame, column: str) -> float:
+    """The last measured value of a history column (NaN when it was never measured)."""
+    if column not in history.columns:
+        return float("nan")
+    values = pd.to_numeric(history[column], errors="coerce").dropna()
+    return float(values.iloc[-1]) if len(values) else float("nan")
+
+
+def _genres(config: dict, classes: list[str] | None) -> str:
+    """'landscape' for an unconditional run; 'a, b, c' for a conditional one."""
+    if classes:
+        return ", ".join(classes)
+    return str(config.get("genre") or ", ".join(config.get("genres") or []) or "")
+
+
+def _row(files: store.RunFiles) -> tuple[dict[str, Any], dict]:
+    """One run's comparison row (without `differs`) and its config."""
+    config = files.config if isinstance(files.config, dict) else {}
+    problems = [text for text in files.problems if text != f"{store.METRICS_FILE} missing"]  # GANs write none
+    row: dict[str, Any] = {"run": files.run_id, "found": True, "genres": _genres(config, files.classes),
+                           "data": os.path.basename(str(config.get("data", "")).rstrip("/")) or np.nan,
+                           "size": config.get("image_size", np.nan), "seed": config.get("seed", np.nan)}
+    history = files.history()
+    if history is None or "epoch" not in history.columns or not len(history):
+        if (files.path / store.HISTORY_FILE).exists():
+            problems.append(f"{files.path / store.HISTORY_FILE}: unreadable")
+        history = pd.DataFrame(columns=["epoch"])
+    row["epochs"] = int(len(history))
+    seconds = _last(history, "elapsed_seconds")
+    row["minutes"] = seconds / 60.0 if np.isfinite(seconds) else np.nan
+    for column in ("kid_fixed", "recognised", "recognised_real", "diversity"):
+        row[column] = _last(history, column)
+    kid = pd.to_numeric(history["kid_fixed"], errors="coerce") if "kid_fixed" in history.columns else pd.Series([], dtype=float)
+    if kid.notna().any():
+        best = int(kid.idxmin())
+        row["best_kid_fixed"], row["best_epoch"] = float(kid[best]), int(history["epoch"].iloc[best])
+    else:
+        row["best_kid_fixed"], row["best_epoch"] = np.nan, np.nan
+    row["problems"] = "; ".join(dict.fromkeys(problems))
+    return row, config
+
+
+def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
+    """One row per GAN run (COMPARISON_COLUMNS); `runs` are run ids or folders (or `store.Run`s). A run that
+    cannot be opened gets `found` False and the reason in `problems`.
+
+    `kid_fixed`, `recognised`, `recognised_real` and `diversity` are the last measured epoch's; `best_kid_fixed`
+    and `best_epoch` the lowest KID over the run. `differs` lists, as key=value, the settings of this run's
+    config.json that are not the same in every compared run (the data, genres, size and seed have columns)."""
+    rows, configs = [], []
+    for run in runs:
+        try:
+            folder = store.open_run(run, "gan").path
+        except (FileNotFoundError, ValueError) as exc:
+            rows.append({"run": str(getattr(run, "id", run)), "found": False, "problems": str(exc)})
+            configs.append({})
+            continue
+        row, config = _row(store.RunFiles.read(folder))
+        rows.append(row)
+        configs.append(config)
+    keys = sorted({key for config in configs for key in config} - NOT_SETTINGS)
+    missing = object()
+    varying = [key for key in keys if len({repr(config.get(key, missing)) for config in configs if config}) > 1]
+    for row, config in zip(rows, configs):
+        row["differs"] = ", ".join(f"{key}={config.get(key, '–')}" for key in varying) if config else ""
+    frame = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+    for column in ("epochs", "minutes", "kid_fixed", "best_kid_fixed", "best_epoch", "recognised", "recognised_real",
+                   "diversity"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def curves(runs: Iterable[Any], metrics: Iterable[str] = CURVE_METRICS) -> pd.DataFrame:
+    """Every run's per-epoch `metrics` as a long table: run, epoch, metric, value (unreadable runs and metrics a
+    run did not measure are left out)."""
+    parts = []
+    for run in runs:
+        try:
+            files = store.RunFiles.read(store.open_run(run, "gan").path)
+        except (FileNotFoundError, ValueError):
+            continue
+        history = files.history()
+        if history is None or "epoch" not in history.columns or not len(history):
+            continue
+        present = [name for name in metrics if name in history.columns]
+        long = history.melt(id_vars=["epoch"], value_vars=present, var_name="metric", value_name="value")
+        long["value"] = pd.to_numeric(long["value"], errors="coerce")
+        long = long.dropna(subset=["value"])
+        long.insert(0, "run", files.run_id)
+        parts.append(long)
+    if not parts:
+        return pd.DataFrame(columns=["run", "epoch", "metric", "value"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def epoch_table(runs: Iterable[Any], names: Iterable[str] | None = None) -> str:
+    """A Markdown table: one row per epoch, one column per run, cells 'fixed-space KID / recognised share'
+    (as in the README's GAN tables); `names` label the columns (default: the run ids)."""
+    runs = list(runs)
+    long = curves(runs, ("kid_fixed", "recognised"))
+    labels = list(names) if names is not None else [store.open_run(run, "gan").path.name for run in runs]
+    if len(labels) != len(runs):
+        raise ValueError(f"{len(labels)} names for {len(runs)} runs")
+    ids = [store.open_run(run, "gan").path.name for run in runs]
+    epochs = sorted({int(epoch) for epoch in long["epoch"]})
+    lines = ["| epoch | " + " | ".join(labels) + " |", "| --- " * (len(runs) + 1) + "|"]
+    for epoch in epochs:
+        cells = []
+        for run_id in ids:
+            mine = long[(long["run"] == run_id) & (long["epoch"] == epoch)].set_index("metric")["value"]
+            if "kid_fixed" not in mine:
+                cells.append("–")
+                continue
+            share = f" / {mine['recognised']:.0%}" if "recognised" in mine else ""
+            cells.append(f"{mine['kid_fixed']:.3f}{share}")
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
