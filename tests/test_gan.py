@@ -625,13 +625,23 @@ def test_mixed_bfloat16_gan_computes_in_bfloat16_gives_float32_images_and_leaves
 
 def test_conditional_projected_gan_trains_with_the_mode_seeking_term():
     config = tiny_model_config(conditional=True, num_classes=2)
-    assert config.mode_seeking == 1.0  # on by default for conditional runs
+    assert config.mode_seeking == trainer.CONDITIONAL_MODE_SEEKING == 0.1  # on by default for conditional runs
     model = networks.make_gan(config)
-    assert model.mode_seeking == 1.0
+    assert model.mode_seeking == 0.1
     images = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
     logs = model.train_on_batch(images, np.array([0, 1] * 4, np.int32), return_dict=True)
     assert np.isfinite(logs["g_loss"])
     assert trainer._ModelShape(trainer.GanConfig(), 1).mode_seeking == 0.0
+    # A new run saves the weight it uses; an older conditional run that left it to the default (-1) trained
+    # with 1.0 and resumes with 1.0; an explicit weight is kept.
+    saved, _ = trainer.new_run_config(trainer.GanConfig(conditional=True, genre=None))
+    assert saved["mode_seeking"] == 0.1
+    assert trainer.new_run_config(trainer.GanConfig())[0]["mode_seeking"] == 0.0
+    assert trainer.GanConfig.from_run_config(saved).mode_seeking_weight == 0.1
+    older = {**saved, "mode_seeking": -1.0}
+    assert trainer.GanConfig.from_run_config(older).mode_seeking_weight == 1.0
+    assert trainer.GanConfig.from_run_config({**older, "mode_seeking": 0.5}).mode_seeking_weight == 0.5
+    assert trainer.GanConfig.from_run_config({**older, "conditional": False, "genre": "x"}).mode_seeking_weight == 0.0
 
 
 def test_the_budget_ends_an_epoch_after_the_step_that_still_fits(tiny_dataset_dir, isolated_artifacts, monkeypatch):
