@@ -7,7 +7,8 @@ from pathlib import Path
 
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
-                                     GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES, GEOMETRIC_MAX_SCALE, PRECISIONS, SUPPORTED_SIZES)
+                                     GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES, GEOMETRIC_MAX_SCALE, PRECISIONS,
+                                     SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
 
 

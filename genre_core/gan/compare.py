@@ -17,8 +17,8 @@ import pandas as pd
 
 from genre_core.runs import store
 
-COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs", "minutes", "kid_fixed", "best_kid_fixed",
-                      "best_epoch", "recognised", "recognised_real", "diversity", "differs", "problems")
+COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs", "minutes", "kid_fixed",
+                      "best_kid_fixed", "best_epoch", "recognised", "recognised_real", "diversity", "differs", "problems")
 CURVE_METRICS = ("kid_fixed", "recognised", "recognised_real", "diversity", "kid", "d_loss", "g_loss", "aug_p")
 # Settings that say what a run is rather than how it was set up, so "differs" leaves them out.
 NOT_SETTINGS = {"kind", "created", "classes", "data", "genre", "genres", "conditional", "image_size", "seed", "judge"}
@@ -56,7 +56,7 @@ def _row(files: store.RunFiles) -> tuple[dict[str, Any], dict]:
     row["minutes"] = seconds / 60.0 if np.isfinite(seconds) else np.nan
     for column in ("kid_fixed", "recognised", "recognised_real", "diversity"):
         row[column] = _last(history, column)
-    kid = pd.to_numeric(history["kid_fixed"], errors="coerce") if "kid_fixed" in history.columns else pd.Series([], dtype=float)
+    kid = pd.to_numeric(history.get("kid_fixed", pd.Series([], dtype=float)), errors="coerce")
     if kid.notna().any():
         best = int(kid.idxmin())
         row["best_kid_fixed"], row["best_epoch"] = float(kid[best]), int(history["epoch"].iloc[best])
