@@ -124,10 +124,10 @@ def epoch_table(runs: Iterable[Any], names: Iterable[str] | None = None) -> str:
     (as in the README's GAN tables); `names` label the columns (default: the run ids)."""
     runs = list(runs)
     long = curves(runs, ("kid_fixed", "recognised"))
-    labels = list(names) if names is not None else [store.open_run(run, "gan").path.name for run in runs]
+    ids = [store.open_run(run, "gan").path.name for run in runs]
+    labels = list(names) if names is not None else ids
     if len(labels) != len(runs):
         raise ValueError(f"{len(labels)} names for {len(runs)} runs")
-    ids = [store.open_run(run, "gan").path.name for run in runs]
     epochs = sorted({int(epoch) for epoch in long["epoch"]})
     lines = ["| epoch | " + " | ".join(labels) + " |", "| --- " * (len(runs) + 1) + "|"]
     for epoch in epochs:
