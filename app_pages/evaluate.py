@@ -111,8 +111,4 @@ if compared:
         index=metric_names.index("val_accuracy") if "val_accuracy" in metric_names else 0,
         key="eval_curve_metric",
     )
-    histories = {
-        name: part.rename(columns={"value": metric})[["epoch", metric]]
-        for name, part in curves[curves["metric"] == metric].groupby("run")
-    }
-    st.plotly_chart(charts.compare_figure(histories, metric), key="eval_curves")
+    st.plotly_chart(charts.compare_figure(curves, metric), key="eval_curves")

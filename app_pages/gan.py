@@ -114,9 +114,7 @@ if len(compared) > 1:
     metric_names = [name for name in ("kid_fixed", "recognised", "diversity", "kid", "d_loss", "g_loss", "aug_p")
                     if name in set(curves["metric"])] or ["kid_fixed"]
     metric = st.selectbox("Curve", metric_names, key="gan_compare_metric")
-    histories = {name: part.rename(columns={"value": metric})[["epoch", metric]]
-                 for name, part in curves[curves["metric"] == metric].groupby("run")}
-    st.plotly_chart(charts.compare_figure(histories, metric), key="gan_compare_curves")
+    st.plotly_chart(charts.compare_figure(curves, metric), key="gan_compare_curves")
     st.caption("A GAN's last epoch is one draw from a chaotic run: compare settings over several seeds.")
 else:
     st.caption("Choose two or more runs to compare them.")

@@ -183,13 +183,13 @@ def history_figure(history: pd.DataFrame) -> go.Figure:
     return figure
 
 
-def compare_figure(histories: dict[str, pd.DataFrame], column: str = "val_accuracy") -> go.Figure:
-    """One line per run of `column` against epoch (learning curves of several runs)."""
+def compare_figure(curves: pd.DataFrame, metric: str = "val_accuracy") -> go.Figure:
+    """One line per run of `metric` against epoch, from a long table of run, epoch, metric, value (the
+    learning curves of several runs: `evaluate.learning_curves`, `gan.compare.curves`)."""
     figure = go.Figure()
-    for name, history in histories.items():
-        if column in history.columns:
-            figure.add_scatter(x=history["epoch"], y=history[column], mode="lines+markers", name=name)
-    figure.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch", yaxis_title=column)
+    for name, part in curves[curves["metric"] == metric].groupby("run"):
+        figure.add_scatter(x=part["epoch"], y=part["value"], mode="lines+markers", name=name)
+    figure.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch", yaxis_title=metric)
     return figure
 
 
