@@ -486,6 +486,15 @@ def test_gan_page_shows_a_conditional_runs_diversity_per_genre(isolated_artifact
     assert [shape.y0 for shape in figure.layout.shapes] == [1.0]
 
 
+def test_compare_figure_draws_one_line_per_run_from_the_long_curves_table():
+    curves = pd.DataFrame({"run": ["b", "b", "a", "a", "a"], "epoch": [1, 2, 1, 2, 1],
+                           "metric": ["loss", "loss", "loss", "loss", "val_accuracy"],
+                           "value": [0.9, 0.7, 1.0, 0.8, 0.5]})
+    figure = charts.compare_figure(curves, "loss")
+    assert [(trace.name, list(trace.y)) for trace in figure.data] == [("a", [1.0, 0.8]), ("b", [0.9, 0.7])]
+    assert figure.layout.yaxis.title.text == "loss"
+
+
 def test_gan_page_compares_runs(isolated_artifacts):
     from app_support.testing import write_gan_run
 
