@@ -349,8 +349,8 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
-    --discriminator-downsample, --augment, --augment-policy, --mode-seeking and --feature-mixing set the run's
-    config;
+    --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
+    --conditional-norm and --generator-convs set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -361,12 +361,15 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--generator-padding", "zeros", "--global-head", "0", "--precision", "float32",
                      "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur",
                      "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
-                     "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales"]) == 0
+                     "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales",
+                     "--conditional-norm", "--generator-convs", "2"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
     assert (chosen.augment_probability, chosen.adaptive_augment) == (0.5, False)
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
+    assert (chosen.conditional_norm, default.conditional_norm) == (True, False)
+    assert (chosen.generator_convs, default.generator_convs) == (2, trainer.GanConfig.generator_convs)
     assert (default.mode_seeking, default.mode_seeking_weight) == (-1.0, 0.0)  # unconditional: off
     assert (chosen.feature_mixing, default.feature_mixing) == ("channels_scales", "none")
     assert chosen.augment_policy == ["translation", "cutout", "geometric"]
@@ -642,6 +645,78 @@ def test_conditional_projected_gan_trains_with_the_mode_seeking_term():
     assert trainer.GanConfig.from_run_config(older).mode_seeking_weight == 1.0
     assert trainer.GanConfig.from_run_config({**older, "mode_seeking": 0.5}).mode_seeking_weight == 0.5
     assert trainer.GanConfig.from_run_config({**older, "conditional": False, "genre": "x"}).mode_seeking_weight == 0.0
+
+
+def test_generator_convs_adds_a_second_convolution_after_each_upsampling():
+    """generator_convs 2: each doubling of the projected generator has two (3x3 conv, BN, LeakyReLU) blocks,
+    the output shape is unchanged, and a bad count is refused with the option's name."""
+    import keras
+
+    def three_by_three(generator):
+        return [layer.name for layer in generator.layers
+                if isinstance(layer, keras.layers.Conv2D) and layer.kernel_size == (3, 3) and layer.name != "to_rgb"]
+
+    one = networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, padding="reflect")
+    two = networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, padding="reflect", convs_per_size=2)
+    assert three_by_three(one) == ["conv8", "conv16", "conv32"]
+    assert three_by_three(two) == ["conv8", "conv8b", "conv16", "conv16b", "conv32", "conv32b"]
+    noise = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    assert np.asarray(two(noise, training=False)).shape == (2, 32, 32, 3)
+    config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, generator_convs=2).validate()
+    assert "conv16b" in three_by_three(networks.make_gan(trainer._ModelShape(config, 1)).generator)
+    with pytest.raises(ValueError, match="generator_convs 3"):
+        trainer.GanConfig(generator_convs=3).validate()
+    with pytest.raises(ValueError, match="convolutions per size 0"):
+        networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, convs_per_size=0)
+
+
+def test_class_conditional_batch_norm_gives_each_genre_its_own_gain_and_bias(tmp_path):
+    """conditional_norm: every batch norm of the projected generator is plain normalisation followed by a
+    per-genre gain and bias; a new model starts as plain batch norm (gain 1, bias 0), one train step moves the
+    gains of the genres in the batch, a genre's gain changes only its own images, the model reloads with
+    safe_mode=True, and the option is refused where it cannot apply."""
+    import keras
+
+    from genre_core.models import layers
+
+    config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, conditional=True, genre=None,
+                               conditional_norm=True, precision="float32").validate()
+    model = networks.make_gan(trainer._ModelShape(config, 3))
+    generator = model.generator
+    gains = [layer for layer in generator.layers if layer.name.endswith("_bn_gain")]
+    norms = [layer for layer in generator.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert {layer.name for layer in gains} == {f"{norm.name}_gain" for norm in norms} == {
+        "project_bn_gain", "conv8_bn_gain", "conv16_bn_gain"}
+    assert all(not norm.center and not norm.scale for norm in norms)
+    assert all(np.all(layer.get_weights()[0] == 1.0) for layer in gains)
+    before = generator.get_layer("conv8_bn_gain").get_weights()[0].copy()
+    images = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    model.train_on_batch(images, np.array([0, 1] * 4, np.int32))
+    moved = np.abs(generator.get_layer("conv8_bn_gain").get_weights()[0] - before).max(axis=1)
+    assert moved[0] > 0 and moved[1] > 0 and moved[2] == 0  # genre 2 was not in the batch
+
+    noise = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    labels = np.array([0, 2], np.int32)
+    first = np.asarray(generator([noise, labels], training=False))
+    weights = generator.get_layer("conv16_bn_gain").get_weights()[0]
+    weights[2] *= 2.0
+    generator.get_layer("conv16_bn_gain").set_weights([weights])
+    second = np.asarray(generator([noise, labels], training=False))
+    np.testing.assert_allclose(second[0], first[0], atol=1e-6)  # genre 0's image is untouched
+    assert not np.allclose(second[1], first[1])
+
+    generator.save(tmp_path / "generator.keras")
+    layers.register_all()
+    again = keras.saving.load_model(tmp_path / "generator.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(np.asarray(again([noise, labels], training=False)), second, atol=1e-5)
+    model.recalibrate_ema(samples=16, batch_size=8)  # finds the conditional batch norms by their names
+    plain = networks.make_gan(tiny_model_config(conditional=True, num_classes=3)).generator
+    assert not any(layer.name.endswith("_bn_gain") for layer in plain.layers)
+    with pytest.raises(ValueError, match="conditional_norm"):
+        trainer.GanConfig(conditional_norm=True).validate()  # unconditional
+    with pytest.raises(ValueError, match="conditional_norm"):
+        trainer.GanConfig(conditional=True, genre=None, conditional_norm=True, architecture="dcgan",
+                          image_size=64).validate()
 
 
 def test_the_budget_ends_an_epoch_after_the_step_that_still_fits(tiny_dataset_dir, isolated_artifacts, monkeypatch):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
-                                     GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES, GEOMETRIC_MAX_SCALE, PRECISIONS,
-                                     SUPPORTED_SIZES)
+                                     GENERATOR_CONVS, GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES,
+                                     GEOMETRIC_MAX_SCALE, PRECISIONS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
 
 
@@ -48,6 +48,9 @@ def register(subparsers) -> None:
     train.add_argument("--generator-padding", default=None, choices=GENERATOR_PADDINGS,
                        help="how the projected generator's 3x3 convolutions pad (default reflect; zeros paints "
                             "frames)")
+    train.add_argument("--generator-convs", type=int, default=None, choices=GENERATOR_CONVS,
+                       help="(3x3 convolution, batch norm, LeakyReLU) blocks after each upsampling of the projected "
+                            "generator; a second one smooths the blocks that nearest upsampling leaves (default 1)")
     train.add_argument("--discriminator-downsample", default=None, choices=DOWNSAMPLINGS,
                        help="how the projected discriminator shrinks images for its trunk and whole-picture head: "
                             "average (pooling, whose gradient to the generator is blocky) or blur (a [1, 3, 3, 1] "
@@ -67,6 +70,10 @@ def register(subparsers) -> None:
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")
+    train.add_argument("--conditional-norm", action="store_true", default=None,
+                       help="conditional runs: give every batch norm of the generator a per-genre gain and bias "
+                            "(class-conditional batch norm, as BigGAN), so the genre reaches every layer, not only "
+                            "the input vector")
     train.add_argument("--mode-seeking", type=_non_negative, default=None, metavar="W",
                        help="weight of the MSGAN mode-seeking term, which pays the generator for making different "
                             "images of one genre from different latent vectors; 0 turns it off (default "
@@ -158,10 +165,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         judge="" if args.judge in ("none", "") else args.judge, judge_samples=args.judge_samples,
         **{name: value for name, value in (("learning_rate", args.learning_rate), ("beta_1", args.beta_1),
                                            ("generator_padding", args.generator_padding),
+                                           ("generator_convs", args.generator_convs),
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head), ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),
                                            ("mode_seeking", args.mode_seeking),
+                                           ("conditional_norm", args.conditional_norm),
                                            ("feature_mixing", args.feature_mixing))
            if value is not None},
         **_augment_options(args.augment),

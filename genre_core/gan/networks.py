@@ -14,8 +14,9 @@ on a few thousand images:
   saved. Its per-step share can be scaled by the learning rate (`ema_rate_scale`, set by the trainer), and
   its BatchNorm statistics are re-estimated from generated batches (`recalibrate_ema`).
 
-A conditional model embeds the genre and concatenates it to z in the generator; the discriminator is a
-projection discriminator (Miyato & Koyama 2018).
+A conditional model embeds the genre and concatenates it to z in the generator (and, with
+`conditional_norm`, also gives every generator batch norm a per-genre gain and bias, as BigGAN); the
+discriminator is a projection discriminator (Miyato & Koyama 2018).
 
 Two architectures (`ARCHITECTURES`):
 
@@ -51,6 +52,7 @@ ARCHITECTURES = ("projected", "dcgan")
 LOSSES = ("hinge", "non_saturating")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # "auto": mixed_bfloat16 where the hardware has bfloat16
 GENERATOR_PADDINGS = ("zeros", "reflect")  # how the projected generator's 3x3 convolutions pad
+GENERATOR_CONVS = (1, 2)  # (3x3 conv, BN, LeakyReLU) blocks after each upsampling of the projected generator
 AUGMENT_POLICIES = ("translation", "color", "cutout")
 # Transforms DiffAugment can also apply (not in the default policy): "geometric" rotates each image by up to
 # GEOMETRIC_MAX_DEGREES and scales it by up to GEOMETRIC_MAX_SCALE either way, resampled bilinearly with
@@ -103,9 +105,10 @@ def fastgan_widths(image_size: int, base_channels: int = 16) -> dict[int, int]:
     return {size: FASTGAN_MULTIPLIERS[size] * int(base_channels) for size in FASTGAN_MULTIPLIERS if size <= image_size}
 
 
-def _projected_latent(latent_dim: int, num_classes: int, channels: int):
+def _projected_latent(latent_dim: int, num_classes: int, channels: int, conditional_norm: bool = False):
     """The generator's inputs (z, and a genre label when num_classes > 0) and z (with the label's embedding)
-    projected to a batch-normalised 4x4 map of `channels`; returns (inputs, map)."""
+    projected to a batch-normalised 4x4 map of `channels`; returns (inputs, map). With `conditional_norm`
+    the batch norm is class-conditional (`_class_batch_norm`)."""
     import keras
     from keras import layers
 
@@ -119,19 +122,44 @@ def _projected_latent(latent_dim: int, num_classes: int, channels: int):
         x = layers.Concatenate(name="z_and_label")([noise, embedded])
     x = layers.Dense(4 * 4 * channels, use_bias=False, name="project")(x)
     x = layers.Reshape((4, 4, channels))(x)
+    if num_classes and conditional_norm:
+        return inputs, _class_batch_norm(x, inputs[1], num_classes, "project_bn")
     return inputs, layers.BatchNormalization(momentum=0.9, name="project_bn")(x)
 
 
+def _class_batch_norm(x, label, num_classes: int, name: str):
+    """Class-conditional batch norm (BigGAN, Brock et al. 2019; de Vries et al. 2017): normalise with the batch's
+    statistics, then scale and shift each channel by a per-genre gain and bias (embeddings that start at 1 and
+    0, so a new model starts as plain batch norm). The genre then reaches every layer of the generator, not
+    only its input vector. Built from Keras layers only, so the saved model loads with safe_mode=True; the
+    BatchNormalization layer keeps the name `name`, so `recalibrate_ema` finds it."""
+    from keras import layers
+
+    channels = x.shape[-1]
+    x = layers.BatchNormalization(momentum=0.9, center=False, scale=False, name=name)(x)
+    gain = layers.Embedding(num_classes, channels, embeddings_initializer="ones", name=f"{name}_gain")(label)
+    bias = layers.Embedding(num_classes, channels, embeddings_initializer="zeros", name=f"{name}_bias")(label)
+    gain = layers.Reshape((1, 1, channels), name=f"{name}_gain_map")(gain)
+    bias = layers.Reshape((1, 1, channels), name=f"{name}_bias_map")(bias)
+    x = layers.Multiply(name=f"{name}_scale")([x, gain])
+    return layers.Add(name=f"{name}_shift")([x, bias])
+
+
 def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 16,
-                           padding: str = "zeros"):
+                           padding: str = "zeros", conditional_norm: bool = False, convs_per_size: int = 1):
     """Build the FastGAN-style generator: z (and a genre label) -> 4x4 map -> (nearest upsample, 3x3 conv, BN,
     LeakyReLU) per doubling, with skip-layer excitation, -> tanh image in [-1, 1]. `padding` is how the 3x3
-    convolutions pad: "zeros" or "reflect" (GENERATOR_PADDINGS)."""
+    convolutions pad: "zeros" or "reflect" (GENERATOR_PADDINGS). With a genre label and `conditional_norm`,
+    every batch norm is class-conditional (`_class_batch_norm`). `convs_per_size` (GENERATOR_CONVS) is how many
+    (3x3 conv, BN, LeakyReLU) follow each upsampling: a second one smooths the 2x2 blocks that nearest
+    upsampling leaves before the next doubling copies them again (FastGAN's UpBlockComp has two)."""
     import keras
     from keras import layers
 
     if padding not in GENERATOR_PADDINGS:
         raise ValueError(f"generator padding {padding!r} is not one of {GENERATOR_PADDINGS}")
+    if convs_per_size not in GENERATOR_CONVS:
+        raise ValueError(f"generator convolutions per size {convs_per_size!r} is not one of {GENERATOR_CONVS}")
 
     def conv3x3(x, filters: int, name: str, **options):
         if padding == "zeros":
@@ -140,16 +168,21 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
         return layers.Conv2D(filters, 3, padding="valid", name=name, **options)(x)
 
     widths = fastgan_widths(image_size, base_channels)
-    inputs, x = _projected_latent(latent_dim, num_classes, widths[4])
+    conditional_norm = bool(num_classes and conditional_norm)
+    inputs, x = _projected_latent(latent_dim, num_classes, widths[4], conditional_norm)
     x = layers.LeakyReLU(0.2)(x)
     maps = {4: x}
     size = 4
     while size < image_size:
         size *= 2
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{size}")(x)
-        x = conv3x3(x, widths[size], f"conv{size}", use_bias=False)
-        x = layers.BatchNormalization(momentum=0.9, name=f"conv{size}_bn")(x)
-        x = layers.LeakyReLU(0.2)(x)
+        for suffix in ("", "b", "c", "d")[:convs_per_size]:
+            x = conv3x3(x, widths[size], f"conv{size}{suffix}", use_bias=False)
+            if conditional_norm:
+                x = _class_batch_norm(x, inputs[1], num_classes, f"conv{size}{suffix}_bn")
+            else:
+                x = layers.BatchNormalization(momentum=0.9, name=f"conv{size}{suffix}_bn")(x)
+            x = layers.LeakyReLU(0.2)(x)
         for small, large in FASTGAN_EXCITATIONS:
             if large == size and small in maps:
                 x = _skip_layer_excitation(maps[small], x, widths[size], name=f"sle{small}to{large}")
@@ -508,7 +541,9 @@ def make_gan(config):
     if architecture == "projected":
         with backbones.keras_dtype_policy(resolve_precision(getattr(config, "precision", "float32"))):
             generator = make_fastgan_generator(config.image_size, config.latent_dim, num_classes,
-                                               config.base_channels, getattr(config, "generator_padding", "zeros"))
+                                               config.base_channels, getattr(config, "generator_padding", "zeros"),
+                                               bool(getattr(config, "conditional_norm", False)),
+                                               int(getattr(config, "generator_convs", 1)))
             discriminator = make_projected_discriminator(
                 config.image_size, num_classes, config.base_channels,
                 global_weight=float(getattr(config, "global_head", 0.0)),

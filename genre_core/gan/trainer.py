@@ -79,6 +79,7 @@ class GanConfig:
     genre: str | None = "landscape"  # unconditional: the genre to learn
     conditional: bool = False
     genres: list[str] = field(default_factory=list)  # conditional: the genres to learn (empty: all)
+    conditional_norm: bool = False  # conditional projected G: per-genre gain and bias in every batch norm (BigGAN)
     architecture: str = "projected"  # projected (FastGAN-style G, Projected-GAN D) | dcgan (see networks.py)
     image_size: int = 128
     policy: str = "crop"
@@ -90,6 +91,7 @@ class GanConfig:
     latent_dim: int = 128
     base_channels: int = 16
     generator_padding: str = "reflect"  # projected generator's 3x3 convolutions: reflect | zeros (zeros paints frames)
+    generator_convs: int = 1  # projected generator: (3x3 conv, BN, LeakyReLU) blocks per doubling (GENERATOR_CONVS)
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
@@ -128,6 +130,8 @@ class GanConfig:
             raise ValueError("the dcgan architecture goes up to 128 px; use architecture 'projected' for 256")
         if self.generator_padding not in networks.GENERATOR_PADDINGS:
             raise ValueError(f"generator_padding {self.generator_padding!r} is not one of {networks.GENERATOR_PADDINGS}")
+        if self.generator_convs not in networks.GENERATOR_CONVS:
+            raise ValueError(f"generator_convs {self.generator_convs!r} is not one of {networks.GENERATOR_CONVS}")
         if self.feature_mixing not in networks.FEATURE_MIXINGS:
             raise ValueError(f"feature_mixing {self.feature_mixing!r} is not one of {networks.FEATURE_MIXINGS}")
         if self.discriminator_downsample not in networks.DOWNSAMPLINGS:
@@ -159,6 +163,9 @@ class GanConfig:
             raise ValueError(f"policy {self.policy!r} is not one of {RESIZE_POLICIES}")
         if not self.conditional and not self.genre:
             raise ValueError("an unconditional GAN needs a genre (or pass conditional=True)")
+        if self.conditional_norm and not (self.conditional and self.architecture == "projected"):
+            raise ValueError("conditional_norm (per-genre batch norm) needs a conditional run of the projected "
+                             "architecture")
         for name in ("batch_size", "latent_dim", "base_channels", "min_steps_per_epoch", "kid_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
