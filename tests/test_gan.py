@@ -531,6 +531,11 @@ def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
     assert trainer.GanConfig.from_run_config(before_policy).augment_policy == list(networks.AUGMENT_POLICIES)
     chosen_policy = {**before_policy, "augment_policy": ["geometric"]}
     assert trainer.GanConfig.from_run_config(chosen_policy).augment_policy == ["geometric"]
+    # The generator's depth: two convolution blocks per doubling now, one in runs written before the option.
+    before_convs = {k: v for k, v in trainer.GanConfig().to_dict().items() if k != "generator_convs"}
+    assert trainer.GanConfig().generator_convs == 2
+    assert trainer.GanConfig.from_run_config(before_convs).generator_convs == 1
+    assert trainer.GanConfig.from_run_config(trainer.GanConfig().to_dict()).generator_convs == 2
     with pytest.raises(ValueError, match="unknown GAN option.*colour"):
         trainer.GanConfig.from_dict({"colour": "blue"})
 
@@ -686,7 +691,7 @@ def test_class_conditional_batch_norm_gives_each_genre_its_own_gain_and_bias(tmp
     gains = [layer for layer in generator.layers if layer.name.endswith("_bn_gain")]
     norms = [layer for layer in generator.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert {layer.name for layer in gains} == {f"{norm.name}_gain" for norm in norms} == {
-        "project_bn_gain", "conv8_bn_gain", "conv16_bn_gain"}
+        "project_bn_gain", "conv8_bn_gain", "conv8b_bn_gain", "conv16_bn_gain", "conv16b_bn_gain"}
     assert all(not norm.center and not norm.scale for norm in norms)
     assert all(np.all(layer.get_weights()[0] == 1.0) for layer in gains)
     before = generator.get_layer("conv8_bn_gain").get_weights()[0].copy()

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
                             "frames)")
     train.add_argument("--generator-convs", type=int, default=None, choices=GENERATOR_CONVS,
                        help="(3x3 convolution, batch norm, LeakyReLU) blocks after each upsampling of the projected "
-                            "generator; a second one smooths the blocks that nearest upsampling leaves (default 1)")
+                            "generator; a second one smooths the blocks that nearest upsampling leaves (default 2)")
     train.add_argument("--discriminator-downsample", default=None, choices=DOWNSAMPLINGS,
                        help="how the projected discriminator shrinks images for its trunk and whole-picture head: "
                             "average (pooling, whose gradient to the generator is blocky) or blur (a [1, 3, 3, 1] "

@@ -91,7 +91,7 @@ class GanConfig:
     latent_dim: int = 128
     base_channels: int = 16
     generator_padding: str = "reflect"  # projected generator's 3x3 convolutions: reflect | zeros (zeros paints frames)
-    generator_convs: int = 1  # projected generator: (3x3 conv, BN, LeakyReLU) blocks per doubling (GENERATOR_CONVS)
+    generator_convs: int = 2  # projected generator: (3x3 conv, BN, LeakyReLU) blocks per doubling (GENERATOR_CONVS)
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
@@ -196,14 +196,16 @@ class GanConfig:
         padding, one written before `global_head` had no whole-picture head, one written before `precision`
         computed in float32, one written before `lr_decay` kept its learning rate and one written before
         `ema_lr_power` moved its EMA a fixed share per step with BatchNorm statistics from 256 samples, and one
-        written before `augment_policy` augmented with translation, colour and cutout, and a conditional run
+        written before `augment_policy` augmented with translation, colour and cutout, one written before
+        `generator_convs` had one convolution block per doubling, and a conditional run
         whose config leaves `mode_seeking` to the default (-1; new runs save the weight they use) trained with
         OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the
         schedule) it was started with."""
         values = dict(values)
         if values.get("conditional") and float(values.get("mode_seeking", -1.0)) < 0:
             values["mode_seeking"] = OLDER_CONDITIONAL_MODE_SEEKING
-        return cls.from_dict({"generator_padding": "zeros", "global_head": 0.0, "precision": "float32",
+        return cls.from_dict({"generator_padding": "zeros", "generator_convs": 1, "global_head": 0.0,
+                              "precision": "float32",
                               "lr_decay": "none", "ema_lr_power": 0.0, "bn_calibration_samples": 256,
                               "augment_policy": list(networks.AUGMENT_POLICIES), **values})
 
