@@ -176,7 +176,7 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     while size < image_size:
         size *= 2
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{size}")(x)
-        for suffix in ("", "b", "c", "d")[:convs_per_size]:
+        for suffix in ("", "b")[:convs_per_size]:
             x = conv3x3(x, widths[size], f"conv{size}{suffix}", use_bias=False)
             if conditional_norm:
                 x = _class_batch_norm(x, inputs[1], num_classes, f"conv{size}{suffix}_bn")
