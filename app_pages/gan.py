@@ -127,11 +127,21 @@ gan_run = core.call(store.open_run, run_dir, "gan", failure="Cannot open the GAN
 run_classes = core.call(gan_run.classes, failure="Cannot read the run's genres")
 conditional_run = bool(core.call(gan_run.config, failure="Cannot read the run's config").get("conditional"))
 st.subheader("Sample")
+best = core.gan_best(str(run_dir))
+checkpoint_labels = {
+    "best": (f"best epoch ({best['epoch']}, lowest KID in the run's own space)" if best
+             else "best epoch (none kept yet: the last)"),
+    "last": "last epoch"}
+checkpoint = st.radio("Generator", list(checkpoint_labels), format_func=checkpoint_labels.get, horizontal=True,
+                      key="gan_checkpoint",
+                      help="KID often rises over a run's last epochs while the learning rate runs out; the best "
+                           "epoch's generator is kept beside the last one")
 columns = st.columns(3)
 count = columns[0].number_input("How many", 1, 64, 16, key="gan_sample_n")
 sample_seed = columns[1].number_input("Seed", 0, 2**31 - 1, 0, key="gan_sample_seed")
 sample_genre = columns[2].selectbox("Genre", run_classes, key="gan_sample_genre", disabled=not conditional_run)
-picture = core.gan_picture(str(run_dir), "sample", int(count), int(sample_seed), sample_genre if conditional_run else None)
+picture = core.gan_picture(str(run_dir), "sample", int(count), int(sample_seed),
+                           sample_genre if conditional_run else None, checkpoint=checkpoint)
 st.image(picture["image"], caption=f"{count} samples, seed {sample_seed}", width=int(min(640, max(256, 2 * picture["image"].shape[1]))))
 st.download_button("Download PNG", picture["png"], file_name=f"{run_id}-seed{sample_seed}.png", mime="image/png", key="gan_sample_download", icon=":material/download:")
 
@@ -140,6 +150,7 @@ columns = st.columns(3)
 seed_a = columns[0].number_input("From seed", 0, 2**31 - 1, 0, key="gan_seed_a")
 seed_b = columns[1].number_input("To seed", 0, 2**31 - 1, 1, key="gan_seed_b")
 steps = columns[2].slider("Steps", 2, 16, 8, key="gan_steps")
-strip = core.gan_picture(str(run_dir), "interpolate", int(steps), int(seed_a), sample_genre if conditional_run else None, int(seed_b))
+strip = core.gan_picture(str(run_dir), "interpolate", int(steps), int(seed_a),
+                         sample_genre if conditional_run else None, int(seed_b), checkpoint=checkpoint)
 st.image(strip["image"], caption=f"seed {seed_a} → seed {seed_b}", width="stretch")
 st.download_button("Download PNG", strip["png"], file_name=f"{run_id}-{seed_a}-to-{seed_b}.png", mime="image/png", key="gan_strip_download", icon=":material/download:")

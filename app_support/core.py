@@ -231,16 +231,17 @@ def comparison(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @st.cache_data(show_spinner="Generating...", max_entries=32)
-def _gan_picture(run_dir: str, stamp: float, what: str, count: int, seed: int, genre: str | None, seed_b: int) -> dict:
+def _gan_picture(run_dir: str, stamp: float, what: str, count: int, seed: int, genre: str | None, seed_b: int,
+                 checkpoint: str) -> dict:
     import io
 
     from PIL import Image
 
     if what == "sample":
-        pictures = trainer.sample(run_dir, n=count, seed=seed, genre=genre)
+        pictures = trainer.sample(run_dir, n=count, seed=seed, genre=genre, checkpoint=checkpoint)
         columns = int(np.ceil(np.sqrt(len(pictures))))
     else:
-        pictures = trainer.interpolate(run_dir, seed, seed_b, steps=count, genre=genre)
+        pictures = trainer.interpolate(run_dir, seed, seed_b, steps=count, genre=genre, checkpoint=checkpoint)
         columns = len(pictures)
     image = trainer.grid(pictures, columns=columns)
     buffer = io.BytesIO()
@@ -270,8 +271,18 @@ def gan_quality_by_genre(run_dir: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(trainer.QUALITY_BY_GENRE_COLUMNS))
 
 
-def gan_picture(run_dir: str, what: str, count: int, seed: int, genre: str | None = None, seed_b: int = 1) -> dict:
-    """A grid of `count` samples for a seed (what="sample") or an interpolation strip from seed to seed_b, as
-    {"image": uint8 array, "png": bytes}; deterministic, so cached per generator file version."""
-    stamp = modification_time(Path(run_dir) / "generator.keras")
-    return call(_gan_picture, run_dir, stamp, what, count, seed, genre, seed_b, failure="Cannot generate images")
+def gan_picture(run_dir: str, what: str, count: int, seed: int, genre: str | None = None, seed_b: int = 1,
+                checkpoint: str = "best") -> dict:
+    """A grid of `count` samples for a seed (what="sample") or an interpolation strip from seed to seed_b, made
+    by the run's best or last generator (trainer.generator_path), as {"image": uint8 array, "png": bytes};
+    deterministic, so cached per generator file version."""
+    path = call(trainer.generator_path, run_dir, checkpoint, failure="Cannot find the run's generator")
+    stamp = modification_time(path)
+    return call(_gan_picture, run_dir, stamp, what, count, seed, genre, seed_b, checkpoint,
+                failure="Cannot generate images")
+
+
+def gan_best(run_dir: str) -> dict | None:
+    """The run's best epoch record (trainer.read_best), or None; a damaged best.json stops the page with one
+    line naming it."""
+    return call(trainer.read_best, run_dir, failure="Cannot read the run's best epoch")

@@ -464,6 +464,31 @@ def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
     assert app.get_by_key("gan_sample_download").label == "Download PNG"
 
 
+def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):
+    import shutil
+
+    from app_support.testing import write_gan_run
+    from genre_core.gan import trainer
+    from genre_core.util import fileio
+
+    folder = write_gan_run("20260101-000000-landscape-gan1", epochs=3, image_size=16)
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    choice = app.radio(key="gan_checkpoint")
+    assert choice.value == "best" and "none kept yet" in choice.format_func("best")
+    # A run that kept a best epoch names it; both choices sample without error.
+    shutil.copy(folder / trainer.GENERATOR_FILE, folder / trainer.BEST_GENERATOR_FILE)
+    fileio.atomic_write_json(folder / trainer.BEST_FILE, {"epoch": 2, "kid": 1.0, "feature_space": "x"})
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert app.radio(key="gan_checkpoint").format_func("best").startswith("best epoch (2,")
+    app.radio(key="gan_checkpoint").set_value("last").run()
+    assert not app.exception, app.exception
+    (folder / trainer.BEST_FILE).write_text("[]")
+    app = page("gan").run()
+    assert any("best.json is not a best-epoch record" in item.value for item in app.error)
+
+
 def test_gan_page_shows_a_conditional_runs_diversity_per_genre(isolated_artifacts):
     from app_support import core
     from app_support.testing import write_gan_run

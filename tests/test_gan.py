@@ -314,6 +314,45 @@ def test_conditional_run_samples_the_chosen_genre(tiny_dataset_dir, isolated_art
         trainer.sample(run, 2, seed=0, genre="abstract")
 
 
+def test_the_best_epoch_by_own_kid_is_kept_and_sampled_by_default(tiny_dataset_dir, isolated_artifacts, capsys):
+    """_keep_if_best saves the EMA generator and best.json only when an epoch's KID (run's own space) is the
+    lowest so far; sampling uses that generator by default and the last one on request; a run without one
+    samples its last generator; a damaged best.json and an unknown checkpoint are refused by name."""
+    config = run_config(tiny_dataset_dir)
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+    gan = networks.make_gan(trainer._ModelShape(config, 1))
+    trainer.save_generator(gan, run)
+    assert trainer.read_best(run) is None
+    assert trainer.generator_path(run) == trainer.generator_path(run, "last") == run.path / trainer.GENERATOR_FILE
+    last_only = trainer.sample(run, n=2, seed=3)
+    assert trainer._keep_if_best(gan, run, 1, {"kid": 5.0, "feature_space": "s", "kid_fixed": 0.5}) is True
+    weights = gan.ema_generator.get_weights()
+    gan.ema_generator.set_weights([w + 0.05 for w in weights])  # a later, different generator
+    assert trainer._keep_if_best(gan, run, 2, {"kid": 7.0, "feature_space": "s"}) is False  # worse: not kept
+    assert trainer._keep_if_best(gan, run, 3, {}) is False  # not measured
+    trainer.save_generator(gan, run)  # the last epoch's generator
+    assert trainer.read_best(run)["epoch"] == 1 and trainer.read_best(run)["kid"] == 5.0
+    assert trainer.generator_path(run) == run.path / trainer.BEST_GENERATOR_FILE
+    best, last = trainer.sample(run, n=2, seed=3), trainer.sample(run, n=2, seed=3, checkpoint="last")
+    np.testing.assert_array_equal(best, last_only)  # epoch 1's generator, as saved then
+    assert not np.array_equal(best, last)
+    assert trainer._keep_if_best(gan, run, 4, {"kid": 3.0, "feature_space": "s"}) is True
+    assert trainer.read_best(run)["epoch"] == 4
+    np.testing.assert_array_equal(trainer.sample(run, n=2, seed=3), last)
+    out = run.path / "last.png"
+    assert cli.main(["gan", "sample", run.id, "--n", "2", "--checkpoint", "last", "--out", str(out)]) == 0
+    assert out.exists()
+    assert cli.main(["gan", "interpolate", run.id, "--steps", "2", "--checkpoint", "best"]) == 0
+    with pytest.raises(SystemExit):
+        cli.main(["gan", "sample", run.id, "--checkpoint", "middle"])
+    assert "invalid choice: 'middle'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="checkpoint 'middle'"):
+        trainer.generator_path(run, "middle")
+    (run.path / trainer.BEST_FILE).write_text('{"epoch": "one"}')
+    with pytest.raises(ValueError, match="best.json is not a best-epoch record"):
+        trainer.read_best(run)
+
+
 def test_quality_by_genre_reads_every_epoch_and_names_a_bad_file(isolated_artifacts):
     run = store.create_run("gan", {"genre": None, "conditional": True}, classes=["landscape", "portrait"])
     assert trainer.quality_by_genre(run) == []  # nothing measured yet
@@ -806,3 +845,7 @@ def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, i
     latest = fileio.read_json(run.path / "quality.json")["latest"]
     assert latest["fixed_space"] == "hed_vgg16_conv345_rms@64"
     assert latest["judge"] == judge.id
+    # The measured epoch is the best so far: its generator and numbers are kept beside the last one.
+    assert (run.path / trainer.BEST_GENERATOR_FILE).exists()
+    assert trainer.read_best(run) == {"epoch": 1, "kid": row["kid"], "feature_space": row["feature_space"],
+                                      "kid_fixed": row["kid_fixed"], "recognised": row["recognised"]}

@@ -99,6 +99,9 @@ def register(subparsers) -> None:
     sample.add_argument("--genre", default=None, help="conditional runs: the genre to draw (default: all in turn)")
     sample.add_argument("--columns", type=int, default=0, help="images per row (default: a square grid)")
     sample.add_argument("--out", default=None, help="PNG path (default: <run>/samples/sample_seed<SEED>.png)")
+    sample.add_argument("--checkpoint", default="best", choices=trainer.CHECKPOINTS,
+                        help="best: the epoch with the lowest KID in the run's own space (the last epoch when the run "
+                             "kept none); last: the last epoch (default best)")
     sample.set_defaults(func=cmd_sample)
 
     between = commands.add_parser("interpolate", help="write a strip PNG walking the latent space between two seeds")
@@ -107,6 +110,8 @@ def register(subparsers) -> None:
     between.add_argument("--steps", type=int, default=8)
     between.add_argument("--genre", default=None)
     between.add_argument("--out", default=None, help="PNG path (default: <run>/samples/interpolate_A_B.png)")
+    between.add_argument("--checkpoint", default="best", choices=trainer.CHECKPOINTS,
+                         help="best or last, as for sample (default best)")
     between.set_defaults(func=cmd_interpolate)
 
     compare = commands.add_parser("compare", help="compare GAN runs: last and best fixed-space KID, recognised "
@@ -195,7 +200,7 @@ def _default_out(run_ref: str, name: str) -> Path:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    images = trainer.sample(args.run, args.n, args.seed, args.genre)
+    images = trainer.sample(args.run, args.n, args.seed, args.genre, args.checkpoint)
     columns = args.columns or int(np.ceil(np.sqrt(len(images))))
     out = Path(args.out) if args.out else _default_out(args.run, f"sample_seed{args.seed}.png")
     trainer.write_png(trainer.grid(images, columns), out)
@@ -205,7 +210,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
     seed_a, seed_b = args.seeds
-    images = trainer.interpolate(args.run, seed_a, seed_b, args.steps, args.genre)
+    images = trainer.interpolate(args.run, seed_a, seed_b, args.steps, args.genre, args.checkpoint)
     out = Path(args.out) if args.out else _default_out(args.run, f"interpolate_{seed_a}_{seed_b}.png")
     trainer.write_png(trainer.grid(images, len(images)), out)
     print(out)
