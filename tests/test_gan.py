@@ -351,6 +351,10 @@ def test_the_best_epoch_by_own_kid_is_kept_and_sampled_by_default(tiny_dataset_d
     (run.path / trainer.BEST_FILE).write_text('{"epoch": "one"}')
     with pytest.raises(ValueError, match="best.json is not a best-epoch record"):
         trainer.read_best(run)
+    # Training does not stop over a damaged record: the next measured epoch replaces it.
+    assert trainer._keep_if_best(gan, run, 5, {"kid": 9.0, "feature_space": "s"}) is True
+    assert trainer.read_best(run)["epoch"] == 5
+    assert "keeping epoch 5 as the best" in capsys.readouterr().out
 
 
 def test_quality_by_genre_reads_every_epoch_and_names_a_bad_file(isolated_artifacts):

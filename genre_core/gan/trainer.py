@@ -458,7 +458,11 @@ def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict) -> bool:
     kid = measured.get("kid")
     if kid is None or not np.isfinite(kid):
         return False
-    best = read_best(run)
+    try:
+        best = read_best(run)
+    except ValueError as error:  # a damaged record must not end the run: this epoch replaces it
+        print(f"{error}; keeping epoch {epoch} as the best", flush=True)
+        best = None
     if best is not None and best["kid"] <= kid and (run.path / BEST_GENERATOR_FILE).exists():
         return False
     save_generator(gan, run, BEST_GENERATOR_FILE)
