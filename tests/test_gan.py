@@ -388,12 +388,17 @@ def test_gan_train_cli_rejects_bad_input(capsys):
         with pytest.raises(SystemExit):
             cli.main(["gan", "train", "--conditional", "--mode-seeking", bad])
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["gan", "train", "--lecam", "-0.3"])
+    assert "argument --lecam: -0.3 is below 0" in capsys.readouterr().err
+    assert cli.main(["gan", "train", "--epochs", "1", "--lecam", "20"]) == 2
+    assert "lecam must be in 0..10, got 20.0" in capsys.readouterr().err
 
 
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
-    --conditional-norm and --generator-convs set the run's config;
+    --conditional-norm, --generator-convs and --lecam set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -405,7 +410,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur",
                      "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
                      "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales",
-                     "--conditional-norm", "--generator-convs", "2"]) == 0
+                     "--conditional-norm", "--generator-convs", "2", "--lecam", "0.3"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
@@ -413,6 +418,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
     assert (chosen.conditional_norm, default.conditional_norm) == (True, False)
     assert (chosen.generator_convs, default.generator_convs) == (2, trainer.GanConfig.generator_convs)
+    assert (chosen.lecam, default.lecam) == (0.3, 0.0)
     assert (default.mode_seeking, default.mode_seeking_weight) == (-1.0, 0.0)  # unconditional: off
     assert (chosen.feature_mixing, default.feature_mixing) == ("channels_scales", "none")
     assert chosen.augment_policy == ["translation", "cutout", "geometric"]
@@ -693,6 +699,55 @@ def test_conditional_projected_gan_trains_with_the_mode_seeking_term():
     assert trainer.GanConfig.from_run_config(older).mode_seeking_weight == 1.0
     assert trainer.GanConfig.from_run_config({**older, "mode_seeking": 0.5}).mode_seeking_weight == 0.5
     assert trainer.GanConfig.from_run_config({**older, "conditional": False, "genre": "x"}).mode_seeking_weight == 0.0
+
+
+def test_lecam_term_follows_the_papers_formula_trains_and_is_checkpointed_only_when_on(tmp_path):
+    """LeCam (Tseng et al. 2021): penalty = mean(relu(D(real) - avg fake)^2) + mean(relu(avg real - D(fake))^2)
+    with zero-debiased moving averages (decay 0.99) of D's mean logits; one train step with it changes D
+    differently from one without; its averages are checkpoint state only when the term is on."""
+    import tensorflow as tf
+
+    from genre_core.runs import store
+
+    config = tiny_model_config()
+    config.config.lecam = 0.3
+    model = networks.make_gan(config)
+    assert model.lecam == 0.3 and networks.make_gan(tiny_model_config()).lecam == 0.0
+    # First call: the averages are this step's means (real 1, fake 0) after debiasing.
+    first = model._lecam_loss(tf.constant([2.0, 0.0]), tf.constant([-1.0, 1.0]))
+    assert float(first) == pytest.approx(4.0)  # mean([2^2, 0]) + mean([(1 - -1)^2, 0])
+    # Second call: average real = 0.99 * 0.01 * 1 / (1 - 0.99^2) = 0.4975, average fake = 0.
+    second = model._lecam_loss(tf.constant([0.0, 0.0]), tf.constant([0.0, 0.0]))
+    assert float(second) == pytest.approx(0.4975 ** 2, rel=1e-4)
+    np.testing.assert_allclose(model.lecam_averages.numpy(), [0.0099, 0.0, 2.0], rtol=1e-5)
+
+    without = networks.make_gan(tiny_model_config())
+    with_term = networks.make_gan(config)
+    with_term.set_weights(without.get_weights())
+    with_term.lecam = 10.0  # a large weight, so that its share of the gradient is plain
+    control = networks.make_gan(tiny_model_config())  # the same step without the term: the same weights
+    control.set_weights(without.get_weights())
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    labels = np.zeros(8, np.int32)
+    for gan in (without, with_term, control):
+        gan.seed_generator.state.assign([7, 0])
+        gan.train_on_batch(images, labels)
+
+    def same_discriminator(a, b):
+        return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in
+                   zip(a.discriminator.trainable_weights, b.discriminator.trainable_weights))
+    assert same_discriminator(without, control)
+    assert not same_discriminator(without, with_term)
+    assert float(with_term.lecam_averages.numpy()[2]) == 1.0
+
+    assert len(with_term.state_variables()) == len(without.state_variables()) + 1
+    run = store.Run(tmp_path / "run")
+    trainer.save_checkpoint(with_term, run, 1)
+    fresh = networks.make_gan(config)
+    trainer.load_checkpoint(fresh, run)
+    np.testing.assert_allclose(fresh.lecam_averages.numpy(), with_term.lecam_averages.numpy())
+    with pytest.raises(ValueError, match="was the config changed"):
+        trainer.load_checkpoint(without, run)
 
 
 def test_generator_convs_adds_a_second_convolution_after_each_upsampling():

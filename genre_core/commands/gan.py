@@ -78,6 +78,10 @@ def register(subparsers) -> None:
                        help="weight of the MSGAN mode-seeking term, which pays the generator for making different "
                             "images of one genre from different latent vectors; 0 turns it off (default "
                             f"{trainer.CONDITIONAL_MODE_SEEKING:g} for conditional runs, 0 otherwise)")
+    train.add_argument("--lecam", type=_non_negative, default=None, metavar="W",
+                       help="weight of LeCam regularisation (Tseng et al. 2021), which keeps the discriminator's "
+                            "scores of real and generated images near each other's moving averages so that it "
+                            "overfits a small training set less; 0 turns it off (default 0)")
     train.add_argument("--precision", default=None, choices=PRECISIONS,
                        help="projected GAN arithmetic: auto (mixed_bfloat16 where the CPU or GPU has bfloat16, about "
                             "1.5x faster steps; else float32), float32 or mixed_bfloat16 (default auto)")
@@ -174,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head), ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),
-                                           ("mode_seeking", args.mode_seeking),
+                                           ("mode_seeking", args.mode_seeking), ("lecam", args.lecam),
                                            ("conditional_norm", args.conditional_norm),
                                            ("feature_mixing", args.feature_mixing))
            if value is not None},

@@ -50,6 +50,8 @@ from genre_core.models.layers import layer_classes
 SUPPORTED_SIZES = (16, 32, 64, 128, 256)
 ARCHITECTURES = ("projected", "dcgan")
 LOSSES = ("hinge", "non_saturating")
+# LeCam regularisation: the decay of the moving averages of D's mean logits (the paper's and its code's 0.99).
+LECAM_DECAY = 0.99
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # "auto": mixed_bfloat16 where the hardware has bfloat16
 GENERATOR_PADDINGS = ("zeros", "reflect")  # how the projected generator's 3x3 convolutions pad
 GENERATOR_CONVS = (1, 2)  # (3x3 conv, BN, LeakyReLU) blocks after each upsampling of the projected generator
@@ -560,6 +562,7 @@ def make_gan(config):
         num_classes=num_classes,
         loss=loss,
         mode_seeking=float(getattr(config, "mode_seeking", 0.0)),
+        lecam=float(getattr(config, "lecam", 0.0)),
         ema_decay=config.ema_decay,
         augment_probability=config.augment_probability,
         augment_policy=tuple(getattr(config, "augment_policy", AUGMENT_POLICIES)),
@@ -587,13 +590,14 @@ def _gan_class():
         def __init__(self, generator, discriminator, latent_dim, num_classes=0, ema_decay=0.999,
                      augment_probability=1.0, adaptive_augment=False, augment_target=0.6,
                      augment_speed=0.001, seed=0, loss="non_saturating", mode_seeking=0.0,
-                     augment_policy=AUGMENT_POLICIES, **kwargs):
+                     augment_policy=AUGMENT_POLICIES, lecam=0.0, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
             self.augment_policy = check_augment_policy(augment_policy)
             self.loss = loss
             self.mode_seeking = float(mode_seeking)
+            self.lecam = float(lecam)
             self.generator = generator
             self.discriminator = discriminator
             self.ema_generator = keras.models.clone_model(generator)
@@ -611,6 +615,10 @@ def _gan_class():
             # Multiplies the EMA's per-step share; the trainer sets it each epoch (GanConfig.ema_rate_scale). It
             # is not training state (not in state_variables), so older checkpoints still load.
             self.ema_rate_scale = keras.Variable(1.0, trainable=False, name="ema_rate_scale")
+            # LeCam: moving averages of D's mean logit on real and on generated images (decay LECAM_DECAY,
+            # zero-debiased by the step count). Training state only when the term is on, so checkpoints of
+            # runs without it keep their variable count.
+            self.lecam_averages = keras.Variable([0.0, 0.0, 0.0], trainable=False, name="lecam_averages")
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
@@ -634,6 +642,7 @@ def _gan_class():
                 list(self.generator.weights) + list(self.discriminator.weights) + list(self.ema_generator.weights)
                 + list(self.generator_optimizer.variables) + list(self.discriminator_optimizer.variables)
                 + [self.seed_generator.state, self.augment_probability]
+                + ([self.lecam_averages] if self.lecam else [])
             )
 
         def _inputs(self, images_or_noise, labels):
@@ -649,6 +658,20 @@ def _gan_class():
                 return tf.reduce_mean(tf.nn.relu(1.0 - real_logits)) + tf.reduce_mean(tf.nn.relu(1.0 + fake_logits))
             return self.loss_function(tf.ones_like(real_logits), real_logits) + self.loss_function(
                 tf.zeros_like(fake_logits), fake_logits)
+
+        def _lecam_loss(self, real_logits, fake_logits):
+            """LeCam regularisation (Tseng et al., CVPR 2021): keep D's logits on real images from rising above
+            the moving average of its logits on generated images, and those on generated images from falling
+            below the average on real ones; this bounds how far D can overfit a small training set. Updates
+            the moving averages (of this step's mean logits, before the step) and returns the penalty."""
+            mean_real = tf.stop_gradient(tf.reduce_mean(tf.cast(real_logits, "float32")))
+            mean_fake = tf.stop_gradient(tf.reduce_mean(tf.cast(fake_logits, "float32")))
+            sums, count = self.lecam_averages[:2], self.lecam_averages[2] + 1.0
+            sums = LECAM_DECAY * sums + (1.0 - LECAM_DECAY) * tf.stack([mean_real, mean_fake])
+            self.lecam_averages.assign(tf.concat([sums, [count]], axis=0))
+            average_real, average_fake = tf.unstack(sums / (1.0 - LECAM_DECAY ** count))
+            return (tf.reduce_mean(tf.square(tf.nn.relu(tf.cast(real_logits, "float32") - average_fake)))
+                    + tf.reduce_mean(tf.square(tf.nn.relu(average_real - tf.cast(fake_logits, "float32")))))
 
         def _mode_seeking_loss(self, noise, images):
             """MSGAN's term: 1 / (image distance / latent distance) over the pairs (i, i + half)."""
@@ -671,7 +694,10 @@ def _gan_class():
                 logits = self.discriminator(self._inputs(both, tf.concat([labels, labels], axis=0)), training=True)
                 real_logits, fake_logits = logits[:batch_size], logits[batch_size:]
                 d_loss = self._discriminator_loss(real_logits, fake_logits)
-            gradients = tape.gradient(d_loss, self.discriminator.trainable_variables)
+                total_d_loss = d_loss
+                if self.lecam:
+                    total_d_loss = d_loss + self.lecam * self._lecam_loss(real_logits, fake_logits)
+            gradients = tape.gradient(total_d_loss, self.discriminator.trainable_variables)
             self.discriminator_optimizer.apply_gradients(zip(gradients, self.discriminator.trainable_variables))
 
             # Generator step with the non-saturating loss: make D call the generated images real.

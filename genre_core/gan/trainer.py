@@ -102,6 +102,7 @@ class GanConfig:
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
+    lecam: float = 0.0  # LeCam regularisation weight of the discriminator (Tseng et al. 2021); 0: off
     learning_rate: float = 1e-4
     lr_decay: str = "linear"  # linear: both learning rates fall linearly to 0 over the run (budget or epochs) | none
     beta_1: float = 0.0
@@ -141,6 +142,8 @@ class GanConfig:
         if self.discriminator_downsample not in networks.DOWNSAMPLINGS:
             raise ValueError(f"discriminator_downsample {self.discriminator_downsample!r} is not one of "
                              f"{networks.DOWNSAMPLINGS}")
+        if not 0.0 <= self.lecam <= 10.0:
+            raise ValueError(f"lecam must be in 0..10, got {self.lecam}")
         if not 0.0 <= self.ema_lr_power <= 2.0:
             raise ValueError(f"ema_lr_power must be in 0..2, got {self.ema_lr_power}")
         if int(self.bn_calibration_samples) < 2:
