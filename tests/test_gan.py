@@ -410,7 +410,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur",
                      "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
                      "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales",
-                     "--conditional-norm", "--generator-convs", "2", "--lecam", "0.3"]) == 0
+                     "--conditional-norm", "--generator-convs", "2", "--lecam", "0.5"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
@@ -418,7 +418,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
     assert (chosen.conditional_norm, default.conditional_norm) == (True, False)
     assert (chosen.generator_convs, default.generator_convs) == (2, trainer.GanConfig.generator_convs)
-    assert (chosen.lecam, default.lecam) == (0.3, 0.0)
+    assert (chosen.lecam, default.lecam) == (0.5, 0.3)
     assert (default.mode_seeking, default.mode_seeking_weight) == (-1.0, 0.0)  # unconditional: off
     assert (chosen.feature_mixing, default.feature_mixing) == ("channels_scales", "none")
     assert chosen.augment_policy == ["translation", "cutout", "geometric"]
@@ -582,6 +582,11 @@ def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
     assert trainer.GanConfig.from_run_config(chosen_policy).augment_policy == ["geometric"]
     # The generator's depth: two convolution blocks per doubling now, one in runs written before the option.
     before_convs = {k: v for k, v in trainer.GanConfig().to_dict().items() if k != "generator_convs"}
+    # LeCam: on (0.3) in new runs, off in runs written before the option (their checkpoints lack its averages).
+    assert trainer.GanConfig().lecam == 0.3
+    before_lecam = {k: v for k, v in trainer.GanConfig().to_dict().items() if k != "lecam"}
+    assert trainer.GanConfig.from_run_config(before_lecam).lecam == 0.0
+    assert trainer.GanConfig.from_run_config({**before_lecam, "lecam": 0.1}).lecam == 0.1
     assert trainer.GanConfig().generator_convs == 2
     assert trainer.GanConfig.from_run_config(before_convs).generator_convs == 1
     assert trainer.GanConfig.from_run_config(trainer.GanConfig().to_dict()).generator_convs == 2
@@ -710,9 +715,10 @@ def test_lecam_term_follows_the_papers_formula_trains_and_is_checkpointed_only_w
     from genre_core.runs import store
 
     config = tiny_model_config()
-    config.config.lecam = 0.3
     model = networks.make_gan(config)
-    assert model.lecam == 0.3 and networks.make_gan(tiny_model_config()).lecam == 0.0
+    off = tiny_model_config()
+    off.config.lecam = 0.0
+    assert model.lecam == 0.3 and networks.make_gan(off).lecam == 0.0
     # First call: the averages are this step's means (real 1, fake 0) after debiasing.
     first = model._lecam_loss(tf.constant([2.0, 0.0]), tf.constant([-1.0, 1.0]))
     assert float(first) == pytest.approx(4.0)  # mean([2^2, 0]) + mean([(1 - -1)^2, 0])
@@ -721,11 +727,11 @@ def test_lecam_term_follows_the_papers_formula_trains_and_is_checkpointed_only_w
     assert float(second) == pytest.approx(0.4975 ** 2, rel=1e-4)
     np.testing.assert_allclose(model.lecam_averages.numpy(), [0.0099, 0.0, 2.0], rtol=1e-5)
 
-    without = networks.make_gan(tiny_model_config())
+    without = networks.make_gan(off)
     with_term = networks.make_gan(config)
     with_term.set_weights(without.get_weights())
     with_term.lecam = 10.0  # a large weight, so that its share of the gradient is plain
-    control = networks.make_gan(tiny_model_config())  # the same step without the term: the same weights
+    control = networks.make_gan(off)  # the same step without the term: the same weights
     control.set_weights(without.get_weights())
     images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
     labels = np.zeros(8, np.int32)

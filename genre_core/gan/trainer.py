@@ -102,7 +102,7 @@ class GanConfig:
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
-    lecam: float = 0.0  # LeCam regularisation weight of the discriminator (Tseng et al. 2021); 0: off
+    lecam: float = 0.3  # LeCam regularisation weight of the discriminator (Tseng et al. 2021); 0: off
     learning_rate: float = 1e-4
     lr_decay: str = "linear"  # linear: both learning rates fall linearly to 0 over the run (budget or epochs) | none
     beta_1: float = 0.0
@@ -204,7 +204,8 @@ class GanConfig:
         computed in float32, one written before `lr_decay` kept its learning rate and one written before
         `ema_lr_power` moved its EMA a fixed share per step with BatchNorm statistics from 256 samples, and one
         written before `augment_policy` augmented with translation, colour and cutout, one written before
-        `generator_convs` had one convolution block per doubling, and a conditional run
+        `generator_convs` had one convolution block per doubling, one written before `lecam` had no LeCam
+        term, and a conditional run
         whose config leaves `mode_seeking` to the default (-1; new runs save the weight they use) trained with
         OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the
         schedule) it was started with."""
@@ -212,7 +213,7 @@ class GanConfig:
         if values.get("conditional") and float(values.get("mode_seeking", -1.0)) < 0:
             values["mode_seeking"] = OLDER_CONDITIONAL_MODE_SEEKING
         return cls.from_dict({"generator_padding": "zeros", "generator_convs": 1, "global_head": 0.0,
-                              "precision": "float32", "lr_decay": "none", "ema_lr_power": 0.0,
+                              "precision": "float32", "lr_decay": "none", "ema_lr_power": 0.0, "lecam": 0.0,
                               "bn_calibration_samples": 256,
                               "augment_policy": list(networks.AUGMENT_POLICIES), **values})
 
