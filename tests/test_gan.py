@@ -392,7 +392,7 @@ def test_gan_train_cli_rejects_bad_input(capsys):
         cli.main(["gan", "train", "--lecam", "-0.3"])
     assert "argument --lecam: -0.3 is below 0" in capsys.readouterr().err
     assert cli.main(["gan", "train", "--epochs", "1", "--lecam", "20"]) == 2
-    assert "lecam must be in 0..10, got 20.0" in capsys.readouterr().err
+    assert "lecam must be in 0..10 (or -1, the default), got 20.0" in capsys.readouterr().err
 
 
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
@@ -418,7 +418,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
     assert (chosen.conditional_norm, default.conditional_norm) == (True, False)
     assert (chosen.generator_convs, default.generator_convs) == (2, trainer.GanConfig.generator_convs)
-    assert (chosen.lecam, default.lecam) == (0.5, 0.3)
+    assert (chosen.lecam, chosen.lecam_weight, default.lecam, default.lecam_weight) == (0.5, 0.5, -1.0, 0.3)
     assert (default.mode_seeking, default.mode_seeking_weight) == (-1.0, 0.0)  # unconditional: off
     assert (chosen.feature_mixing, default.feature_mixing) == ("channels_scales", "none")
     assert chosen.augment_policy == ["translation", "cutout", "geometric"]
@@ -582,14 +582,20 @@ def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
     assert trainer.GanConfig.from_run_config(chosen_policy).augment_policy == ["geometric"]
     # The generator's depth: two convolution blocks per doubling now, one in runs written before the option.
     before_convs = {k: v for k, v in trainer.GanConfig().to_dict().items() if k != "generator_convs"}
-    # LeCam: on (0.3) in new runs, off in runs written before the option (their checkpoints lack its averages).
-    assert trainer.GanConfig().lecam == 0.3
-    before_lecam = {k: v for k, v in trainer.GanConfig().to_dict().items() if k != "lecam"}
-    assert trainer.GanConfig.from_run_config(before_lecam).lecam == 0.0
-    assert trainer.GanConfig.from_run_config({**before_lecam, "lecam": 0.1}).lecam == 0.1
     assert trainer.GanConfig().generator_convs == 2
     assert trainer.GanConfig.from_run_config(before_convs).generator_convs == 1
     assert trainer.GanConfig.from_run_config(trainer.GanConfig().to_dict()).generator_convs == 2
+    # LeCam: 0.3 in new projected runs (saved as the weight in use), 0 for dcgan unless set, and off in runs
+    # written before the option (their checkpoints lack its averages).
+    assert (trainer.GanConfig().lecam_weight, trainer.GanConfig(architecture="dcgan").lecam_weight) == (0.3, 0.0)
+    assert trainer.GanConfig(architecture="dcgan", lecam=0.2).lecam_weight == 0.2
+    saved = trainer.new_run_config(trainer.GanConfig())[0]
+    assert saved["lecam"] == 0.3
+    before_lecam = {k: v for k, v in saved.items() if k != "lecam"}
+    assert trainer.GanConfig.from_run_config(before_lecam).lecam_weight == 0.0
+    assert trainer.GanConfig.from_run_config(saved).lecam_weight == 0.3
+    with pytest.raises(ValueError, match="lecam must be in 0..10"):
+        trainer.GanConfig(lecam=-0.5).validate()
     with pytest.raises(ValueError, match="unknown GAN option.*colour"):
         trainer.GanConfig.from_dict({"colour": "blue"})
 

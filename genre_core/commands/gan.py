@@ -82,7 +82,7 @@ def register(subparsers) -> None:
                        help="weight of LeCam regularisation (Tseng et al. 2021), which keeps the discriminator's "
                             "scores of real and generated images near each other's moving averages so that it "
                             "overfits a small training set less; 0 turns it off (default "
-                            f"{trainer.GanConfig.lecam:g})")
+                            f"{trainer.PROJECTED_LECAM:g} for the projected networks, 0 for dcgan)")
     train.add_argument("--precision", default=None, choices=PRECISIONS,
                        help="projected GAN arithmetic: auto (mixed_bfloat16 where the CPU or GPU has bfloat16, about "
                             "1.5x faster steps; else float32), float32 or mixed_bfloat16 (default auto)")

@@ -64,6 +64,9 @@ LR_DECAYS = ("linear", "none")
 CONDITIONAL_MODE_SEEKING = 0.1
 # What a conditional run written before new runs saved their resolved weight trained with.
 OLDER_CONDITIONAL_MODE_SEEKING = 1.0
+# The LeCam weight of a projected run that does not set one: the paper's weight with BigGAN's hinge loss, which
+# ended issue 13's kit runs without a late rise (README, "LeCam regularisation"). DCGAN runs: 0 (not measured).
+PROJECTED_LECAM = 0.3
 
 
 def budget_clock(kind: str = "wall"):
@@ -102,7 +105,7 @@ class GanConfig:
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
-    lecam: float = 0.3  # LeCam regularisation weight of the discriminator (Tseng et al. 2021); 0: off
+    lecam: float = -1.0  # LeCam weight of D's loss (Tseng et al. 2021); -1: PROJECTED_LECAM if projected, else 0
     learning_rate: float = 1e-4
     lr_decay: str = "linear"  # linear: both learning rates fall linearly to 0 over the run (budget or epochs) | none
     beta_1: float = 0.0
@@ -142,8 +145,8 @@ class GanConfig:
         if self.discriminator_downsample not in networks.DOWNSAMPLINGS:
             raise ValueError(f"discriminator_downsample {self.discriminator_downsample!r} is not one of "
                              f"{networks.DOWNSAMPLINGS}")
-        if not 0.0 <= self.lecam <= 10.0:
-            raise ValueError(f"lecam must be in 0..10, got {self.lecam}")
+        if not (0.0 <= self.lecam <= 10.0 or self.lecam == -1.0):
+            raise ValueError(f"lecam must be in 0..10 (or -1, the default), got {self.lecam}")
         if not 0.0 <= self.ema_lr_power <= 2.0:
             raise ValueError(f"ema_lr_power must be in 0..2, got {self.ema_lr_power}")
         if int(self.bn_calibration_samples) < 2:
@@ -262,6 +265,13 @@ class GanConfig:
             return CONDITIONAL_MODE_SEEKING if self.conditional else 0.0
         return float(self.mode_seeking)
 
+    @property
+    def lecam_weight(self) -> float:
+        """The LeCam weight in use (-1 resolves to PROJECTED_LECAM for the projected networks, else 0)."""
+        if self.lecam < 0:
+            return PROJECTED_LECAM if self.architecture == "projected" else 0.0
+        return float(self.lecam)
+
 
 @dataclass
 class _ModelShape:
@@ -273,6 +283,10 @@ class _ModelShape:
     @property
     def mode_seeking(self) -> float:
         return self.config.mode_seeking_weight
+
+    @property
+    def lecam(self) -> float:
+        return self.config.lecam_weight
 
     def __getattr__(self, name):
         return getattr(self.config, name)
@@ -873,8 +887,8 @@ def new_run_config(config: GanConfig | dict) -> tuple[dict, list[str] | None]:
         config = GanConfig.from_dict(config)
     config.validate()
     classes = [config.genre] if not config.conditional else (list(config.genres) or None)
-    # The weight in use, not -1: a later change of the default does not change what this run resumes with.
-    return {**config.to_dict(), "mode_seeking": config.mode_seeking_weight}, classes
+    # The weights in use, not -1: a later change of a default does not change what this run resumes with.
+    return {**config.to_dict(), "mode_seeking": config.mode_seeking_weight, "lecam": config.lecam_weight}, classes
 
 
 # ----------------------------------------------------------------------------------------------------------
