@@ -664,14 +664,14 @@ def _gan_class():
             the moving average of its logits on generated images, and those on generated images from falling
             below the average on real ones; this bounds how far D can overfit a small training set. Updates
             the moving averages (of this step's mean logits, before the step) and returns the penalty."""
-            mean_real = tf.stop_gradient(tf.reduce_mean(tf.cast(real_logits, "float32")))
-            mean_fake = tf.stop_gradient(tf.reduce_mean(tf.cast(fake_logits, "float32")))
+            real, fake = tf.cast(real_logits, "float32"), tf.cast(fake_logits, "float32")
+            means = tf.stop_gradient(tf.stack([tf.reduce_mean(real), tf.reduce_mean(fake)]))
             sums, count = self.lecam_averages[:2], self.lecam_averages[2] + 1.0
-            sums = LECAM_DECAY * sums + (1.0 - LECAM_DECAY) * tf.stack([mean_real, mean_fake])
+            sums = LECAM_DECAY * sums + (1.0 - LECAM_DECAY) * means
             self.lecam_averages.assign(tf.concat([sums, [count]], axis=0))
             average_real, average_fake = tf.unstack(sums / (1.0 - LECAM_DECAY ** count))
-            return (tf.reduce_mean(tf.square(tf.nn.relu(tf.cast(real_logits, "float32") - average_fake)))
-                    + tf.reduce_mean(tf.square(tf.nn.relu(average_real - tf.cast(fake_logits, "float32")))))
+            return (tf.reduce_mean(tf.square(tf.nn.relu(real - average_fake)))
+                    + tf.reduce_mean(tf.square(tf.nn.relu(average_real - fake))))
 
         def _mode_seeking_loss(self, noise, images):
             """MSGAN's term: 1 / (image distance / latent distance) over the pairs (i, i + half)."""
