@@ -398,7 +398,7 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
-    --conditional-norm, --generator-convs and --lecam set the run's config;
+    --conditional-norm, --generator-convs, --lecam and --generator-noise set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -410,7 +410,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur",
                      "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
                      "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales",
-                     "--conditional-norm", "--generator-convs", "2", "--lecam", "0.5"]) == 0
+                     "--conditional-norm", "--generator-convs", "2", "--lecam", "0.5",
+                     "--generator-noise"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
@@ -418,6 +419,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
     assert (chosen.conditional_norm, default.conditional_norm) == (True, False)
     assert (chosen.generator_convs, default.generator_convs) == (2, trainer.GanConfig.generator_convs)
+    assert (chosen.generator_noise, default.generator_noise) == (True, trainer.GanConfig.generator_noise)
     assert (chosen.lecam, chosen.lecam_weight, default.lecam, default.lecam_weight) == (0.5, 0.5, -1.0, 0.3)
     assert (default.mode_seeking, default.mode_seeking_weight) == (-1.0, 0.0)  # unconditional: off
     assert (chosen.feature_mixing, default.feature_mixing) == ("channels_scales", "none")
@@ -783,6 +785,66 @@ def test_generator_convs_adds_a_second_convolution_after_each_upsampling():
         trainer.GanConfig(generator_convs=3).validate()
     with pytest.raises(ValueError, match="convolutions per size 0"):
         networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, convs_per_size=0)
+
+
+def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_is_checkpointed(tmp_path):
+    """generator_noise: a NoiseInjection layer after each 3x3 conv of the projected generator, with per-channel
+    strengths that start at 0 (so the new generator draws what it would without them); one train step moves
+    the strengths; in inference a latent vector gives the same image twice, in training the noise is fresh;
+    the generator reloads with safe_mode=True; the noise layers' seed states are checkpoint state; dcgan
+    refuses the option by name."""
+    import keras
+
+    from genre_core.models import layers
+
+    config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, generator_noise=True,
+                               precision="float32").validate()
+    model = networks.make_gan(trainer._ModelShape(config, 1))
+    generator = model.generator
+    noise_layers = [layer for layer in generator.layers if layer.name.endswith("_noise")]
+    assert [layer.name for layer in noise_layers] == ["conv8_noise", "conv8b_noise", "conv16_noise", "conv16b_noise"]
+    assert all(np.all(layer.strength.numpy() == 0.0) for layer in noise_layers)
+    plain_config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, precision="float32")
+    plain = networks.make_gan(trainer._ModelShape(plain_config, 1))
+    assert not any(layer.name.endswith("_noise") for layer in plain.generator.layers)
+    plain.generator.set_weights([w for w, v in zip(generator.get_weights(), generator.weights)
+                                 if not v.path.endswith("strength")])
+    z = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(generator(z, training=False)), np.asarray(plain.generator(z, training=False)),
+                               atol=1e-6)  # strength 0: no change
+
+    images = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    model.train_on_batch(images, np.zeros(8, np.int32))
+    assert all(np.abs(layer.strength.numpy()).max() > 0 for layer in noise_layers)
+    for layer in noise_layers:
+        layer.strength.assign(np.ones(layer.strength.shape, np.float32))  # plain to see
+    first, second = (np.asarray(generator(z, training=False)) for _ in range(2))
+    np.testing.assert_allclose(first, second)
+    assert not np.allclose(np.asarray(generator(z, training=True)), np.asarray(generator(z, training=True)))
+
+    generator.save(tmp_path / "generator.keras")  # (the training calls moved the batch-norm statistics)
+    layers.register_all()
+    again = keras.saving.load_model(tmp_path / "generator.keras", safe_mode=True, compile=False)
+    np.testing.assert_allclose(np.asarray(again(z, training=False)), np.asarray(generator(z, training=False)),
+                               atol=1e-5)
+
+    # 4 strengths in G, in its EMA and twice in Adam (m, v), and the 4 layers' seed states
+    assert len(model.state_variables()) == len(plain.state_variables()) + 4 * 4 + 4
+    run = store.Run(tmp_path / "run")
+    trainer.save_checkpoint(model, run, 1)
+    states = [layer.seed_generator.state.numpy().copy() for layer in noise_layers]
+    fresh = networks.make_gan(trainer._ModelShape(config, 1))
+    fresh_noise = [layer for layer in fresh.generator.layers if layer.name.endswith("_noise")]
+    unused = [layer.seed_generator.state.numpy().copy() for layer in fresh_noise]
+    assert not all(np.array_equal(a, b) for a, b in zip(unused, states))  # training drew from them
+    trainer.load_checkpoint(fresh, run)
+    assert all(np.array_equal(layer.seed_generator.state.numpy(), state) for layer, state in zip(fresh_noise, states))
+
+    with pytest.raises(ValueError, match="generator_noise"):
+        trainer.GanConfig(generator_noise=True, architecture="dcgan", image_size=64).validate()
+    before_noise = {k: v for k, v in trainer.GanConfig(generator_noise=True).to_dict().items()
+                    if k != "generator_noise"}
+    assert trainer.GanConfig.from_run_config(before_noise).generator_noise is False
 
 
 def test_class_conditional_batch_norm_gives_each_genre_its_own_gain_and_bias(tmp_path):

@@ -51,6 +51,10 @@ def register(subparsers) -> None:
     train.add_argument("--generator-convs", type=int, default=None, choices=GENERATOR_CONVS,
                        help="(3x3 convolution, batch norm, LeakyReLU) blocks after each upsampling of the projected "
                             "generator; a second one smooths the blocks that nearest upsampling leaves (default 2)")
+    train.add_argument("--generator-noise", action=argparse.BooleanOptionalAction, default=None,
+                       help="per-pixel noise after each 3x3 convolution of the projected generator, times a learned "
+                            "per-channel strength that starts at 0 (StyleGAN, FastGAN), so it can paint random "
+                            "texture rather than stripes (default off)")
     train.add_argument("--discriminator-downsample", default=None, choices=DOWNSAMPLINGS,
                        help="how the projected discriminator shrinks images for its trunk and whole-picture head: "
                             "average (pooling, whose gradient to the generator is blocky) or blur (a [1, 3, 3, 1] "
@@ -176,6 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{name: value for name, value in (("learning_rate", args.learning_rate), ("beta_1", args.beta_1),
                                            ("generator_padding", args.generator_padding),
                                            ("generator_convs", args.generator_convs),
+                                           ("generator_noise", args.generator_noise),
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head), ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),

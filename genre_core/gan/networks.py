@@ -148,13 +148,16 @@ def _class_batch_norm(x, label, num_classes: int, name: str):
 
 
 def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 16,
-                           padding: str = "zeros", conditional_norm: bool = False, convs_per_size: int = 1):
+                           padding: str = "zeros", conditional_norm: bool = False, convs_per_size: int = 1,
+                           noise: bool = False, noise_seed: int = 0):
     """Build the FastGAN-style generator: z (and a genre label) -> 4x4 map -> (nearest upsample, 3x3 conv, BN,
     LeakyReLU) per doubling, with skip-layer excitation, -> tanh image in [-1, 1]. `padding` is how the 3x3
     convolutions pad: "zeros" or "reflect" (GENERATOR_PADDINGS). With a genre label and `conditional_norm`,
     every batch norm is class-conditional (`_class_batch_norm`). `convs_per_size` (GENERATOR_CONVS) is how many
     (3x3 conv, BN, LeakyReLU) follow each upsampling: a second one smooths the 2x2 blocks that nearest
-    upsampling leaves before the next doubling copies them again (FastGAN's UpBlockComp has two)."""
+    upsampling leaves before the next doubling copies them again (FastGAN's UpBlockComp has two). With `noise`,
+    every such convolution is followed by a NoiseInjection layer (per-pixel noise times a learned per-channel
+    strength that starts at 0; FastGAN's UpBlockComp and StyleGAN have them), seeded from `noise_seed`."""
     import keras
     from keras import layers
 
@@ -180,6 +183,9 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{size}")(x)
         for suffix in ("", "b")[:convs_per_size]:
             x = conv3x3(x, widths[size], f"conv{size}{suffix}", use_bias=False)
+            if noise:
+                layer_seed = int(noise_seed) * 64 + 2 * int(math.log2(size)) + len(suffix)
+                x = layer_classes()["NoiseInjection"](seed=layer_seed, name=f"conv{size}{suffix}_noise")(x)
             if conditional_norm:
                 x = _class_batch_norm(x, inputs[1], num_classes, f"conv{size}{suffix}_bn")
             else:
@@ -545,7 +551,9 @@ def make_gan(config):
             generator = make_fastgan_generator(config.image_size, config.latent_dim, num_classes,
                                                config.base_channels, getattr(config, "generator_padding", "zeros"),
                                                bool(getattr(config, "conditional_norm", False)),
-                                               int(getattr(config, "generator_convs", 1)))
+                                               int(getattr(config, "generator_convs", 1)),
+                                               bool(getattr(config, "generator_noise", False)),
+                                               int(getattr(config, "seed", 0)))
             discriminator = make_projected_discriminator(
                 config.image_size, num_classes, config.base_channels,
                 global_weight=float(getattr(config, "global_head", 0.0)),
@@ -643,7 +651,15 @@ def _gan_class():
                 + list(self.generator_optimizer.variables) + list(self.discriminator_optimizer.variables)
                 + [self.seed_generator.state, self.augment_probability]
                 + ([self.lecam_averages] if self.lecam else [])
+                + self._noise_states()
             )
+
+        def _noise_states(self):
+            """The SeedGenerator states of the generator's noise layers (none without `generator_noise`, so
+            checkpoints of runs without them keep their variable count), so a resumed run draws the noise it
+            would have drawn."""
+            noise_class = layer_classes()["NoiseInjection"]
+            return [layer.seed_generator.state for layer in self.generator.layers if isinstance(layer, noise_class)]
 
         def _inputs(self, images_or_noise, labels):
             """Pair a tensor with its labels when the model is conditional."""

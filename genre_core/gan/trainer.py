@@ -99,6 +99,7 @@ class GanConfig:
     base_channels: int = 16
     generator_padding: str = "reflect"  # projected generator's 3x3 convolutions: reflect | zeros (zeros paints frames)
     generator_convs: int = 2  # projected generator: (3x3 conv, BN, LeakyReLU) blocks per doubling (GENERATOR_CONVS)
+    generator_noise: bool = False  # projected generator: per-pixel noise after each 3x3 conv (StyleGAN/FastGAN)
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
@@ -173,6 +174,8 @@ class GanConfig:
             raise ValueError(f"policy {self.policy!r} is not one of {RESIZE_POLICIES}")
         if not self.conditional and not self.genre:
             raise ValueError("an unconditional GAN needs a genre (or pass conditional=True)")
+        if self.generator_noise and self.architecture != "projected":
+            raise ValueError("generator_noise (noise inputs) is for the projected architecture's generator")
         if self.conditional_norm and not (self.conditional and self.architecture == "projected"):
             raise ValueError("conditional_norm (per-genre batch norm) needs a conditional run of the projected "
                              "architecture")
@@ -208,14 +211,15 @@ class GanConfig:
         `ema_lr_power` moved its EMA a fixed share per step with BatchNorm statistics from 256 samples, and one
         written before `augment_policy` augmented with translation, colour and cutout, one written before
         `generator_convs` had one convolution block per doubling, one written before `lecam` had no LeCam
-        term, and a conditional run
+        term, one written before `generator_noise` had no noise inputs, and a conditional run
         whose config leaves `mode_seeking` to the default (-1; new runs save the weight they use) trained with
         OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the
         schedule) it was started with."""
         values = dict(values)
         if values.get("conditional") and float(values.get("mode_seeking", -1.0)) < 0:
             values["mode_seeking"] = OLDER_CONDITIONAL_MODE_SEEKING
-        return cls.from_dict({"generator_padding": "zeros", "generator_convs": 1, "global_head": 0.0,
+        return cls.from_dict({"generator_padding": "zeros", "generator_convs": 1, "generator_noise": False,
+                              "global_head": 0.0,
                               "precision": "float32", "lr_decay": "none", "ema_lr_power": 0.0, "lecam": 0.0,
                               "bn_calibration_samples": 256,
                               "augment_policy": list(networks.AUGMENT_POLICIES), **values})

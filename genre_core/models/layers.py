@@ -175,8 +175,45 @@ def layer_classes() -> dict:
             config["times"] = self.times
             return config
 
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class NoiseInjection(keras.layers.Layer):
+        """Add per-pixel Gaussian noise, one map per image, times a learned per-channel strength that starts at
+        0 (StyleGAN's and FastGAN's noise inputs), so a new generator starts without it.
+
+        A generator without noise must make every fine detail a function of its latent vector; the cheapest
+        high-frequency texture it finds is regular stripes. With noise it can paint random texture instead.
+        In training (and when BatchNorm statistics are re-estimated) the noise is fresh on every call, drawn
+        from the layer's own SeedGenerator; in inference it is fixed: image i of a batch always gets the same
+        map (from `inference_seed`), so that sampling a latent vector twice gives the same picture, as
+        StyleGAN2's "const" noise mode does."""
+
+        def __init__(self, seed: int = 0, inference_seed: int = 1, **kwargs):
+            super().__init__(**kwargs)
+            self.seed = int(seed)
+            self.inference_seed = int(inference_seed)
+            self.seed_generator = keras.random.SeedGenerator(self.seed)
+
+        def build(self, input_shape):
+            self.strength = self.add_weight(shape=(int(input_shape[-1]),), initializer="zeros", name="strength")
+
+        def call(self, inputs, training=None):
+            shape = ops.shape(inputs)
+            noise_shape = (shape[0], shape[1], shape[2], 1)
+            seed = self.seed_generator if training else self.inference_seed
+            noise = keras.random.normal(noise_shape, seed=seed, dtype=self.compute_dtype)
+            return inputs + ops.cast(self.strength, self.compute_dtype) * noise
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            config = super().get_config()
+            config.update({"seed": self.seed, "inference_seed": self.inference_seed})
+            return config
+
     return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D, "SignedSqrt": SignedSqrt,
-            "PriorCorrection": PriorCorrection, "ReflectionPadding2D": ReflectionPadding2D, "BlurPool2D": BlurPool2D}
+            "PriorCorrection": PriorCorrection, "ReflectionPadding2D": ReflectionPadding2D, "BlurPool2D": BlurPool2D,
+            "NoiseInjection": NoiseInjection}
 
 
 def caffe_preprocess(**kwargs):
