@@ -790,7 +790,8 @@ def test_generator_convs_adds_a_second_convolution_after_each_upsampling():
 def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_is_checkpointed(tmp_path):
     """generator_noise: a NoiseInjection layer after each 3x3 conv of the projected generator, with per-channel
     strengths that start at 0 (so the new generator draws what it would without them); one train step moves
-    the strengths; in inference a latent vector gives the same image twice, in training the noise is fresh;
+    the strengths; in inference a latent vector gives the same image twice, wherever it stands in the batch,
+    in training the noise is fresh;
     the generator reloads with safe_mode=True; the noise layers' seed states are checkpoint state; dcgan
     refuses the option by name."""
     import keras
@@ -820,6 +821,7 @@ def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_i
         layer.strength.assign(np.ones(layer.strength.shape, np.float32))  # plain to see
     first, second = (np.asarray(generator(z, training=False)) for _ in range(2))
     np.testing.assert_allclose(first, second)
+    np.testing.assert_allclose(np.asarray(generator(z[::-1], training=False)), first[::-1], atol=1e-6)
     assert not np.allclose(np.asarray(generator(z, training=True)), np.asarray(generator(z, training=True)))
 
     generator.save(tmp_path / "generator.keras")  # (the training calls moved the batch-norm statistics)

@@ -182,10 +182,10 @@ def layer_classes() -> dict:
 
         A generator without noise must make every fine detail a function of its latent vector; the cheapest
         high-frequency texture it finds is regular stripes. With noise it can paint random texture instead.
-        In training (and when BatchNorm statistics are re-estimated) the noise is fresh on every call, drawn
-        from the layer's own SeedGenerator; in inference it is fixed: image i of a batch always gets the same
-        map (from `inference_seed`), so that sampling a latent vector twice gives the same picture, as
-        StyleGAN2's "const" noise mode does."""
+        In training (and when BatchNorm statistics are re-estimated) the noise is fresh on every call and
+        differs between images, drawn from the layer's own SeedGenerator; in inference every image gets one
+        fixed map (from `inference_seed`), as in StyleGAN2's "const" noise mode, so a latent vector gives the
+        same picture wherever it stands in a batch, and the frames of an interpolation share their texture."""
 
         def __init__(self, seed: int = 0, inference_seed: int = 1, **kwargs):
             super().__init__(**kwargs)
@@ -198,9 +198,12 @@ def layer_classes() -> dict:
 
         def call(self, inputs, training=None):
             shape = ops.shape(inputs)
-            noise_shape = (shape[0], shape[1], shape[2], 1)
-            seed = self.seed_generator if training else self.inference_seed
-            noise = keras.random.normal(noise_shape, seed=seed, dtype=self.compute_dtype)
+            if training:
+                noise = keras.random.normal((shape[0], shape[1], shape[2], 1), seed=self.seed_generator,
+                                            dtype=self.compute_dtype)
+            else:
+                noise = keras.random.normal((1, shape[1], shape[2], 1), seed=self.inference_seed,
+                                            dtype=self.compute_dtype)
             return inputs + ops.cast(self.strength, self.compute_dtype) * noise
 
         def compute_output_shape(self, input_shape):
