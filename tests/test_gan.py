@@ -411,7 +411,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
                      "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales",
                      "--conditional-norm", "--generator-convs", "2", "--lecam", "0.5",
-                     "--generator-noise"]) == 0
+                     "--generator-noise", "0.1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
@@ -419,7 +419,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
     assert (chosen.conditional_norm, default.conditional_norm) == (True, False)
     assert (chosen.generator_convs, default.generator_convs) == (2, trainer.GanConfig.generator_convs)
-    assert (chosen.generator_noise, default.generator_noise) == (True, trainer.GanConfig.generator_noise)
+    assert (chosen.generator_noise, default.generator_noise) == (0.1, trainer.GanConfig.generator_noise)
     assert (chosen.lecam, chosen.lecam_weight, default.lecam, default.lecam_weight) == (0.5, 0.5, -1.0, 0.3)
     assert (default.mode_seeking, default.mode_seeking_weight) == (-1.0, 0.0)  # unconditional: off
     assert (chosen.feature_mixing, default.feature_mixing) == ("channels_scales", "none")
@@ -788,35 +788,43 @@ def test_generator_convs_adds_a_second_convolution_after_each_upsampling():
 
 
 def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_is_checkpointed(tmp_path):
-    """generator_noise: a NoiseInjection layer after each 3x3 conv of the projected generator, with per-channel
-    strengths that start at 0 (so the new generator draws what it would without them); one train step moves
-    the strengths; in inference a latent vector gives the same image twice, wherever it stands in the batch,
-    in training the noise is fresh;
-    the generator reloads with safe_mode=True; the noise layers' seed states are checkpoint state; dcgan
-    refuses the option by name."""
+    """generator_noise S: a NoiseInjection layer after each conv block's batch norm in the projected generator,
+    with per-channel strengths that start at S (and with strengths of 0 the generator draws what it would
+    without them); one train step moves the strengths; in inference a latent vector gives the same image twice,
+    wherever it stands in the batch, and in training the noise is fresh; the generator reloads with
+    safe_mode=True; the noise layers' seed states are checkpoint state; dcgan and a strength above 1 are refused
+    by name, and a run written before the option has none."""
     import keras
 
     from genre_core.models import layers
 
-    config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, generator_noise=True,
+    config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, generator_noise=0.1,
                                precision="float32").validate()
     model = networks.make_gan(trainer._ModelShape(config, 1))
     generator = model.generator
     noise_layers = [layer for layer in generator.layers if layer.name.endswith("_noise")]
     assert [layer.name for layer in noise_layers] == ["conv8_noise", "conv8b_noise", "conv16_noise", "conv16b_noise"]
-    assert all(np.all(layer.strength.numpy() == 0.0) for layer in noise_layers)
+    assert all(np.allclose(layer.strength.numpy(), 0.1) for layer in noise_layers)
+    assert [generator.layers[generator.layers.index(layer) - 1].name for layer in noise_layers] == [
+        "conv8_bn", "conv8b_bn", "conv16_bn", "conv16b_bn"]
     plain_config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, precision="float32")
     plain = networks.make_gan(trainer._ModelShape(plain_config, 1))
     assert not any(layer.name.endswith("_noise") for layer in plain.generator.layers)
     plain.generator.set_weights([w for w, v in zip(generator.get_weights(), generator.weights)
                                  if not v.path.endswith("strength")])
     z = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    with_noise = np.asarray(generator(z, training=False))
+    for layer in noise_layers:
+        layer.strength.assign(np.zeros(layer.strength.shape, np.float32))
+    assert not np.allclose(with_noise, np.asarray(generator(z, training=False)), atol=1e-4)
     np.testing.assert_allclose(np.asarray(generator(z, training=False)), np.asarray(plain.generator(z, training=False)),
                                atol=1e-6)  # strength 0: no change
 
     images = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    for layer in noise_layers:
+        layer.strength.assign(np.full(layer.strength.shape, 0.1, np.float32))
     model.train_on_batch(images, np.zeros(8, np.int32))
-    assert all(np.abs(layer.strength.numpy()).max() > 0 for layer in noise_layers)
+    assert all(np.abs(layer.strength.numpy() - 0.1).max() > 0 for layer in noise_layers)
     for layer in noise_layers:
         layer.strength.assign(np.ones(layer.strength.shape, np.float32))  # plain to see
     first, second = (np.asarray(generator(z, training=False)) for _ in range(2))
@@ -843,10 +851,12 @@ def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_i
     assert all(np.array_equal(layer.seed_generator.state.numpy(), state) for layer, state in zip(fresh_noise, states))
 
     with pytest.raises(ValueError, match="generator_noise"):
-        trainer.GanConfig(generator_noise=True, architecture="dcgan", image_size=64).validate()
-    before_noise = {k: v for k, v in trainer.GanConfig(generator_noise=True).to_dict().items()
+        trainer.GanConfig(generator_noise=0.1, architecture="dcgan", image_size=64).validate()
+    with pytest.raises(ValueError, match="generator_noise must be in 0..1, got 2"):
+        trainer.GanConfig(generator_noise=2).validate()
+    before_noise = {k: v for k, v in trainer.GanConfig(generator_noise=0.1).to_dict().items()
                     if k != "generator_noise"}
-    assert trainer.GanConfig.from_run_config(before_noise).generator_noise is False
+    assert trainer.GanConfig.from_run_config(before_noise).generator_noise == 0.0
 
 
 def test_class_conditional_batch_norm_gives_each_genre_its_own_gain_and_bias(tmp_path):

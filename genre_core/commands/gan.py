@@ -51,10 +51,10 @@ def register(subparsers) -> None:
     train.add_argument("--generator-convs", type=int, default=None, choices=GENERATOR_CONVS,
                        help="(3x3 convolution, batch norm, LeakyReLU) blocks after each upsampling of the projected "
                             "generator; a second one smooths the blocks that nearest upsampling leaves (default 2)")
-    train.add_argument("--generator-noise", action=argparse.BooleanOptionalAction, default=None,
-                       help="per-pixel noise after each 3x3 convolution of the projected generator, times a learned "
-                            "per-channel strength that starts at 0 (StyleGAN, FastGAN), so it can paint random "
-                            "texture rather than stripes (default off)")
+    train.add_argument("--generator-noise", type=float, default=None, metavar="S",
+                       help="per-pixel noise after each convolution block of the projected generator (after its "
+                            "batch norm), times a learned per-channel strength that starts at S (StyleGAN, FastGAN), "
+                            "so it can paint random texture rather than stripes; 0: none (default 0)")
     train.add_argument("--discriminator-downsample", default=None, choices=DOWNSAMPLINGS,
                        help="how the projected discriminator shrinks images for its trunk and whole-picture head: "
                             "average (pooling, whose gradient to the generator is blocky) or blur (a [1, 3, 3, 1] "

@@ -149,15 +149,16 @@ def _class_batch_norm(x, label, num_classes: int, name: str):
 
 def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 16,
                            padding: str = "zeros", conditional_norm: bool = False, convs_per_size: int = 1,
-                           noise: bool = False, noise_seed: int = 0):
+                           noise: float = 0.0, noise_seed: int = 0):
     """Build the FastGAN-style generator: z (and a genre label) -> 4x4 map -> (nearest upsample, 3x3 conv, BN,
     LeakyReLU) per doubling, with skip-layer excitation, -> tanh image in [-1, 1]. `padding` is how the 3x3
     convolutions pad: "zeros" or "reflect" (GENERATOR_PADDINGS). With a genre label and `conditional_norm`,
     every batch norm is class-conditional (`_class_batch_norm`). `convs_per_size` (GENERATOR_CONVS) is how many
     (3x3 conv, BN, LeakyReLU) follow each upsampling: a second one smooths the 2x2 blocks that nearest
-    upsampling leaves before the next doubling copies them again (FastGAN's UpBlockComp has two). With `noise`,
-    every such convolution is followed by a NoiseInjection layer (per-pixel noise times a learned per-channel
-    strength that starts at 0; FastGAN's UpBlockComp and StyleGAN have them), seeded from `noise_seed`."""
+    upsampling leaves before the next doubling copies them again (FastGAN's UpBlockComp has two). With `noise`
+    > 0, every such block adds per-pixel noise after its batch norm (a NoiseInjection layer: noise times a
+    learned per-channel strength that starts at `noise`, relative to the normalised features; FastGAN's
+    UpBlockComp and StyleGAN have noise inputs), seeded from `noise_seed`."""
     import keras
     from keras import layers
 
@@ -183,13 +184,14 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{size}")(x)
         for suffix in ("", "b")[:convs_per_size]:
             x = conv3x3(x, widths[size], f"conv{size}{suffix}", use_bias=False)
-            if noise:
-                layer_seed = int(noise_seed) * 64 + 2 * int(math.log2(size)) + len(suffix)
-                x = layer_classes()["NoiseInjection"](seed=layer_seed, name=f"conv{size}{suffix}_noise")(x)
             if conditional_norm:
                 x = _class_batch_norm(x, inputs[1], num_classes, f"conv{size}{suffix}_bn")
             else:
                 x = layers.BatchNormalization(momentum=0.9, name=f"conv{size}{suffix}_bn")(x)
+            if noise:
+                layer_seed = int(noise_seed) * 64 + 2 * int(math.log2(size)) + len(suffix)
+                x = layer_classes()["NoiseInjection"](seed=layer_seed, initial_strength=float(noise),
+                                                      name=f"conv{size}{suffix}_noise")(x)
             x = layers.LeakyReLU(0.2)(x)
         for small, large in FASTGAN_EXCITATIONS:
             if large == size and small in maps:
@@ -552,7 +554,7 @@ def make_gan(config):
                                                config.base_channels, getattr(config, "generator_padding", "zeros"),
                                                bool(getattr(config, "conditional_norm", False)),
                                                int(getattr(config, "generator_convs", 1)),
-                                               bool(getattr(config, "generator_noise", False)),
+                                               float(getattr(config, "generator_noise", 0.0)),
                                                int(getattr(config, "seed", 0)))
             discriminator = make_projected_discriminator(
                 config.image_size, num_classes, config.base_channels,

@@ -99,7 +99,8 @@ class GanConfig:
     base_channels: int = 16
     generator_padding: str = "reflect"  # projected generator's 3x3 convolutions: reflect | zeros (zeros paints frames)
     generator_convs: int = 2  # projected generator: (3x3 conv, BN, LeakyReLU) blocks per doubling (GENERATOR_CONVS)
-    generator_noise: bool = False  # projected generator: per-pixel noise after each 3x3 conv (StyleGAN/FastGAN)
+    generator_noise: float = 0.0  # projected generator: per-pixel noise after each conv block's batch norm, with
+    # learned per-channel strengths that start at this (StyleGAN/FastGAN noise inputs); 0: none
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
@@ -174,6 +175,8 @@ class GanConfig:
             raise ValueError(f"policy {self.policy!r} is not one of {RESIZE_POLICIES}")
         if not self.conditional and not self.genre:
             raise ValueError("an unconditional GAN needs a genre (or pass conditional=True)")
+        if not 0.0 <= float(self.generator_noise) <= 1.0:
+            raise ValueError(f"generator_noise must be in 0..1, got {self.generator_noise}")
         if self.generator_noise and self.architecture != "projected":
             raise ValueError("generator_noise (noise inputs) is for the projected architecture's generator")
         if self.conditional_norm and not (self.conditional and self.architecture == "projected"):
@@ -218,7 +221,7 @@ class GanConfig:
         values = dict(values)
         if values.get("conditional") and float(values.get("mode_seeking", -1.0)) < 0:
             values["mode_seeking"] = OLDER_CONDITIONAL_MODE_SEEKING
-        return cls.from_dict({"generator_padding": "zeros", "generator_convs": 1, "generator_noise": False,
+        return cls.from_dict({"generator_padding": "zeros", "generator_convs": 1, "generator_noise": 0.0,
                               "global_head": 0.0,
                               "precision": "float32", "lr_decay": "none", "ema_lr_power": 0.0, "lecam": 0.0,
                               "bn_calibration_samples": 256,

@@ -178,23 +178,28 @@ def layer_classes() -> dict:
     @keras.saving.register_keras_serializable(package="genre_core")
     class NoiseInjection(keras.layers.Layer):
         """Add per-pixel Gaussian noise, one map per image, times a learned per-channel strength that starts at
-        0 (StyleGAN's and FastGAN's noise inputs), so a new generator starts without it.
+        `initial_strength` (StyleGAN's and FastGAN's noise inputs).
 
         A generator without noise must make every fine detail a function of its latent vector; the cheapest
         high-frequency texture it finds is regular stripes. With noise it can paint random texture instead.
+        StyleGAN and FastGAN start the strengths at 0; over a few hundred steps they barely move from there
+        (the noise is independent of everything else, so the loss's gradient for a strength of 0 is zero on
+        average: on one 15-minute kit run the largest was 0.025), so a short run needs them to start above 0.
         In training (and when BatchNorm statistics are re-estimated) the noise is fresh on every call and
         differs between images, drawn from the layer's own SeedGenerator; in inference every image gets one
         fixed map (from `inference_seed`), as in StyleGAN2's "const" noise mode, so a latent vector gives the
         same picture wherever it stands in a batch, and the frames of an interpolation share their texture."""
 
-        def __init__(self, seed: int = 0, inference_seed: int = 1, **kwargs):
+        def __init__(self, seed: int = 0, inference_seed: int = 1, initial_strength: float = 0.0, **kwargs):
             super().__init__(**kwargs)
+            self.initial_strength = float(initial_strength)
             self.seed = int(seed)
             self.inference_seed = int(inference_seed)
             self.seed_generator = keras.random.SeedGenerator(self.seed)
 
         def build(self, input_shape):
-            self.strength = self.add_weight(shape=(int(input_shape[-1]),), initializer="zeros", name="strength")
+            self.strength = self.add_weight(shape=(int(input_shape[-1]),), name="strength",
+                                            initializer=keras.initializers.Constant(self.initial_strength))
 
         def call(self, inputs, training=None):
             shape = ops.shape(inputs)
@@ -211,7 +216,8 @@ def layer_classes() -> dict:
 
         def get_config(self):
             config = super().get_config()
-            config.update({"seed": self.seed, "inference_seed": self.inference_seed})
+            config.update({"seed": self.seed, "inference_seed": self.inference_seed,
+                           "initial_strength": self.initial_strength})
             return config
 
     return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D, "SignedSqrt": SignedSqrt,
