@@ -1,5 +1,5 @@
 """GAN page: launch a GAN job like a training job, browse its sample grids by epoch, follow KID (the run's
-space and the fixed one), recognisability and diversity (per genre for a conditional run), sample N
+space and the fixed one), recognisability, diversity (per genre for a conditional run) and stripes, sample N
 paintings with a seed (and a genre), walk between two seeds, and download the pictures as PNG."""
 
 from __future__ import annotations
@@ -105,13 +105,21 @@ if "diversity" in history.columns and history["diversity"].notna().any():
         st.caption(f"epoch {int(last['epoch'].iloc[0])}, per genre; recognised: the judge's share for the "
                    "samples of that genre, recognised_real the same for real images")
 
+# Stripes: fine horizontal and vertical cross-hatching, against real images (runs written before it have none).
+if "stripes" in history.columns and history["stripes"].notna().any():
+    st.subheader("Stripes (1 = as real images)")
+    st.caption("the share of the samples' finest detail (periods of 2-2.7 px) that lies in horizontal and vertical "
+               "stripes, over the same share in held-out real images; well above 1 means cross-hatching")
+    st.line_chart(history.set_index("epoch")[["stripes"]])
+
 # Comparison with other GAN runs: one row each, and a chosen metric per epoch.
 st.subheader("Compare GAN runs")
 compared = st.multiselect("GAN runs", ids, default=[run_id], key="gan_compare")
 if len(compared) > 1:
     table, curves = core.gan_comparison([str(core.runs_folder("gan") / name) for name in compared])
     st.dataframe(table.drop(columns="found"), hide_index=True, key="gan_compare_table")
-    metric_names = [name for name in ("kid_fixed", "recognised", "diversity", "kid", "d_loss", "g_loss", "aug_p")
+    metric_names = [name for name in ("kid_fixed", "recognised", "diversity", "stripes", "kid", "d_loss", "g_loss",
+                                              "aug_p")
                     if name in set(curves["metric"])] or ["kid_fixed"]
     metric = st.selectbox("Curve", metric_names, key="gan_compare_metric")
     st.plotly_chart(charts.compare_figure(curves, metric), key="gan_compare_curves")

@@ -96,8 +96,8 @@ def write_tiny_model(path: Path, size: int, num_classes: int, seed: int = 0) -> 
 def write_gan_run(run_id: str, *, genre: str = "landscape", epochs: int = 2, image_size: int = 16,
                   latent_dim: int = 8, with_generator: bool = True, seed: int = 0, runs_root: Path | None = None,
                   genres: list[str] | None = None) -> Path:
-    """Write a finished GAN run (history with KID, recognisability and diversity, quality.json with them per
-    genre, a sample grid per epoch, a tiny unconditional generator). `genres` writes a conditional run's
+    """Write a finished GAN run (history with KID, recognisability, diversity and stripes, quality.json with
+    them per genre, a sample grid per epoch, a tiny unconditional generator). `genres` writes a conditional run's
     folder instead (use with_generator=False: the tiny generator takes no genre)."""
     from PIL import Image
 
@@ -127,6 +127,7 @@ def write_gan_run(run_id: str, *, genre: str = "landscape", epochs: int = 2, ima
         "recognised": np.linspace(0.30, 0.55, epochs),
         "recognised_real": [0.70] * epochs,
         "diversity": np.linspace(0.60, 0.90, epochs),
+        "stripes": np.linspace(4.0, 1.2, epochs),
     })
     fileio.atomic_write_csv(folder / "history.csv", history)
     # Per genre: genre i's diversity is the run's minus 0.1 * i (so genres differ), recognised as in history.

@@ -447,7 +447,8 @@ def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
     assert not app.exception, app.exception
     # The fixed-space KID and recognisability charts a judged run has (st.line_chart takes no key).
     assert {"KID, fixed space (lower is better)", "Recognised as the genre",
-            "Diversity (1 = as spread out as real images)"} <= {item.value for item in app.subheader}
+            "Diversity (1 = as spread out as real images)", "Stripes (1 = as real images)"} <= {
+        item.value for item in app.subheader}
     assert not app.dataframe  # one genre: its diversity is the run's line, no per-genre table
     assert app.select_slider(key="gan_epoch").value == 3
     app.number_input(key="gan_sample_n").set_value(4)

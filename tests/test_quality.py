@@ -157,3 +157,37 @@ def test_recognisability_on_a_stub_classifier_returns_the_known_share():
     assert quality.recognisability(judge, images, "portrait")["share"] == 5 / 8
     with pytest.raises(ValueError, match="does not know genre"):
         quality.recognisability(judge, images, "cityscape")
+
+
+def test_stripes_are_one_for_real_like_images_and_rise_with_cross_hatching_only():
+    """`stripes`: smooth random images against another draw of the same kind give about 1; adding one-pixel
+    horizontal and vertical stripes raises the ratio far above 1, and adding the same amount of isotropic
+    per-pixel noise (more fine detail, but not in stripes) does not; uint8 and [-1, 1] images of the same pictures give the same numbers; a spectrum
+    of another size is refused by name."""
+    rng = np.random.default_rng(0)
+
+    def smooth(count):  # isotropic random fields whose power falls with frequency, as in photographs
+        frequencies = np.fft.fftfreq(32)
+        radius = np.hypot(*np.meshgrid(frequencies, frequencies, indexing="ij"))
+        fields = np.fft.ifft2(np.fft.fft2(rng.normal(size=(count, 3, 32, 32))) / (0.03 + radius) ** 1.5).real
+        fields = fields.transpose(0, 2, 3, 1)
+        return np.clip(128 + 40 * fields / fields.std(), 0, 255)
+
+    real, other = smooth(64), smooth(64)
+    spectrum = quality.real_power_spectrum(real.astype(np.uint8))
+    plain = quality.stripes(other.astype(np.uint8), spectrum)
+    assert 0.7 < plain["ratio"] < 1.4
+    lines = np.zeros((32, 32))
+    lines[::2, :] += 12.0  # horizontal one-pixel stripes
+    lines[:, ::2] += 12.0  # and vertical ones: cross-hatching
+    hatched = quality.stripes(np.clip(other + lines[None, :, :, None], 0, 255).astype(np.uint8), spectrum)
+    assert hatched["ratio"] > 5 * plain["ratio"] and hatched["axis"] > 5 * plain["axis"]
+    grain = quality.stripes(np.clip(other + rng.normal(0, 12, other.shape), 0, 255).astype(np.uint8), spectrum)
+    assert grain["off_axis"] > 2 * plain["off_axis"]  # much more fine detail, but not in stripes
+    assert grain["ratio"] < 1.1 * plain["ratio"]
+    as_floats = quality.stripes(other.astype(np.uint8).astype(np.float32) / 127.5 - 1.0, spectrum)
+    assert as_floats["ratio"] == pytest.approx(plain["ratio"], rel=1e-6)
+    with pytest.raises(ValueError, match="real spectrum of shape .16, 16. for images of 32 px"):
+        quality.stripes(other.astype(np.uint8), spectrum[:16, :16])
+    with pytest.raises(ValueError, match="expected square RGB images"):
+        quality.power_spectrum(np.zeros((2, 8, 9, 3)))

@@ -18,8 +18,8 @@ import pandas as pd
 from genre_core.runs import store
 
 COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs", "minutes", "kid_fixed",
-                      "best_kid_fixed", "best_epoch", "recognised", "recognised_real", "diversity", "differs", "problems")
-CURVE_METRICS = ("kid_fixed", "recognised", "recognised_real", "diversity", "kid", "d_loss", "g_loss", "aug_p")
+                      "best_kid_fixed", "best_epoch", "recognised", "recognised_real", "diversity", "stripes", "differs", "problems")
+CURVE_METRICS = ("kid_fixed", "recognised", "recognised_real", "diversity", "stripes", "kid", "d_loss", "g_loss", "aug_p")
 # Settings that say what a run is rather than how it was set up, so "differs" leaves them out.
 NOT_SETTINGS = {"kind", "created", "classes", "data", "genre", "genres", "conditional", "image_size", "seed", "judge"}
 
@@ -54,7 +54,7 @@ def _row(files: store.RunFiles) -> tuple[dict[str, Any], dict]:
     row["epochs"] = int(len(history))
     seconds = _last(history, "elapsed_seconds")
     row["minutes"] = seconds / 60.0 if np.isfinite(seconds) else np.nan
-    for column in ("kid_fixed", "recognised", "recognised_real", "diversity"):
+    for column in ("kid_fixed", "recognised", "recognised_real", "diversity", "stripes"):
         row[column] = _last(history, column)
     kid = pd.to_numeric(history.get("kid_fixed", pd.Series([], dtype=float)), errors="coerce")
     if kid.notna().any():
@@ -70,7 +70,7 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
     """One row per GAN run (COMPARISON_COLUMNS); `runs` are run ids or folders (or `store.Run`s). A run that
     cannot be opened gets `found` False and the reason in `problems`.
 
-    `kid_fixed`, `recognised`, `recognised_real` and `diversity` are the last measured epoch's; `best_kid_fixed`
+    `kid_fixed`, `recognised`, `recognised_real`, `diversity` and `stripes` are the last measured epoch's; `best_kid_fixed`
     and `best_epoch` the lowest KID over the run. `differs` lists, as key=value, the settings of this run's
     config.json that are not the same in every compared run (the data, genres, size and seed have columns)."""
     rows, configs = [], []
@@ -91,7 +91,7 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
         row["differs"] = ", ".join(f"{key}={config.get(key, '–')}" for key in varying) if config else ""
     frame = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
     for column in ("epochs", "minutes", "kid_fixed", "best_kid_fixed", "best_epoch", "recognised", "recognised_real",
-                   "diversity"):
+                   "diversity", "stripes"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 

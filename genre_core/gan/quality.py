@@ -14,8 +14,10 @@ Numbers are only comparable within one feature space, so every result carries it
   (`fixed_kid`).
 
 Beside KID: `diversity` (mean pairwise distance of scaled features, generated against real: partial mode
-collapse shows as a ratio well below 1) and `recognisability` (the share of images that a real-painting
-classifier calls by the wanted genre).
+collapse shows as a ratio well below 1), `recognisability` (the share of images that a real-painting
+classifier calls by the wanted genre) and `stripes` (how much more of the images' fine detail lies in
+horizontal and vertical stripes than in real images': 1 is as real, the projected generator's
+cross-hatching shows as 3-5).
 
 KID (Binkowski et al. 2018) is the unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3,
 averaged over random subsets, with its spread; it is unbiased on small sets, which is why gan_ada.py uses it.
@@ -38,6 +40,10 @@ FIXED_IMAGE_SIZE = 64
 FIXED_SPACE = "hed_vgg16_conv345_rms@64"
 FIXED_SUBSETS = 10
 FIXED_SUBSET_SIZE = 200
+# `stripes`: fine detail at periods of 2 to 2.7 px (the larger of |fx|, |fy| in 0.37..0.5 cycles per pixel),
+# on the two frequency axes (within STRIPE_AXIS_BINS bins of them: horizontal and vertical stripes) or off them.
+STRIPE_BAND = (0.37, 0.5)
+STRIPE_AXIS_BINS = 1.5
 
 _EXTRACTORS: dict[tuple[str, int], "FeatureExtractor"] = {}
 _HED_NETWORKS: dict[int, object] = {}  # image size -> HED-VGG16 giving every pooled layer that a space reads
@@ -155,6 +161,50 @@ def diversity(generated_features, real_features) -> dict:
     generated = mean_pairwise_distance(np.asarray(generated_features, dtype=np.float64) / scale)
     real = mean_pairwise_distance(np.asarray(real_features, dtype=np.float64) / scale)
     return {"generated": generated, "real": real, "ratio": generated / real if real > 0 else float("nan")}
+
+
+def power_spectrum(images) -> np.ndarray:
+    """The mean power spectrum (numpy FFT layout) of square images (N, S, S, 3; uint8, or floats in [-1, 1]),
+    each turned grey, its mean removed and a Hann window applied (so the borders add no stripes)."""
+    array = np.asarray(images)
+    if array.ndim != 4 or array.shape[1] != array.shape[2] or array.shape[-1] != 3 or not len(array):
+        raise ValueError(f"power spectrum: expected square RGB images (N, S, S, 3), got shape {array.shape}")
+    grey = array.astype(np.float64).mean(axis=-1)
+    grey -= grey.mean(axis=(1, 2), keepdims=True)
+    window = np.hanning(grey.shape[1])
+    return (np.abs(np.fft.fft2(grey * np.outer(window, window))) ** 2).mean(axis=0)
+
+
+def stripes(generated, real_spectrum) -> dict:
+    """Axis-aligned stripes in generated images, against real ones (`power_spectrum` of real images of the
+    same size, 0..255 or -1..1 alike since only ratios count): at periods of 2 to 2.7 px (STRIPE_BAND), the
+    power on the two frequency axes and off them, each as a multiple of the real images'; `ratio` is the first
+    over the second: 1 when fine detail is as much in horizontal and vertical stripes as in real paintings,
+    above 1 for cross-hatching. Scale-free: both sets are brought to 0..1 first."""
+    real_spectrum = np.asarray(real_spectrum, dtype=np.float64)
+    generated = np.asarray(generated)
+    spectrum = power_spectrum(generated.astype(np.float64) / (255.0 if generated.dtype == np.uint8 else 2.0))
+    if real_spectrum.shape != spectrum.shape:
+        raise ValueError(f"stripes: real spectrum of shape {real_spectrum.shape} for images of "
+                         f"{generated.shape[1]} px")
+    size = spectrum.shape[0]
+    frequencies = np.fft.fftfreq(size)
+    fy, fx = np.meshgrid(frequencies, frequencies, indexing="ij")
+    radius = np.maximum(np.abs(fy), np.abs(fx))
+    band = (radius >= STRIPE_BAND[0]) & (radius <= STRIPE_BAND[1])
+    on_axis = (np.abs(fy) <= STRIPE_AXIS_BINS / size) | (np.abs(fx) <= STRIPE_AXIS_BINS / size)
+    shares = {}
+    for name, mask in (("axis", band & on_axis), ("off_axis", band & ~on_axis)):
+        real = real_spectrum[mask].sum()
+        shares[name] = float(spectrum[mask].sum() / real) if real > 0 else float("nan")
+    ratio = shares["axis"] / shares["off_axis"] if shares["off_axis"] > 0 else float("nan")
+    return {**shares, "ratio": float(ratio)}
+
+
+def real_power_spectrum(images) -> np.ndarray:
+    """`power_spectrum` of real images on the scale `stripes` compares at (0..1)."""
+    images = np.asarray(images)
+    return power_spectrum(images.astype(np.float64) / (255.0 if images.dtype == np.uint8 else 2.0))
 
 
 def _resize_for(classifier, images) -> np.ndarray:

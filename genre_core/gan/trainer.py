@@ -9,15 +9,16 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
 | `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`) |
 | `generator_best.keras`, `best.json` | the EMA generator of the epoch with the lowest KID in the run's own space, and that epoch's numbers |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, learning_rate, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, recognised, recognised_real, diversity, elapsed_seconds` |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, learning_rate, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, recognised, recognised_real, diversity, stripes, elapsed_seconds` |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
 Quality per epoch (all measured on a fixed latent batch against real images the GAN did not train on):
 `kid` in the configured feature space, `kid_fixed` in `quality.FIXED_SPACE` (comparable across projects),
 `recognised` (the share of samples a real-painting classifier calls by the run's genre; `recognised_real`
-is the same share for held-out real images brought to the GAN's size) and `diversity` (mean pairwise feature
-distance of samples over that of real images, per genre).
+is the same share for held-out real images brought to the GAN's size), `diversity` (mean pairwise feature
+distance of samples over that of real images, per genre) and `stripes` (`quality.stripes`: the share of the
+samples' finest detail in horizontal and vertical stripes over the real images' share; 1 is as real).
 
 `execute(run)` is the executor that `python -m genre_core job RUN_DIR` calls for kind "gan"; it resumes from
 `checkpoint/` when one exists and stops cleanly (raising `store.Cancelled`) when a cancel is requested.
@@ -645,6 +646,7 @@ def _epoch_callback_class():
                 "recognised": measured.get("recognised"),
                 "recognised_real": measured.get("recognised_real"),
                 "diversity": measured.get("diversity"),
+                "stripes": measured.get("stripes"),
                 "elapsed_seconds": round(elapsed, 2),  # since the start, on the budget's clock
             }
             self.run.append_history(row)
@@ -680,6 +682,8 @@ def _quality_text(measured: dict) -> str:
         parts.append(f"recognised {measured['recognised']:.0%} (real {measured['recognised_real']:.0%})")
     if measured.get("diversity") is not None:
         parts.append(f"diversity {measured['diversity']:.2f}")
+    if measured.get("stripes") is not None:
+        parts.append(f"stripes {measured['stripes']:.1f}x")
     return ", ".join(parts) or "no quality measured"
 
 
@@ -697,6 +701,7 @@ class Reference:
     judge_name: str | None = None
     judge_real: dict = field(default_factory=dict)  # genre -> share of real images the judge calls that genre
     judge_samples: int = 64  # images per genre that the judge classifies
+    spectrum: np.ndarray | None = None  # quality.real_power_spectrum of the images (for `stripes`)
 
 
 def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels: np.ndarray, classes,
@@ -712,7 +717,8 @@ def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels
     features, fixed_features = quality.extract_many(np.asarray(reference), [extractor, fixed_extractor])
     features = features[chosen]
     result = Reference(np.asarray(reference), np.asarray(reference_labels), extractor, features, fixed_extractor,
-                       fixed_features, judge_samples=int(config.judge_samples))
+                       fixed_features, judge_samples=int(config.judge_samples),
+                       spectrum=quality.real_power_spectrum(reference))
     judge_path = find_judge(config.judge, classes)
     if judge_path is not None and config.judge_samples:
         progress({"stage": "prepare", "done": 0, "total": 1, "message": "the judge classifies real images"})
@@ -776,6 +782,8 @@ def measure(generator, noise, labels, reference: Reference, classes, seed: int =
                              subset_size=subset_size, seed=seed)
     fixed = quality.fixed_kid(fixed_features, reference.fixed_features, seed=seed)
     result.update(kid_fixed=fixed["kid"], kid_fixed_std=fixed["kid_std"], fixed_space=fixed["feature_space"])
+    if reference.spectrum is not None:
+        result["stripes"] = quality.stripes(generated, reference.spectrum)["ratio"]
     generated_labels = np.zeros(len(generated), np.int32) if labels is None else np.asarray(labels)
     ratios, shares, real_shares, per_genre = [], [], [], {}
     for label, genre in enumerate(classes):
