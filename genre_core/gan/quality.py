@@ -17,7 +17,7 @@ Beside KID: `diversity` (mean pairwise distance of scaled features, generated ag
 collapse shows as a ratio well below 1), `recognisability` (the share of images that a real-painting
 classifier calls by the wanted genre) and `stripes` (how much more of the images' fine detail lies in
 horizontal and vertical stripes than in real images': 1 is as real, the projected generator's
-cross-hatching shows as 3-5).
+cross-hatching without noise inputs scores 2.9-5.7 on the kit).
 
 KID (Binkowski et al. 2018) is the unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3,
 averaged over random subsets, with its spread; it is unbiased on small sets, which is why gan_ada.py uses it.
