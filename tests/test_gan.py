@@ -398,7 +398,7 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
-    --conditional-norm, --generator-convs, --lecam and --generator-noise set the run's config;
+    --conditional-norm, --generator-convs, --lecam and --generator-noise(-from, -gain) set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -411,7 +411,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
                      "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales",
                      "--conditional-norm", "--generator-convs", "2", "--lecam", "0.5",
-                     "--generator-noise", "0.1"]) == 0
+                     "--generator-noise", "0.1", "--generator-noise-from", "64", "--generator-noise-gain", "10"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
@@ -420,6 +420,9 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.conditional_norm, default.conditional_norm) == (True, False)
     assert (chosen.generator_convs, default.generator_convs) == (2, trainer.GanConfig.generator_convs)
     assert (chosen.generator_noise, default.generator_noise) == (0.1, trainer.GanConfig.generator_noise)
+    assert (chosen.generator_noise_from, chosen.generator_noise_gain) == (64, 10.0)
+    assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
+                                                                            trainer.GanConfig.generator_noise_gain)
     assert (chosen.lecam, chosen.lecam_weight, default.lecam, default.lecam_weight) == (0.5, 0.5, -1.0, 0.3)
     assert (default.mode_seeking, default.mode_seeking_weight) == (-1.0, 0.0)  # unconditional: off
     assert (chosen.feature_mixing, default.feature_mixing) == ("channels_scales", "none")
@@ -793,7 +796,8 @@ def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_i
     without them); one train step moves the strengths; in inference a latent vector gives the same image twice,
     wherever it stands in the batch, and in training the noise is fresh; the generator reloads with
     safe_mode=True; the noise layers' seed states are checkpoint state; dcgan and a strength above 1 are refused
-    by name, and a run written before the option has none."""
+    by name, and a run written before the option has none; `generator_noise_from` puts noise only at that size
+    and up, and `generator_noise_gain` makes the strengths learn that many times faster."""
     import keras
 
     from genre_core.models import layers
@@ -852,6 +856,21 @@ def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_i
 
     with pytest.raises(ValueError, match="generator_noise"):
         trainer.GanConfig(generator_noise=0.1, architecture="dcgan", image_size=64).validate()
+    # From a size up only, and strengths that learn `gain` times faster: Adam's first step moves every weight by
+    # its learning rate (beta_1 0), so each strength by 10x that.
+    faster = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, generator_noise=0.1,
+                               generator_noise_from=16, generator_noise_gain=10, precision="float32").validate()
+    model = networks.make_gan(trainer._ModelShape(faster, 1))
+    noise_layers = [layer for layer in model.generator.layers if layer.name.endswith("_noise")]
+    assert [layer.name for layer in noise_layers] == ["conv16_noise", "conv16b_noise"]
+    assert all(np.allclose(layer.strength.numpy() * layer.gain, 0.1) for layer in noise_layers)
+    model.train_on_batch(images, np.zeros(8, np.int32))
+    steps = np.concatenate([np.abs(layer.strength.numpy() * layer.gain - 0.1) for layer in noise_layers])
+    np.testing.assert_allclose(steps[steps > 0], 10 * faster.learning_rate, rtol=0.05)
+    with pytest.raises(ValueError, match="generator_noise_from must be a generator size from 8 px up"):
+        trainer.GanConfig(generator_noise_from=12).validate()
+    with pytest.raises(ValueError, match="generator_noise_gain must be in 1..100, got 0.5"):
+        trainer.GanConfig(generator_noise_gain=0.5).validate()
     with pytest.raises(ValueError, match="generator_noise must be in 0..1, got 2"):
         trainer.GanConfig(generator_noise=2).validate()
     before_noise = {k: v for k, v in trainer.GanConfig(generator_noise=0.1).to_dict().items()

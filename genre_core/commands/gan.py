@@ -55,6 +55,10 @@ def register(subparsers) -> None:
                        help="per-pixel noise after each convolution block of the projected generator (after its "
                             "batch norm), times a learned per-channel strength that starts at S (StyleGAN, FastGAN), "
                             "so it can paint random texture rather than stripes; 0: none (default 0)")
+    train.add_argument("--generator-noise-from", type=int, default=None, metavar="SIZE",
+                       help="the smallest generator size in px that gets noise inputs (default 8: every size)")
+    train.add_argument("--generator-noise-gain", type=float, default=None, metavar="G",
+                       help="the noise strengths learn G times faster than the other weights (default 1)")
     train.add_argument("--discriminator-downsample", default=None, choices=DOWNSAMPLINGS,
                        help="how the projected discriminator shrinks images for its trunk and whole-picture head: "
                             "average (pooling, whose gradient to the generator is blocky) or blur (a [1, 3, 3, 1] "
@@ -181,6 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("generator_padding", args.generator_padding),
                                            ("generator_convs", args.generator_convs),
                                            ("generator_noise", args.generator_noise),
+                                           ("generator_noise_from", args.generator_noise_from),
+                                           ("generator_noise_gain", args.generator_noise_gain),
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head), ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),

@@ -149,7 +149,7 @@ def _class_batch_norm(x, label, num_classes: int, name: str):
 
 def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 16,
                            padding: str = "zeros", conditional_norm: bool = False, convs_per_size: int = 1,
-                           noise: float = 0.0, noise_seed: int = 0):
+                           noise: float = 0.0, noise_seed: int = 0, noise_from: int = 8, noise_gain: float = 1.0):
     """Build the FastGAN-style generator: z (and a genre label) -> 4x4 map -> (nearest upsample, 3x3 conv, BN,
     LeakyReLU) per doubling, with skip-layer excitation, -> tanh image in [-1, 1]. `padding` is how the 3x3
     convolutions pad: "zeros" or "reflect" (GENERATOR_PADDINGS). With a genre label and `conditional_norm`,
@@ -158,7 +158,8 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     upsampling leaves before the next doubling copies them again (FastGAN's UpBlockComp has two). With `noise`
     > 0, every such block adds per-pixel noise after its batch norm (a NoiseInjection layer: noise times a
     learned per-channel strength that starts at `noise`, relative to the normalised features; FastGAN's
-    UpBlockComp and StyleGAN have noise inputs), seeded from `noise_seed`."""
+    UpBlockComp and StyleGAN have noise inputs), seeded from `noise_seed`, at the sizes from `noise_from` up,
+    with `noise_gain` times the learning rate for the strengths (`NoiseInjection`)."""
     import keras
     from keras import layers
 
@@ -188,10 +189,10 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
                 x = _class_batch_norm(x, inputs[1], num_classes, f"conv{size}{suffix}_bn")
             else:
                 x = layers.BatchNormalization(momentum=0.9, name=f"conv{size}{suffix}_bn")(x)
-            if noise:
+            if noise and size >= int(noise_from):
                 layer_seed = int(noise_seed) * 64 + 2 * int(math.log2(size)) + len(suffix)
                 x = layer_classes()["NoiseInjection"](seed=layer_seed, initial_strength=float(noise),
-                                                      name=f"conv{size}{suffix}_noise")(x)
+                                                      gain=float(noise_gain), name=f"conv{size}{suffix}_noise")(x)
             x = layers.LeakyReLU(0.2)(x)
         for small, large in FASTGAN_EXCITATIONS:
             if large == size and small in maps:
@@ -555,7 +556,9 @@ def make_gan(config):
                                                bool(getattr(config, "conditional_norm", False)),
                                                int(getattr(config, "generator_convs", 1)),
                                                float(getattr(config, "generator_noise", 0.0)),
-                                               int(getattr(config, "seed", 0)))
+                                               int(getattr(config, "seed", 0)),
+                                               int(getattr(config, "generator_noise_from", 8)),
+                                               float(getattr(config, "generator_noise_gain", 1.0)))
             discriminator = make_projected_discriminator(
                 config.image_size, num_classes, config.base_channels,
                 global_weight=float(getattr(config, "global_head", 0.0)),

@@ -102,6 +102,8 @@ class GanConfig:
     generator_convs: int = 2  # projected generator: (3x3 conv, BN, LeakyReLU) blocks per doubling (GENERATOR_CONVS)
     generator_noise: float = 0.0  # projected generator: per-pixel noise after each conv block's batch norm, with
     # learned per-channel strengths that start at this (StyleGAN/FastGAN noise inputs); 0: none
+    generator_noise_from: int = 8  # the smallest generator size (px) with noise inputs
+    generator_noise_gain: float = 1.0  # the noise strengths learn this many times faster (NoiseInjection's gain)
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
@@ -178,6 +180,12 @@ class GanConfig:
             raise ValueError("an unconditional GAN needs a genre (or pass conditional=True)")
         if not 0.0 <= float(self.generator_noise) <= 1.0:
             raise ValueError(f"generator_noise must be in 0..1, got {self.generator_noise}")
+        noise_sizes = [2 ** power for power in range(3, 9)]  # the generator's maps after the 4x4 start
+        if int(self.generator_noise_from) not in noise_sizes:
+            raise ValueError(f"generator_noise_from must be a generator size from 8 px up "
+                             f"({', '.join(map(str, noise_sizes))}), got {self.generator_noise_from}")
+        if not 1.0 <= float(self.generator_noise_gain) <= 100.0:
+            raise ValueError(f"generator_noise_gain must be in 1..100, got {self.generator_noise_gain}")
         if self.generator_noise and self.architecture != "projected":
             raise ValueError("generator_noise (noise inputs) is for the projected architecture's generator")
         if self.conditional_norm and not (self.conditional and self.architecture == "projected"):

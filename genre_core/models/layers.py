@@ -185,21 +185,26 @@ def layer_classes() -> dict:
         StyleGAN and FastGAN start the strengths at 0; over a few hundred steps they barely move from there
         (the noise is independent of everything else, so the loss's gradient for a strength of 0 is zero on
         average: on one 15-minute kit run the largest was 0.025), so a short run needs them to start above 0.
+        `gain` multiplies the learning rate of the strengths (the weight is the strength / gain, as StyleGAN's
+        learning-rate multipliers do): Adam moves a weight by about the learning rate per step whatever its
+        gradient, so at 1e-4 a strength moves by at most about 0.07 in a 15-minute run; with gain 10, 0.7.
         In training (and when BatchNorm statistics are re-estimated) the noise is fresh on every call and
         differs between images, drawn from the layer's own SeedGenerator; in inference every image gets one
         fixed map (from `inference_seed`), as in StyleGAN2's "const" noise mode, so a latent vector gives the
         same picture wherever it stands in a batch, and the frames of an interpolation share their texture."""
 
-        def __init__(self, seed: int = 0, inference_seed: int = 1, initial_strength: float = 0.0, **kwargs):
+        def __init__(self, seed: int = 0, inference_seed: int = 1, initial_strength: float = 0.0, gain: float = 1.0,
+                     **kwargs):
             super().__init__(**kwargs)
             self.initial_strength = float(initial_strength)
+            self.gain = float(gain)
             self.seed = int(seed)
             self.inference_seed = int(inference_seed)
             self.seed_generator = keras.random.SeedGenerator(self.seed)
 
         def build(self, input_shape):
             self.strength = self.add_weight(shape=(int(input_shape[-1]),), name="strength",
-                                            initializer=keras.initializers.Constant(self.initial_strength))
+                                            initializer=keras.initializers.Constant(self.initial_strength / self.gain))
 
         def call(self, inputs, training=None):
             shape = ops.shape(inputs)
@@ -209,7 +214,7 @@ def layer_classes() -> dict:
             else:
                 noise = keras.random.normal((1, shape[1], shape[2], 1), seed=self.inference_seed,
                                             dtype=self.compute_dtype)
-            return inputs + ops.cast(self.strength, self.compute_dtype) * noise
+            return inputs + ops.cast(self.strength * self.gain, self.compute_dtype) * noise
 
         def compute_output_shape(self, input_shape):
             return input_shape
@@ -217,7 +222,7 @@ def layer_classes() -> dict:
         def get_config(self):
             config = super().get_config()
             config.update({"seed": self.seed, "inference_seed": self.inference_seed,
-                           "initial_strength": self.initial_strength})
+                           "initial_strength": self.initial_strength, "gain": self.gain})
             return config
 
     return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D, "SignedSqrt": SignedSqrt,
