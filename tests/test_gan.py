@@ -398,7 +398,7 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
-    --conditional-norm, --generator-convs, --lecam and --generator-noise(-from, -gain) set the run's config;
+    --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain) and --generator-top-channels set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -411,7 +411,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
                      "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales",
                      "--conditional-norm", "--generator-convs", "2", "--lecam", "0.5",
-                     "--generator-noise", "0.1", "--generator-noise-from", "64", "--generator-noise-gain", "10"]) == 0
+                     "--generator-noise", "0.1", "--generator-noise-from", "64", "--generator-noise-gain", "10",
+                     "--generator-top-channels", "32"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
@@ -421,6 +422,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.generator_convs, default.generator_convs) == (2, trainer.GanConfig.generator_convs)
     assert (chosen.generator_noise, default.generator_noise) == (0.1, trainer.GanConfig.generator_noise)
     assert (chosen.generator_noise_from, chosen.generator_noise_gain) == (64, 10.0)
+    assert (chosen.generator_top_channels, default.generator_top_channels) == (32, 0)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
     assert (chosen.lecam, chosen.lecam_weight, default.lecam, default.lecam_weight) == (0.5, 0.5, -1.0, 0.3)
@@ -769,7 +771,8 @@ def test_lecam_term_follows_the_papers_formula_trains_and_is_checkpointed_only_w
 
 def test_generator_convs_adds_a_second_convolution_after_each_upsampling():
     """generator_convs 2: each doubling of the projected generator has two (3x3 conv, BN, LeakyReLU) blocks,
-    the output shape is unchanged, and a bad count is refused with the option's name."""
+    the output shape is unchanged, and a bad count is refused with the option's name; generator_top_channels
+    sets the width of the last stage only."""
     import keras
 
     def three_by_three(generator):
@@ -786,6 +789,13 @@ def test_generator_convs_adds_a_second_convolution_after_each_upsampling():
     assert "conv16b" in three_by_three(networks.make_gan(trainer._ModelShape(config, 1)).generator)
     with pytest.raises(ValueError, match="generator_convs 3"):
         trainer.GanConfig(generator_convs=3).validate()
+    # generator_top_channels widens only the last, full-size stage.
+    wide = networks.make_gan(trainer._ModelShape(trainer.GanConfig(
+        image_size=16, latent_dim=8, base_channels=8, generator_top_channels=24).validate(), 1)).generator
+    assert [wide.get_layer(name).filters for name in ("conv8", "conv8b", "conv16", "conv16b")] == [128, 128, 24, 24]
+    assert np.asarray(wide(noise, training=False)).shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match="generator_top_channels must be in 0..512"):
+        trainer.GanConfig(generator_top_channels=-1).validate()
     with pytest.raises(ValueError, match="convolutions per size 0"):
         networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, convs_per_size=0)
 

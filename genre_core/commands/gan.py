@@ -59,6 +59,9 @@ def register(subparsers) -> None:
                        help="the smallest generator size in px that gets noise inputs (default 8: every size)")
     train.add_argument("--generator-noise-gain", type=float, default=None, metavar="G",
                        help="the noise strengths learn G times faster than the other weights (default 1)")
+    train.add_argument("--generator-top-channels", type=int, default=None, metavar="C",
+                       help="channels of the projected generator's last, full-size stage, which paints the finest "
+                            "detail (default 0: the base width, 16)")
     train.add_argument("--discriminator-downsample", default=None, choices=DOWNSAMPLINGS,
                        help="how the projected discriminator shrinks images for its trunk and whole-picture head: "
                             "average (pooling, whose gradient to the generator is blocky) or blur (a [1, 3, 3, 1] "
@@ -187,6 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("generator_noise", args.generator_noise),
                                            ("generator_noise_from", args.generator_noise_from),
                                            ("generator_noise_gain", args.generator_noise_gain),
+                                           ("generator_top_channels", args.generator_top_channels),
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head), ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),

@@ -149,7 +149,8 @@ def _class_batch_norm(x, label, num_classes: int, name: str):
 
 def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 16,
                            padding: str = "zeros", conditional_norm: bool = False, convs_per_size: int = 1,
-                           noise: float = 0.0, noise_seed: int = 0, noise_from: int = 8, noise_gain: float = 1.0):
+                           noise: float = 0.0, noise_seed: int = 0, noise_from: int = 8, noise_gain: float = 1.0,
+                           top_channels: int = 0):
     """Build the FastGAN-style generator: z (and a genre label) -> 4x4 map -> (nearest upsample, 3x3 conv, BN,
     LeakyReLU) per doubling, with skip-layer excitation, -> tanh image in [-1, 1]. `padding` is how the 3x3
     convolutions pad: "zeros" or "reflect" (GENERATOR_PADDINGS). With a genre label and `conditional_norm`,
@@ -159,7 +160,8 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     > 0, every such block adds per-pixel noise after its batch norm (a NoiseInjection layer: noise times a
     learned per-channel strength that starts at `noise`, relative to the normalised features; FastGAN's
     UpBlockComp and StyleGAN have noise inputs), seeded from `noise_seed`, at the sizes from `noise_from` up,
-    with `noise_gain` times the learning rate for the strengths (`NoiseInjection`)."""
+    with `noise_gain` times the learning rate for the strengths (`NoiseInjection`). `top_channels` > 0 widens
+    (or narrows) the last, full-size stage to that many channels (FASTGAN_MULTIPLIERS give it `base_channels`)."""
     import keras
     from keras import layers
 
@@ -175,6 +177,8 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
         return layers.Conv2D(filters, 3, padding="valid", name=name, **options)(x)
 
     widths = fastgan_widths(image_size, base_channels)
+    if top_channels:
+        widths[image_size] = int(top_channels)
     conditional_norm = bool(num_classes and conditional_norm)
     inputs, x = _projected_latent(latent_dim, num_classes, widths[4], conditional_norm)
     x = layers.LeakyReLU(0.2)(x)
@@ -558,7 +562,8 @@ def make_gan(config):
                                                float(getattr(config, "generator_noise", 0.0)),
                                                int(getattr(config, "seed", 0)),
                                                int(getattr(config, "generator_noise_from", 8)),
-                                               float(getattr(config, "generator_noise_gain", 1.0)))
+                                               float(getattr(config, "generator_noise_gain", 1.0)),
+                                               int(getattr(config, "generator_top_channels", 0)))
             discriminator = make_projected_discriminator(
                 config.image_size, num_classes, config.base_channels,
                 global_weight=float(getattr(config, "global_head", 0.0)),

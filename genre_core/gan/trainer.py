@@ -104,6 +104,7 @@ class GanConfig:
     # learned per-channel strengths that start at this (StyleGAN/FastGAN noise inputs); 0: none
     generator_noise_from: int = 8  # the smallest generator size (px) with noise inputs
     generator_noise_gain: float = 1.0  # the noise strengths learn this many times faster (NoiseInjection's gain)
+    generator_top_channels: int = 0  # projected generator: channels of the full-size stage; 0: base_channels
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
@@ -184,6 +185,9 @@ class GanConfig:
         if int(self.generator_noise_from) not in noise_sizes:
             raise ValueError(f"generator_noise_from must be a generator size from 8 px up "
                              f"({', '.join(map(str, noise_sizes))}), got {self.generator_noise_from}")
+        if not 0 <= int(self.generator_top_channels) <= 512:
+            raise ValueError(f"generator_top_channels must be in 0..512 (0: base_channels), got "
+                             f"{self.generator_top_channels}")
         if not 1.0 <= float(self.generator_noise_gain) <= 100.0:
             raise ValueError(f"generator_noise_gain must be in 1..100, got {self.generator_noise_gain}")
         if self.generator_noise and self.architecture != "projected":
