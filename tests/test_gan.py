@@ -398,7 +398,8 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
-    --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain) and --generator-top-channels set the run's config;
+    --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain) and --generator-top-channels
+    set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 

@@ -162,8 +162,8 @@ def test_recognisability_on_a_stub_classifier_returns_the_known_share():
 def test_stripes_are_one_for_real_like_images_and_rise_with_cross_hatching_only():
     """`stripes`: smooth random images against another draw of the same kind give about 1; adding one-pixel
     horizontal and vertical stripes raises the ratio far above 1, and adding the same amount of isotropic
-    per-pixel noise (more fine detail, but not in stripes) does not; uint8 and [-1, 1] images of the same pictures give the same numbers; a spectrum
-    of another size is refused by name."""
+    per-pixel noise (more fine detail, but not in stripes) does not; uint8 and [-1, 1] images of the same
+    pictures give the same numbers; a spectrum of another size is refused by name."""
     rng = np.random.default_rng(0)
 
     def smooth(count):  # isotropic random fields whose power falls with frequency, as in photographs
