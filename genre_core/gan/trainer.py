@@ -192,6 +192,8 @@ class GanConfig:
             raise ValueError(f"generator_noise_gain must be in 1..100, got {self.generator_noise_gain}")
         if self.generator_noise and self.architecture != "projected":
             raise ValueError("generator_noise (noise inputs) is for the projected architecture's generator")
+        if self.generator_top_channels and self.architecture != "projected":
+            raise ValueError("generator_top_channels is for the projected architecture's generator")
         if self.conditional_norm and not (self.conditional and self.architecture == "projected"):
             raise ValueError("conditional_norm (per-genre batch norm) needs a conditional run of the projected "
                              "architecture")

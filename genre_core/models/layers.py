@@ -184,7 +184,8 @@ def layer_classes() -> dict:
         high-frequency texture it finds is regular stripes. With noise it can paint random texture instead.
         StyleGAN and FastGAN start the strengths at 0; over a few hundred steps they barely move from there
         (the noise is independent of everything else, so the loss's gradient for a strength of 0 is zero on
-        average: on one 15-minute kit run the largest was 0.025), so a short run needs them to start above 0.
+        average: on one 15-minute kit run, with the noise before the batch norm, the largest was 0.025), so a
+        short run needs them to start above 0.
         `gain` multiplies the learning rate of the strengths (the weight is the strength / gain, as StyleGAN's
         learning-rate multipliers do): Adam moves a weight by about the learning rate per step whatever its
         gradient, so at 1e-4 a strength moves by at most about 0.07 in a 15-minute run; with gain 10, 0.7.
