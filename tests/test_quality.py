@@ -174,7 +174,7 @@ def test_stripes_are_one_for_real_like_images_and_rise_with_cross_hatching_only(
         return np.clip(128 + 40 * fields / fields.std(), 0, 255)
 
     real, other = smooth(64), smooth(64)
-    spectrum = quality.real_power_spectrum(real.astype(np.uint8))
+    spectrum = quality.power_spectrum(real.astype(np.uint8))
     plain = quality.stripes(other.astype(np.uint8), spectrum)
     assert 0.7 < plain["ratio"] < 1.4
     lines = np.zeros((32, 32))

@@ -165,11 +165,12 @@ def diversity(generated_features, real_features) -> dict:
 
 def power_spectrum(images) -> np.ndarray:
     """The mean power spectrum (numpy FFT layout) of square images (N, S, S, 3; uint8, or floats in [-1, 1]),
-    each turned grey, its mean removed and a Hann window applied (so the borders add no stripes)."""
+    each brought to a range of 1, turned grey, its mean removed and a Hann window applied (so the borders add
+    no stripes)."""
     array = np.asarray(images)
     if array.ndim != 4 or array.shape[1] != array.shape[2] or array.shape[-1] != 3 or not len(array):
         raise ValueError(f"power spectrum: expected square RGB images (N, S, S, 3), got shape {array.shape}")
-    grey = array.astype(np.float64).mean(axis=-1)
+    grey = array.astype(np.float64).mean(axis=-1) / (255.0 if array.dtype == np.uint8 else 2.0)
     grey -= grey.mean(axis=(1, 2), keepdims=True)
     window = np.hanning(grey.shape[1])
     return (np.abs(np.fft.fft2(grey * np.outer(window, window))) ** 2).mean(axis=0)
@@ -177,13 +178,13 @@ def power_spectrum(images) -> np.ndarray:
 
 def stripes(generated, real_spectrum) -> dict:
     """Axis-aligned stripes in generated images, against real ones (`power_spectrum` of real images of the
-    same size, 0..255 or -1..1 alike since only ratios count): at periods of 2 to 2.7 px (STRIPE_BAND), the
+    same size): at periods of 2 to 2.7 px (STRIPE_BAND), the
     power on the two frequency axes and off them, each as a multiple of the real images'; `ratio` is the first
     over the second: 1 when fine detail is as much in horizontal and vertical stripes as in real paintings,
-    above 1 for cross-hatching. Scale-free: both sets are brought to 0..1 first."""
+    above 1 for cross-hatching."""
     real_spectrum = np.asarray(real_spectrum, dtype=np.float64)
     generated = np.asarray(generated)
-    spectrum = power_spectrum(generated.astype(np.float64) / (255.0 if generated.dtype == np.uint8 else 2.0))
+    spectrum = power_spectrum(generated)
     if real_spectrum.shape != spectrum.shape:
         raise ValueError(f"stripes: real spectrum of shape {real_spectrum.shape} for images of "
                          f"{generated.shape[1]} px")
@@ -199,12 +200,6 @@ def stripes(generated, real_spectrum) -> dict:
         shares[name] = float(spectrum[mask].sum() / real) if real > 0 else float("nan")
     ratio = shares["axis"] / shares["off_axis"] if shares["off_axis"] > 0 else float("nan")
     return {**shares, "ratio": float(ratio)}
-
-
-def real_power_spectrum(images) -> np.ndarray:
-    """`power_spectrum` of real images on the scale `stripes` compares at (0..1)."""
-    images = np.asarray(images)
-    return power_spectrum(images.astype(np.float64) / (255.0 if images.dtype == np.uint8 else 2.0))
 
 
 def _resize_for(classifier, images) -> np.ndarray:

@@ -715,7 +715,7 @@ class Reference:
     judge_name: str | None = None
     judge_real: dict = field(default_factory=dict)  # genre -> share of real images the judge calls that genre
     judge_samples: int = 64  # images per genre that the judge classifies
-    spectrum: np.ndarray | None = None  # quality.real_power_spectrum of the images (for `stripes`)
+    spectrum: np.ndarray | None = None  # quality.power_spectrum of the images (for `stripes`)
 
 
 def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels: np.ndarray, classes,
@@ -732,7 +732,7 @@ def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels
     features = features[chosen]
     result = Reference(np.asarray(reference), np.asarray(reference_labels), extractor, features, fixed_extractor,
                        fixed_features, judge_samples=int(config.judge_samples),
-                       spectrum=quality.real_power_spectrum(reference))
+                       spectrum=quality.power_spectrum(reference))
     judge_path = find_judge(config.judge, classes)
     if judge_path is not None and config.judge_samples:
         progress({"stage": "prepare", "done": 0, "total": 1, "message": "the judge classifies real images"})
