@@ -393,13 +393,20 @@ def test_gan_train_cli_rejects_bad_input(capsys):
     assert "argument --lecam: -0.3 is below 0" in capsys.readouterr().err
     assert cli.main(["gan", "train", "--epochs", "1", "--lecam", "20"]) == 2
     assert "lecam must be in 0..10 (or -1, the default), got 20.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["gan", "train", "--spectrum-penalty", "-1"])
+    assert "argument --spectrum-penalty: -1 is below 0" in capsys.readouterr().err
+    assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty", "500"]) == 2
+    assert "spectrum_penalty must be in 0..100, got 500.0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="spectrum_penalty_kind 'sideways' is not one of"):
+        trainer.GanConfig(spectrum_penalty_kind="sideways").validate()
 
 
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
-    --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain) and --generator-top-channels
-    set the run's config;
+    --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels and
+    --spectrum-penalty(-kind) set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -413,7 +420,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales",
                      "--conditional-norm", "--generator-convs", "2", "--lecam", "0.5",
                      "--generator-noise", "0.1", "--generator-noise-from", "64", "--generator-noise-gain", "10",
-                     "--generator-top-channels", "32"]) == 0
+                     "--generator-top-channels", "32", "--spectrum-penalty", "0.3",
+                     "--spectrum-penalty-kind", "direction"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     chosen, default, adaptive = started
@@ -424,6 +432,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.generator_noise, default.generator_noise) == (0.1, trainer.GanConfig.generator_noise)
     assert (chosen.generator_noise_from, chosen.generator_noise_gain) == (64, 10.0)
     assert (chosen.generator_top_channels, default.generator_top_channels) == (32, 0)
+    assert (chosen.spectrum_penalty, default.spectrum_penalty) == (0.3, 0.0)
+    assert (chosen.spectrum_penalty_kind, default.spectrum_penalty_kind) == ("direction", "level")
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
     assert (chosen.lecam, chosen.lecam_weight, default.lecam, default.lecam_weight) == (0.5, 0.5, -1.0, 0.3)
@@ -1014,12 +1024,13 @@ def test_find_judge_picks_a_finished_run_that_knows_the_genre(isolated_artifacts
 
 def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, isolated_artifacts):
     judge = make_judge_run(["abstract", "landscape", "portrait"])
-    config = run_config(tiny_dataset_dir, epochs=1, kid_samples=6, kid_image_size=32, judge="auto", judge_samples=4)
+    config = run_config(tiny_dataset_dir, epochs=1, kid_samples=6, kid_image_size=32, judge="auto", judge_samples=4,
+                        spectrum_penalty=1.0)
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     trainer.execute(run)
     row = run.history().iloc[0]
     for column in ("kid_fixed", "kid_fixed_std", "recognised", "recognised_real", "diversity", "stripes",
-                   "elapsed_seconds"):
+                   "spectrum_loss", "elapsed_seconds"):
         assert np.isfinite(row[column]), column
     assert 0.0 <= row["recognised"] <= 1.0 and 0.0 <= row["recognised_real"] <= 1.0
     latest = fileio.read_json(run.path / "quality.json")["latest"]
@@ -1029,3 +1040,77 @@ def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, i
     assert (run.path / trainer.BEST_GENERATOR_FILE).exists()
     assert trainer.read_best(run) == {"epoch": 1, "kid": row["kid"], "feature_space": row["feature_space"],
                                       "kid_fixed": row["kid_fixed"], "recognised": row["recognised"]}
+
+
+def test_spectrum_penalty_counts_only_excess_fine_detail_and_trains_only_the_generator():
+    """The spectrum penalty (`Gan._spectrum_loss`): a set against its own target scores 0, another draw of the
+    same kind of picture about 0, the same pictures with one-pixel cross-hatching far more, and blurred ones 0
+    (one-sided: less fine detail than the target is not penalised); images of the wrong size are refused by
+    name, and training without a target is refused. The "direction" kind also scores faint hatching on softened
+    pictures, which "level" lets pass. One train step with the penalty changes the generator differently from one without, from the same
+    weights and seed, and leaves the discriminator's step as it was; the step reports the penalty."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+
+    def smooth(count):  # isotropic random fields whose power falls with frequency, as in photographs
+        frequencies = np.fft.fftfreq(32)
+        radius = np.hypot(*np.meshgrid(frequencies, frequencies, indexing="ij"))
+        fields = np.fft.ifft2(np.fft.fft2(rng.normal(size=(count, 3, 32, 32))) / (0.03 + radius) ** 1.5).real
+        return np.clip(0.3 * fields.transpose(0, 2, 3, 1) / fields.std(), -1, 1).astype(np.float32)
+
+    config = tiny_model_config(image_size=32)
+    config.config.spectrum_penalty = 1.0
+    model = networks.make_gan(config)
+    assert model.spectrum_penalty == 1.0 and networks.make_gan(tiny_model_config(image_size=32)).spectrum_penalty == 0
+    real = smooth(64)
+    model.set_spectrum_target(real)
+    assert model.spectrum_target.shape == (8, 8, 3)  # blocks of 4 x 4 frequency bins
+    assert float(model._spectrum_loss(tf.constant(real))) == pytest.approx(0.0, abs=1e-6)
+    other = smooth(16)
+    plain = float(model._spectrum_loss(tf.constant(other)))
+    lines = np.zeros((32, 32), np.float32)
+    lines[::2, :] += 0.1  # horizontal one-pixel stripes
+    lines[:, ::2] += 0.1  # and vertical ones: cross-hatching
+    hatched = float(model._spectrum_loss(tf.constant(np.clip(other + lines[None, :, :, None], -1, 1))))
+    blurred = tf.nn.avg_pool2d(tf.constant(other), 3, 1, "SAME")
+    assert plain < 0.01 and hatched > 0.1 and hatched > 100 * plain
+    assert float(model._spectrum_loss(blurred)) == 0.0
+    unset = networks.make_gan(config)
+    with pytest.raises(ValueError, match="the spectrum penalty needs its target"):
+        unset.train_on_batch(real[:8], np.zeros(8, np.int32))
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, 32, 32, 3\), got \(4, 16, 16, 3\)"):
+        model.set_spectrum_target(np.zeros((4, 16, 16, 3), np.uint8))
+
+    # "direction": fine detail that runs along the axes more than the rest of its scale does. Mildly blurred
+    # pictures (an isotropic Gaussian) lose fine detail in every direction alike and score about 0 there too;
+    # faint cross-hatching on them stays below the real images' power (level 0) but shows against its scale.
+    frequencies = np.fft.fftfreq(32)
+    radius = np.hypot(*np.meshgrid(frequencies, frequencies, indexing="ij"))
+    soft = np.fft.ifft2(np.fft.fft2(other, axes=(1, 2)) * np.exp(-(radius / 0.5) ** 2)[None, :, :, None],
+                        axes=(1, 2)).real.astype(np.float32)
+    faint = soft + lines[None, :, :, None] * 0.2  # stripes of 0.02
+    model.spectrum_penalty_kind = "direction"
+    soft_direction, faint_direction = (float(model._spectrum_loss(tf.constant(x))) for x in (soft, faint))
+    assert float(model._spectrum_loss(tf.constant(real))) == pytest.approx(0.0, abs=1e-6)
+    assert soft_direction < 0.01 and faint_direction > 0.03 and faint_direction > 5 * soft_direction
+    model.spectrum_penalty_kind = "level"
+    assert float(model._spectrum_loss(tf.constant(faint))) == 0.0
+
+    without = networks.make_gan(tiny_model_config(image_size=32))
+    with_penalty = networks.make_gan(config)
+    with_penalty.set_weights(without.get_weights())
+    with_penalty.set_spectrum_target(real)
+    with_penalty.spectrum_penalty = 100.0  # a large weight, so that its share of the gradient is plain
+    control = networks.make_gan(tiny_model_config(image_size=32))
+    control.set_weights(without.get_weights())
+    logs = {}
+    for gan in (without, with_penalty, control):
+        gan.seed_generator.state.assign([7, 0])
+        logs[id(gan)] = gan.train_on_batch(real[:8], np.zeros(8, np.int32), return_dict=True)
+
+    def same(a, b):
+        return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in zip(a.trainable_weights, b.trainable_weights))
+    assert same(without.generator, control.generator) and not same(without.generator, with_penalty.generator)
+    assert same(without.discriminator, with_penalty.discriminator)
+    assert logs[id(with_penalty)]["spectrum_loss"] > 0 and "spectrum_loss" not in logs[id(without)]

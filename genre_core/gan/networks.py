@@ -33,6 +33,14 @@ Two architectures (`ARCHITECTURES`):
   weights, bfloat16 arithmetic, float32 images and logits.
 - `dcgan`: the earlier DCGAN (transposed convolutions, one discriminator on pixels, non-saturating loss).
 
+The generator can also pay a spectrum penalty (`spectrum_penalty`): the mean power spectrum of its batch (per
+colour channel, Hann-windowed) against that of the training images, on the fine-detail band
+(SPECTRUM_PENALTY_BAND), one-sided: only power above the real images' counts; the "direction" kind also
+counts fine detail that runs more along the two axes, relative to the rest of its scale, than in the real
+images. The frozen trunk sees the image at half size, where a one-pixel stripe averages out, so nothing else
+tells the generator that real paintings have no cross-hatching (spectral regularisation, as Durall et al.,
+CVPR 2020, there on the azimuthal mean of the spectrum).
+
 A conditional run can add the mode-seeking term (Mao et al., CVPR 2019, MSGAN): the generator is paid for
 making two latent vectors of the same genre give different images, which fights partial mode collapse.
 
@@ -74,6 +82,19 @@ FASTGAN_EXCITATIONS = ((4, 32), (8, 64), (16, 128), (32, 256))
 DOWNSAMPLINGS = ("average", "blur")
 # Fixed random projections of the trunk's maps before the heads (Projected GAN's CCM and CSM; `_mix_features`).
 FEATURE_MIXINGS = ("none", "channels", "channels_scales")
+# The spectrum penalty's band: frequencies (cycles per pixel) with max(|fy|, |fx|) at least this, periods up to
+# 1 / SPECTRUM_PENALTY_BAND px. Wide enough that stripes moved to 3-4 px (as a fixed output blur made them) still pay.
+SPECTRUM_PENALTY_BAND = 0.125
+# The penalty compares power summed over blocks of BLOCK x BLOCK frequency bins, and lets the batch's log power
+# exceed the target's by MARGIN before it counts: a batch of 16 real training images against their own mean then
+# scores 0.004, where a 128-px default run's last generator scores 0.065 (per-bin logs without margin: 0.047
+# against 0.105).
+SPECTRUM_PENALTY_BLOCK = 4
+SPECTRUM_PENALTY_MARGIN = 0.25
+# What the penalty compares (`Gan._spectrum_loss`): "level", each block's power against the real images';
+# "direction", also each block's share of its scale's power against theirs.
+SPECTRUM_PENALTY_KINDS = ("level", "direction")
+SPECTRUM_EPSILON = 1e-8  # added to the power before its log (a flat image has none)
 # The size at which the projected discriminator's whole-picture head sees the image (composition, not texture).
 GLOBAL_HEAD_SIZE = 32
 
@@ -581,6 +602,8 @@ def make_gan(config):
         loss=loss,
         mode_seeking=float(getattr(config, "mode_seeking", 0.0)),
         lecam=float(getattr(config, "lecam", 0.0)),
+        spectrum_penalty=float(getattr(config, "spectrum_penalty", 0.0)),
+        spectrum_penalty_kind=getattr(config, "spectrum_penalty_kind", "level"),
         ema_decay=config.ema_decay,
         augment_probability=config.augment_probability,
         augment_policy=tuple(getattr(config, "augment_policy", AUGMENT_POLICIES)),
@@ -599,6 +622,7 @@ def make_gan(config):
 def _gan_class():
     """Define the Gan model class on first use, so that importing this module does not import Keras."""
     import keras
+    import numpy as np
     import tensorflow as tf
 
     @keras.saving.register_keras_serializable(package="genre_core")
@@ -608,7 +632,8 @@ def _gan_class():
         def __init__(self, generator, discriminator, latent_dim, num_classes=0, ema_decay=0.999,
                      augment_probability=1.0, adaptive_augment=False, augment_target=0.6,
                      augment_speed=0.001, seed=0, loss="non_saturating", mode_seeking=0.0,
-                     augment_policy=AUGMENT_POLICIES, lecam=0.0, **kwargs):
+                     augment_policy=AUGMENT_POLICIES, lecam=0.0, spectrum_penalty=0.0, spectrum_penalty_kind="level",
+                     **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
@@ -616,6 +641,10 @@ def _gan_class():
             self.loss = loss
             self.mode_seeking = float(mode_seeking)
             self.lecam = float(lecam)
+            self.spectrum_penalty = float(spectrum_penalty)
+            if spectrum_penalty_kind not in SPECTRUM_PENALTY_KINDS:
+                raise ValueError(f"spectrum penalty kind {spectrum_penalty_kind!r} is not one of {SPECTRUM_PENALTY_KINDS}")
+            self.spectrum_penalty_kind = spectrum_penalty_kind
             self.generator = generator
             self.discriminator = discriminator
             self.ema_generator = keras.models.clone_model(generator)
@@ -637,6 +666,13 @@ def _gan_class():
             # zero-debiased by the step count). Training state only when the term is on, so checkpoints of
             # runs without it keep their variable count.
             self.lecam_averages = keras.Variable([0.0, 0.0, 0.0], trainable=False, name="lecam_averages")
+            # The spectrum penalty's target: log of the training images' mean block power (`_block_power`), set
+            # by `set_spectrum_target` before training. Not training state: the trainer sets it again from the
+            # training images on resume, so checkpoints keep their variable count.
+            blocks = max(1, int(generator.output.shape[1]) // SPECTRUM_PENALTY_BLOCK)
+            self.spectrum_target = keras.Variable(tf.zeros((blocks, blocks, 3)), trainable=False,
+                                                  name="spectrum_target")
+            self.spectrum_target_set = False
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
@@ -647,12 +683,13 @@ def _gan_class():
             self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
             self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
             self.real_accuracy_tracker = keras.metrics.Mean(name="real_accuracy")
+            self.spectrum_loss_tracker = keras.metrics.Mean(name="spectrum_loss")
             self.generator_optimizer.build(self.generator.trainable_variables)
             self.discriminator_optimizer.build(self.discriminator.trainable_variables)
 
         @property
         def metrics(self):
-            return [self.d_loss_tracker, self.g_loss_tracker, self.real_accuracy_tracker]
+            return [self.d_loss_tracker, self.g_loss_tracker, self.real_accuracy_tracker, self.spectrum_loss_tracker]
 
         def state_variables(self):
             """Every variable that defines the training state, in a fixed order (for checkpoints)."""
@@ -699,6 +736,82 @@ def _gan_class():
             return (tf.reduce_mean(tf.square(tf.nn.relu(real - average_fake)))
                     + tf.reduce_mean(tf.square(tf.nn.relu(average_real - fake))))
 
+        def power_spectrum(self, images):
+            """Mean power spectrum (size, size, 3) of float images in [-1, 1] (batch, size, size, 3): per colour
+            channel, mean removed, Hann window (so the borders add no stripes), numpy's FFT layout."""
+            images = tf.cast(images, "float32") / 2.0
+            size = int(images.shape[1])
+            window = tf.signal.hann_window(size, periodic=False)
+            window = window[:, None] * window[None, :]
+            channels = tf.transpose(images, [0, 3, 1, 2])  # fft2d transforms the last two axes
+            channels = (channels - tf.reduce_mean(channels, axis=[2, 3], keepdims=True)) * window
+            power = tf.abs(tf.signal.fft2d(tf.complex(channels, tf.zeros_like(channels)))) ** 2
+            return tf.transpose(tf.reduce_mean(power, axis=0), [1, 2, 0])
+
+        def set_spectrum_target(self, images, batch_size: int = 64):
+            """Set the spectrum penalty's target from real images (uint8 or floats in [-1, 1], the training
+            images of the run): the log of their mean `power_spectrum`, in blocks (`_block_power`)."""
+            images = np.asarray(images)
+            size = int(self.generator.output.shape[1])
+            if images.ndim != 4 or images.shape[1:] != (size, size, 3) or not len(images):
+                raise ValueError(f"spectrum target: expected images of shape (N, {size}, {size}, 3), got "
+                                 f"{images.shape}")
+            total = 0.0
+            for start in range(0, len(images), batch_size):
+                batch = images[start:start + batch_size]
+                if batch.dtype == np.uint8:
+                    batch = batch.astype("float32") / 127.5 - 1.0
+                total += self.power_spectrum(batch).numpy() * len(batch)
+            self.spectrum_target.assign(np.log(self._block_power(total / len(images)) + SPECTRUM_EPSILON))
+            self.spectrum_target_set = True
+
+        @staticmethod
+        def _block_power(power):
+            """(size, size, 3) power -> (size / B, size / B, 3) mean power per block of B x B frequency bins
+            (B = SPECTRUM_PENALTY_BLOCK, or the size when smaller)."""
+            size = int(power.shape[0])
+            block = min(SPECTRUM_PENALTY_BLOCK, size)
+            blocks = tf.reshape(tf.cast(power, "float32"), (size // block, block, size // block, block, 3))
+            return tf.reduce_mean(blocks, axis=[1, 3])
+
+        def _spectrum_band(self):
+            """1 for the blocks whose every bin lies in the fine-detail band (SPECTRUM_PENALTY_BAND), else 0."""
+            size = int(self.generator.output.shape[1])
+            frequencies = np.abs(np.fft.fftfreq(size))
+            in_band = np.maximum(frequencies[:, None], frequencies[None, :]) >= SPECTRUM_PENALTY_BAND
+            block = min(SPECTRUM_PENALTY_BLOCK, size)
+            return tf.constant(in_band.reshape(size // block, block, size // block, block).all(axis=(1, 3)), "float32")
+
+        def _spectrum_rings(self):
+            """(blocks * blocks, rings) one-hot: each block's ring, its centre's distance from the zero frequency
+            rounded to whole blocks, so a ring holds the blocks of one scale in every direction."""
+            count, size = int(self.spectrum_target.shape[0]), int(self.generator.output.shape[1])
+            centres = np.abs(np.fft.fftfreq(size).reshape(count, -1).mean(axis=1)) * count
+            ring = np.rint(np.hypot(centres[:, None], centres[None, :])).astype(int).reshape(-1)
+            _, ring = np.unique(ring, return_inverse=True)  # no empty rings
+            return tf.constant(np.eye(int(ring.max()) + 1)[ring], "float32")
+
+        def _spectrum_loss(self, images):
+            """The spectrum penalty: over the blocks of the fine-detail band and the colour channels, the mean of
+            max(0, excess - SPECTRUM_PENALTY_MARGIN)^2, where a block's excess is its log block power in the batch
+            minus the target's. One-sided: a generator is not paid for adding grain where it paints less detail
+            than the real images have. With `spectrum_penalty_kind` "direction" it also pays, in the same way, for
+            a block's excess over the mean excess of its ring (`_spectrum_rings`): fine detail that runs more in
+            one direction (horizontal and vertical stripes) than in the real images, relative to the detail the
+            generator paints at that scale in every direction."""
+            log_power = tf.math.log(self._block_power(self.power_spectrum(images)) + SPECTRUM_EPSILON)
+            excess = log_power - self.spectrum_target
+            band = self._spectrum_band()[:, :, None]
+            penalty = tf.square(tf.nn.relu(excess - SPECTRUM_PENALTY_MARGIN))
+            if self.spectrum_penalty_kind == "direction":
+                rings = self._spectrum_rings()
+                flat = tf.reshape(excess, (-1, 3))
+                ring_mean = tf.matmul(rings, tf.matmul(rings, flat, transpose_a=True)
+                                      / tf.reduce_sum(rings, axis=0)[:, None])
+                relative = flat - ring_mean
+                penalty += tf.reshape(tf.square(tf.nn.relu(relative - SPECTRUM_PENALTY_MARGIN)), tf.shape(excess))
+            return tf.reduce_sum(penalty * band) / (3.0 * tf.reduce_sum(band))
+
         def _mode_seeking_loss(self, noise, images):
             """MSGAN's term: 1 / (image distance / latent distance) over the pairs (i, i + half)."""
             half = tf.shape(images)[0] // 2
@@ -742,6 +855,12 @@ def _gan_class():
                 total_g_loss = g_loss
                 if self.mode_seeking:
                     total_g_loss = g_loss + self.mode_seeking * self._mode_seeking_loss(noise, fake_images)
+                if self.spectrum_penalty:
+                    if not self.spectrum_target_set:  # checked while the step is traced
+                        raise ValueError("the spectrum penalty needs its target: call set_spectrum_target(real "
+                                         "images) before training")
+                    spectrum_loss = self._spectrum_loss(fake_images)
+                    total_g_loss = total_g_loss + self.spectrum_penalty * spectrum_loss
             gradients = tape.gradient(total_g_loss, self.generator.trainable_variables)
             self.generator_optimizer.apply_gradients(zip(gradients, self.generator.trainable_variables))
 
@@ -763,11 +882,14 @@ def _gan_class():
             self.d_loss_tracker.update_state(d_loss)
             self.g_loss_tracker.update_state(g_loss)
             self.real_accuracy_tracker.update_state(real_accuracy)
+            if self.spectrum_penalty:
+                self.spectrum_loss_tracker.update_state(spectrum_loss)
             return {
                 "d_loss": self.d_loss_tracker.result(),
                 "g_loss": self.g_loss_tracker.result(),
                 "real_accuracy": self.real_accuracy_tracker.result(),
                 "aug_p": self.augment_probability.value,
+                **({"spectrum_loss": self.spectrum_loss_tracker.result()} if self.spectrum_penalty else {}),
             }
 
         def recalibrate_ema(self, labels=None, samples=256, seed=0, batch_size=256):
@@ -776,8 +898,6 @@ def _gan_class():
 
             The generator's output is sensitive to these statistics: on one kit run, four draws of 256 gave
             fixed-space KIDs from 0.34 to 0.65 for the same weights, four draws of 1,024 from 0.36 to 0.44."""
-            import numpy as np
-
             rng = np.random.default_rng(seed)
             choices = np.arange(self.num_classes) if labels is None else np.asarray(labels)
             norms = [layer for layer in self.ema_generator.layers if isinstance(layer, keras.layers.BatchNormalization)]

@@ -112,6 +112,8 @@ class GanConfig:
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
     lecam: float = -1.0  # LeCam weight of D's loss (Tseng et al. 2021); -1: PROJECTED_LECAM if projected, else 0
+    spectrum_penalty: float = 0.0  # weight of the generator's spectrum penalty (networks.Gan._spectrum_loss); 0: off
+    spectrum_penalty_kind: str = "level"  # what it compares: level | direction (networks.SPECTRUM_PENALTY_KINDS)
     learning_rate: float = 1e-4
     lr_decay: str = "linear"  # linear: both learning rates fall linearly to 0 over the run (budget or epochs) | none
     beta_1: float = 0.0
@@ -153,6 +155,11 @@ class GanConfig:
                              f"{networks.DOWNSAMPLINGS}")
         if not (0.0 <= self.lecam <= 10.0 or self.lecam == -1.0):
             raise ValueError(f"lecam must be in 0..10 (or -1, the default), got {self.lecam}")
+        if not 0.0 <= float(self.spectrum_penalty) <= 100.0:
+            raise ValueError(f"spectrum_penalty must be in 0..100, got {self.spectrum_penalty}")
+        if self.spectrum_penalty_kind not in networks.SPECTRUM_PENALTY_KINDS:
+            raise ValueError(f"spectrum_penalty_kind {self.spectrum_penalty_kind!r} is not one of "
+                             f"{networks.SPECTRUM_PENALTY_KINDS}")
         if not 0.0 <= self.ema_lr_power <= 2.0:
             raise ValueError(f"ema_lr_power must be in 0..2, got {self.ema_lr_power}")
         if int(self.bn_calibration_samples) < 2:
@@ -661,6 +668,7 @@ def _epoch_callback_class():
                 "recognised_real": measured.get("recognised_real"),
                 "diversity": measured.get("diversity"),
                 "stripes": measured.get("stripes"),
+                "spectrum_loss": float(logs["spectrum_loss"]) if "spectrum_loss" in logs else None,
                 "elapsed_seconds": round(elapsed, 2),  # since the start, on the budget's clock
             }
             self.run.append_history(row)
@@ -672,7 +680,9 @@ def _epoch_callback_class():
             text = _quality_text(measured)
             total = self._planned_total(number, budget_seconds, elapsed, budget_ends)
             print(f"epoch {number}/{total}: d_loss {row['d_loss']:.3f} g_loss {row['g_loss']:.3f} "
-                  f"aug_p {row['aug_p']:.2f} {text} ({seconds:.0f} s, {elapsed / 60:.1f} min in all)", flush=True)
+                  f"aug_p {row['aug_p']:.2f} "
+                  + (f"spectrum_loss {row['spectrum_loss']:.3f} " if row["spectrum_loss"] is not None else "")
+                  + f"{text} ({seconds:.0f} s, {elapsed / 60:.1f} min in all)", flush=True)
             self.progress({"stage": "epoch", "done": number, "total": total,
                            "message": f"epoch {number}/{total}, {text}"})
             if budget_ends and number < planned:
@@ -874,6 +884,8 @@ def _execute(run, progress) -> None:
     images, labels, reference_images, reference_labels, classes = load_training_images(config, progress=progress)
     run.write_classes(classes)
     gan = networks.make_gan(_ModelShape(config, len(classes)))
+    if config.spectrum_penalty:
+        gan.set_spectrum_target(images)  # from the training images, again on resume (not checkpoint state)
     info = load_checkpoint(gan, run)
     initial_epoch = int(info["epoch"]) if info else 0
     previous_seconds = float(info.get("elapsed_seconds", 0.0)) if info else 0.0
