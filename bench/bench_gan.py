@@ -190,6 +190,12 @@ def _epoch_row() -> list[dict]:
                                    generator_top_channels=top)
         models[f"top{top}"] = networks.make_gan(trainer._ModelShape(config, 1))
         _time_steps(models[f"top{top}"], images, labels, WARMUP_STEPS)
+    # The generator's spectrum penalty (direction kind), against the same networks without it (top16 above).
+    config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
+                               spectrum_penalty=0.1, spectrum_penalty_kind="direction")
+    models["spectrum"] = networks.make_gan(trainer._ModelShape(config, 1))
+    models["spectrum"].set_spectrum_target(images)
+    _time_steps(models["spectrum"], images, labels, WARMUP_STEPS)
     times = {precision: [] for precision in models}
     for _ in range(ROUNDS):
         for precision, model in models.items():
@@ -225,6 +231,16 @@ def _epoch_row() -> list[dict]:
         "target": "reported",
         "ok": True,
         "note": f"median s/step of {ROUNDS} alternating rounds (--generator-top-channels), in {default}",
+    }, {
+        "name": f"gan train step {EPOCH_IMAGE_SIZE}px batch {EPOCH_BATCH_SIZE} (projected, with the spectrum penalty "
+                "vs without)",
+        "baseline_s": round(step_s[f"top{TOP_CHANNELS[0]}"], 4),
+        "candidate_s": round(step_s["spectrum"], 4),
+        "ratio": round(step_s["spectrum"] / step_s[f"top{TOP_CHANNELS[0]}"], 3),
+        "target": "reported",
+        "ok": True,
+        "note": f"median s/step of {ROUNDS} alternating rounds (--spectrum-penalty 0.1 --spectrum-penalty-kind "
+                f"direction: one FFT of the generated batch per generator step), in {default}",
     }]
 
 
