@@ -1046,7 +1046,7 @@ def test_spectrum_penalty_counts_only_excess_fine_detail_and_trains_only_the_gen
     """The spectrum penalty (`Gan._spectrum_loss`): a set against its own target scores 0, another draw of the
     same kind of picture about 0, the same pictures with one-pixel cross-hatching far more, and blurred ones 0
     (one-sided: less fine detail than the target is not penalised); images of the wrong size are refused by
-    name, and training without a target is refused. The "direction" kind also scores faint hatching on softened
+    name, and training without a target is refused; a mirrored target is that of the set and its mirror images. The "direction" kind also scores faint hatching on softened
     pictures, which "level" lets pass. One train step with the penalty changes the generator differently from one without, from the same
     weights and seed, and leaves the discriminator's step as it was; the step reports the penalty."""
     import tensorflow as tf
@@ -1067,6 +1067,12 @@ def test_spectrum_penalty_counts_only_excess_fine_detail_and_trains_only_the_gen
     model.set_spectrum_target(real)
     assert model.spectrum_target.shape == (8, 8, 3)  # blocks of 4 x 4 frequency bins
     assert float(model._spectrum_loss(tf.constant(real))) == pytest.approx(0.0, abs=1e-6)
+    both = np.concatenate([real, real[:, :, ::-1]])  # the set as random horizontal flips show it
+    model.set_spectrum_target(both)
+    expected = model.spectrum_target.numpy()
+    model.set_spectrum_target(real, mirrored=True)
+    np.testing.assert_allclose(model.spectrum_target.numpy(), expected, rtol=1e-5, atol=1e-5)
+    model.set_spectrum_target(real)
     other = smooth(16)
     plain = float(model._spectrum_loss(tf.constant(other)))
     lines = np.zeros((32, 32), np.float32)

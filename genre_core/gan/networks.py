@@ -748,9 +748,11 @@ def _gan_class():
             power = tf.abs(tf.signal.fft2d(tf.complex(channels, tf.zeros_like(channels)))) ** 2
             return tf.transpose(tf.reduce_mean(power, axis=0), [1, 2, 0])
 
-        def set_spectrum_target(self, images, batch_size: int = 64):
+        def set_spectrum_target(self, images, batch_size: int = 64, mirrored: bool = False):
             """Set the spectrum penalty's target from real images (uint8 or floats in [-1, 1], the training
-            images of the run): the log of their mean `power_spectrum`, in blocks (`_block_power`)."""
+            images of the run): the log of their mean `power_spectrum`, in blocks (`_block_power`). With
+            `mirrored`, each image counts half as itself and half mirrored left to right, as a training set
+            under random horizontal flips is seen."""
             images = np.asarray(images)
             size = int(self.generator.output.shape[1])
             if images.ndim != 4 or images.shape[1:] != (size, size, 3) or not len(images):
@@ -761,7 +763,10 @@ def _gan_class():
                 batch = images[start:start + batch_size]
                 if batch.dtype == np.uint8:
                     batch = batch.astype("float32") / 127.5 - 1.0
-                total += self.power_spectrum(batch).numpy() * len(batch)
+                power = self.power_spectrum(batch).numpy()
+                if mirrored:
+                    power = (power + self.power_spectrum(batch[:, :, ::-1]).numpy()) / 2.0
+                total += power * len(batch)
             self.spectrum_target.assign(np.log(self._block_power(total / len(images)) + SPECTRUM_EPSILON))
             self.spectrum_target_set = True
 

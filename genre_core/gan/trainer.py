@@ -885,7 +885,8 @@ def _execute(run, progress) -> None:
     run.write_classes(classes)
     gan = networks.make_gan(_ModelShape(config, len(classes)))
     if config.spectrum_penalty:
-        gan.set_spectrum_target(images)  # from the training images, again on resume (not checkpoint state)
+        # From the training images, as flipped in training; again on resume (not checkpoint state).
+        gan.set_spectrum_target(images, mirrored=config.horizontal_flip)
     info = load_checkpoint(gan, run)
     initial_epoch = int(info["epoch"]) if info else 0
     previous_seconds = float(info.get("elapsed_seconds", 0.0)) if info else 0.0
