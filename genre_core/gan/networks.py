@@ -669,7 +669,7 @@ def _gan_class():
             # The spectrum penalty's target: log of the training images' mean block power (`_block_power`), set
             # by `set_spectrum_target` before training. Not training state: the trainer sets it again from the
             # training images on resume, so checkpoints keep their variable count.
-            blocks = max(1, int(generator.output.shape[1]) // SPECTRUM_PENALTY_BLOCK)
+            blocks = int(generator.output.shape[1]) // SPECTRUM_PENALTY_BLOCK  # sizes start at 16 (SUPPORTED_SIZES)
             self.spectrum_target = keras.Variable(tf.zeros((blocks, blocks, 3)), trainable=False,
                                                   name="spectrum_target")
             self.spectrum_target_set = False
@@ -738,7 +738,8 @@ def _gan_class():
 
         def power_spectrum(self, images):
             """Mean power spectrum (size, size, 3) of float images in [-1, 1] (batch, size, size, 3): per colour
-            channel, mean removed, Hann window (so the borders add no stripes), numpy's FFT layout."""
+            channel, mean removed, Hann window (so the borders add no stripes), numpy's FFT layout. The
+            differentiable, per-channel counterpart of `quality.power_spectrum` (numpy, grey, for `stripes`)."""
             images = tf.cast(images, "float32") / 2.0
             size = int(images.shape[1])
             window = tf.signal.hann_window(size, periodic=False)
@@ -773,9 +774,8 @@ def _gan_class():
         @staticmethod
         def _block_power(power):
             """(size, size, 3) power -> (size / B, size / B, 3) mean power per block of B x B frequency bins
-            (B = SPECTRUM_PENALTY_BLOCK, or the size when smaller)."""
-            size = int(power.shape[0])
-            block = min(SPECTRUM_PENALTY_BLOCK, size)
+            (B = SPECTRUM_PENALTY_BLOCK)."""
+            size, block = int(power.shape[0]), SPECTRUM_PENALTY_BLOCK
             blocks = tf.reshape(tf.cast(power, "float32"), (size // block, block, size // block, block, 3))
             return tf.reduce_mean(blocks, axis=[1, 3])
 
@@ -784,7 +784,7 @@ def _gan_class():
             size = int(self.generator.output.shape[1])
             frequencies = np.abs(np.fft.fftfreq(size))
             in_band = np.maximum(frequencies[:, None], frequencies[None, :]) >= SPECTRUM_PENALTY_BAND
-            block = min(SPECTRUM_PENALTY_BLOCK, size)
+            block = SPECTRUM_PENALTY_BLOCK
             return tf.constant(in_band.reshape(size // block, block, size // block, block).all(axis=(1, 3)), "float32")
 
         def _spectrum_rings(self):
