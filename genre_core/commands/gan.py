@@ -8,7 +8,8 @@ from pathlib import Path
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
                                      GENERATOR_CONVS, GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES,
-                                     GEOMETRIC_MAX_SCALE, PRECISIONS, SPECTRUM_PENALTY_KINDS, SUPPORTED_SIZES)
+                                     GEOMETRIC_MAX_SCALE, PRECISIONS, SPECTRUM_PENALTY_KINDS, SPECTRUM_PENALTY_PERIOD,
+                                     SPECTRUM_PENALTY_PERIODS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
 
 
@@ -96,12 +97,16 @@ def register(subparsers) -> None:
                             f"{trainer.PROJECTED_LECAM:g} for the projected networks, 0 for dcgan)")
     train.add_argument("--spectrum-penalty", type=_non_negative, default=None, metavar="W",
                        help="weight of the generator's spectrum penalty: its batch's power spectrum against the "
-                            "training images' at periods under 8 px, counting only excess power, which fights "
+                            "training images' at fine periods (--spectrum-penalty-period), counting only excess power, which fights "
                             "cross-hatching the discriminator cannot see; 0 turns it off (default 0)")
     train.add_argument("--spectrum-penalty-kind", default=None, choices=SPECTRUM_PENALTY_KINDS,
                        help="what the spectrum penalty compares: level (each band's power against the real images') "
                             "or direction (also how much of a scale's detail runs horizontally and vertically) "
                             "(default level)")
+    train.add_argument("--spectrum-penalty-period", type=int, default=None, metavar="PX",
+                       help="the spectrum penalty's band: detail with a period of up to PX pixels along either axis "
+                            f"({SPECTRUM_PENALTY_PERIODS[0]} up to half the image size; default "
+                            f"{SPECTRUM_PENALTY_PERIOD})")
     train.add_argument("--precision", default=None, choices=PRECISIONS,
                        help="projected GAN arithmetic: auto (mixed_bfloat16 where the CPU or GPU has bfloat16, about "
                             "1.5x faster steps; else float32), float32 or mixed_bfloat16 (default auto)")
@@ -205,6 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam),
                                            ("spectrum_penalty", args.spectrum_penalty),
                                            ("spectrum_penalty_kind", args.spectrum_penalty_kind),
+                                           ("spectrum_penalty_period", args.spectrum_penalty_period),
                                            ("conditional_norm", args.conditional_norm),
                                            ("feature_mixing", args.feature_mixing))
            if value is not None},

@@ -35,7 +35,7 @@ Two architectures (`ARCHITECTURES`):
 
 The generator can also pay a spectrum penalty (`spectrum_penalty`): the mean power spectrum of its batch (per
 colour channel, Hann-windowed) against that of the training images, on the fine-detail band
-(SPECTRUM_PENALTY_BAND), one-sided: only power above the real images' counts; the "direction" kind also
+(periods up to SPECTRUM_PENALTY_PERIOD px, or `spectrum_penalty_period`), one-sided: only power above the real images' counts; the "direction" kind also
 counts fine detail that runs more along the two axes, relative to the rest of its scale, than in the real
 images. The frozen trunk sees the image at half size, where a one-pixel stripe averages out, so nothing else
 tells the generator that real paintings have no cross-hatching (spectral regularisation, as Durall et al.,
@@ -82,9 +82,11 @@ FASTGAN_EXCITATIONS = ((4, 32), (8, 64), (16, 128), (32, 256))
 DOWNSAMPLINGS = ("average", "blur")
 # Fixed random projections of the trunk's maps before the heads (Projected GAN's CCM and CSM; `_mix_features`).
 FEATURE_MIXINGS = ("none", "channels", "channels_scales")
-# The spectrum penalty's band: frequencies (cycles per pixel) with max(|fy|, |fx|) at least this, periods up to
-# 1 / SPECTRUM_PENALTY_BAND px. Wide enough that stripes moved to 3-4 px (as a fixed output blur made them) still pay.
-SPECTRUM_PENALTY_BAND = 0.125
+# The spectrum penalty's band by default: frequencies (cycles per pixel) with max(|fy|, |fx|) at least
+# 1 / SPECTRUM_PENALTY_PERIOD, periods up to that many px on either axis. Wide enough that stripes moved to 3-4 px
+# (as a fixed output blur made them) still pay. `--spectrum-penalty-period` widens it (SPECTRUM_PENALTY_PERIODS).
+SPECTRUM_PENALTY_PERIOD = 8
+SPECTRUM_PENALTY_PERIODS = (4, 64)  # the shortest and longest band edge (px) allowed
 # The penalty compares power summed over blocks of BLOCK x BLOCK frequency bins, and lets the batch's log power
 # exceed the target's by MARGIN before it counts: a batch of 16 real training images against their own mean then
 # scores 0.004, where a 128-px default run's last generator scores 0.065 (per-bin logs without margin: 0.047
@@ -604,6 +606,7 @@ def make_gan(config):
         lecam=float(getattr(config, "lecam", 0.0)),
         spectrum_penalty=float(getattr(config, "spectrum_penalty", 0.0)),
         spectrum_penalty_kind=getattr(config, "spectrum_penalty_kind", "level"),
+        spectrum_penalty_period=int(getattr(config, "spectrum_penalty_period", SPECTRUM_PENALTY_PERIOD)),
         ema_decay=config.ema_decay,
         augment_probability=config.augment_probability,
         augment_policy=tuple(getattr(config, "augment_policy", AUGMENT_POLICIES)),
@@ -633,7 +636,7 @@ def _gan_class():
                      augment_probability=1.0, adaptive_augment=False, augment_target=0.6,
                      augment_speed=0.001, seed=0, loss="non_saturating", mode_seeking=0.0,
                      augment_policy=AUGMENT_POLICIES, lecam=0.0, spectrum_penalty=0.0, spectrum_penalty_kind="level",
-                     **kwargs):
+                     spectrum_penalty_period=SPECTRUM_PENALTY_PERIOD, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
@@ -645,6 +648,10 @@ def _gan_class():
             if spectrum_penalty_kind not in SPECTRUM_PENALTY_KINDS:
                 raise ValueError(f"spectrum penalty kind {spectrum_penalty_kind!r} is not one of {SPECTRUM_PENALTY_KINDS}")
             self.spectrum_penalty_kind = spectrum_penalty_kind
+            low, high = SPECTRUM_PENALTY_PERIODS
+            if not low <= int(spectrum_penalty_period) <= high:
+                raise ValueError(f"spectrum penalty period must be in {low}..{high} px, got {spectrum_penalty_period}")
+            self.spectrum_penalty_period = int(spectrum_penalty_period)
             self.generator = generator
             self.discriminator = discriminator
             self.ema_generator = keras.models.clone_model(generator)
@@ -780,10 +787,11 @@ def _gan_class():
             return tf.reduce_mean(blocks, axis=[1, 3])
 
         def _spectrum_band(self):
-            """1 for the blocks whose every bin lies in the fine-detail band (SPECTRUM_PENALTY_BAND), else 0."""
+            """1 for the blocks whose every bin lies in the fine-detail band (periods up to
+            `spectrum_penalty_period` px on either axis), else 0."""
             size = int(self.generator.output.shape[1])
             frequencies = np.abs(np.fft.fftfreq(size))
-            in_band = np.maximum(frequencies[:, None], frequencies[None, :]) >= SPECTRUM_PENALTY_BAND
+            in_band = np.maximum(frequencies[:, None], frequencies[None, :]) >= 1.0 / self.spectrum_penalty_period
             block = SPECTRUM_PENALTY_BLOCK
             return tf.constant(in_band.reshape(size // block, block, size // block, block).all(axis=(1, 3)), "float32")
 

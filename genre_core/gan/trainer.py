@@ -114,6 +114,7 @@ class GanConfig:
     lecam: float = -1.0  # LeCam weight of D's loss (Tseng et al. 2021); -1: PROJECTED_LECAM if projected, else 0
     spectrum_penalty: float = 0.0  # weight of the generator's spectrum penalty (networks.Gan._spectrum_loss); 0: off
     spectrum_penalty_kind: str = "level"  # what it compares: level | direction (networks.SPECTRUM_PENALTY_KINDS)
+    spectrum_penalty_period: int = networks.SPECTRUM_PENALTY_PERIOD  # its band: periods up to this many px
     learning_rate: float = 1e-4
     lr_decay: str = "linear"  # linear: both learning rates fall linearly to 0 over the run (budget or epochs) | none
     beta_1: float = 0.0
@@ -160,6 +161,10 @@ class GanConfig:
         if self.spectrum_penalty_kind not in networks.SPECTRUM_PENALTY_KINDS:
             raise ValueError(f"spectrum_penalty_kind {self.spectrum_penalty_kind!r} is not one of "
                              f"{networks.SPECTRUM_PENALTY_KINDS}")
+        low, high = networks.SPECTRUM_PENALTY_PERIODS
+        if not low <= int(self.spectrum_penalty_period) <= min(high, self.image_size // 2):
+            raise ValueError(f"spectrum_penalty_period must be in {low}..{min(high, self.image_size // 2)} px for "
+                             f"{self.image_size}-px images, got {self.spectrum_penalty_period}")
         if not 0.0 <= self.ema_lr_power <= 2.0:
             raise ValueError(f"ema_lr_power must be in 0..2, got {self.ema_lr_power}")
         if int(self.bn_calibration_samples) < 2:
