@@ -18,9 +18,11 @@ from genre_core.util import fileio
 
 
 def tiny_model_config(conditional=False, num_classes=2, image_size=16):
-    """A GanConfig-like object for networks.make_gan with tiny sizes."""
+    """A GanConfig-like object for networks.make_gan with tiny sizes. Without the spectrum penalty (the projected
+    default), whose target needs real images: the tests that train these networks on a batch test other parts."""
     config = trainer.GanConfig(image_size=image_size, latent_dim=8, base_channels=8, conditional=conditional,
-                           genre=None if conditional else "landscape", augment_probability=1.0)
+                           genre=None if conditional else "landscape", augment_probability=1.0,
+                           spectrum_penalty=0.0)
     return trainer._ModelShape(config, num_classes)
 
 
@@ -397,7 +399,7 @@ def test_gan_train_cli_rejects_bad_input(capsys):
         cli.main(["gan", "train", "--spectrum-penalty", "-1"])
     assert "argument --spectrum-penalty: -1 is below 0" in capsys.readouterr().err
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty", "500"]) == 2
-    assert "spectrum_penalty must be in 0..100, got 500.0" in capsys.readouterr().err
+    assert "spectrum_penalty must be in 0..100 (or -1, the default), got 500.0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="spectrum_penalty_kind 'sideways' is not one of"):
         trainer.GanConfig(spectrum_penalty_kind="sideways").validate()
 
@@ -432,7 +434,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.generator_noise, default.generator_noise) == (0.1, trainer.GanConfig.generator_noise)
     assert (chosen.generator_noise_from, chosen.generator_noise_gain) == (64, 10.0)
     assert (chosen.generator_top_channels, default.generator_top_channels) == (32, 0)
-    assert (chosen.spectrum_penalty, default.spectrum_penalty) == (0.3, 0.0)
+    assert (chosen.spectrum_penalty, default.spectrum_penalty, default.spectrum_penalty_weight) == (0.3, -1.0, 0.1)
     assert (chosen.spectrum_penalty_kind, default.spectrum_penalty_kind) == ("direction", "level")
     assert (chosen.spectrum_penalty_period, default.spectrum_penalty_period) == (16, 8)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
@@ -615,6 +617,17 @@ def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
     assert trainer.GanConfig.from_run_config(saved).lecam_weight == 0.3
     with pytest.raises(ValueError, match="lecam must be in 0..10"):
         trainer.GanConfig(lecam=-0.5).validate()
+    # The spectrum penalty likewise: 0.1 in new projected runs (saved as the weight in use), 0 for dcgan unless
+    # set, and off in runs written before it was the default.
+    assert (trainer.GanConfig().spectrum_penalty_weight,
+            trainer.GanConfig(architecture="dcgan").spectrum_penalty_weight) == (0.1, 0.0)
+    assert trainer._ModelShape(trainer.GanConfig(spectrum_penalty=0.5), 1).spectrum_penalty == 0.5
+    assert saved["spectrum_penalty"] == 0.1
+    before_default = {k: v for k, v in saved.items() if k != "spectrum_penalty"}
+    assert trainer.GanConfig.from_run_config(before_default).spectrum_penalty_weight == 0.0
+    assert trainer.GanConfig.from_run_config(saved).spectrum_penalty_weight == 0.1
+    with pytest.raises(ValueError, match=r"spectrum_penalty must be in 0..100 \(or -1, the default\), got -0.5"):
+        trainer.GanConfig(spectrum_penalty=-0.5).validate()
     with pytest.raises(ValueError, match="unknown GAN option.*colour"):
         trainer.GanConfig.from_dict({"colour": "blue"})
 
@@ -827,7 +840,7 @@ def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_i
     from genre_core.models import layers
 
     config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, generator_noise=0.1,
-                               precision="float32").validate()
+                               precision="float32", spectrum_penalty=0.0).validate()
     model = networks.make_gan(trainer._ModelShape(config, 1))
     generator = model.generator
     noise_layers = [layer for layer in generator.layers if layer.name.endswith("_noise")]
@@ -835,7 +848,8 @@ def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_i
     assert all(np.allclose(layer.strength.numpy(), 0.1) for layer in noise_layers)
     assert [generator.layers[generator.layers.index(layer) - 1].name for layer in noise_layers] == [
         "conv8_bn", "conv8b_bn", "conv16_bn", "conv16b_bn"]
-    plain_config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, precision="float32")
+    plain_config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, precision="float32",
+                                     spectrum_penalty=0.0)
     plain = networks.make_gan(trainer._ModelShape(plain_config, 1))
     assert not any(layer.name.endswith("_noise") for layer in plain.generator.layers)
     plain.generator.set_weights([w for w, v in zip(generator.get_weights(), generator.weights)
@@ -884,7 +898,8 @@ def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_i
     # weight by its learning rate times |g| / (|g| + epsilon), so each strength by at most 10x the rate, and by
     # 10x where its gradient is not tiny.
     faster = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, generator_noise=0.1,
-                               generator_noise_from=16, generator_noise_gain=10, precision="float32").validate()
+                               generator_noise_from=16, generator_noise_gain=10, precision="float32",
+                               spectrum_penalty=0.0).validate()
     model = networks.make_gan(trainer._ModelShape(faster, 1))
     noise_layers = [layer for layer in model.generator.layers if layer.name.endswith("_noise")]
     assert [layer.name for layer in noise_layers] == ["conv16_noise", "conv16b_noise"]
@@ -914,7 +929,7 @@ def test_class_conditional_batch_norm_gives_each_genre_its_own_gain_and_bias(tmp
     from genre_core.models import layers
 
     config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8, conditional=True, genre=None,
-                               conditional_norm=True, precision="float32").validate()
+                               conditional_norm=True, precision="float32", spectrum_penalty=0.0).validate()
     model = networks.make_gan(trainer._ModelShape(config, 3))
     generator = model.generator
     gains = [layer for layer in generator.layers if layer.name.endswith("_bn_gain")]
@@ -1025,8 +1040,8 @@ def test_find_judge_picks_a_finished_run_that_knows_the_genre(isolated_artifacts
 
 def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, isolated_artifacts):
     judge = make_judge_run(["abstract", "landscape", "portrait"])
-    config = run_config(tiny_dataset_dir, epochs=1, kid_samples=6, kid_image_size=32, judge="auto", judge_samples=4,
-                        spectrum_penalty=1.0)
+    config = run_config(tiny_dataset_dir, epochs=1, kid_samples=6, kid_image_size=32, judge="auto", judge_samples=4)
+    assert config.spectrum_penalty_weight > 0  # the default: the trainer sets its target from the training images
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     trainer.execute(run)
     row = run.history().iloc[0]

@@ -98,7 +98,8 @@ def register(subparsers) -> None:
     train.add_argument("--spectrum-penalty", type=_non_negative, default=None, metavar="W",
                        help="weight of the generator's spectrum penalty: its batch's power spectrum against the "
                             "training images' at fine periods (--spectrum-penalty-period), counting only excess power, which fights "
-                            "cross-hatching the discriminator cannot see; 0 turns it off (default 0)")
+                            "cross-hatching the discriminator cannot see; 0 turns it off (default "
+                            f"{trainer.PROJECTED_SPECTRUM_PENALTY:g} for the projected networks, 0 for dcgan)")
     train.add_argument("--spectrum-penalty-kind", default=None, choices=SPECTRUM_PENALTY_KINDS,
                        help="what the spectrum penalty compares: level (each band's power against the real images') "
                             "or direction (also how much of a scale's detail runs horizontally and vertically) "

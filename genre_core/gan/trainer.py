@@ -68,6 +68,9 @@ OLDER_CONDITIONAL_MODE_SEEKING = 1.0
 # The LeCam weight of a projected run that does not set one: the paper's weight with BigGAN's hinge loss, which
 # ended issue 13's kit runs without a late rise (README, "LeCam regularisation"). DCGAN runs: 0 (not measured).
 PROJECTED_LECAM = 0.3
+# The spectrum penalty's weight in a projected run that does not set one (README, "A spectrum penalty on the
+# generator": lower stripes on every seed measured, last-epoch KID as good or better). DCGAN runs: 0.
+PROJECTED_SPECTRUM_PENALTY = 0.1
 
 
 def budget_clock(kind: str = "wall"):
@@ -112,7 +115,9 @@ class GanConfig:
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
     lecam: float = -1.0  # LeCam weight of D's loss (Tseng et al. 2021); -1: PROJECTED_LECAM if projected, else 0
-    spectrum_penalty: float = 0.0  # weight of the generator's spectrum penalty (networks.Gan._spectrum_loss); 0: off
+    # Weight of the generator's spectrum penalty (networks.Gan._spectrum_loss); 0: off; -1: PROJECTED_SPECTRUM_PENALTY
+    # if projected, else 0.
+    spectrum_penalty: float = -1.0
     spectrum_penalty_kind: str = "level"  # what it compares: level | direction (networks.SPECTRUM_PENALTY_KINDS)
     spectrum_penalty_period: int = networks.SPECTRUM_PENALTY_PERIOD  # its band: periods up to this many px
     learning_rate: float = 1e-4
@@ -156,8 +161,8 @@ class GanConfig:
                              f"{networks.DOWNSAMPLINGS}")
         if not (0.0 <= self.lecam <= 10.0 or self.lecam == -1.0):
             raise ValueError(f"lecam must be in 0..10 (or -1, the default), got {self.lecam}")
-        if not 0.0 <= float(self.spectrum_penalty) <= 100.0:
-            raise ValueError(f"spectrum_penalty must be in 0..100, got {self.spectrum_penalty}")
+        if not (0.0 <= float(self.spectrum_penalty) <= 100.0 or self.spectrum_penalty == -1.0):
+            raise ValueError(f"spectrum_penalty must be in 0..100 (or -1, the default), got {self.spectrum_penalty}")
         if self.spectrum_penalty_kind not in networks.SPECTRUM_PENALTY_KINDS:
             raise ValueError(f"spectrum_penalty_kind {self.spectrum_penalty_kind!r} is not one of "
                              f"{networks.SPECTRUM_PENALTY_KINDS}")
@@ -241,7 +246,8 @@ class GanConfig:
         `ema_lr_power` moved its EMA a fixed share per step with BatchNorm statistics from 256 samples, and one
         written before `augment_policy` augmented with translation, colour and cutout, one written before
         `generator_convs` had one convolution block per doubling, one written before `lecam` had no LeCam
-        term, one written before `generator_noise` had no noise inputs, and a conditional run
+        term, one written before `generator_noise` had no noise inputs, one written before the spectrum penalty
+        became the default (a config without `spectrum_penalty`) had none, and a conditional run
         whose config leaves `mode_seeking` to the default (-1; new runs save the weight they use) trained with
         OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the
         schedule) it was started with."""
@@ -251,6 +257,7 @@ class GanConfig:
         return cls.from_dict({"generator_padding": "zeros", "generator_convs": 1, "generator_noise": 0.0,
                               "global_head": 0.0,
                               "precision": "float32", "lr_decay": "none", "ema_lr_power": 0.0, "lecam": 0.0,
+                              "spectrum_penalty": 0.0,
                               "bn_calibration_samples": 256,
                               "augment_policy": list(networks.AUGMENT_POLICIES), **values})
 
@@ -306,6 +313,14 @@ class GanConfig:
             return PROJECTED_LECAM if self.architecture == "projected" else 0.0
         return float(self.lecam)
 
+    @property
+    def spectrum_penalty_weight(self) -> float:
+        """The spectrum penalty's weight in use (-1 resolves to PROJECTED_SPECTRUM_PENALTY for the projected
+        networks, else 0)."""
+        if self.spectrum_penalty < 0:
+            return PROJECTED_SPECTRUM_PENALTY if self.architecture == "projected" else 0.0
+        return float(self.spectrum_penalty)
+
 
 @dataclass
 class _ModelShape:
@@ -321,6 +336,10 @@ class _ModelShape:
     @property
     def lecam(self) -> float:
         return self.config.lecam_weight
+
+    @property
+    def spectrum_penalty(self) -> float:
+        return self.config.spectrum_penalty_weight
 
     def __getattr__(self, name):
         return getattr(self.config, name)
@@ -889,7 +908,7 @@ def _execute(run, progress) -> None:
     images, labels, reference_images, reference_labels, classes = load_training_images(config, progress=progress)
     run.write_classes(classes)
     gan = networks.make_gan(_ModelShape(config, len(classes)))
-    if config.spectrum_penalty:
+    if config.spectrum_penalty_weight:
         # From the training images, as flipped in training; again on resume (not checkpoint state).
         gan.set_spectrum_target(images, mirrored=config.horizontal_flip)
     info = load_checkpoint(gan, run)
@@ -935,7 +954,8 @@ def new_run_config(config: GanConfig | dict) -> tuple[dict, list[str] | None]:
     config.validate()
     classes = [config.genre] if not config.conditional else (list(config.genres) or None)
     # The weights in use, not -1: a later change of a default does not change what this run resumes with.
-    return {**config.to_dict(), "mode_seeking": config.mode_seeking_weight, "lecam": config.lecam_weight}, classes
+    return {**config.to_dict(), "mode_seeking": config.mode_seeking_weight, "lecam": config.lecam_weight,
+            "spectrum_penalty": config.spectrum_penalty_weight}, classes
 
 
 # ----------------------------------------------------------------------------------------------------------
