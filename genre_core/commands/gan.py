@@ -97,8 +97,8 @@ def register(subparsers) -> None:
                             f"{trainer.PROJECTED_LECAM:g} for the projected networks, 0 for dcgan)")
     train.add_argument("--spectrum-penalty", type=_non_negative, default=None, metavar="W",
                        help="weight of the generator's spectrum penalty: its batch's power spectrum against the "
-                            "training images' at fine periods (--spectrum-penalty-period), counting only excess power, which fights "
-                            "cross-hatching the discriminator cannot see; 0 turns it off (default "
+                            "training images' at fine periods (--spectrum-penalty-period), counting only excess "
+                            "power, which fights cross-hatching the discriminator cannot see; 0 turns it off (default "
                             f"{trainer.PROJECTED_SPECTRUM_PENALTY:g} for the projected networks, 0 for dcgan)")
     train.add_argument("--spectrum-penalty-kind", default=None, choices=SPECTRUM_PENALTY_KINDS,
                        help="what the spectrum penalty compares: level (each band's power against the real images') "

@@ -33,13 +33,13 @@ Two architectures (`ARCHITECTURES`):
   weights, bfloat16 arithmetic, float32 images and logits.
 - `dcgan`: the earlier DCGAN (transposed convolutions, one discriminator on pixels, non-saturating loss).
 
-The generator can also pay a spectrum penalty (`spectrum_penalty`): the mean power spectrum of its batch (per
-colour channel, Hann-windowed) against that of the training images, on the fine-detail band
-(periods up to SPECTRUM_PENALTY_PERIOD px, or `spectrum_penalty_period`), one-sided: only power above the real images' counts; the "direction" kind also
-counts fine detail that runs more along the two axes, relative to the rest of its scale, than in the real
-images. The frozen trunk sees the image at half size, where a one-pixel stripe averages out, so nothing else
-tells the generator that real paintings have no cross-hatching (spectral regularisation, as Durall et al.,
-CVPR 2020, there on the azimuthal mean of the spectrum).
+The generator can also pay a spectrum penalty (`spectrum_penalty`; the projected default in the trainer): the
+mean power spectrum of its batch (per colour channel, Hann-windowed) against that of the training images, on the
+fine-detail band (periods up to SPECTRUM_PENALTY_PERIOD px, or `spectrum_penalty_period`), one-sided: only power
+above the real images' counts; the "direction" kind also counts fine detail that runs more along the two axes,
+relative to the rest of its scale, than in the real images. The frozen trunk sees the image at half size, where a
+one-pixel stripe averages out, so nothing else tells the generator that real paintings have no cross-hatching
+(spectral regularisation, as Durall et al., CVPR 2020, there on the azimuthal mean of the spectrum).
 
 A conditional run can add the mode-seeking term (Mao et al., CVPR 2019, MSGAN): the generator is paid for
 making two latent vectors of the same genre give different images, which fights partial mode collapse.
