@@ -130,7 +130,7 @@ def run() -> list[dict]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    from genre_core.gan import networks, trainer
+    from genre_core.gan import trainer
 
     rng = np.random.default_rng(0)
     images = rng.uniform(-1.0, 1.0, (BATCH_SIZE, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
@@ -140,7 +140,7 @@ def run() -> list[dict]:
         config = trainer.GanConfig(architecture=architecture, image_size=IMAGE_SIZE, batch_size=BATCH_SIZE,
                                latent_dim=LATENT_DIM, base_channels=32 if architecture == "dcgan" else 16,
                                augment_probability=0.5)
-        models[architecture] = _make_gan(config, images)
+        models[architecture] = trainer.build_gan(config, 1, images)
     reference = keras_io_dcgan()
     for model in (reference, *models.values()):
         _time_steps(model, images, labels, WARMUP_STEPS)
@@ -169,16 +169,6 @@ def run() -> list[dict]:
     return rows
 
 
-def _make_gan(config, images):
-    """The config's Gan; with the spectrum penalty on (the projected default), its target set from `images`."""
-    from genre_core.gan import networks, trainer
-
-    model = networks.make_gan(trainer._ModelShape(config, 1))
-    if config.spectrum_penalty_weight:
-        model.set_spectrum_target(images)
-    return model
-
-
 def _epoch_row() -> list[dict]:
     """Seconds per epoch of the default projected GAN at 128 px (timed steps x steps per epoch), and its
     train-step time in mixed bfloat16 against float32, alternating rounds in this process."""
@@ -193,17 +183,17 @@ def _epoch_row() -> list[dict]:
     for precision in ("float32", "mixed_bfloat16"):
         config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
                                    precision=precision)
-        models[precision] = _make_gan(config, images)
+        models[precision] = trainer.build_gan(config, 1, images)
         _time_steps(models[precision], images, labels, WARMUP_STEPS)
     for top in TOP_CHANNELS:  # the full-size stage of the generator at two widths, in the precision auto picks
         config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
                                    generator_top_channels=top)
-        models[f"top{top}"] = _make_gan(config, images)
+        models[f"top{top}"] = trainer.build_gan(config, 1, images)
         _time_steps(models[f"top{top}"], images, labels, WARMUP_STEPS)
     # The same networks without the generator's spectrum penalty (the default has it; top16 above).
     config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
                                spectrum_penalty=0.0)
-    models["no_spectrum"] = _make_gan(config, images)
+    models["no_spectrum"] = trainer.build_gan(config, 1, images)
     _time_steps(models["no_spectrum"], images, labels, WARMUP_STEPS)
     times = {precision: [] for precision in models}
     for _ in range(ROUNDS):

@@ -345,6 +345,16 @@ class _ModelShape:
         return getattr(self.config, name)
 
 
+def build_gan(config: GanConfig, num_classes: int, images):
+    """The config's untrained Gan, ready to train on `images` (its training images, uint8 or floats in [-1, 1]):
+    with the spectrum penalty on, its target is set from them, as random horizontal flips show them when
+    `config.horizontal_flip`."""
+    gan = networks.make_gan(_ModelShape(config, num_classes))
+    if config.spectrum_penalty_weight:
+        gan.set_spectrum_target(images, mirrored=config.horizontal_flip)
+    return gan
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Data.
 
@@ -907,10 +917,7 @@ def _execute(run, progress) -> None:
     progress({"stage": "prepare", "done": 0, "total": 1, "message": "loading images"})
     images, labels, reference_images, reference_labels, classes = load_training_images(config, progress=progress)
     run.write_classes(classes)
-    gan = networks.make_gan(_ModelShape(config, len(classes)))
-    if config.spectrum_penalty_weight:
-        # From the training images, as flipped in training; again on resume (not checkpoint state).
-        gan.set_spectrum_target(images, mirrored=config.horizontal_flip)
+    gan = build_gan(config, len(classes), images)  # the spectrum target again on resume (not checkpoint state)
     info = load_checkpoint(gan, run)
     initial_epoch = int(info["epoch"]) if info else 0
     previous_seconds = float(info.get("elapsed_seconds", 0.0)) if info else 0.0
