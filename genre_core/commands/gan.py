@@ -7,7 +7,7 @@ from pathlib import Path
 
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
-                                     GENERATOR_CONVS, GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES,
+                                     GENERATOR_CONVS, GENERATOR_PADDINGS, GENERATOR_UPSAMPLINGS, GEOMETRIC_MAX_DEGREES,
                                      GEOMETRIC_MAX_SCALE, PRECISIONS, SPECTRUM_PENALTY_KINDS, SPECTRUM_PENALTY_PERIOD,
                                      SPECTRUM_PENALTY_PERIODS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     train.add_argument("--generator-convs", type=int, default=None, choices=GENERATOR_CONVS,
                        help="(3x3 convolution, batch norm, LeakyReLU) blocks after each upsampling of the projected "
                             "generator; a second one smooths the blocks that nearest upsampling leaves (default 2)")
+    train.add_argument("--generator-upsample", default=None, choices=GENERATOR_UPSAMPLINGS,
+                       help="how the projected generator doubles its maps: nearest (FastGAN's; default) or bilinear, "
+                            "which leaves less of a weave near the coarser grids' periods")
     train.add_argument("--generator-noise", type=float, default=None, metavar="S",
                        help="per-pixel noise after each convolution block of the projected generator (after its "
                             "batch norm), times a learned per-channel strength that starts at S (StyleGAN, FastGAN), "
@@ -101,9 +104,10 @@ def register(subparsers) -> None:
                             "power, which fights cross-hatching the discriminator cannot see; 0 turns it off (default "
                             f"{trainer.PROJECTED_SPECTRUM_PENALTY:g} for the projected networks, 0 for dcgan)")
     train.add_argument("--spectrum-penalty-kind", default=None, choices=SPECTRUM_PENALTY_KINDS,
-                       help="what the spectrum penalty compares: level (each band's power against the real images') "
-                            "or direction (also how much of a scale's detail runs horizontally and vertically) "
-                            "(default level)")
+                       help="what the spectrum penalty compares: level (each band's power against the real images'), "
+                            "direction (also how much of a scale's detail runs horizontally and vertically) or bins "
+                            "(each frequency bin's power in a running mean of the generated batches, which finds a "
+                            "weave at one period and angle) (default level)")
     train.add_argument("--spectrum-penalty-period", type=int, default=None, metavar="PX",
                        help="the spectrum penalty's band: detail with a period of up to PX pixels along either axis "
                             f"({SPECTRUM_PENALTY_PERIODS[0]} up to half the image size; default "
@@ -201,6 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{name: value for name, value in (("learning_rate", args.learning_rate), ("beta_1", args.beta_1),
                                            ("generator_padding", args.generator_padding),
                                            ("generator_convs", args.generator_convs),
+                                           ("generator_upsample", args.generator_upsample),
                                            ("generator_noise", args.generator_noise),
                                            ("generator_noise_from", args.generator_noise_from),
                                            ("generator_noise_gain", args.generator_noise_gain),

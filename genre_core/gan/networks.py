@@ -33,13 +33,15 @@ Two architectures (`ARCHITECTURES`):
   weights, bfloat16 arithmetic, float32 images and logits.
 - `dcgan`: the earlier DCGAN (transposed convolutions, one discriminator on pixels, non-saturating loss).
 
-The generator can also pay a spectrum penalty (`spectrum_penalty`; the projected default in the trainer): the
-mean power spectrum of its batch (per colour channel, Hann-windowed) against that of the training images, on the
-fine-detail band (periods up to SPECTRUM_PENALTY_PERIOD px, or `spectrum_penalty_period`), one-sided: only power
-above the real images' counts; the "direction" kind also counts fine detail that runs more along the two axes,
-relative to the rest of its scale, than in the real images. The frozen trunk sees the image at half size, where a
-one-pixel stripe averages out, so nothing else tells the generator that real paintings have no cross-hatching
-(spectral regularisation, as Durall et al., CVPR 2020, there on the azimuthal mean of the spectrum).
+The generator can also pay a spectrum penalty (`spectrum_penalty`; the projected default in the trainer): the mean
+power spectrum of its batch (per colour channel, Hann-windowed) against that of the training images, on the fine-
+detail band (periods up to SPECTRUM_PENALTY_PERIOD px, or `spectrum_penalty_period`), one-sided: only power above
+the real images' counts; the "direction" kind also counts fine detail that runs more along the two axes, relative
+to the rest of its scale, than in the real images; the "bins" kind judges each frequency bin on its own, by a
+running mean of the generated batches (a narrow weave that blocks of bins average away). The frozen trunk sees the
+image at half size, where a one-pixel stripe averages out, so nothing else tells the generator that real paintings
+have no cross-hatching (spectral regularisation, as Durall et al., CVPR 2020, there on the azimuthal mean of the
+spectrum).
 
 A conditional run can add the mode-seeking term (Mao et al., CVPR 2019, MSGAN): the generator is paid for
 making two latent vectors of the same genre give different images, which fights partial mode collapse.
@@ -63,6 +65,11 @@ LECAM_DECAY = 0.99
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # "auto": mixed_bfloat16 where the hardware has bfloat16
 GENERATOR_PADDINGS = ("zeros", "reflect")  # how the projected generator's 3x3 convolutions pad
 GENERATOR_CONVS = (1, 2)  # (3x3 conv, BN, LeakyReLU) blocks after each upsampling of the projected generator
+# How the projected generator doubles its maps: "nearest" (FastGAN's) copies each value into a 2 x 2 block, which
+# leaves mirror images of the map's smooth content near the old grid's frequency (a weave at about the grid's
+# period, a little longer); "bilinear" interpolates, which damps those images several times more (StyleGAN2's
+# [1, 3, 3, 1] upsampling filter, the aliasing StyleGAN3 is about).
+GENERATOR_UPSAMPLINGS = ("nearest", "bilinear")
 AUGMENT_POLICIES = ("translation", "color", "cutout")
 # Transforms DiffAugment can also apply (not in the default policy): "geometric" rotates each image by up to
 # GEOMETRIC_MAX_DEGREES and scales it by up to GEOMETRIC_MAX_SCALE either way, resampled bilinearly with
@@ -94,8 +101,14 @@ SPECTRUM_PENALTY_PERIODS = (4, 64)  # the shortest and longest band edge (px) al
 SPECTRUM_PENALTY_BLOCK = 4
 SPECTRUM_PENALTY_MARGIN = 0.25
 # What the penalty compares (`Gan._spectrum_loss`): "level", each block's power against the real images';
-# "direction", also each block's share of its scale's power against theirs.
-SPECTRUM_PENALTY_KINDS = ("level", "direction")
+# "direction", also each block's share of its scale's power against theirs; "bins", each single frequency bin's
+# power in a running mean of the generated batches (`SPECTRUM_RUNNING_DECAY`) against the real images', so that a
+# narrow peak (a weave at one period and angle) is not averaged away with its neighbours in a block, and a batch
+# of 16 is not too noisy to judge one bin.
+SPECTRUM_PENALTY_KINDS = ("level", "direction", "bins")
+# The "bins" kind's running mean of the generated power spectrum: each generator step adds its batch with this
+# share left to the old mean (about 50 steps, one epoch of the kit's landscapes, of memory; zero-debiased).
+SPECTRUM_RUNNING_DECAY = 0.98
 SPECTRUM_EPSILON = 1e-8  # added to the power before its log (a flat image has none)
 # The size at which the projected discriminator's whole-picture head sees the image (composition, not texture).
 GLOBAL_HEAD_SIZE = 32
@@ -173,7 +186,7 @@ def _class_batch_norm(x, label, num_classes: int, name: str):
 def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 16,
                            padding: str = "zeros", conditional_norm: bool = False, convs_per_size: int = 1,
                            noise: float = 0.0, noise_seed: int = 0, noise_from: int = 8, noise_gain: float = 1.0,
-                           top_channels: int = 0):
+                           top_channels: int = 0, upsample: str = "nearest"):
     """Build the FastGAN-style generator: z (and a genre label) -> 4x4 map -> (nearest upsample, 3x3 conv, BN,
     LeakyReLU) per doubling, with skip-layer excitation, -> tanh image in [-1, 1]. `padding` is how the 3x3
     convolutions pad: "zeros" or "reflect" (GENERATOR_PADDINGS). With a genre label and `conditional_norm`,
@@ -184,7 +197,8 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     learned per-channel strength that starts at `noise`, relative to the normalised features; FastGAN's
     UpBlockComp and StyleGAN have noise inputs), seeded from `noise_seed`, at the sizes from `noise_from` up,
     with `noise_gain` times the learning rate for the strengths (`NoiseInjection`). `top_channels` > 0 widens
-    (or narrows) the last, full-size stage to that many channels (FASTGAN_MULTIPLIERS give it `base_channels`)."""
+    (or narrows) the last, full-size stage to that many channels (FASTGAN_MULTIPLIERS give it `base_channels`).
+    `upsample` is how each doubling resamples the map (GENERATOR_UPSAMPLINGS)."""
     import keras
     from keras import layers
 
@@ -192,6 +206,8 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
         raise ValueError(f"generator padding {padding!r} is not one of {GENERATOR_PADDINGS}")
     if convs_per_size not in GENERATOR_CONVS:
         raise ValueError(f"generator convolutions per size {convs_per_size!r} is not one of {GENERATOR_CONVS}")
+    if upsample not in GENERATOR_UPSAMPLINGS:
+        raise ValueError(f"generator upsampling {upsample!r} is not one of {GENERATOR_UPSAMPLINGS}")
 
     def conv3x3(x, filters: int, name: str, **options):
         if padding == "zeros":
@@ -209,7 +225,7 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     size = 4
     while size < image_size:
         size *= 2
-        x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{size}")(x)
+        x = layers.UpSampling2D(2, interpolation=upsample, name=f"up{size}")(x)
         for suffix in ("", "b")[:convs_per_size]:
             x = conv3x3(x, widths[size], f"conv{size}{suffix}", use_bias=False)
             if conditional_norm:
@@ -586,7 +602,8 @@ def make_gan(config):
                                                int(getattr(config, "seed", 0)),
                                                int(getattr(config, "generator_noise_from", 8)),
                                                float(getattr(config, "generator_noise_gain", 1.0)),
-                                               int(getattr(config, "generator_top_channels", 0)))
+                                               int(getattr(config, "generator_top_channels", 0)),
+                                               getattr(config, "generator_upsample", "nearest"))
             discriminator = make_projected_discriminator(
                 config.image_size, num_classes, config.base_channels,
                 global_weight=float(getattr(config, "global_head", 0.0)),
@@ -676,10 +693,15 @@ def _gan_class():
             # The spectrum penalty's target: log of the training images' mean block power (`_block_power`), set
             # by `set_spectrum_target` before training. Not training state: the trainer sets it again from the
             # training images on resume, so checkpoints keep their variable count.
-            blocks = int(generator.output.shape[1]) // SPECTRUM_PENALTY_BLOCK  # sizes start at 16 (SUPPORTED_SIZES)
+            size = int(generator.output.shape[1])
+            blocks = size // self._spectrum_block()  # sizes start at 16 (SUPPORTED_SIZES)
             self.spectrum_target = keras.Variable(tf.zeros((blocks, blocks, 3)), trainable=False,
                                                   name="spectrum_target")
             self.spectrum_target_set = False
+            # The "bins" kind's running mean of the generated batches' power spectrum and its step count (for the
+            # zero-debiasing); training state only with that kind, so other checkpoints keep their variable count.
+            self.spectrum_running = keras.Variable(tf.zeros((size, size, 3)), trainable=False, name="spectrum_running")
+            self.spectrum_steps = keras.Variable(0.0, trainable=False, name="spectrum_steps")
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
@@ -705,8 +727,18 @@ def _gan_class():
                 + list(self.generator_optimizer.variables) + list(self.discriminator_optimizer.variables)
                 + [self.seed_generator.state, self.augment_probability]
                 + ([self.lecam_averages] if self.lecam else [])
+                + ([self.spectrum_running, self.spectrum_steps] if self._running_spectrum() else [])
                 + self._noise_states()
             )
+
+        def _running_spectrum(self) -> bool:
+            """Whether training keeps a running mean of the generated power spectrum (the "bins" penalty)."""
+            return bool(self.spectrum_penalty) and self.spectrum_penalty_kind == "bins"
+
+        def _spectrum_block(self) -> int:
+            """The side of the square of frequency bins the penalty sums: one bin for "bins", else
+            SPECTRUM_PENALTY_BLOCK."""
+            return 1 if self.spectrum_penalty_kind == "bins" else SPECTRUM_PENALTY_BLOCK
 
         def _noise_states(self):
             """The SeedGenerator states of the generator's noise layers (none without `generator_noise`, so
@@ -778,11 +810,10 @@ def _gan_class():
             self.spectrum_target.assign(np.log(self._block_power(total / len(images)) + SPECTRUM_EPSILON))
             self.spectrum_target_set = True
 
-        @staticmethod
-        def _block_power(power):
+        def _block_power(self, power):
             """(size, size, 3) power -> (size / B, size / B, 3) mean power per block of B x B frequency bins
-            (B = SPECTRUM_PENALTY_BLOCK)."""
-            size, block = int(power.shape[0]), SPECTRUM_PENALTY_BLOCK
+            (B = `_spectrum_block()`)."""
+            size, block = int(power.shape[0]), self._spectrum_block()
             blocks = tf.reshape(tf.cast(power, "float32"), (size // block, block, size // block, block, 3))
             return tf.reduce_mean(blocks, axis=[1, 3])
 
@@ -792,7 +823,7 @@ def _gan_class():
             size = int(self.generator.output.shape[1])
             frequencies = np.abs(np.fft.fftfreq(size))
             in_band = np.maximum(frequencies[:, None], frequencies[None, :]) >= 1.0 / self.spectrum_penalty_period
-            block = SPECTRUM_PENALTY_BLOCK
+            block = self._spectrum_block()
             return tf.constant(in_band.reshape(size // block, block, size // block, block).all(axis=(1, 3)), "float32")
 
         def _spectrum_rings(self):
@@ -811,7 +842,9 @@ def _gan_class():
             than the real images have. With `spectrum_penalty_kind` "direction" it also pays, in the same way, for
             a block's excess over the mean excess of its ring (`_spectrum_rings`): fine detail that runs more in
             one direction (horizontal and vertical stripes) than in the real images, relative to the detail the
-            generator paints at that scale in every direction."""
+            generator paints at that scale in every direction. The "bins" kind: `_spectrum_bins_loss`."""
+            if self.spectrum_penalty_kind == "bins":
+                return self._spectrum_bins_loss(self.power_spectrum(images))
             log_power = tf.math.log(self._block_power(self.power_spectrum(images)) + SPECTRUM_EPSILON)
             excess = log_power - self.spectrum_target
             band = self._spectrum_band()[:, :, None]
@@ -824,6 +857,26 @@ def _gan_class():
                 relative = flat - ring_mean
                 penalty += tf.reshape(tf.square(tf.nn.relu(relative - SPECTRUM_PENALTY_MARGIN)), tf.shape(excess))
             return tf.reduce_sum(penalty * band) / (3.0 * tf.reduce_sum(band))
+
+        def _spectrum_bins_loss(self, power):
+            """The "bins" penalty of a batch's power spectrum (size, size, 3): adds the batch to the running mean
+            and returns, over the bins of the band and the channels, the mean of max(0, excess - MARGIN)^2, where
+            a bin's excess is the log of its running mean minus the target's. The running mean carries no
+            gradient; the batch's power does, scaled as the derivative of that square would be at a batch as
+            strong as the mean (2 * max(0, excess - MARGIN) * d power / mean power), so only the bins whose mean
+            is too strong are pushed down, each by how much."""
+            steps = self.spectrum_steps + 1.0
+            running = (SPECTRUM_RUNNING_DECAY * self.spectrum_running
+                       + (1.0 - SPECTRUM_RUNNING_DECAY) * tf.stop_gradient(power))
+            self.spectrum_running.assign(running)
+            self.spectrum_steps.assign(steps)
+            mean = running / (1.0 - SPECTRUM_RUNNING_DECAY ** steps) + SPECTRUM_EPSILON
+            over = tf.nn.relu(tf.math.log(mean) - self.spectrum_target - SPECTRUM_PENALTY_MARGIN)
+            band = self._spectrum_band()[:, :, None]
+            count = 3.0 * tf.reduce_sum(band)
+            value = tf.reduce_sum(tf.square(over) * band) / count
+            pushed = tf.reduce_sum(2.0 * over * power / mean * band) / count
+            return value + pushed - tf.stop_gradient(pushed)
 
         def _mode_seeking_loss(self, noise, images):
             """MSGAN's term: 1 / (image distance / latent distance) over the pairs (i, i + half)."""
