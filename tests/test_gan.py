@@ -407,8 +407,8 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
-    --conditional-norm, --generator-convs, --generator-upsample, --lecam, --generator-noise(-from, -gain),
-    --generator-top-channels and --spectrum-penalty(-kind, -period) set the run's config;
+    --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels and
+    --spectrum-penalty(-kind, -period) set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -420,8 +420,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur",
                      "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
                      "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales",
-                     "--conditional-norm", "--generator-convs", "2", "--generator-upsample", "bilinear",
-                     "--lecam", "0.5",
+                     "--conditional-norm", "--generator-convs", "2", "--lecam", "0.5",
                      "--generator-noise", "0.1", "--generator-noise-from", "64", "--generator-noise-gain", "10",
                      "--generator-top-channels", "32", "--spectrum-penalty", "0.3",
                      "--spectrum-penalty-kind", "direction", "--spectrum-penalty-period", "16"]) == 0
@@ -434,7 +433,6 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
     assert (chosen.conditional_norm, default.conditional_norm) == (True, False)
     assert (chosen.generator_convs, default.generator_convs) == (2, trainer.GanConfig.generator_convs)
-    assert (chosen.generator_upsample, default.generator_upsample) == ("bilinear", "nearest")
     assert (chosen.generator_noise, default.generator_noise) == (0.1, trainer.GanConfig.generator_noise)
     assert (chosen.generator_noise_from, chosen.generator_noise_gain) == (64, 10.0)
     assert (chosen.generator_top_channels, default.generator_top_channels) == (32, 0)
@@ -572,44 +570,6 @@ def test_reflect_padded_generator_has_no_zero_padding_and_loads_with_safe_mode(t
         networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, padding="wrap")
     with pytest.raises(ValueError, match="generator_padding"):
         trainer.GanConfig(generator_padding="wrap").validate()
-
-
-def test_generator_upsample_bilinear_interpolates_each_doubling_and_keeps_the_weights(tmp_path):
-    """generator_upsample "bilinear": every doubling of the projected generator interpolates (the default copies,
-    "nearest"), with the same weights as the nearest generator, which it can take over; the saved model reloads
-    with safe_mode=True; the option reaches make_gan from a GanConfig and the CLI, and is refused by name for
-    an unknown value or for dcgan."""
-    import keras
-
-    from genre_core.models import layers
-
-    nearest = networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, padding="reflect")
-    bilinear = networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, padding="reflect",
-                                               upsample="bilinear")
-    ups = [layer for layer in bilinear.layers if isinstance(layer, keras.layers.UpSampling2D)]
-    assert len(ups) == 3 and all(layer.interpolation == "bilinear" for layer in ups)
-    assert all(layer.interpolation == "nearest"
-               for layer in nearest.layers if isinstance(layer, keras.layers.UpSampling2D))
-    bilinear.set_weights(nearest.get_weights())
-    noise = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
-    images = np.asarray(bilinear(noise, training=False))
-    assert images.shape == (2, 32, 32, 3) and not np.allclose(images, np.asarray(nearest(noise, training=False)))
-    layers.register_all()
-    bilinear.save(tmp_path / "generator.keras")
-    again = keras.saving.load_model(tmp_path / "generator.keras", safe_mode=True, compile=False)
-    np.testing.assert_allclose(np.asarray(again(noise, training=False)), images, atol=1e-5)
-    config = tiny_model_config(image_size=32)
-    config.config.generator_upsample = "bilinear"
-    gan = networks.make_gan(config)
-    assert {layer.interpolation for layer in gan.generator.layers if isinstance(layer, keras.layers.UpSampling2D)} \
-        == {"bilinear"}
-    assert trainer.GanConfig().generator_upsample == "nearest"
-    with pytest.raises(ValueError, match="generator upsampling 'cubic' is not one of"):
-        networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, upsample="cubic")
-    with pytest.raises(ValueError, match="generator_upsample 'cubic' is not one of"):
-        trainer.GanConfig(generator_upsample="cubic").validate()
-    with pytest.raises(ValueError, match="generator_upsample is for the projected architecture"):
-        trainer.GanConfig(generator_upsample="bilinear", architecture="dcgan", image_size=64).validate()
 
 
 def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():

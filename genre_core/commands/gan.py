@@ -7,7 +7,7 @@ from pathlib import Path
 
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
-                                     GENERATOR_CONVS, GENERATOR_PADDINGS, GENERATOR_UPSAMPLINGS, GEOMETRIC_MAX_DEGREES,
+                                     GENERATOR_CONVS, GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES,
                                      GEOMETRIC_MAX_SCALE, PRECISIONS, SPECTRUM_PENALTY_KINDS, SPECTRUM_PENALTY_PERIOD,
                                      SPECTRUM_PENALTY_PERIODS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
@@ -52,9 +52,6 @@ def register(subparsers) -> None:
     train.add_argument("--generator-convs", type=int, default=None, choices=GENERATOR_CONVS,
                        help="(3x3 convolution, batch norm, LeakyReLU) blocks after each upsampling of the projected "
                             "generator; a second one smooths the blocks that nearest upsampling leaves (default 2)")
-    train.add_argument("--generator-upsample", default=None, choices=GENERATOR_UPSAMPLINGS,
-                       help="how the projected generator doubles its maps: nearest (FastGAN's; default) or bilinear, "
-                            "which leaves less of a weave near the coarser grids' periods")
     train.add_argument("--generator-noise", type=float, default=None, metavar="S",
                        help="per-pixel noise after each convolution block of the projected generator (after its "
                             "batch norm), times a learned per-channel strength that starts at S (StyleGAN, FastGAN), "
@@ -205,7 +202,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         **{name: value for name, value in (("learning_rate", args.learning_rate), ("beta_1", args.beta_1),
                                            ("generator_padding", args.generator_padding),
                                            ("generator_convs", args.generator_convs),
-                                           ("generator_upsample", args.generator_upsample),
                                            ("generator_noise", args.generator_noise),
                                            ("generator_noise_from", args.generator_noise_from),
                                            ("generator_noise_gain", args.generator_noise_gain),

@@ -65,11 +65,6 @@ LECAM_DECAY = 0.99
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # "auto": mixed_bfloat16 where the hardware has bfloat16
 GENERATOR_PADDINGS = ("zeros", "reflect")  # how the projected generator's 3x3 convolutions pad
 GENERATOR_CONVS = (1, 2)  # (3x3 conv, BN, LeakyReLU) blocks after each upsampling of the projected generator
-# How the projected generator doubles its maps: "nearest" (FastGAN's) copies each value into a 2 x 2 block, which
-# leaves mirror images of the map's smooth content near the old grid's frequency (a weave at about the grid's
-# period, a little longer); "bilinear" interpolates, which damps those images several times more (StyleGAN2's
-# [1, 3, 3, 1] upsampling filter, the aliasing StyleGAN3 is about).
-GENERATOR_UPSAMPLINGS = ("nearest", "bilinear")
 AUGMENT_POLICIES = ("translation", "color", "cutout")
 # Transforms DiffAugment can also apply (not in the default policy): "geometric" rotates each image by up to
 # GEOMETRIC_MAX_DEGREES and scales it by up to GEOMETRIC_MAX_SCALE either way, resampled bilinearly with
@@ -186,7 +181,7 @@ def _class_batch_norm(x, label, num_classes: int, name: str):
 def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 16,
                            padding: str = "zeros", conditional_norm: bool = False, convs_per_size: int = 1,
                            noise: float = 0.0, noise_seed: int = 0, noise_from: int = 8, noise_gain: float = 1.0,
-                           top_channels: int = 0, upsample: str = "nearest"):
+                           top_channels: int = 0):
     """Build the FastGAN-style generator: z (and a genre label) -> 4x4 map -> (nearest upsample, 3x3 conv, BN,
     LeakyReLU) per doubling, with skip-layer excitation, -> tanh image in [-1, 1]. `padding` is how the 3x3
     convolutions pad: "zeros" or "reflect" (GENERATOR_PADDINGS). With a genre label and `conditional_norm`,
@@ -197,8 +192,7 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     learned per-channel strength that starts at `noise`, relative to the normalised features; FastGAN's
     UpBlockComp and StyleGAN have noise inputs), seeded from `noise_seed`, at the sizes from `noise_from` up,
     with `noise_gain` times the learning rate for the strengths (`NoiseInjection`). `top_channels` > 0 widens
-    (or narrows) the last, full-size stage to that many channels (FASTGAN_MULTIPLIERS give it `base_channels`).
-    `upsample` is how each doubling resamples the map (GENERATOR_UPSAMPLINGS)."""
+    (or narrows) the last, full-size stage to that many channels (FASTGAN_MULTIPLIERS give it `base_channels`)."""
     import keras
     from keras import layers
 
@@ -206,8 +200,6 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
         raise ValueError(f"generator padding {padding!r} is not one of {GENERATOR_PADDINGS}")
     if convs_per_size not in GENERATOR_CONVS:
         raise ValueError(f"generator convolutions per size {convs_per_size!r} is not one of {GENERATOR_CONVS}")
-    if upsample not in GENERATOR_UPSAMPLINGS:
-        raise ValueError(f"generator upsampling {upsample!r} is not one of {GENERATOR_UPSAMPLINGS}")
 
     def conv3x3(x, filters: int, name: str, **options):
         if padding == "zeros":
@@ -225,7 +217,7 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     size = 4
     while size < image_size:
         size *= 2
-        x = layers.UpSampling2D(2, interpolation=upsample, name=f"up{size}")(x)
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{size}")(x)
         for suffix in ("", "b")[:convs_per_size]:
             x = conv3x3(x, widths[size], f"conv{size}{suffix}", use_bias=False)
             if conditional_norm:
@@ -602,8 +594,7 @@ def make_gan(config):
                                                int(getattr(config, "seed", 0)),
                                                int(getattr(config, "generator_noise_from", 8)),
                                                float(getattr(config, "generator_noise_gain", 1.0)),
-                                               int(getattr(config, "generator_top_channels", 0)),
-                                               getattr(config, "generator_upsample", "nearest"))
+                                               int(getattr(config, "generator_top_channels", 0)))
             discriminator = make_projected_discriminator(
                 config.image_size, num_classes, config.base_channels,
                 global_weight=float(getattr(config, "global_head", 0.0)),

@@ -103,7 +103,6 @@ class GanConfig:
     base_channels: int = 16
     generator_padding: str = "reflect"  # projected generator's 3x3 convolutions: reflect | zeros (zeros paints frames)
     generator_convs: int = 2  # projected generator: (3x3 conv, BN, LeakyReLU) blocks per doubling (GENERATOR_CONVS)
-    generator_upsample: str = "nearest"  # projected generator's doublings: nearest | bilinear (GENERATOR_UPSAMPLINGS)
     generator_noise: float = 0.0  # projected generator: per-pixel noise after each conv block's batch norm, with
     # learned per-channel strengths that start at this (StyleGAN/FastGAN noise inputs); 0: none
     generator_noise_from: int = 8  # the smallest generator size (px) with noise inputs
@@ -155,11 +154,6 @@ class GanConfig:
             raise ValueError(f"generator_padding {self.generator_padding!r} is not one of {networks.GENERATOR_PADDINGS}")
         if self.generator_convs not in networks.GENERATOR_CONVS:
             raise ValueError(f"generator_convs {self.generator_convs!r} is not one of {networks.GENERATOR_CONVS}")
-        if self.generator_upsample not in networks.GENERATOR_UPSAMPLINGS:
-            raise ValueError(f"generator_upsample {self.generator_upsample!r} is not one of "
-                             f"{networks.GENERATOR_UPSAMPLINGS}")
-        if self.generator_upsample != "nearest" and self.architecture != "projected":
-            raise ValueError("generator_upsample is for the projected architecture's generator")
         if self.feature_mixing not in networks.FEATURE_MIXINGS:
             raise ValueError(f"feature_mixing {self.feature_mixing!r} is not one of {networks.FEATURE_MIXINGS}")
         if self.discriminator_downsample not in networks.DOWNSAMPLINGS:
