@@ -538,6 +538,15 @@ def _rotate_and_scale(images, seed_generator):
                                       fill_mode="reflect")
 
 
+def _debiased_moving_average(average, count, value, decay: float):
+    """One step of an exponential moving average that starts at 0: returns (the new average, the new step count,
+    the average zero-debiased by the count, as Adam's moments are). Tensors in, tensors out; the caller stores the
+    first two."""
+    count = count + 1.0
+    average = decay * average + (1.0 - decay) * value
+    return average, count, average / (1.0 - decay ** count)
+
+
 def slerp(start, end, fractions):
     """Spherical interpolation between two latent vectors at the given fractions -> (len(fractions), dim)."""
     import numpy as np
@@ -759,10 +768,10 @@ def _gan_class():
             the moving averages (of this step's mean logits, before the step) and returns the penalty."""
             real, fake = tf.cast(real_logits, "float32"), tf.cast(fake_logits, "float32")
             means = tf.stop_gradient(tf.stack([tf.reduce_mean(real), tf.reduce_mean(fake)]))
-            sums, count = self.lecam_averages[:2], self.lecam_averages[2] + 1.0
-            sums = LECAM_DECAY * sums + (1.0 - LECAM_DECAY) * means
+            sums, count, averages = _debiased_moving_average(self.lecam_averages[:2], self.lecam_averages[2], means,
+                                                             LECAM_DECAY)
             self.lecam_averages.assign(tf.concat([sums, [count]], axis=0))
-            average_real, average_fake = tf.unstack(sums / (1.0 - LECAM_DECAY ** count))
+            average_real, average_fake = tf.unstack(averages)
             return (tf.reduce_mean(tf.square(tf.nn.relu(real - average_fake)))
                     + tf.reduce_mean(tf.square(tf.nn.relu(average_real - fake))))
 
@@ -856,12 +865,11 @@ def _gan_class():
             gradient; the batch's power does, scaled as the derivative of that square would be at a batch as
             strong as the mean (2 * max(0, excess - MARGIN) * d power / mean power), so only the bins whose mean
             is too strong are pushed down, each by how much."""
-            steps = self.spectrum_steps + 1.0
-            running = (SPECTRUM_RUNNING_DECAY * self.spectrum_running
-                       + (1.0 - SPECTRUM_RUNNING_DECAY) * tf.stop_gradient(power))
+            running, steps, mean = _debiased_moving_average(self.spectrum_running, self.spectrum_steps,
+                                                            tf.stop_gradient(power), SPECTRUM_RUNNING_DECAY)
             self.spectrum_running.assign(running)
             self.spectrum_steps.assign(steps)
-            mean = running / (1.0 - SPECTRUM_RUNNING_DECAY ** steps) + SPECTRUM_EPSILON
+            mean = mean + SPECTRUM_EPSILON
             over = tf.nn.relu(tf.math.log(mean) - self.spectrum_target - SPECTRUM_PENALTY_MARGIN)
             band = self._spectrum_band()[:, :, None]
             count = 3.0 * tf.reduce_sum(band)
