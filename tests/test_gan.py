@@ -407,8 +407,8 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
-    --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels and
-    --spectrum-penalty(-kind, -period) set the run's config;
+    --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
+    --spectrum-penalty(-kind, -period) and --r1 set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -423,7 +423,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--conditional-norm", "--generator-convs", "2", "--lecam", "0.5",
                      "--generator-noise", "0.1", "--generator-noise-from", "64", "--generator-noise-gain", "10",
                      "--generator-top-channels", "32", "--spectrum-penalty", "0.3",
-                     "--spectrum-penalty-kind", "direction", "--spectrum-penalty-period", "16"]) == 0
+                     "--spectrum-penalty-kind", "direction", "--spectrum-penalty-period", "16",
+                     "--r1", "0.5"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
@@ -439,6 +440,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.spectrum_penalty, default.spectrum_penalty, default.spectrum_penalty_weight) == (0.3, -1.0, 0.1)
     assert (chosen.spectrum_penalty_kind, default.spectrum_penalty_kind) == ("direction", "level")
     assert (chosen.spectrum_penalty_period, default.spectrum_penalty_period) == (16, 8)
+    assert (chosen.r1, default.r1) == (0.5, 0.0)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
     assert (chosen.lecam, chosen.lecam_weight, default.lecam, default.lecam_weight) == (0.5, 0.5, -1.0, 0.3)
@@ -794,6 +796,48 @@ def test_lecam_term_follows_the_papers_formula_trains_and_is_checkpointed_only_w
     np.testing.assert_allclose(fresh.lecam_averages.numpy(), with_term.lecam_averages.numpy())
     with pytest.raises(ValueError, match="was the config changed"):
         trainer.load_checkpoint(without, run)
+
+
+def test_r1_penalty_is_the_per_logit_squared_gradient_on_real_images_and_changes_the_step():
+    """R1: half the squared norm of the gradient of the image's summed logits over the number of logits, averaged
+    over images; for a linear discriminator (logits = flattened image @ W) that is 0.5 |W summed over logits|^2 /
+    logits whatever the image. Its gradient reaches D (a train step with it differs from one without), it
+    adds no training state, and --r1 reaches the config (0 by default) and is bounded."""
+    import keras
+    import tensorflow as tf
+
+    config = tiny_model_config()
+    model = networks.make_gan(config)
+    weights = np.random.default_rng(1).normal(size=(16 * 16 * 3, 5)).astype(np.float32)
+    image = keras.Input((16, 16, 3))
+    linear = keras.Model(image, keras.layers.Dense(5, use_bias=False)(keras.layers.Flatten()(image)))
+    linear.layers[-1].set_weights([weights])
+    gan = networks.Gan(model.generator, linear, latent_dim=8, r1=1.0)
+    images = np.random.default_rng(2).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
+    expected = 0.5 * float(np.sum(weights.sum(axis=1) ** 2)) / 5
+    assert float(gan._r1_penalty(tf.constant(images), None)) == pytest.approx(expected, rel=1e-4)
+
+    off = tiny_model_config()
+    on = tiny_model_config()
+    on.config.r1 = 10.0  # a large weight, so that its share of the gradient is plain
+    without, with_term, control = networks.make_gan(off), networks.make_gan(on), networks.make_gan(off)
+    assert (without.r1, with_term.r1) == (0.0, 10.0)
+    for gan in (with_term, control):
+        gan.set_weights(without.get_weights())
+    batch = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    for gan in (without, with_term, control):
+        gan.seed_generator.state.assign([7, 0])
+        gan.train_on_batch(batch, np.zeros(8, np.int32))
+
+    def same_discriminator(a, b):
+        return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in
+                   zip(a.discriminator.trainable_weights, b.discriminator.trainable_weights))
+    assert same_discriminator(without, control)
+    assert not same_discriminator(without, with_term)
+    assert len(with_term.state_variables()) == len(without.state_variables())
+    assert trainer.GanConfig().r1 == 0.0
+    with pytest.raises(ValueError, match="r1 must be in 0..1000"):
+        trainer.GanConfig(r1=5000).validate()
 
 
 def test_generator_convs_adds_a_second_convolution_after_each_upsampling():

@@ -8,8 +8,8 @@ from pathlib import Path
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
                                      GENERATOR_CONVS, GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES,
-                                     GEOMETRIC_MAX_SCALE, PRECISIONS, SPECTRUM_PENALTY_KINDS, SPECTRUM_PENALTY_PERIOD,
-                                     SPECTRUM_PENALTY_PERIODS, SUPPORTED_SIZES)
+                                     GEOMETRIC_MAX_SCALE, PRECISIONS, R1_SAMPLES, SPECTRUM_PENALTY_KINDS,
+                                     SPECTRUM_PENALTY_PERIOD, SPECTRUM_PENALTY_PERIODS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
 
 
@@ -95,6 +95,10 @@ def register(subparsers) -> None:
                             "scores of real and generated images near each other's moving averages so that it "
                             "overfits a small training set less; 0 turns it off (default "
                             f"{trainer.PROJECTED_LECAM:g} for the projected networks, 0 for dcgan)")
+    train.add_argument("--r1", type=_non_negative, default=None, metavar="W",
+                       help="weight of the R1 gradient penalty (Mescheder et al. 2018) on the discriminator: the "
+                            "squared gradient of its score on real images, computed on "
+                            f"{R1_SAMPLES} images of each batch; 0 (the default) turns it off")
     train.add_argument("--spectrum-penalty", type=_non_negative, default=None, metavar="W",
                        help="weight of the generator's spectrum penalty: its batch's power spectrum against the "
                             "training images' at fine periods (--spectrum-penalty-period), counting only excess "
@@ -209,7 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head), ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),
-                                           ("mode_seeking", args.mode_seeking), ("lecam", args.lecam),
+                                           ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),
                                            ("spectrum_penalty", args.spectrum_penalty),
                                            ("spectrum_penalty_kind", args.spectrum_penalty_kind),
                                            ("spectrum_penalty_period", args.spectrum_penalty_period),

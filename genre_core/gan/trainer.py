@@ -115,6 +115,7 @@ class GanConfig:
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
     lecam: float = -1.0  # LeCam weight of D's loss (Tseng et al. 2021); -1: PROJECTED_LECAM if projected, else 0
+    r1: float = 0.0  # weight of the R1 gradient penalty on D's real images (Mescheder et al. 2018); 0: off
     # Weight of the generator's spectrum penalty (networks.Gan._spectrum_loss); 0: off; -1: PROJECTED_SPECTRUM_PENALTY
     # if projected, else 0.
     spectrum_penalty: float = -1.0
@@ -161,6 +162,8 @@ class GanConfig:
                              f"{networks.DOWNSAMPLINGS}")
         if not (0.0 <= self.lecam <= 10.0 or self.lecam == -1.0):
             raise ValueError(f"lecam must be in 0..10 (or -1, the default), got {self.lecam}")
+        if not 0.0 <= float(self.r1) <= 1000.0:
+            raise ValueError(f"r1 must be in 0..1000, got {self.r1}")
         if not (0.0 <= float(self.spectrum_penalty) <= 100.0 or self.spectrum_penalty == -1.0):
             raise ValueError(f"spectrum_penalty must be in 0..100 (or -1, the default), got {self.spectrum_penalty}")
         if self.spectrum_penalty_kind not in networks.SPECTRUM_PENALTY_KINDS:
