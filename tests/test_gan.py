@@ -191,6 +191,10 @@ def test_config_validation_names_the_problem():
         trainer.GanConfig(genre=None).validate()
     with pytest.raises(ValueError, match="batch_size"):
         trainer.GanConfig(batch_size=0).validate()
+    with pytest.raises(ValueError, match=r"augment_target must be between 0 and 1 \(exclusive\), got 1.0"):
+        trainer.GanConfig(augment_target=1.0).validate()
+    with pytest.raises(ValueError, match="augment_speed must be in 0..1, got 2"):
+        trainer.GanConfig(augment_speed=2).validate()
 
 
 def run_config(data_dir, **overrides):
@@ -408,7 +412,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
-    --spectrum-penalty(-kind, -period) and --r1 set the run's config;
+    --spectrum-penalty(-kind, -period), --r1 and --augment-target/-speed set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -424,7 +428,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--generator-noise", "0.1", "--generator-noise-from", "64", "--generator-noise-gain", "10",
                      "--generator-top-channels", "32", "--spectrum-penalty", "0.3",
                      "--spectrum-penalty-kind", "direction", "--spectrum-penalty-period", "16",
-                     "--r1", "0.5"]) == 0
+                     "--r1", "0.5", "--augment-target", "0.7", "--augment-speed", "0.02"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
@@ -441,6 +445,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.spectrum_penalty_kind, default.spectrum_penalty_kind) == ("direction", "level")
     assert (chosen.spectrum_penalty_period, default.spectrum_penalty_period) == (16, 8)
     assert (chosen.r1, default.r1) == (0.5, 0.0)
+    assert (chosen.augment_target, chosen.augment_speed) == (0.7, 0.02)
+    assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
     assert (chosen.lecam, chosen.lecam_weight, default.lecam, default.lecam_weight) == (0.5, 0.5, -1.0, 0.3)

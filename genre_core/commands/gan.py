@@ -73,6 +73,12 @@ def register(subparsers) -> None:
                             "P per image (0..1), or adaptive (from 0, raised while the discriminator calls more than "
                             "60%% of the real images real and lowered while it calls fewer, as in ADA) "
                             "(default adaptive)")
+    train.add_argument("--augment-target", type=float, default=None, metavar="T",
+                       help="adaptive augmentation: the share of real images the discriminator should call real; "
+                            "the probability rises while it calls more and falls while it calls fewer (default 0.6)")
+    train.add_argument("--augment-speed", type=_non_negative, default=None, metavar="S",
+                       help="adaptive augmentation: per step, the probability moves by S times (the share called "
+                            "real - the target) (default 0.005)")
     train.add_argument("--augment-policy", default=None, nargs="+", choices=AUGMENT_TRANSFORMS,
                        help="the DiffAugment transforms (default: translation, color, cutout; geometric rotates by up "
                             f"to {GEOMETRIC_MAX_DEGREES:g} degrees and scales by up to {GEOMETRIC_MAX_SCALE:g}x)")
@@ -218,7 +224,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("spectrum_penalty_kind", args.spectrum_penalty_kind),
                                            ("spectrum_penalty_period", args.spectrum_penalty_period),
                                            ("conditional_norm", args.conditional_norm),
-                                           ("feature_mixing", args.feature_mixing))
+                                           ("feature_mixing", args.feature_mixing),
+                                           ("augment_target", args.augment_target),
+                                           ("augment_speed", args.augment_speed))
            if value is not None},
         **_augment_options(args.augment),
         **({"augment_policy": list(args.augment_policy)} if args.augment_policy else {}),

@@ -130,8 +130,8 @@ class GanConfig:
     augment_probability: float = 0.0  # the starting DiffAugment probability
     augment_policy: list[str] = field(default_factory=lambda: list(networks.AUGMENT_POLICIES))  # its transforms
     adaptive_augment: bool = True  # raise/lower it ADA-style from D's accuracy on real images
-    augment_target: float = 0.6
-    augment_speed: float = 0.005
+    augment_target: float = 0.6  # adaptive: the share of real images D should call real
+    augment_speed: float = 0.005  # adaptive: per step the probability moves by this times (share - target)
     horizontal_flip: bool = True
     feature_space: str = "auto"  # auto | inception_v3 | hed_vgg16 (see quality.py)
     kid_image_size: int = 64
@@ -221,6 +221,10 @@ class GanConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         networks.check_augment_policy(self.augment_policy)
+        if not 0.0 < float(self.augment_target) < 1.0:
+            raise ValueError(f"augment_target must be between 0 and 1 (exclusive), got {self.augment_target}")
+        if not 0.0 <= float(self.augment_speed) <= 1.0:
+            raise ValueError(f"augment_speed must be in 0..1, got {self.augment_speed}")
         if not 0.0 <= self.augment_probability <= 1.0:
             raise ValueError(f"augment_probability must be in 0..1, got {self.augment_probability}")
         if not 0.0 <= self.ema_decay < 1.0:
