@@ -412,7 +412,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
-    --spectrum-penalty(-kind, -period), --r1 and --augment-target/-speed set the run's config;
+    --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed and --pseudo-augment set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -428,7 +428,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--generator-noise", "0.1", "--generator-noise-from", "64", "--generator-noise-gain", "10",
                      "--generator-top-channels", "32", "--spectrum-penalty", "0.3",
                      "--spectrum-penalty-kind", "direction", "--spectrum-penalty-period", "16",
-                     "--r1", "0.5", "--augment-target", "0.7", "--augment-speed", "0.02"]) == 0
+                     "--r1", "0.5", "--augment-target", "0.7", "--augment-speed", "0.02",
+                     "--pseudo-augment"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
@@ -446,6 +447,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.spectrum_penalty_period, default.spectrum_penalty_period) == (16, 8)
     assert (chosen.r1, default.r1) == (0.5, 0.0)
     assert (chosen.augment_target, chosen.augment_speed) == (0.7, 0.02)
+    assert (chosen.pseudo_augment, default.pseudo_augment) == (True, False)
     assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
@@ -844,6 +846,61 @@ def test_r1_penalty_is_the_per_logit_squared_gradient_on_real_images_and_changes
     assert trainer.GanConfig().r1 == 0.0
     with pytest.raises(ValueError, match="r1 must be in 0..1000"):
         trainer.GanConfig(r1=5000).validate()
+
+
+def test_pseudo_augment_shows_d_generated_images_as_real_and_adapts_like_the_augmentation(tmp_path):
+    """APA (Jiang et al. 2021): at probability 1 the discriminator's "real" images are all generated ones, so
+    two different real batches train it alike (without APA they do not); the probability starts at 0 and moves
+    by the augmentation probability's rule; it is checkpoint state and an "apa_p" metric only when on."""
+    from genre_core.runs import store
+
+    off, on = tiny_model_config(), tiny_model_config()
+    on.config.pseudo_augment = True
+    assert trainer.GanConfig().pseudo_augment is False
+    without, with_apa = networks.make_gan(off), networks.make_gan(on)
+    assert (without.pseudo_augment, with_apa.pseudo_augment) == (False, True)
+    assert float(with_apa.pseudo_probability.numpy()) == 0.0
+    assert len(with_apa.state_variables()) == len(without.state_variables()) + 1
+
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32) for _ in range(2)]
+    labels = np.zeros(8, np.int32)
+
+    def trained(config, batch, probability=None):
+        gan = networks.make_gan(config)
+        gan.set_weights(without.get_weights())
+        if probability is not None:
+            gan.pseudo_probability.assign(probability)
+        gan.seed_generator.state.assign([7, 0])
+        logs = gan.train_on_batch(batch, labels, return_dict=True)
+        return gan, logs
+
+    def same_discriminator(a, b):
+        return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in
+                   zip(a.discriminator.trainable_weights, b.discriminator.trainable_weights))
+    first, logs = trained(on, batches[0], 1.0)
+    second, _ = trained(on, batches[1], 1.0)
+    assert same_discriminator(first, second)
+    assert "apa_p" in logs
+    plain = [trained(off, batch)[0] for batch in batches]
+    assert not same_discriminator(*plain)
+    assert "apa_p" not in trained(off, batches[0])[1]
+
+    # From 0, with the augmentation adaptive from 0 too, both probabilities take the same step.
+    gan = networks.make_gan(on)
+    gan.set_weights(without.get_weights())
+    gan.augment_probability.assign(0.0)
+    gan.adaptive_augment, gan.augment_target, gan.augment_speed = True, -1.0, 0.01  # a step up whatever D says
+    logs = gan.train_on_batch(batches[0], labels, return_dict=True)
+    assert float(logs["apa_p"]) == pytest.approx(float(logs["aug_p"])) and float(logs["apa_p"]) >= 0.01
+
+    run = store.Run(tmp_path / "run")
+    trainer.save_checkpoint(gan, run, 1)
+    fresh = networks.make_gan(on)
+    trainer.load_checkpoint(fresh, run)
+    assert float(fresh.pseudo_probability.numpy()) == pytest.approx(float(logs["apa_p"]))
+    with pytest.raises(ValueError, match="was the config changed"):
+        trainer.load_checkpoint(without, run)
 
 
 def test_generator_convs_adds_a_second_convolution_after_each_upsampling():

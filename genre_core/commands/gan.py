@@ -79,6 +79,10 @@ def register(subparsers) -> None:
     train.add_argument("--augment-speed", type=_non_negative, default=None, metavar="S",
                        help="adaptive augmentation: per step, the probability moves by S times (the share called "
                             "real - the target) (default 0.005)")
+    train.add_argument("--pseudo-augment", action="store_true", default=None,
+                       help="adaptive pseudo augmentation (APA, Jiang et al. 2021): show the discriminator some "
+                            "generated images labelled real, each real image replaced with a probability that starts "
+                            "at 0 and moves as the adaptive augmentation's does (default off)")
     train.add_argument("--augment-policy", default=None, nargs="+", choices=AUGMENT_TRANSFORMS,
                        help="the DiffAugment transforms (default: translation, color, cutout; geometric rotates by up "
                             f"to {GEOMETRIC_MAX_DEGREES:g} degrees and scales by up to {GEOMETRIC_MAX_SCALE:g}x)")
@@ -226,7 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("conditional_norm", args.conditional_norm),
                                            ("feature_mixing", args.feature_mixing),
                                            ("augment_target", args.augment_target),
-                                           ("augment_speed", args.augment_speed))
+                                           ("augment_speed", args.augment_speed),
+                                           ("pseudo_augment", args.pseudo_augment))
            if value is not None},
         **_augment_options(args.augment),
         **({"augment_policy": list(args.augment_policy)} if args.augment_policy else {}),

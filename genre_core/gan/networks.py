@@ -635,6 +635,7 @@ def make_gan(config):
         adaptive_augment=config.adaptive_augment,
         augment_target=config.augment_target,
         augment_speed=config.augment_speed,
+        pseudo_augment=bool(getattr(config, "pseudo_augment", False)),
         seed=config.seed,
     )
     gan.compile(
@@ -658,7 +659,8 @@ def _gan_class():
                      augment_probability=1.0, adaptive_augment=False, augment_target=0.6,
                      augment_speed=0.001, seed=0, loss="non_saturating", mode_seeking=0.0,
                      augment_policy=AUGMENT_POLICIES, lecam=0.0, r1=0.0, spectrum_penalty=0.0,
-                     spectrum_penalty_kind="level", spectrum_penalty_period=SPECTRUM_PENALTY_PERIOD, **kwargs):
+                     spectrum_penalty_kind="level", spectrum_penalty_period=SPECTRUM_PENALTY_PERIOD,
+                     pseudo_augment=False, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
@@ -689,6 +691,12 @@ def _gan_class():
             self.augment_probability = keras.Variable(
                 float(augment_probability), trainable=False, name="augment_probability"
             )
+            # Adaptive pseudo augmentation (APA; Jiang et al., NeurIPS 2021): the probability that a real image
+            # in D's batch is replaced by a generated one, still labelled real. Moved by the same rule as the
+            # adaptive augmentation probability; training state only when on, so other checkpoints keep their
+            # variable count.
+            self.pseudo_augment = bool(pseudo_augment)
+            self.pseudo_probability = keras.Variable(0.0, trainable=False, name="pseudo_probability")
             # Multiplies the EMA's per-step share; the trainer sets it each epoch (GanConfig.ema_rate_scale). It
             # is not training state (not in state_variables), so older checkpoints still load.
             self.ema_rate_scale = keras.Variable(1.0, trainable=False, name="ema_rate_scale")
@@ -733,6 +741,7 @@ def _gan_class():
                 + list(self.generator_optimizer.variables) + list(self.discriminator_optimizer.variables)
                 + [self.seed_generator.state, self.augment_probability]
                 + ([self.lecam_averages] if self.lecam else [])
+                + ([self.pseudo_probability] if self.pseudo_augment else [])
                 + ([self.spectrum_running, self.spectrum_steps] if self._running_spectrum() else [])
                 + self._noise_states()
             )
@@ -916,6 +925,12 @@ def _gan_class():
             # Discriminator step: real images are "1", generated images are "0".
             with tf.GradientTape() as tape:
                 fake_images = self.generator(self._inputs(noise, labels), training=True)
+                pseudo = tf.zeros((batch_size,), dtype="bool")
+                if self.pseudo_augment:
+                    # APA: some "real" images are generated ones (the same genre label), no gradient to G.
+                    pseudo = keras.random.uniform((batch_size,), seed=self.seed_generator) < self.pseudo_probability
+                    real_images = tf.where(pseudo[:, None, None, None],
+                                           tf.cast(tf.stop_gradient(fake_images), real_images.dtype), real_images)
                 # One discriminator call on real and generated images together (cheaper than two).
                 both = self._augment(tf.concat([real_images, fake_images], axis=0))
                 logits = self.discriminator(self._inputs(both, tf.concat([labels, labels], axis=0)), training=True)
@@ -963,11 +978,16 @@ def _gan_class():
             for ema_weight, weight in zip(self.ema_generator.trainable_weights, self.generator.trainable_weights):
                 ema_weight.assign(ema_weight + share * (weight - ema_weight))
 
-            # ADA-style heuristic: raise the augmentation probability while D is too sure of the reals.
-            real_accuracy = tf.reduce_mean(tf.cast(real_logits > 0.0, "float32"))
+            # ADA-style heuristic: raise the augmentation probability while D is too sure of the reals (the
+            # images that are real, not APA's pseudo-real ones).
+            genuine = 1.0 - tf.cast(pseudo, "float32")
+            called_real = tf.reduce_mean(tf.reshape(tf.cast(real_logits > 0.0, "float32"), (batch_size, -1)), axis=1)
+            real_accuracy = tf.reduce_sum(called_real * genuine) / tf.maximum(tf.reduce_sum(genuine), 1.0)
+            step = (real_accuracy - self.augment_target) * self.augment_speed
             if self.adaptive_augment:
-                step = (real_accuracy - self.augment_target) * self.augment_speed
                 self.augment_probability.assign(tf.clip_by_value(self.augment_probability + step, 0.0, 1.0))
+            if self.pseudo_augment:
+                self.pseudo_probability.assign(tf.clip_by_value(self.pseudo_probability + step, 0.0, 1.0))
 
             self.d_loss_tracker.update_state(d_loss)
             self.g_loss_tracker.update_state(g_loss)
@@ -979,6 +999,7 @@ def _gan_class():
                 "g_loss": self.g_loss_tracker.result(),
                 "real_accuracy": self.real_accuracy_tracker.result(),
                 "aug_p": self.augment_probability.value,
+                **({"apa_p": self.pseudo_probability.value} if self.pseudo_augment else {}),
                 **({"spectrum_loss": self.spectrum_loss_tracker.result()} if self.spectrum_penalty else {}),
             }
 

@@ -9,7 +9,7 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
 | `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`) |
 | `generator_best.keras`, `best.json` | the EMA generator of the epoch with the lowest KID in the run's own space, and that epoch's numbers |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, learning_rate, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, recognised, recognised_real, diversity, stripes, elapsed_seconds` |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, recognised, recognised_real, diversity, stripes, spectrum_loss, elapsed_seconds` |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
@@ -130,6 +130,9 @@ class GanConfig:
     augment_probability: float = 0.0  # the starting DiffAugment probability
     augment_policy: list[str] = field(default_factory=lambda: list(networks.AUGMENT_POLICIES))  # its transforms
     adaptive_augment: bool = True  # raise/lower it ADA-style from D's accuracy on real images
+    # Adaptive pseudo augmentation (APA, Jiang et al. 2021): replace real images in D's batch by generated ones
+    # labelled real, with a probability that starts at 0 and moves by the augmentation probability's rule.
+    pseudo_augment: bool = False
     augment_target: float = 0.6  # adaptive: the share of real images D should call real
     augment_speed: float = 0.005  # adaptive: per step the probability moves by this times (share - target)
     horizontal_flip: bool = True
@@ -697,6 +700,7 @@ def _epoch_callback_class():
                 "kid": measured.get("kid"),
                 "kid_std": measured.get("kid_std"),
                 "aug_p": float(logs.get("aug_p", np.nan)),
+                "apa_p": float(logs["apa_p"]) if "apa_p" in logs else None,
                 "learning_rate": self.learning_rate,  # at the epoch's last step
                 "steps": self.steps_done,
                 "seconds": round(seconds, 2),
@@ -722,6 +726,7 @@ def _epoch_callback_class():
             total = self._planned_total(number, budget_seconds, elapsed, budget_ends)
             print(f"epoch {number}/{total}: d_loss {row['d_loss']:.3f} g_loss {row['g_loss']:.3f} "
                   f"aug_p {row['aug_p']:.2f} "
+                  + (f"apa_p {row['apa_p']:.2f} " if row["apa_p"] is not None else "")
                   + (f"spectrum_loss {row['spectrum_loss']:.3f} " if row["spectrum_loss"] is not None else "")
                   + f"{text} ({seconds:.0f} s, {elapsed / 60:.1f} min in all)", flush=True)
             self.progress({"stage": "epoch", "done": number, "total": total,
