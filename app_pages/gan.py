@@ -119,7 +119,7 @@ if len(compared) > 1:
     table, curves = core.gan_comparison([str(core.runs_folder("gan") / name) for name in compared])
     st.dataframe(table.drop(columns="found"), hide_index=True, key="gan_compare_table")
     metric_names = [name for name in ("kid_fixed", "recognised", "diversity", "stripes", "kid", "d_loss",
-                                      "g_loss", "aug_p")
+                                      "g_loss", "aug_p", "apa_p")
                     if name in set(curves["metric"])] or ["kid_fixed"]
     metric = st.selectbox("Curve", metric_names, key="gan_compare_metric")
     st.plotly_chart(charts.compare_figure(curves, metric), key="gan_compare_curves")

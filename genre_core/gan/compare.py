@@ -21,7 +21,7 @@ COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs"
                       "best_kid_fixed", "best_epoch", "recognised", "recognised_real", "diversity", "stripes", "differs",
                       "problems")
 CURVE_METRICS = ("kid_fixed", "recognised", "recognised_real", "diversity", "stripes", "kid", "d_loss", "g_loss",
-                 "aug_p")
+                 "aug_p", "apa_p")
 # Settings that say what a run is rather than how it was set up, so "differs" leaves them out.
 NOT_SETTINGS = {"kind", "created", "classes", "data", "genre", "genres", "conditional", "image_size", "seed", "judge"}
 

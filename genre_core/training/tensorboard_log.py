@@ -23,7 +23,7 @@ FOLDER = "tensorboard"
 CLASSIFIER_TAGS = {"loss": "loss", "val_loss": "val_loss", "accuracy": "accuracy",
                    "val_accuracy": "val_accuracy", "lr": "learning_rate", "seconds": "seconds_per_epoch"}
 GAN_TAGS = {"d_loss": "d_loss", "g_loss": "g_loss", "kid": "kid", "kid_std": "kid_std", "aug_p": "aug_p",
-            "real_accuracy": "real_accuracy", "seconds": "seconds_per_epoch"}
+            "apa_p": "apa_p", "real_accuracy": "real_accuracy", "seconds": "seconds_per_epoch"}
 
 _writers: dict[str, object] = {}
 _broken: set[str] = set()
