@@ -75,10 +75,11 @@ def register(subparsers) -> None:
                             "(default adaptive)")
     train.add_argument("--augment-target", type=float, default=None, metavar="T",
                        help="adaptive augmentation: the share of real images the discriminator should call real; "
-                            "the probability rises while it calls more and falls while it calls fewer (default 0.6)")
+                            "the probability rises while it calls more and falls while it calls fewer "
+                            f"(default {trainer.GanConfig.augment_target:g})")
     train.add_argument("--augment-speed", type=_non_negative, default=None, metavar="S",
                        help="adaptive augmentation: per step, the probability moves by S times (the share called "
-                            "real - the target) (default 0.005)")
+                            f"real - the target) (default {trainer.GanConfig.augment_speed:g})")
     train.add_argument("--pseudo-augment", action="store_true", default=None,
                        help="adaptive pseudo augmentation (APA, Jiang et al. 2021): show the discriminator some "
                             "generated images labelled real, each real image replaced with a probability that starts "
