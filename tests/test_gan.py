@@ -429,7 +429,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--generator-top-channels", "32", "--spectrum-penalty", "0.3",
                      "--spectrum-penalty-kind", "direction", "--spectrum-penalty-period", "16",
                      "--r1", "0.5", "--augment-target", "0.7", "--augment-speed", "0.02",
-                     "--pseudo-augment"]) == 0
+                     "--pseudo-augment", "--discriminator-lr-scale", "0.5"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
@@ -448,6 +448,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.r1, default.r1) == (0.5, 0.0)
     assert (chosen.augment_target, chosen.augment_speed) == (0.7, 0.02)
     assert (chosen.pseudo_augment, default.pseudo_augment) == (True, False)
+    assert (chosen.discriminator_lr_scale, default.discriminator_lr_scale) == (0.5, 1.0)
     assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
@@ -465,6 +466,24 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (default.learning_rate, default.generator_padding, default.global_head, default.precision,
             default.lr_decay, default.ema_lr_power, default.discriminator_downsample) == (
         1e-4, "reflect", 0.2, "auto", "linear", 0.5, "average")
+
+
+def test_the_discriminator_learns_at_its_scale_of_the_generators_rate(tiny_dataset_dir, isolated_artifacts):
+    config = run_config(tiny_dataset_dir, discriminator_lr_scale=0.25)
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+    trainer.execute(run)
+    # Set before every step with the schedule: the last step (5/3 epochs of 2) ran G at 1e-4 / 6, D at a quarter.
+    last = 1e-4 * (1 - 5 / 6)
+    assert run.history()["learning_rate"].iloc[-1] == pytest.approx(last)  # the column is the generator's rate
+    resumed = networks.make_gan(trainer._ModelShape(config, 1))
+    assert float(resumed.discriminator_optimizer.learning_rate) == pytest.approx(0.25 * 1e-4)  # from the start
+    trainer.load_checkpoint(resumed, run)
+    assert float(resumed.generator_optimizer.learning_rate) == pytest.approx(last)
+    assert float(resumed.discriminator_optimizer.learning_rate) == pytest.approx(0.25 * last)
+    assert trainer.GanConfig().discriminator_lr_scale == 1.0
+    for bad in (0, -1, 11):
+        with pytest.raises(ValueError, match=f"discriminator_lr_scale must be more than 0 and at most 10, got {bad}"):
+            trainer.GanConfig(discriminator_lr_scale=bad).validate()
 
 
 def test_linear_learning_rate_decay_follows_the_budget_or_the_epochs():

@@ -45,6 +45,10 @@ def register(subparsers) -> None:
                        help="the sampled (EMA) generator follows the trained one by a share per step times (learning "
                             "rate / starting rate) ** this, so it keeps averaging as the rate falls instead of "
                             "settling on the last step; 0: a fixed share (default 0.5)")
+    train.add_argument("--discriminator-lr-scale", type=float, default=None, metavar="S",
+                       help="the discriminator's learning rate is the generator's times S, at every step of the "
+                            "schedule (two time-scale updates, TTUR); below 1 the discriminator learns more slowly "
+                            f"(default {trainer.GanConfig.discriminator_lr_scale:g})")
     train.add_argument("--beta-1", type=float, default=None, help="Adam beta_1 of both networks (default 0)")
     train.add_argument("--generator-padding", default=None, choices=GENERATOR_PADDINGS,
                        help="how the projected generator's 3x3 convolutions pad (default reflect; zeros paints "
@@ -224,6 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head), ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),
+                                           ("discriminator_lr_scale", args.discriminator_lr_scale),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),
                                            ("spectrum_penalty", args.spectrum_penalty),
                                            ("spectrum_penalty_kind", args.spectrum_penalty_kind),

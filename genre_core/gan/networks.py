@@ -640,7 +640,8 @@ def make_gan(config):
     )
     gan.compile(
         generator_optimizer=keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1),
-        discriminator_optimizer=keras.optimizers.Adam(config.learning_rate, beta_1=config.beta_1),
+        discriminator_optimizer=keras.optimizers.Adam(
+            config.learning_rate * float(getattr(config, "discriminator_lr_scale", 1.0)), beta_1=config.beta_1),
     )
     return gan
 

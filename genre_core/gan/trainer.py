@@ -123,6 +123,7 @@ class GanConfig:
     spectrum_penalty_period: int = networks.SPECTRUM_PENALTY_PERIOD  # its band: periods up to this many px
     learning_rate: float = 1e-4
     lr_decay: str = "linear"  # linear: both learning rates fall linearly to 0 over the run (budget or epochs) | none
+    discriminator_lr_scale: float = 1.0  # the discriminator's learning rate is the generator's times this (TTUR)
     beta_1: float = 0.0
     ema_decay: float = 0.995
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
@@ -180,6 +181,9 @@ class GanConfig:
             raise ValueError(f"ema_lr_power must be in 0..2, got {self.ema_lr_power}")
         if int(self.bn_calibration_samples) < 2:
             raise ValueError(f"bn_calibration_samples must be at least 2, got {self.bn_calibration_samples}")
+        if not 0.0 < float(self.discriminator_lr_scale) <= 10.0:
+            raise ValueError(f"discriminator_lr_scale must be more than 0 and at most 10, got "
+                             f"{self.discriminator_lr_scale}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay {self.lr_decay!r} is not one of {LR_DECAYS}")
         if self.precision not in networks.PRECISIONS:
@@ -630,8 +634,9 @@ def _epoch_callback_class():
             # a 15-minute run, and a per-epoch staircase ended such runs at a fifth of the starting rate.
             self.learning_rate = self.config.learning_rate_at(self.epoch + batch / self.steps_per_epoch,
                                                               self._elapsed())
-            for optimizer in (self.model.generator_optimizer, self.model.discriminator_optimizer):
-                optimizer.learning_rate.assign(self.learning_rate)
+            self.model.generator_optimizer.learning_rate.assign(self.learning_rate)
+            self.model.discriminator_optimizer.learning_rate.assign(
+                self.learning_rate * float(self.config.discriminator_lr_scale))
             self.model.ema_rate_scale.assign(self.config.ema_rate_scale(self.learning_rate))
 
         def on_train_batch_end(self, batch, logs=None):
