@@ -83,6 +83,12 @@ with fixed_left:
         st.subheader("KID, fixed space (lower is better)")
         st.caption("HED-VGG16 conv3_3/4_3/5_3 at 64 px, scaled by the real set's RMS; comparable across runs")
         st.line_chart(history.set_index("epoch")[["kid_fixed"]])
+        depths = [column for column in ("kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5")
+                  if column in history.columns and history[column].notna().any()]
+        if depths:  # runs written before the KID by depth have none
+            st.caption("The same KID one layer at a time: block3 reads texture, block5 the layout (what is where); "
+                       "a rise in block5 alone means the pictures' composition is drifting")
+            st.line_chart(history.set_index("epoch")[depths])
 with fixed_right:
     if "recognised" in history.columns and history["recognised"].notna().any():
         st.subheader("Recognised as the genre")
@@ -118,8 +124,9 @@ compared = st.multiselect("GAN runs", ids, default=[run_id], key="gan_compare")
 if len(compared) > 1:
     table, curves = core.gan_comparison([str(core.runs_folder("gan") / name) for name in compared])
     st.dataframe(table.drop(columns="found"), hide_index=True, key="gan_compare_table")
-    metric_names = [name for name in ("kid_fixed", "recognised", "diversity", "stripes", "kid", "d_loss",
-                                      "g_loss", "aug_p", "apa_p")
+    metric_names = [name for name in ("kid_fixed", "kid_fixed_block5", "kid_fixed_block3", "kid_fixed_block4",
+                                      "recognised", "diversity", "stripes", "kid", "d_loss", "g_loss", "aug_p",
+                                      "apa_p")
                     if name in set(curves["metric"])] or ["kid_fixed"]
     metric = st.selectbox("Curve", metric_names, key="gan_compare_metric")
     st.plotly_chart(charts.compare_figure(curves, metric), key="gan_compare_curves")

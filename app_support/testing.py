@@ -124,6 +124,9 @@ def write_gan_run(run_id: str, *, genre: str = "landscape", epochs: int = 2, ima
         # What a run with a judge writes (issue 13): fixed-space KID and the recognisability shares.
         "kid_fixed": np.linspace(0.50, 0.12, epochs),
         "kid_fixed_std": [0.02] * epochs,
+        "kid_fixed_block3": np.linspace(0.40, 0.10, epochs),
+        "kid_fixed_block4": np.linspace(0.60, 0.15, epochs),
+        "kid_fixed_block5": np.linspace(0.30, 0.20, epochs),
         "recognised": np.linspace(0.30, 0.55, epochs),
         "recognised_real": [0.70] * epochs,
         "diversity": np.linspace(0.60, 0.90, epochs),

@@ -450,6 +450,7 @@ def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
             "Diversity (1 = as spread out as real images)", "Stripes (1 = as real images)"} <= {
         item.value for item in app.subheader}
     assert not app.dataframe  # one genre: its diversity is the run's line, no per-genre table
+    assert any("block5 the layout" in item.value for item in app.caption)  # the KID by depth under it
     assert app.select_slider(key="gan_epoch").value == 3
     app.number_input(key="gan_sample_n").set_value(4)
     app.number_input(key="gan_sample_seed").set_value(7)

@@ -1173,8 +1173,8 @@ def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, i
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     trainer.execute(run)
     row = run.history().iloc[0]
-    for column in ("kid_fixed", "kid_fixed_std", "recognised", "recognised_real", "diversity", "stripes",
-                   "spectrum_loss", "elapsed_seconds"):
+    for column in ("kid_fixed", "kid_fixed_std", "kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5",
+                   "recognised", "recognised_real", "diversity", "stripes", "spectrum_loss", "elapsed_seconds"):
         assert np.isfinite(row[column]), column
     assert 0.0 <= row["recognised"] <= 1.0 and 0.0 <= row["recognised_real"] <= 1.0
     latest = fileio.read_json(run.path / "quality.json")["latest"]

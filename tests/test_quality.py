@@ -109,6 +109,28 @@ def test_fixed_space_kid_of_a_set_with_itself_is_about_zero_and_ignores_the_scal
     assert scaled["kid"] == pytest.approx(shifted["kid"], rel=1e-9)
 
 
+def test_fixed_kid_by_depth_scores_each_layer_alone_and_names_a_bad_width():
+    rng = np.random.default_rng(8)
+    widths = quality.FIXED_LAYER_WIDTHS
+    real = np.abs(rng.normal(0.0, 30.0, (300, sum(widths))))
+    same = quality.fixed_kid_by_depth(real, real, seed=0)
+    # About 0 (two draws of 200 from one set of 300 differ by a few hundredths) ...
+    assert list(same) == ["block3", "block4", "block5"] and all(abs(value) < 0.05 for value in same.values())
+    layout = real.copy()
+    layout[:, widths[0] + widths[1]:] *= 1.5  # only block5's averages change
+    moved = quality.fixed_kid_by_depth(layout, real, seed=0)
+    assert moved["block3"] == pytest.approx(same["block3"]) and moved["block4"] == pytest.approx(same["block4"])
+    assert moved["block5"] > 50 * max(abs(same["block5"]), 1e-4)  # ... against about 4 here
+    # Each layer is scaled by its own real RMS: one layer ten times larger in both sets changes nothing.
+    louder = layout.copy(), real.copy()
+    for features in louder:
+        features[:, :widths[0]] *= 10.0
+    assert quality.fixed_kid_by_depth(*louder, seed=0) == pytest.approx(moved)
+    with pytest.raises(ValueError, match=r"generated feature set: the fixed space has 1280 features a row "
+                                         r"\(256 \+ 512 \+ 512 for block3_conv3, .*\), got 64"):
+        quality.fixed_kid_by_depth(real[:, :64], real)
+
+
 def test_fixed_space_extractor_reads_block3_to_5_conv3_at_64_px():
     extractor = quality.FeatureExtractor("hed_vgg16_fixed", image_size=128)
     assert (extractor.name, extractor.image_size) == (quality.FIXED_SPACE, 64)

@@ -20,8 +20,8 @@ from genre_core.runs import store
 COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs", "minutes", "kid_fixed",
                       "best_kid_fixed", "best_epoch", "recognised", "recognised_real", "diversity", "stripes", "differs",
                       "problems")
-CURVE_METRICS = ("kid_fixed", "recognised", "recognised_real", "diversity", "stripes", "kid", "d_loss", "g_loss",
-                 "aug_p", "apa_p")
+CURVE_METRICS = ("kid_fixed", "kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5", "recognised",
+                 "recognised_real", "diversity", "stripes", "kid", "d_loss", "g_loss", "aug_p", "apa_p")
 # Settings that say what a run is rather than how it was set up, so "differs" leaves them out.
 NOT_SETTINGS = {"kind", "created", "classes", "data", "genre", "genres", "conditional", "image_size", "seed", "judge"}
 

@@ -38,6 +38,8 @@ HED_POOL_LAYERS = ("block3_pool", "block4_pool", "block5_pool")
 FIXED_LAYERS = ("block3_conv3", "block4_conv3", "block5_conv3")
 FIXED_IMAGE_SIZE = 64
 FIXED_SPACE = "hed_vgg16_conv345_rms@64"
+FIXED_LAYER_WIDTHS = (256, 512, 512)  # channels of FIXED_LAYERS, in the order the fixed features hold them
+FIXED_DEPTHS = ("block3", "block4", "block5")  # names of FIXED_LAYERS for the KID by depth
 FIXED_SUBSETS = 10
 FIXED_SUBSET_SIZE = 200
 # `stripes`: fine detail at periods of 2 to 2.7 px (the larger of |fx|, |fy| in 0.37..0.5 cycles per pixel),
@@ -143,6 +145,30 @@ def fixed_kid(generated_features, real_features, seed: int = 0, subsets: int = F
     return {"kid": mean, "kid_std": std, "feature_space": FIXED_SPACE, "scale": scale,
             "subset_size": int(min(subset_size, len(generated), len(real))), "subsets": int(subsets),
             "n_generated": int(len(generated)), "n_real": int(len(real))}
+
+
+def fixed_kid_by_depth(generated_features, real_features, seed: int = 0, subsets: int = FIXED_SUBSETS,
+                       subset_size: int = FIXED_SUBSET_SIZE) -> dict[str, float]:
+    """The fixed space's KID one layer at a time ({"block3": kid, "block4": kid, "block5": kid}): each layer's
+    averages (FIXED_LAYERS, held in that order in the fixed features) scaled by that layer's own real RMS, as
+    `fixed_kid` scales the three together. block3_conv3 reads texture; block5_conv3, a 4x4 map of a 64-px image,
+    reads what is where in the picture (its layout). On the kit, the late rises of the landscape GAN's KID were
+    in block5 (README, "Where the late rise lives")."""
+    generated = _check_features(generated_features, "generated feature set")
+    real = _check_features(real_features, "real feature set")
+    width = sum(FIXED_LAYER_WIDTHS)
+    for features, name in ((generated, "generated feature set"), (real, "real feature set")):
+        if features.shape[1] != width:
+            widths = " + ".join(map(str, FIXED_LAYER_WIDTHS))
+            raise ValueError(f"{name}: the fixed space has {width} features a row ({widths} for "
+                             f"{', '.join(FIXED_LAYERS)}), got {features.shape[1]}")
+    result, start = {}, 0
+    for depth, count in zip(FIXED_DEPTHS, FIXED_LAYER_WIDTHS):
+        columns = slice(start, start + count)
+        result[depth] = fixed_kid(generated[:, columns], real[:, columns], seed=seed, subsets=subsets,
+                                  subset_size=subset_size)["kid"]
+        start += count
+    return result
 
 
 def mean_pairwise_distance(features) -> float:

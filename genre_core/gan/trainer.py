@@ -9,12 +9,14 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
 | `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`) |
 | `generator_best.keras`, `best.json` | the EMA generator of the epoch with the lowest KID in the run's own space, and that epoch's numbers |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, recognised, recognised_real, diversity, stripes, spectrum_loss, elapsed_seconds` |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, spectrum_loss, elapsed_seconds` |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
 Quality per epoch (all measured on a fixed latent batch against real images the GAN did not train on):
-`kid` in the configured feature space, `kid_fixed` in `quality.FIXED_SPACE` (comparable across projects),
+`kid` in the configured feature space, `kid_fixed` in `quality.FIXED_SPACE` (comparable across projects) and
+`kid_fixed_block3` to `kid_fixed_block5` in each of its three layers alone (`quality.fixed_kid_by_depth`: texture
+to layout),
 `recognised` (the share of samples a real-painting classifier calls by the run's genre; `recognised_real`
 is the same share for held-out real images brought to the GAN's size), `diversity` (mean pairwise feature
 distance of samples over that of real images, per genre) and `stripes` (`quality.stripes`: the share of the
@@ -714,6 +716,9 @@ def _epoch_callback_class():
                 "feature_space": measured.get("feature_space"),
                 "kid_fixed": measured.get("kid_fixed"),
                 "kid_fixed_std": measured.get("kid_fixed_std"),
+                "kid_fixed_block3": measured.get("kid_fixed_block3"),
+                "kid_fixed_block4": measured.get("kid_fixed_block4"),
+                "kid_fixed_block5": measured.get("kid_fixed_block5"),
                 "recognised": measured.get("recognised"),
                 "recognised_real": measured.get("recognised_real"),
                 "diversity": measured.get("diversity"),
@@ -857,6 +862,8 @@ def measure(generator, noise, labels, reference: Reference, classes, seed: int =
                              subset_size=subset_size, seed=seed)
     fixed = quality.fixed_kid(fixed_features, reference.fixed_features, seed=seed)
     result.update(kid_fixed=fixed["kid"], kid_fixed_std=fixed["kid_std"], fixed_space=fixed["feature_space"])
+    by_depth = quality.fixed_kid_by_depth(fixed_features, reference.fixed_features, seed=seed)
+    result.update({f"kid_fixed_{depth}": value for depth, value in by_depth.items()})
     if reference.spectrum is not None:
         result["stripes"] = quality.stripes(generated, reference.spectrum)["ratio"]
     generated_labels = np.zeros(len(generated), np.int32) if labels is None else np.asarray(labels)
