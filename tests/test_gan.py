@@ -412,7 +412,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
-    --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed and --pseudo-augment set the run's config;
+    --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
+    --discriminator-lr-scale and --global-head-input set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -429,7 +430,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--generator-top-channels", "32", "--spectrum-penalty", "0.3",
                      "--spectrum-penalty-kind", "direction", "--spectrum-penalty-period", "16",
                      "--r1", "0.5", "--augment-target", "0.7", "--augment-speed", "0.02",
-                     "--pseudo-augment", "--discriminator-lr-scale", "0.5"]) == 0
+                     "--pseudo-augment", "--discriminator-lr-scale", "0.5", "--global-head-input", "features"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
@@ -449,6 +450,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.augment_target, chosen.augment_speed) == (0.7, 0.02)
     assert (chosen.pseudo_augment, default.pseudo_augment) == (True, False)
     assert (chosen.discriminator_lr_scale, default.discriminator_lr_scale) == (0.5, 1.0)
+    assert (chosen.global_head_input, default.global_head_input) == ("features", "pixels")
     assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
@@ -576,6 +578,18 @@ def test_whole_picture_head_weighs_its_share_and_sees_where_things_are():
         networks.make_projected_discriminator(32, base_channels=2, global_weight=1.0)
     with pytest.raises(ValueError, match="global_head"):
         trainer.GanConfig(global_head=1.5).validate()
+    # Reading the frozen trunk's deepest map instead of the pixels: the same share, still position-aware, and
+    # its layers sit on the trunk's block3 map, not on the image.
+    on_features = networks.make_projected_discriminator(32, base_channels=2, global_weight=0.5, global_input="features")
+    assert on_features.output_shape[-1] == 2 * patches
+    feature_logits = np.asarray(on_features(images))[:, patches:]
+    assert abs(feature_logits[0, 0] - feature_logits[1, 0]) > 1e-4
+    first_conv = on_features.get_layer("head_global_conv1_sn")
+    assert first_conv.input.shape[1:] == on_features.get_layer("trunk").output[-1].shape[1:]
+    with pytest.raises(ValueError, match="whole-picture head input 'depth'"):
+        networks.make_projected_discriminator(32, base_channels=2, global_weight=0.5, global_input="depth")
+    with pytest.raises(ValueError, match="global_head_input"):
+        trainer.GanConfig(global_head_input="depth").validate()
 
 
 def test_reflect_padded_generator_has_no_zero_padding_and_loads_with_safe_mode(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
-                                     GENERATOR_CONVS, GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES,
+                                     GENERATOR_CONVS, GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES, GLOBAL_HEAD_INPUTS,
                                      GEOMETRIC_MAX_SCALE, PRECISIONS, R1_SAMPLES, SPECTRUM_PENALTY_KINDS,
                                      SPECTRUM_PENALTY_PERIOD, SPECTRUM_PENALTY_PERIODS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
@@ -97,6 +97,9 @@ def register(subparsers) -> None:
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")
+    train.add_argument("--global-head-input", default=None, choices=GLOBAL_HEAD_INPUTS,
+                       help="what the whole-picture head reads: pixels (the image at 32 px) or features (the frozen "
+                            "trunk's deepest map, pretrained features of what is where) (default pixels)")
     train.add_argument("--conditional-norm", action="store_true", default=None,
                        help="conditional runs: give every batch norm of the generator a per-genre gain and bias "
                             "(class-conditional batch norm, as BigGAN), so the genre reaches every layer, not only "
@@ -226,7 +229,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("generator_noise_gain", args.generator_noise_gain),
                                            ("generator_top_channels", args.generator_top_channels),
                                            ("discriminator_downsample", args.discriminator_downsample),
-                                           ("global_head", args.global_head), ("precision", args.precision),
+                                           ("global_head", args.global_head),
+                                           ("global_head_input", args.global_head_input),
+                                           ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),
                                            ("discriminator_lr_scale", args.discriminator_lr_scale),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),

@@ -84,6 +84,9 @@ FASTGAN_EXCITATIONS = ((4, 32), (8, 64), (16, 128), (32, 256))
 DOWNSAMPLINGS = ("average", "blur")
 # Fixed random projections of the trunk's maps before the heads (Projected GAN's CCM and CSM; `_mix_features`).
 FEATURE_MIXINGS = ("none", "channels", "channels_scales")
+# What the projected discriminator's whole-picture head reads: the image shrunk to GLOBAL_HEAD_SIZE px, or the
+# frozen trunk's deepest map (block3_conv2, after any feature mixing).
+GLOBAL_HEAD_INPUTS = ("pixels", "features")
 # R1: how many of a batch's real images the gradient penalty is computed on (an unbiased estimate of the
 # batch's mean at a quarter of the double backward pass's cost for batches of 16).
 R1_SAMPLES = 4
@@ -275,7 +278,8 @@ def _patch_head(x, widths, name: str):
 
 def make_projected_discriminator(image_size: int, num_classes: int = 0, base_channels: int = 16,
                                  feature_size: int | None = None, global_weight: float = 0.0,
-                                 downsample: str = "average", mixing: str = "none", mixing_seed: int = 0):
+                                 downsample: str = "average", mixing: str = "none", mixing_seed: int = 0,
+                                 global_input: str = "pixels"):
     """Build the Projected-GAN-style discriminator: image in [-1, 1] -> (batch, patch logits of all heads).
 
     The frozen HED-VGG16 trunk (block1_conv1 .. block3_conv2) sees the image shrunk to `feature_size`
@@ -288,7 +292,9 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     `global_weight` > 0 adds a whole-picture head (`_global_head`): one logit for the entire image, seen at
     GLOBAL_HEAD_SIZE px, which carries that share of the loss (its logit is repeated so that the hinge loss's
     mean over all logits gives it this weight). Patch logits cannot tell where in the picture a patch is, so
-    without it nothing asks for sky above and ground below.
+    without it nothing asks for sky above and ground below. `global_input` (GLOBAL_HEAD_INPUTS) is what that
+    head reads: "pixels", or "features", the trunk's deepest map (block3_conv2, 16x16 at 128 px), so that its
+    layout is judged on pretrained features (what is where) rather than on 32-px colours.
 
     `mixing` (FEATURE_MIXINGS) puts fixed random projections between the trunk and the heads (`_mix_features`,
     drawn from `mixing_seed`); "none" reads the trunk's maps directly."""
@@ -300,6 +306,8 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
         raise ValueError(f"discriminator downsampling {downsample!r} is not one of {DOWNSAMPLINGS}")
     if mixing not in FEATURE_MIXINGS:
         raise ValueError(f"feature mixing {mixing!r} is not one of {FEATURE_MIXINGS}")
+    if global_input not in GLOBAL_HEAD_INPUTS:
+        raise ValueError(f"whole-picture head input {global_input!r} is not one of {GLOBAL_HEAD_INPUTS}")
     feature_size = int(feature_size or projected_feature_size(image_size))
     if max(image_size, feature_size) % min(image_size, feature_size):
         raise ValueError(f"feature size {feature_size} and image size {image_size} must divide one another")
@@ -330,7 +338,8 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     if global_weight:
         if not 0.0 < global_weight < 1.0:
             raise ValueError(f"global_weight must be in 0..1 (exclusive), got {global_weight}")
-        heads.append(_global_head(image, width, name="head_global", downsample=downsample))
+        heads.append(_global_head(image if global_input == "pixels" else maps[-1], width, name="head_global",
+                                  downsample=downsample))
         repeats.append(max(1, round(global_weight / (1.0 - global_weight) * patch_logits)))
     inputs = image
     if num_classes:
@@ -401,10 +410,10 @@ def _repeat(logit, count: int, name: str):
 
 
 def _global_head(image, width: int, name: str, downsample: str = "average"):
-    """A whole-picture head: the image shrunk to GLOBAL_HEAD_SIZE px (`_downsample`), stride-2 spectrally
-    normalised convolutions down to 4x4, then a dense layer over the whole flattened map, so that the one logit
-    depends on where things are (sky above, ground below), which no patch logit can see. Returns (logit, last
-    map)."""
+    """A whole-picture head: the image (or a feature map) shrunk to GLOBAL_HEAD_SIZE px (`_downsample`) when
+    larger, stride-2 spectrally normalised convolutions down to 4x4, then a dense layer over the whole flattened
+    map, so that the one logit depends on where things are (sky above, ground below), which no patch logit can
+    see. Returns (logit, last map)."""
     from keras import layers
 
     size = int(image.shape[1])
@@ -612,7 +621,8 @@ def make_gan(config):
                 config.image_size, num_classes, config.base_channels,
                 global_weight=float(getattr(config, "global_head", 0.0)),
                 downsample=getattr(config, "discriminator_downsample", "average"),
-                mixing=getattr(config, "feature_mixing", "none"), mixing_seed=int(getattr(config, "seed", 0)))
+                mixing=getattr(config, "feature_mixing", "none"), mixing_seed=int(getattr(config, "seed", 0)),
+                global_input=getattr(config, "global_head_input", "pixels"))
     else:
         generator = make_generator(config.image_size, config.latent_dim, num_classes, config.base_channels)
         discriminator = make_discriminator(config.image_size, num_classes, config.base_channels)

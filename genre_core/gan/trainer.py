@@ -114,6 +114,7 @@ class GanConfig:
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
+    global_head_input: str = "pixels"  # what that head reads: pixels (32 px) | features (the frozen trunk's block3)
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
     lecam: float = -1.0  # LeCam weight of D's loss (Tseng et al. 2021); -1: PROJECTED_LECAM if projected, else 0
@@ -192,6 +193,9 @@ class GanConfig:
             raise ValueError(f"precision {self.precision!r} is not one of {networks.PRECISIONS}")
         if not 0.0 <= self.global_head < 1.0:
             raise ValueError(f"global_head must be in 0..1 (exclusive of 1), got {self.global_head}")
+        if self.global_head_input not in networks.GLOBAL_HEAD_INPUTS:
+            raise ValueError(f"global_head_input {self.global_head_input!r} is not one of "
+                             f"{networks.GLOBAL_HEAD_INPUTS}")
         if self.loss and self.loss not in networks.LOSSES:
             raise ValueError(f"loss {self.loss!r} is not one of {networks.LOSSES}")
         if int(self.epochs) == 0 and not self.time_budget_minutes:
