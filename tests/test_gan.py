@@ -26,6 +26,15 @@ def tiny_model_config(conditional=False, num_classes=2, image_size=16):
     return trainer._ModelShape(config, num_classes)
 
 
+def eager(*gans):
+    """Make these GANs step eagerly: the same `train_step` code, not traced. A trace costs about 6 s per GAN
+    instance even at these sizes, and the tests that compare one step with and without a term build three or
+    more; `test_one_projected_train_step_with_every_optional_term_on` steps them all through the traced path."""
+    for gan in gans:
+        gan.run_eagerly = True
+    return gans[0] if len(gans) == 1 else gans
+
+
 def test_channel_widths_and_network_shapes():
     assert networks.channel_widths(64) == [256, 128, 64, 32]
     assert networks.channel_widths(32, base_channels=8) == [32, 16, 8]
@@ -694,6 +703,31 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
     assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
 
 
+def test_one_projected_train_step_with_every_optional_term_on():
+    """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, a slower discriminator
+    and the whole-picture head on trunk features all on at once: it builds, changes both networks and the
+    EMA, and reports every term's metric. The tests of each term's arithmetic step eagerly (`eager`)."""
+    config = tiny_model_config(image_size=32)
+    config.config.r1, config.config.pseudo_augment, config.config.spectrum_penalty = 1.0, True, 1.0
+    config.config.discriminator_lr_scale, config.config.global_head_input = 0.5, "features"
+    model = networks.make_gan(config)
+    assert not model.run_eagerly and (model.lecam, model.r1, model.pseudo_augment) == (0.3, 1.0, True)
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    model.set_spectrum_target(images)
+    model.pseudo_probability.assign(0.5)
+    watched = (model.generator.get_layer("conv32").weights[0], model.discriminator.get_layer("head_global_dense_sn"
+                                                                                            ).trainable_weights[0],
+               model.ema_generator.get_layer("conv32").weights[0])
+    before = [w.numpy().copy() for w in watched]
+    logs = model.train_on_batch(images, np.zeros(8, np.int32), return_dict=True)
+    for name, old, new in zip(("generator", "whole-picture head", "ema generator"), before, [w.numpy() for w in watched]):
+        assert not np.allclose(old, new), f"{name} weights did not change"
+    assert {"d_loss", "g_loss", "spectrum_loss", "apa_p"} <= set(logs)
+    assert all(np.isfinite(float(value)) for value in logs.values())
+    assert float(model.discriminator_optimizer.learning_rate) == pytest.approx(
+        0.5 * float(model.generator_optimizer.learning_rate))
+
+
 def test_feature_mixing_projects_the_trunks_maps_with_fixed_random_weights():
     """Projected GAN's CCM/CSM: random 1x1 projections between trunk and heads, drawn from the seed, never
     trained; same logits shape as without; one step trains the heads and leaves the projections alone."""
@@ -818,7 +852,7 @@ def test_lecam_term_follows_the_papers_formula_trains_and_is_checkpointed_only_w
     control.set_weights(without.get_weights())
     images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
     labels = np.zeros(8, np.int32)
-    for gan in (without, with_term, control):
+    for gan in eager(without, with_term, control):
         gan.seed_generator.state.assign([7, 0])
         gan.train_on_batch(images, labels)
 
@@ -866,7 +900,7 @@ def test_r1_penalty_is_the_per_logit_squared_gradient_on_real_images_and_changes
     for gan in (with_term, control):
         gan.set_weights(without.get_weights())
     batch = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
-    for gan in (without, with_term, control):
+    for gan in eager(without, with_term, control):
         gan.seed_generator.state.assign([7, 0])
         gan.train_on_batch(batch, np.zeros(8, np.int32))
 
@@ -900,7 +934,7 @@ def test_pseudo_augment_shows_d_generated_images_as_real_and_adapts_like_the_aug
     labels = np.zeros(8, np.int32)
 
     def trained(config, batch, probability=None):
-        gan = networks.make_gan(config)
+        gan = eager(networks.make_gan(config))
         gan.set_weights(without.get_weights())
         if probability is not None:
             gan.pseudo_probability.assign(probability)
@@ -920,7 +954,7 @@ def test_pseudo_augment_shows_d_generated_images_as_real_and_adapts_like_the_aug
     assert "apa_p" not in trained(off, batches[0])[1]
 
     # From 0, with the augmentation adaptive from 0 too, both probabilities take the same step.
-    gan = networks.make_gan(on)
+    gan = eager(networks.make_gan(on))
     gan.set_weights(without.get_weights())
     gan.augment_probability.assign(0.0)
     gan.adaptive_augment, gan.augment_target, gan.augment_speed = True, -1.0, 0.01  # a step up whatever D says
@@ -1240,7 +1274,7 @@ def test_spectrum_penalty_counts_only_excess_fine_detail_and_trains_only_the_gen
     blurred = tf.nn.avg_pool2d(tf.constant(other), 3, 1, "SAME")
     assert plain < 0.01 and hatched > 0.1 and hatched > 100 * plain
     assert float(model._spectrum_loss(blurred)) == 0.0
-    unset = networks.make_gan(config)
+    unset = eager(networks.make_gan(config))
     with pytest.raises(ValueError, match="the spectrum penalty needs its target"):
         unset.train_on_batch(real[:8], np.zeros(8, np.int32))
     with pytest.raises(ValueError, match=r"expected images of shape \(N, 32, 32, 3\), got \(4, 16, 16, 3\)"):
@@ -1269,7 +1303,7 @@ def test_spectrum_penalty_counts_only_excess_fine_detail_and_trains_only_the_gen
     control = networks.make_gan(tiny_model_config(image_size=32))
     control.set_weights(without.get_weights())
     logs = {}
-    for gan in (without, with_penalty, control):
+    for gan in eager(without, with_penalty, control):
         gan.seed_generator.state.assign([7, 0])
         logs[id(gan)] = gan.train_on_batch(real[:8], np.zeros(8, np.int32), return_dict=True)
 
