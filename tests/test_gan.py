@@ -29,7 +29,8 @@ def tiny_model_config(conditional=False, num_classes=2, image_size=16):
 def eager(*gans):
     """Make these GANs step eagerly: the same `train_step` code, not traced. A trace costs about 6 s per GAN
     instance even at these sizes, and the tests that compare one step with and without a term build three or
-    more; `test_one_projected_train_step_with_every_optional_term_on` steps them all through the traced path."""
+    more; `test_one_projected_train_step_with_every_optional_term_on` takes one traced step with all of those
+    terms on."""
     for gan in gans:
         gan.run_eagerly = True
     return gans[0] if len(gans) == 1 else gans
