@@ -36,6 +36,11 @@ def eager(*gans):
     return gans[0] if len(gans) == 1 else gans
 
 
+def same_weights(a, b) -> bool:
+    """Whether two models' trainable weights are equal (to 1e-6): did one train step leave them alike?"""
+    return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in zip(a.trainable_weights, b.trainable_weights))
+
+
 def test_channel_widths_and_network_shapes():
     assert networks.channel_widths(64) == [256, 128, 64, 32]
     assert networks.channel_widths(32, base_channels=8) == [32, 16, 8]
@@ -857,11 +862,8 @@ def test_lecam_term_follows_the_papers_formula_trains_and_is_checkpointed_only_w
         gan.seed_generator.state.assign([7, 0])
         gan.train_on_batch(images, labels)
 
-    def same_discriminator(a, b):
-        return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in
-                   zip(a.discriminator.trainable_weights, b.discriminator.trainable_weights))
-    assert same_discriminator(without, control)
-    assert not same_discriminator(without, with_term)
+    assert same_weights(without.discriminator, control.discriminator)
+    assert not same_weights(without.discriminator, with_term.discriminator)
     assert float(with_term.lecam_averages.numpy()[2]) == 1.0
 
     assert len(with_term.state_variables()) == len(without.state_variables()) + 1
@@ -905,11 +907,8 @@ def test_r1_penalty_is_the_per_logit_squared_gradient_on_real_images_and_changes
         gan.seed_generator.state.assign([7, 0])
         gan.train_on_batch(batch, np.zeros(8, np.int32))
 
-    def same_discriminator(a, b):
-        return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in
-                   zip(a.discriminator.trainable_weights, b.discriminator.trainable_weights))
-    assert same_discriminator(without, control)
-    assert not same_discriminator(without, with_term)
+    assert same_weights(without.discriminator, control.discriminator)
+    assert not same_weights(without.discriminator, with_term.discriminator)
     assert len(with_term.state_variables()) == len(without.state_variables())
     assert trainer.GanConfig().r1 == 0.0
     with pytest.raises(ValueError, match="r1 must be in 0..1000"):
@@ -943,15 +942,12 @@ def test_pseudo_augment_shows_d_generated_images_as_real_and_adapts_like_the_aug
         logs = gan.train_on_batch(batch, labels, return_dict=True)
         return gan, logs
 
-    def same_discriminator(a, b):
-        return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in
-                   zip(a.discriminator.trainable_weights, b.discriminator.trainable_weights))
     first, logs = trained(on, batches[0], 1.0)
     second, _ = trained(on, batches[1], 1.0)
-    assert same_discriminator(first, second)
+    assert same_weights(first.discriminator, second.discriminator)
     assert "apa_p" in logs
     plain = [trained(off, batch)[0] for batch in batches]
-    assert not same_discriminator(*plain)
+    assert not same_weights(*(gan.discriminator for gan in plain))
     assert "apa_p" not in trained(off, batches[0])[1]
 
     # From 0, with the augmentation adaptive from 0 too, both probabilities take the same step.
@@ -1308,10 +1304,9 @@ def test_spectrum_penalty_counts_only_excess_fine_detail_and_trains_only_the_gen
         gan.seed_generator.state.assign([7, 0])
         logs[id(gan)] = gan.train_on_batch(real[:8], np.zeros(8, np.int32), return_dict=True)
 
-    def same(a, b):
-        return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in zip(a.trainable_weights, b.trainable_weights))
-    assert same(without.generator, control.generator) and not same(without.generator, with_penalty.generator)
-    assert same(without.discriminator, with_penalty.discriminator)
+    assert same_weights(without.generator, control.generator)
+    assert not same_weights(without.generator, with_penalty.generator)
+    assert same_weights(without.discriminator, with_penalty.discriminator)
     assert logs[id(with_penalty)]["spectrum_loss"] > 0 and "spectrum_loss" not in logs[id(without)]
 
 
