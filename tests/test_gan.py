@@ -242,7 +242,9 @@ def test_training_images_decode_only_the_gans_genres(tiny_dataset_dir, isolated_
 
 
 def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_dir, isolated_artifacts):
-    config = run_config(tiny_dataset_dir, kid_samples=6, kid_image_size=32, feature_space="hed_vgg16")
+    # The adaptive augmentation starts at 0.5, moves fast and is held for the second half of the run.
+    config = run_config(tiny_dataset_dir, kid_samples=6, kid_image_size=32, feature_space="hed_vgg16",
+                        augment_probability=0.5, augment_speed=0.05, augment_hold=0.5)
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     trainer.execute(run)
     for name in ("config.json", "classes.json", "generator.keras", "history.csv", "quality.json",
@@ -255,6 +257,8 @@ def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_
     # lr_decay linear over 2 epochs of 3 steps, set before every step: the last steps are at 2/3 and 5/3 epochs.
     assert list(history["learning_rate"]) == pytest.approx([1e-4 * (1 - 1 / 3), 1e-4 * (1 - 5 / 6)])
     assert list(history["steps"]) == [3, 3]
+    # The trainer sets the hold before every step: it moved in epoch 1 and stood still through epoch 2.
+    assert history["aug_p"][0] != pytest.approx(0.5) and history["aug_p"][1] == history["aug_p"][0]
     quality = fileio.read_json(run.path / "quality.json")
     assert quality["latest"]["feature_space"] == "hed_vgg16_pool345@32"
     assert fileio.read_json(run.path / "checkpoint/state.json")["epoch"] == 2
@@ -428,7 +432,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
     --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
-    --discriminator-lr-scale and --global-head-input set the run's config;
+    --discriminator-lr-scale, --global-head-input and --augment-hold set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -445,7 +449,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--generator-top-channels", "32", "--spectrum-penalty", "0.3",
                      "--spectrum-penalty-kind", "direction", "--spectrum-penalty-period", "16",
                      "--r1", "0.5", "--augment-target", "0.7", "--augment-speed", "0.02",
-                     "--pseudo-augment", "--discriminator-lr-scale", "0.5", "--global-head-input", "features"]) == 0
+                     "--pseudo-augment", "--discriminator-lr-scale", "0.5", "--global-head-input", "features",
+                     "--augment-hold", "0.3"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
@@ -466,6 +471,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.pseudo_augment, default.pseudo_augment) == (True, False)
     assert (chosen.discriminator_lr_scale, default.discriminator_lr_scale) == (0.5, 1.0)
     assert (chosen.global_head_input, default.global_head_input) == ("features", "pixels")
+    assert (chosen.augment_hold, default.augment_hold) == (0.3, 0.0)
     assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
@@ -517,6 +523,37 @@ def test_linear_learning_rate_decay_follows_the_budget_or_the_epochs():
     assert constant.learning_rate_at(3, 1e6) == 1e-4
     with pytest.raises(ValueError, match="lr_decay 'cosine'"):
         trainer.GanConfig(lr_decay="cosine").validate()
+
+
+def test_augment_hold_stops_the_adaptive_probabilities_for_the_last_share_of_the_run():
+    """augment_hold F: over the last F of the run (the learning-rate schedule's clock, `share_done`) the
+    adaptive augmentation's and APA's per-step moves are multiplied by 0, so both probabilities stay where they
+    are; before it, and with F = 0 (the default), they move as ever."""
+    budget = trainer.GanConfig(epochs=0, time_budget_minutes=10, augment_hold=0.25)
+    assert trainer.GanConfig.augment_hold == 0.0
+    assert budget.share_done(3, 300.0) == pytest.approx(0.5)
+    assert [budget.augment_rate_scale(0, seconds) for seconds in (0.0, 449.0, 450.0, 600.0, 900.0)] == [
+        1.0, 1.0, 0.0, 0.0, 0.0]
+    epochs = trainer.GanConfig(epochs=4, augment_hold=0.25)
+    assert [epochs.augment_rate_scale(epoch, 0.0) for epoch in (0, 2.9, 3.0, 3.5)] == [1.0, 1.0, 0.0, 0.0]
+    assert trainer.GanConfig(epochs=4).augment_rate_scale(3.9, 0.0) == 1.0
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=f"augment_hold must be in 0..1 \\(exclusive of 1\\), got {bad}"):
+            trainer.GanConfig(augment_hold=bad).validate()
+
+    config = tiny_model_config()
+    config.config.pseudo_augment = True
+    gan = eager(networks.make_gan(config))
+    gan.adaptive_augment, gan.augment_target, gan.augment_speed = True, -1.0, 0.01  # a step up whatever D says
+    gan.augment_probability.assign(0.3)
+    gan.pseudo_probability.assign(0.2)
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    gan.augment_rate_scale.assign(0.0)
+    logs = gan.train_on_batch(images, np.zeros(8, np.int32), return_dict=True)
+    assert (float(logs["aug_p"]), float(logs["apa_p"])) == pytest.approx((0.3, 0.2))
+    gan.augment_rate_scale.assign(1.0)
+    logs = gan.train_on_batch(images, np.zeros(8, np.int32), return_dict=True)
+    assert float(logs["aug_p"]) >= 0.31 and float(logs["apa_p"]) >= 0.21
 
 
 def test_projected_networks_shapes_and_frozen_trunk():

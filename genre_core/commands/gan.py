@@ -84,6 +84,10 @@ def register(subparsers) -> None:
     train.add_argument("--augment-speed", type=_non_negative, default=None, metavar="S",
                        help="adaptive augmentation: per step, the probability moves by S times (the share called "
                             f"real - the target) (default {trainer.GanConfig.augment_speed:g})")
+    train.add_argument("--augment-hold", type=float, default=None, metavar="F",
+                       help="adaptive augmentation: hold the probability (and APA's) where it is for the last F "
+                            "share of the run, while the learning rates fall to 0; 0 lets it adapt to the end "
+                            f"(default {trainer.GanConfig.augment_hold:g})")
     train.add_argument("--pseudo-augment", action="store_true", default=None,
                        help="adaptive pseudo augmentation (APA, Jiang et al. 2021): show the discriminator some "
                             "generated images labelled real, each real image replaced with a probability that starts "
@@ -242,6 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("feature_mixing", args.feature_mixing),
                                            ("augment_target", args.augment_target),
                                            ("augment_speed", args.augment_speed),
+                                           ("augment_hold", args.augment_hold),
                                            ("pseudo_augment", args.pseudo_augment))
            if value is not None},
         **_augment_options(args.augment),

@@ -711,6 +711,9 @@ def _gan_class():
             # Multiplies the EMA's per-step share; the trainer sets it each epoch (GanConfig.ema_rate_scale). It
             # is not training state (not in state_variables), so older checkpoints still load.
             self.ema_rate_scale = keras.Variable(1.0, trainable=False, name="ema_rate_scale")
+            # Multiplies the adaptive augmentation's (and APA's) per-step move; the trainer sets it before every
+            # step (GanConfig.augment_rate_scale: 0 holds both probabilities). Not training state either.
+            self.augment_rate_scale = keras.Variable(1.0, trainable=False, name="augment_rate_scale")
             # LeCam: moving averages of D's mean logit on real and on generated images (decay LECAM_DECAY,
             # zero-debiased by the step count). Training state only when the term is on, so checkpoints of
             # runs without it keep their variable count.
@@ -994,7 +997,7 @@ def _gan_class():
             genuine = 1.0 - tf.cast(pseudo, "float32")
             called_real = tf.reduce_mean(tf.reshape(tf.cast(real_logits > 0.0, "float32"), (batch_size, -1)), axis=1)
             real_accuracy = tf.reduce_sum(called_real * genuine) / tf.maximum(tf.reduce_sum(genuine), 1.0)
-            step = (real_accuracy - self.augment_target) * self.augment_speed
+            step = (real_accuracy - self.augment_target) * self.augment_speed * self.augment_rate_scale
             if self.adaptive_augment:
                 self.augment_probability.assign(tf.clip_by_value(self.augment_probability + step, 0.0, 1.0))
             if self.pseudo_augment:

@@ -138,6 +138,7 @@ class GanConfig:
     # labelled real, with a probability that starts at 0 and moves by the augmentation probability's rule.
     pseudo_augment: bool = False
     augment_target: float = 0.6  # adaptive: the share of real images D should call real
+    augment_hold: float = 0.0  # adaptive: the last share of the run in which the probability (and APA's) stops moving
     augment_speed: float = 0.005  # adaptive: per step the probability moves by this times (share - target)
     horizontal_flip: bool = True
     feature_space: str = "auto"  # auto | inception_v3 | hed_vgg16 (see quality.py)
@@ -236,6 +237,8 @@ class GanConfig:
         networks.check_augment_policy(self.augment_policy)
         if not 0.0 < float(self.augment_target) < 1.0:
             raise ValueError(f"augment_target must be between 0 and 1 (exclusive), got {self.augment_target}")
+        if not 0.0 <= float(self.augment_hold) < 1.0:
+            raise ValueError(f"augment_hold must be in 0..1 (exclusive of 1), got {self.augment_hold}")
         if not 0.0 <= float(self.augment_speed) <= 1.0:
             raise ValueError(f"augment_speed must be in 0..1, got {self.augment_speed}")
         if not 0.0 <= self.augment_probability <= 1.0:
@@ -311,13 +314,25 @@ class GanConfig:
         the last steps instead of wandering with the full step size."""
         if self.lr_decay == "none":
             return float(self.learning_rate)
+        return float(self.learning_rate) * (1.0 - self.share_done(epoch, elapsed_seconds))
+
+    def share_done(self, epoch: float, elapsed_seconds: float) -> float:
+        """How far along the run is, 0..1: of the time budget when there is one, of the epochs when they are
+        set, whichever is further (the learning-rate schedule's clock); 0 when the run has neither."""
         fractions = []
         if self.time_budget_minutes:
             fractions.append(elapsed_seconds / (self.time_budget_minutes * 60.0))
         if self.epochs:
             fractions.append(epoch / int(self.epochs))
-        done = min(1.0, max(fractions, default=0.0))
-        return float(self.learning_rate) * (1.0 - done)
+        return min(1.0, max(fractions, default=0.0))
+
+    def augment_rate_scale(self, epoch: float, elapsed_seconds: float) -> float:
+        """What the adaptive augmentation's per-step move (and APA's) is multiplied by now: 1, or 0 once the
+        run is in its last `augment_hold` share (`share_done`), so that the discriminator sees a fixed mix of
+        augmented images while the learning rates fall to 0 instead of a mix that still drifts."""
+        if self.augment_hold and self.share_done(epoch, elapsed_seconds) >= 1.0 - float(self.augment_hold):
+            return 0.0
+        return 1.0
 
     @property
     def mode_seeking_weight(self) -> float:
@@ -644,6 +659,8 @@ def _epoch_callback_class():
             self.model.discriminator_optimizer.learning_rate.assign(
                 self.learning_rate * float(self.config.discriminator_lr_scale))
             self.model.ema_rate_scale.assign(self.config.ema_rate_scale(self.learning_rate))
+            self.model.augment_rate_scale.assign(self.config.augment_rate_scale(
+                self.epoch + batch / self.steps_per_epoch, self._elapsed()))
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps_done = batch + 1
