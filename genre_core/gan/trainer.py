@@ -653,14 +653,13 @@ def _epoch_callback_class():
         def on_train_batch_begin(self, batch, logs=None):
             # The learning rate falls step by step, not epoch by epoch: on a large genre an epoch is a sixth of
             # a 15-minute run, and a per-epoch staircase ended such runs at a fifth of the starting rate.
-            self.learning_rate = self.config.learning_rate_at(self.epoch + batch / self.steps_per_epoch,
-                                                              self._elapsed())
+            position, elapsed = self.epoch + batch / self.steps_per_epoch, self._elapsed()
+            self.learning_rate = self.config.learning_rate_at(position, elapsed)
             self.model.generator_optimizer.learning_rate.assign(self.learning_rate)
             self.model.discriminator_optimizer.learning_rate.assign(
                 self.learning_rate * float(self.config.discriminator_lr_scale))
             self.model.ema_rate_scale.assign(self.config.ema_rate_scale(self.learning_rate))
-            self.model.augment_rate_scale.assign(self.config.augment_rate_scale(
-                self.epoch + batch / self.steps_per_epoch, self._elapsed()))
+            self.model.augment_rate_scale.assign(self.config.augment_rate_scale(position, elapsed))
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps_done = batch + 1
