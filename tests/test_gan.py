@@ -432,7 +432,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
     --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
-    --discriminator-lr-scale, --global-head-input and --augment-hold set the run's config;
+    --discriminator-lr-scale, --global-head-input, --augment-hold and --lr-decay-power set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -450,7 +450,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--spectrum-penalty-kind", "direction", "--spectrum-penalty-period", "16",
                      "--r1", "0.5", "--augment-target", "0.7", "--augment-speed", "0.02",
                      "--pseudo-augment", "--discriminator-lr-scale", "0.5", "--global-head-input", "features",
-                     "--augment-hold", "0.3"]) == 0
+                     "--augment-hold", "0.3", "--lr-decay-power", "2"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
@@ -472,6 +472,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.discriminator_lr_scale, default.discriminator_lr_scale) == (0.5, 1.0)
     assert (chosen.global_head_input, default.global_head_input) == ("features", "pixels")
     assert (chosen.augment_hold, default.augment_hold) == (0.3, 0.0)
+    assert (chosen.lr_decay_power, default.lr_decay_power) == (2.0, 1.0)
     assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
@@ -491,12 +492,13 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
         1e-4, "reflect", 0.2, "auto", "linear", 0.5, "average")
 
 
-def test_the_discriminator_learns_at_its_scale_of_the_generators_rate(tiny_dataset_dir, isolated_artifacts):
-    config = run_config(tiny_dataset_dir, discriminator_lr_scale=0.25)
+def test_the_discriminator_learns_at_its_scale_of_the_generators_bent_schedule(tiny_dataset_dir, isolated_artifacts):
+    # With the schedule's power at 2 as well, so that one tiny run also shows the trainer bending the line.
+    config = run_config(tiny_dataset_dir, discriminator_lr_scale=0.25, lr_decay_power=2.0)
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     trainer.execute(run)
-    # Set before every step with the schedule: the last step (5/3 epochs of 2) ran G at 1e-4 / 6, D at a quarter.
-    last = 1e-4 * (1 - 5 / 6)
+    # Set before every step with the schedule: the last step (5/3 epochs of 2) ran G at 1e-4 / 36, D at a quarter.
+    last = 1e-4 * (1 - 5 / 6) ** 2
     assert run.history()["learning_rate"].iloc[-1] == pytest.approx(last)  # the column is the generator's rate
     resumed = networks.make_gan(trainer._ModelShape(config, 1))
     assert float(resumed.discriminator_optimizer.learning_rate) == pytest.approx(0.25 * 1e-4)  # from the start
@@ -523,6 +525,29 @@ def test_linear_learning_rate_decay_follows_the_budget_or_the_epochs():
     assert constant.learning_rate_at(3, 1e6) == 1e-4
     with pytest.raises(ValueError, match="lr_decay 'cosine'"):
         trainer.GanConfig(lr_decay="cosine").validate()
+
+
+def test_the_learning_rate_decay_power_bends_the_line():
+    """lr_decay_power P: the rate is learning_rate * (1 - share done) ** P (Keras' PolynomialDecay's power), on
+    the same clock as the line; 1 is the line itself, and `lr_decay none` ignores it."""
+    import keras
+
+    square = trainer.GanConfig(epochs=3, learning_rate=1e-4, lr_decay_power=2.0).validate()
+    # A ninth of the starting rate with a third of the run left, where the line gives a third.
+    assert [square.learning_rate_at(epoch, 1e6) for epoch in range(4)] == pytest.approx([1e-4, 1e-4 * 4 / 9, 1e-4 / 9, 0.0])
+    budget = trainer.GanConfig(epochs=0, time_budget_minutes=10, learning_rate=1e-4, lr_decay_power=2.0)
+    assert budget.learning_rate_at(0, 300.0) == pytest.approx(0.25e-4)  # half the budget
+    # The same numbers as Keras' own polynomial schedule over steps with the run's share done as the step.
+    reference = keras.optimizers.schedules.PolynomialDecay(1e-4, decay_steps=12, end_learning_rate=0.0, power=2.0)
+    for step in range(13):
+        assert square.learning_rate_at(step / 4, 1e6) == pytest.approx(float(reference(step)))
+    assert trainer.GanConfig().lr_decay_power == 1.0
+    line = trainer.GanConfig(epochs=4, learning_rate=2e-4)
+    assert line.learning_rate_at(1, 1e6) == pytest.approx(1.5e-4)
+    assert trainer.GanConfig(epochs=4, lr_decay="none", lr_decay_power=3.0).learning_rate_at(3, 1e6) == 1e-4
+    for bad in (0, 0.1, 5, -1):
+        with pytest.raises(ValueError, match=f"lr_decay_power must be in 0.25..4, got {bad}"):
+            trainer.GanConfig(lr_decay_power=bad).validate()
 
 
 def test_augment_hold_stops_the_adaptive_probabilities_for_the_last_share_of_the_run():

@@ -41,6 +41,10 @@ def register(subparsers) -> None:
     train.add_argument("--lr-decay", default=None, choices=trainer.LR_DECAYS,
                        help="linear: both learning rates fall linearly to 0 over the run (--minutes, else --epochs), so "
                             "the samples settle at the end (default); none: constant")
+    train.add_argument("--lr-decay-power", type=float, default=None, metavar="P",
+                       help="with --lr-decay linear, the rates are the starting rate times (1 - share of the run "
+                            "done) ** P: above 1 they fall faster and lie lower over the last part of the run "
+                            f"(default {trainer.GanConfig.lr_decay_power:g}, a straight line)")
     train.add_argument("--ema-lr-power", type=float, default=None,
                        help="the sampled (EMA) generator follows the trained one by a share per step times (learning "
                             "rate / starting rate) ** this, so it keeps averaging as the rate falls instead of "
@@ -236,7 +240,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("global_head", args.global_head),
                                            ("global_head_input", args.global_head_input),
                                            ("precision", args.precision),
-                                           ("lr_decay", args.lr_decay), ("ema_lr_power", args.ema_lr_power),
+                                           ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),
+                                           ("ema_lr_power", args.ema_lr_power),
                                            ("discriminator_lr_scale", args.discriminator_lr_scale),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),
                                            ("spectrum_penalty", args.spectrum_penalty),
