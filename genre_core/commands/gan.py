@@ -324,7 +324,7 @@ def _comparison_block(row: dict) -> str:
     lines = [f"{row['run']}: {row['genres']} at {number('size', '{:.0f}')} px on {row['data']}, seed "
              f"{number('seed', '{:.0f}')}; {number('epochs', '{:.0f}')} epochs in {number('minutes', '{:.1f}')} min",
              f"  KID (fixed space) last {number('kid_fixed')}, best {number('best_kid_fixed')} at epoch "
-             f"{number('best_epoch', '{:.0f}')}; recognised {number('recognised', '{:.0%}')} (real "
+             f"{number('best_epoch', '{:.0f}')}, rose {number('late_climb')} over the last third; recognised {number('recognised', '{:.0%}')} (real "
              f"{number('recognised_real', '{:.0%}')}); diversity {number('diversity', '{:.2f}')}"]
     if row.get("differs"):
         lines.append(f"  differs: {row['differs']}")

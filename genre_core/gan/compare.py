@@ -9,6 +9,7 @@ and never hides the other runs.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterable
 
@@ -18,7 +19,7 @@ import pandas as pd
 from genre_core.runs import store
 
 COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs", "minutes", "kid_fixed",
-                      "best_kid_fixed", "best_epoch", "recognised", "recognised_real", "diversity", "stripes", "differs",
+                      "best_kid_fixed", "best_epoch", "late_climb", "recognised", "recognised_real", "diversity", "stripes", "differs",
                       "problems")
 CURVE_METRICS = ("kid_fixed", "kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5", "recognised",
                  "recognised_real", "diversity", "stripes", "kid", "d_loss", "g_loss", "aug_p", "apa_p")
@@ -32,6 +33,18 @@ def _last(history: pd.DataFrame, column: str) -> float:
         return float("nan")
     values = pd.to_numeric(history[column], errors="coerce").dropna()
     return float(values.iloc[-1]) if len(values) else float("nan")
+
+
+def late_climb(kid: Iterable[float]) -> float:
+    """How much a KID curve rose over the last third of its measured epochs: the sum of its rises from one
+    measured epoch to the next over the last ceil(n / 3) such steps (0: it fell or held at every late epoch;
+    NaN with fewer than two measurements). The issue's "falling steadily rather than wandering" as a number:
+    a curve that ends at its low has 0, one that wanders late has the size of its wandering."""
+    values = np.asarray([value for value in kid if np.isfinite(value)], dtype=float)
+    if len(values) < 2:
+        return float("nan")
+    steps = np.diff(values)[-math.ceil((len(values) - 1) / 3):]
+    return float(np.clip(steps, 0.0, None).sum())
 
 
 def _genres(config: dict, classes: list[str] | None) -> str:
@@ -64,6 +77,7 @@ def _row(files: store.RunFiles) -> tuple[dict[str, Any], dict]:
         row["best_kid_fixed"], row["best_epoch"] = float(kid[best]), int(history["epoch"].iloc[best])
     else:
         row["best_kid_fixed"], row["best_epoch"] = np.nan, np.nan
+    row["late_climb"] = late_climb(kid)
     row["problems"] = "; ".join(dict.fromkeys(problems))
     return row, config
 
@@ -73,7 +87,8 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
     cannot be opened gets `found` False and the reason in `problems`.
 
     `kid_fixed`, `recognised`, `recognised_real`, `diversity` and `stripes` are the last measured epoch's; `best_kid_fixed`
-    and `best_epoch` the lowest KID over the run. `differs` lists, as key=value, the settings of this run's
+    and `best_epoch` the lowest KID over the run; `late_climb` how much it rose over the run's last third
+    (`late_climb`). `differs` lists, as key=value, the settings of this run's
     config.json that are not the same in every compared run (the data, genres, size and seed have columns)."""
     rows, configs = [], []
     for run in runs:
@@ -92,8 +107,8 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
     for row, config in zip(rows, configs):
         row["differs"] = ", ".join(f"{key}={config.get(key, '–')}" for key in varying) if config else ""
     frame = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
-    for column in ("epochs", "minutes", "kid_fixed", "best_kid_fixed", "best_epoch", "recognised", "recognised_real",
-                   "diversity", "stripes"):
+    for column in ("epochs", "minutes", "kid_fixed", "best_kid_fixed", "best_epoch", "late_climb", "recognised",
+                   "recognised_real", "diversity", "stripes"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
