@@ -432,7 +432,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
     --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
-    --discriminator-lr-scale, --global-head-input, --augment-hold and --lr-decay-power set the run's config;
+    --discriminator-lr-scale, --global-head-input, --augment-hold, --lr-decay-power and --discriminator-lr-floor
+    set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -450,7 +451,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--spectrum-penalty-kind", "direction", "--spectrum-penalty-period", "16",
                      "--r1", "0.5", "--augment-target", "0.7", "--augment-speed", "0.02",
                      "--pseudo-augment", "--discriminator-lr-scale", "0.5", "--global-head-input", "features",
-                     "--augment-hold", "0.3", "--lr-decay-power", "2"]) == 0
+                     "--augment-hold", "0.3", "--lr-decay-power", "2",
+                     "--discriminator-lr-floor", "0.5"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
@@ -473,6 +475,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.global_head_input, default.global_head_input) == ("features", "pixels")
     assert (chosen.augment_hold, default.augment_hold) == (0.3, 0.0)
     assert (chosen.lr_decay_power, default.lr_decay_power) == (2.0, 1.0)
+    assert (chosen.discriminator_lr_floor, default.discriminator_lr_floor) == (0.5, 0.0)
     assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
@@ -492,23 +495,39 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
         1e-4, "reflect", 0.2, "auto", "linear", 0.5, "average")
 
 
-def test_the_discriminator_learns_at_its_scale_of_the_generators_bent_schedule(tiny_dataset_dir, isolated_artifacts):
-    # With the schedule's power at 2 as well, so that one tiny run also shows the trainer bending the line.
-    config = run_config(tiny_dataset_dir, discriminator_lr_scale=0.25, lr_decay_power=2.0)
+def test_the_discriminator_learns_at_its_scale_and_floor_of_the_generators_bent_schedule(tiny_dataset_dir,
+                                                                                       isolated_artifacts):
+    # With the schedule's power at 2 and a floor for D's rate, so that one tiny run shows the trainer using all three.
+    config = run_config(tiny_dataset_dir, discriminator_lr_scale=0.25, lr_decay_power=2.0, discriminator_lr_floor=0.1)
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     trainer.execute(run)
-    # Set before every step with the schedule: the last step (5/3 epochs of 2) ran G at 1e-4 / 36, D at a quarter.
+    # Set before every step with the schedule: the last step (5/3 epochs of 2) ran G at 1e-4 / 36; D's quarter of
+    # that (0.69e-6) is below its floor, a tenth of its own starting rate (0.25e-4 / 10).
     last = 1e-4 * (1 - 5 / 6) ** 2
     assert run.history()["learning_rate"].iloc[-1] == pytest.approx(last)  # the column is the generator's rate
     resumed = networks.make_gan(trainer._ModelShape(config, 1))
     assert float(resumed.discriminator_optimizer.learning_rate) == pytest.approx(0.25 * 1e-4)  # from the start
     trainer.load_checkpoint(resumed, run)
     assert float(resumed.generator_optimizer.learning_rate) == pytest.approx(last)
-    assert float(resumed.discriminator_optimizer.learning_rate) == pytest.approx(0.25 * last)
+    assert float(resumed.discriminator_optimizer.learning_rate) == pytest.approx(0.1 * 0.25 * 1e-4)
     assert trainer.GanConfig().discriminator_lr_scale == 1.0
     for bad in (0, -1, 11):
         with pytest.raises(ValueError, match=f"discriminator_lr_scale must be more than 0 and at most 10, got {bad}"):
             trainer.GanConfig(discriminator_lr_scale=bad).validate()
+
+
+def test_the_discriminators_rate_follows_the_generators_down_to_its_floor():
+    floored = trainer.GanConfig(learning_rate=1e-4, discriminator_lr_scale=2.0, discriminator_lr_floor=0.5).validate()
+    assert floored.discriminator_learning_rate(1e-4) == pytest.approx(2e-4)  # the start: scale times G's
+    assert floored.discriminator_learning_rate(0.6e-4) == pytest.approx(1.2e-4)  # above the floor: scale times G's
+    assert floored.discriminator_learning_rate(0.2e-4) == pytest.approx(1e-4)  # half of D's own start, not 0.4e-4
+    assert floored.discriminator_learning_rate(0.0) == pytest.approx(1e-4)  # G has stopped; D has not
+    default = trainer.GanConfig(learning_rate=1e-4)
+    assert default.discriminator_lr_floor == 0.0 and default.discriminator_learning_rate(0.0) == 0.0
+    assert default.discriminator_learning_rate(0.3e-4) == pytest.approx(0.3e-4)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f"discriminator_lr_floor must be in 0..1, got {bad}"):
+            trainer.GanConfig(discriminator_lr_floor=bad).validate()
 
 
 def test_linear_learning_rate_decay_follows_the_budget_or_the_epochs():
@@ -534,7 +553,8 @@ def test_the_learning_rate_decay_power_bends_the_line():
 
     square = trainer.GanConfig(epochs=3, learning_rate=1e-4, lr_decay_power=2.0).validate()
     # A ninth of the starting rate with a third of the run left, where the line gives a third.
-    assert [square.learning_rate_at(epoch, 1e6) for epoch in range(4)] == pytest.approx([1e-4, 1e-4 * 4 / 9, 1e-4 / 9, 0.0])
+    rates = [square.learning_rate_at(epoch, 1e6) for epoch in range(4)]
+    assert rates == pytest.approx([1e-4, 1e-4 * 4 / 9, 1e-4 / 9, 0.0])
     budget = trainer.GanConfig(epochs=0, time_budget_minutes=10, learning_rate=1e-4, lr_decay_power=2.0)
     assert budget.learning_rate_at(0, 300.0) == pytest.approx(0.25e-4)  # half the budget
     # The same numbers as Keras' own polynomial schedule over steps with the run's share done as the step.

@@ -53,6 +53,10 @@ def register(subparsers) -> None:
                        help="the discriminator's learning rate is the generator's times S, at every step of the "
                             "schedule (two time-scale updates, TTUR); below 1 the discriminator learns more slowly "
                             f"(default {trainer.GanConfig.discriminator_lr_scale:g})")
+    train.add_argument("--discriminator-lr-floor", type=float, default=None, metavar="F",
+                       help="the discriminator's learning rate stops falling at F times its starting rate, while the "
+                            "generator's goes on falling to 0: a discriminator that keeps learning over the end of "
+                            f"the run (default {trainer.GanConfig.discriminator_lr_floor:g}: both fall together)")
     train.add_argument("--beta-1", type=float, default=None, help="Adam beta_1 of both networks (default 0)")
     train.add_argument("--generator-padding", default=None, choices=GENERATOR_PADDINGS,
                        help="how the projected generator's 3x3 convolutions pad (default reflect; zeros paints "
@@ -243,6 +247,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),
                                            ("ema_lr_power", args.ema_lr_power),
                                            ("discriminator_lr_scale", args.discriminator_lr_scale),
+                                           ("discriminator_lr_floor", args.discriminator_lr_floor),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),
                                            ("spectrum_penalty", args.spectrum_penalty),
                                            ("spectrum_penalty_kind", args.spectrum_penalty_kind),
@@ -324,8 +329,9 @@ def _comparison_block(row: dict) -> str:
     lines = [f"{row['run']}: {row['genres']} at {number('size', '{:.0f}')} px on {row['data']}, seed "
              f"{number('seed', '{:.0f}')}; {number('epochs', '{:.0f}')} epochs in {number('minutes', '{:.1f}')} min",
              f"  KID (fixed space) last {number('kid_fixed')}, best {number('best_kid_fixed')} at epoch "
-             f"{number('best_epoch', '{:.0f}')}, rose {number('late_climb')} over the last third; recognised {number('recognised', '{:.0%}')} (real "
-             f"{number('recognised_real', '{:.0%}')}); diversity {number('diversity', '{:.2f}')}"]
+             f"{number('best_epoch', '{:.0f}')}, rose {number('late_climb')} over the last third; recognised "
+             f"{number('recognised', '{:.0%}')} (real {number('recognised_real', '{:.0%}')}); diversity "
+             f"{number('diversity', '{:.2f}')}"]
     if row.get("differs"):
         lines.append(f"  differs: {row['differs']}")
     if row.get("problems"):

@@ -128,6 +128,9 @@ class GanConfig:
     lr_decay: str = "linear"  # linear: both learning rates fall linearly to 0 over the run (budget or epochs) | none
     lr_decay_power: float = 1.0  # linear decay: the rate is learning_rate * (1 - share done) ** this (1: a line)
     discriminator_lr_scale: float = 1.0  # the discriminator's learning rate is the generator's times this (TTUR)
+    # The discriminator's rate stops falling at this share of its starting rate (the generator's goes on to 0): a
+    # discriminator that keeps learning late. 0: it falls with the generator's.
+    discriminator_lr_floor: float = 0.0
     beta_1: float = 0.0
     ema_decay: float = 0.995
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
@@ -189,6 +192,8 @@ class GanConfig:
         if not 0.0 < float(self.discriminator_lr_scale) <= 10.0:
             raise ValueError(f"discriminator_lr_scale must be more than 0 and at most 10, got "
                              f"{self.discriminator_lr_scale}")
+        if not 0.0 <= float(self.discriminator_lr_floor) <= 1.0:
+            raise ValueError(f"discriminator_lr_floor must be in 0..1, got {self.discriminator_lr_floor}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay {self.lr_decay!r} is not one of {LR_DECAYS}")
         if not 0.25 <= float(self.lr_decay_power) <= 4.0:
@@ -321,6 +326,13 @@ class GanConfig:
         if self.lr_decay == "none":
             return float(self.learning_rate)
         return float(self.learning_rate) * (1.0 - self.share_done(epoch, elapsed_seconds)) ** float(self.lr_decay_power)
+
+    def discriminator_learning_rate(self, generator_rate: float) -> float:
+        """The discriminator's rate for a step at which the generator's is `generator_rate`: that times
+        `discriminator_lr_scale`, but never below `discriminator_lr_floor` of its own starting rate."""
+        starting = float(self.learning_rate) * float(self.discriminator_lr_scale)
+        scaled = float(generator_rate) * float(self.discriminator_lr_scale)
+        return max(scaled, float(self.discriminator_lr_floor) * starting)
 
     def share_done(self, epoch: float, elapsed_seconds: float) -> float:
         """How far along the run is, 0..1: of the time budget when there is one, of the epochs when they are
@@ -663,7 +675,7 @@ def _epoch_callback_class():
             self.learning_rate = self.config.learning_rate_at(position, elapsed)
             self.model.generator_optimizer.learning_rate.assign(self.learning_rate)
             self.model.discriminator_optimizer.learning_rate.assign(
-                self.learning_rate * float(self.config.discriminator_lr_scale))
+                self.config.discriminator_learning_rate(self.learning_rate))
             self.model.ema_rate_scale.assign(self.config.ema_rate_scale(self.learning_rate))
             self.model.augment_rate_scale.assign(self.config.augment_rate_scale(position, elapsed))
 
