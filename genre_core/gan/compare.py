@@ -19,8 +19,8 @@ import pandas as pd
 from genre_core.runs import store
 
 COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs", "minutes", "kid_fixed",
-                      "best_kid_fixed", "best_epoch", "late_climb", "recognised", "recognised_real", "diversity", "stripes", "differs",
-                      "problems")
+                      "best_kid_fixed", "best_epoch", "late_climb", "recognised", "recognised_real", "diversity",
+                      "stripes", "differs", "problems")
 CURVE_METRICS = ("kid_fixed", "kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5", "recognised",
                  "recognised_real", "diversity", "stripes", "kid", "d_loss", "g_loss", "aug_p", "apa_p")
 # Settings that say what a run is rather than how it was set up, so "differs" leaves them out.
@@ -87,9 +87,9 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
     cannot be opened gets `found` False and the reason in `problems`.
 
     `kid_fixed`, `recognised`, `recognised_real`, `diversity` and `stripes` are the last measured epoch's; `best_kid_fixed`
-    and `best_epoch` the lowest KID over the run; `late_climb` how much it rose over the run's last third
-    (`late_climb`). `differs` lists, as key=value, the settings of this run's
-    config.json that are not the same in every compared run (the data, genres, size and seed have columns)."""
+    and `best_epoch` the lowest KID over the run; `late_climb` how much it rose over the run's last third (the
+    function `late_climb`). `differs` lists, as key=value, the settings of this run's config.json that are not
+    the same in every compared run (the data, genres, size and seed have columns)."""
     rows, configs = [], []
     for run in runs:
         try:

@@ -325,7 +325,8 @@ class GanConfig:
         third of the run left, where the line gives a third)."""
         if self.lr_decay == "none":
             return float(self.learning_rate)
-        return float(self.learning_rate) * (1.0 - self.share_done(epoch, elapsed_seconds)) ** float(self.lr_decay_power)
+        remaining = 1.0 - self.share_done(epoch, elapsed_seconds)
+        return float(self.learning_rate) * remaining ** float(self.lr_decay_power)
 
     def discriminator_learning_rate(self, generator_rate: float) -> float:
         """The discriminator's rate for a step at which the generator's is `generator_rate`: that times
