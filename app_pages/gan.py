@@ -89,6 +89,12 @@ with fixed_left:
             st.caption("The same KID one layer at a time: block3 reads texture, block5 the layout (what is where); "
                        "a rise in block5 alone means the pictures' composition is drifting")
             st.line_chart(history.set_index("epoch")[depths])
+        if "kid_fixed_trained" in history.columns and history["kid_fixed_trained"].notna().any():
+            chosen = history["generator"].dropna()
+            st.caption("This run keeps the better generator at every epoch (sampled_generator \"better\"): the "
+                       "fixed-space KID of the EMA and of the trained generator; the trained one was kept at "
+                       f"{int((chosen == 'trained').sum())} of {len(chosen)} measured epochs")
+            st.line_chart(history.set_index("epoch")[["kid_fixed_ema", "kid_fixed_trained"]])
 with fixed_right:
     if "recognised" in history.columns and history["recognised"].notna().any():
         st.subheader("Recognised as the genre")

@@ -451,6 +451,7 @@ def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
         item.value for item in app.subheader}
     assert not app.dataframe  # one genre: its diversity is the run's line, no per-genre table
     assert any("block5 the layout" in item.value for item in app.caption)  # the KID by depth under it
+    assert not any("keeps the better generator" in item.value for item in app.caption)  # an EMA-only run
     assert app.select_slider(key="gan_epoch").value == 3
     app.number_input(key="gan_sample_n").set_value(4)
     app.number_input(key="gan_sample_seed").set_value(7)
@@ -464,6 +465,23 @@ def test_gan_page_samples_interpolates_and_shows_kid(isolated_artifacts):
     assert [image.captions[0] for image in app.image] == [
         "epoch 3 (fixed latent batch)", "4 samples, seed 7", "seed 0 → seed 1"]
     assert app.get_by_key("gan_sample_download").label == "Download PNG"
+
+
+def test_gan_page_shows_both_generators_of_a_better_of_two_run(isolated_artifacts):
+    """A run with sampled_generator "better" gets both generators' fixed-space KID and how often each was kept."""
+    import pandas as pd
+
+    from app_support.testing import write_gan_run
+    from genre_core.util.fileio import atomic_write_csv
+
+    folder = write_gan_run("20260101-000000-landscape-gan1", epochs=3, image_size=16)
+    history = pd.read_csv(folder / "history.csv")
+    history["generator"] = ["ema", "trained", "trained"]
+    history["kid_fixed_ema"], history["kid_fixed_trained"] = [0.5, 0.3, 0.2], [0.6, 0.25, 0.12]
+    atomic_write_csv(folder / "history.csv", history)
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert any("the trained one was kept at 2 of 3 measured epochs" in item.value for item in app.caption)
 
 
 def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):

@@ -432,8 +432,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
     --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
-    --discriminator-lr-scale, --global-head-input, --augment-hold, --lr-decay-power and --discriminator-lr-floor
-    set the run's config;
+    --discriminator-lr-scale, --global-head-input, --augment-hold, --lr-decay-power, --discriminator-lr-floor and
+    --sampled-generator set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -452,7 +452,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                      "--r1", "0.5", "--augment-target", "0.7", "--augment-speed", "0.02",
                      "--pseudo-augment", "--discriminator-lr-scale", "0.5", "--global-head-input", "features",
                      "--augment-hold", "0.3", "--lr-decay-power", "2",
-                     "--discriminator-lr-floor", "0.5"]) == 0
+                     "--discriminator-lr-floor", "0.5", "--sampled-generator", "better"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
@@ -476,6 +476,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.augment_hold, default.augment_hold) == (0.3, 0.0)
     assert (chosen.lr_decay_power, default.lr_decay_power) == (2.0, 1.0)
     assert (chosen.discriminator_lr_floor, default.discriminator_lr_floor) == (0.5, 0.0)
+    assert (chosen.sampled_generator, default.sampled_generator) == ("better", "ema")
     assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
@@ -493,6 +494,44 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (default.learning_rate, default.generator_padding, default.global_head, default.precision,
             default.lr_decay, default.ema_lr_power, default.discriminator_downsample) == (
         1e-4, "reflect", 0.2, "auto", "linear", 0.5, "average")
+
+
+def test_sampled_generator_better_keeps_whichever_of_ema_and_trained_measures_lower(tiny_dataset_dir,
+                                                                                   isolated_artifacts, monkeypatch,
+                                                                                   capsys):
+    """With sampled_generator "better", every measured epoch measures the EMA generator and then the trained one on
+    the same latent batch, and the one with the lower own-space KID is the epoch's: its numbers in history.csv
+    (with both fixed-space KIDs and which it was), its weights in generator.keras, and, when best, in
+    generator_best.keras and best.json. Epoch 1 is made to favour the trained generator, epoch 2 the EMA one
+    (a worse epoch than 1, so the best stays epoch 1's trained generator). A bad choice is refused by name."""
+    real_measure = trainer.measure
+    own_kids = iter([2.0, 1.0, 1.5, 3.0])  # (EMA, trained) at epoch 1, then at epoch 2
+    passed = []
+
+    def measure(generator, *args, **kwargs):
+        result = real_measure(generator, *args, **kwargs)
+        passed.append([w.copy() for w in generator.get_weights()])
+        return {**result, "kid": next(own_kids)}
+
+    monkeypatch.setattr(trainer, "measure", measure)
+    config = run_config(tiny_dataset_dir, epochs=2, kid_samples=6, kid_image_size=32, sampled_generator="better")
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+    trainer.execute(run)
+    history = run.history()
+    assert list(history["generator"]) == ["trained", "ema"]
+    assert list(history["kid"]) == [1.0, 1.5]
+    assert history["kid_fixed"][0] == history["kid_fixed_trained"][0] != history["kid_fixed_ema"][0]
+    assert history["kid_fixed"][1] == history["kid_fixed_ema"][1] != history["kid_fixed_trained"][1]
+    assert len(passed) == 4
+    assert trainer.read_best(run)["epoch"] == 1 and trainer.read_best(run)["generator"] == "trained"
+    for saved, expected in ((trainer.load_generator(run, "best"), passed[1]),  # epoch 1's trained generator
+                            (trainer.load_generator(run, "last"), passed[2])):  # epoch 2's EMA generator
+        for weight, value in zip(saved.get_weights(), expected, strict=True):
+            np.testing.assert_allclose(weight, value)
+    printed = capsys.readouterr().out
+    assert "trained generator (fixed KID: EMA" in printed and "ema generator (fixed KID: EMA" in printed
+    with pytest.raises(ValueError, match="sampled_generator 'latest' is not one of"):
+        trainer.GanConfig(sampled_generator="latest").validate()
 
 
 def test_the_discriminator_learns_at_its_scale_and_floor_of_the_generators_bent_schedule(tiny_dataset_dir,
@@ -1310,7 +1349,9 @@ def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, i
     # The measured epoch is the best so far: its generator and numbers are kept beside the last one.
     assert (run.path / trainer.BEST_GENERATOR_FILE).exists()
     assert trainer.read_best(run) == {"epoch": 1, "kid": row["kid"], "feature_space": row["feature_space"],
-                                      "kid_fixed": row["kid_fixed"], "recognised": row["recognised"]}
+                                      "kid_fixed": row["kid_fixed"], "recognised": row["recognised"],
+                                      "generator": "ema"}
+    assert row["generator"] == "ema" and "kid_fixed_trained" not in row.index  # the default samples the EMA
 
 
 def test_spectrum_penalty_counts_only_excess_fine_detail_and_trains_only_the_generator():

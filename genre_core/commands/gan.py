@@ -49,6 +49,11 @@ def register(subparsers) -> None:
                        help="the sampled (EMA) generator follows the trained one by a share per step times (learning "
                             "rate / starting rate) ** this, so it keeps averaging as the rate falls instead of "
                             "settling on the last step; 0: a fixed share (default 0.5)")
+    train.add_argument("--sampled-generator", default=None, choices=trainer.SAMPLED_GENERATORS,
+                       help="which generator the grids, quality numbers and saved generators are: ema, the running "
+                            "average of the trained one (default); better: at every measured epoch both are "
+                            "measured and the one with the lower KID in the run's own space is kept (history.csv "
+                            "gets both fixed-space KIDs and which one it was)")
     train.add_argument("--discriminator-lr-scale", type=float, default=None, metavar="S",
                        help="the discriminator's learning rate is the generator's times S, at every step of the "
                             "schedule (two time-scale updates, TTUR); below 1 the discriminator learns more slowly "
@@ -246,6 +251,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),
                                            ("ema_lr_power", args.ema_lr_power),
+                                           ("sampled_generator", args.sampled_generator),
                                            ("discriminator_lr_scale", args.discriminator_lr_scale),
                                            ("discriminator_lr_floor", args.discriminator_lr_floor),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),

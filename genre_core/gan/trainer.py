@@ -7,9 +7,9 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `config.json` | the `GanConfig` plus `kind: "gan"` and `data` |
 | `classes.json` | the genres, label order (one genre for an unconditional run) |
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
-| `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`) |
-| `generator_best.keras`, `best.json` | the EMA generator of the epoch with the lowest KID in the run's own space, and that epoch's numbers |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, spectrum_loss, elapsed_seconds` |
+| `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`); with `sampled_generator` "better", whichever of it and the trained generator had the lower KID (own space) |
+| `generator_best.keras`, `best.json` | that generator at the epoch with the lowest KID in the run's own space, and that epoch's numbers (`generator`: "ema" or "trained") |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`) |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
@@ -61,6 +61,10 @@ RESIZE_POLICIES = ("crop", "squash", "letterbox")
 BUDGET_EPOCHS = 10_000  # epochs = 0 with a time budget: train until the budget says stop
 BUDGET_CLOCKS = ("wall", "cpu")
 LR_DECAYS = ("linear", "none")
+# Which generator an epoch's grid, numbers and saved files are: "ema", the running average (the default); "better",
+# whichever of the average and the trained generator has the lower KID in the run's own space at that epoch
+# (both are measured on the same latent batch against the same held-out images).
+SAMPLED_GENERATORS = ("ema", "better")
 # The mode-seeking weight of a conditional run that does not set one. 1.0 (MSGAN's) until issue 13's kit runs:
 # on four kit genres it pushed every genre's diversity above the real images' and left 9% of samples
 # recognised; 0.1 reached the real diversity with a lower KID (README, "Conditional runs").
@@ -134,6 +138,7 @@ class GanConfig:
     beta_1: float = 0.0
     ema_decay: float = 0.995
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
+    sampled_generator: str = "ema"  # ema | better (SAMPLED_GENERATORS)
     bn_calibration_samples: int = 1024  # samples (in batches of 256) that re-estimate the EMA generator's BatchNorm
     augment_probability: float = 0.0  # the starting DiffAugment probability
     augment_policy: list[str] = field(default_factory=lambda: list(networks.AUGMENT_POLICIES))  # its transforms
@@ -194,6 +199,8 @@ class GanConfig:
                              f"{self.discriminator_lr_scale}")
         if not 0.0 <= float(self.discriminator_lr_floor) <= 1.0:
             raise ValueError(f"discriminator_lr_floor must be in 0..1, got {self.discriminator_lr_floor}")
+        if self.sampled_generator not in SAMPLED_GENERATORS:
+            raise ValueError(f"sampled_generator {self.sampled_generator!r} is not one of {SAMPLED_GENERATORS}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay {self.lr_decay!r} is not one of {LR_DECAYS}")
         if not 0.25 <= float(self.lr_decay_power) <= 4.0:
@@ -559,11 +566,12 @@ def load_checkpoint(gan, run: store.Run) -> dict | None:
     return info
 
 
-def save_generator(gan, run: store.Run, name: str = GENERATOR_FILE) -> Path:
-    """Save the EMA generator as `name` in the run folder (written to a temporary file, then renamed)."""
+def save_generator(gan, run: store.Run, name: str = GENERATOR_FILE, generator=None) -> Path:
+    """Save `generator` (by default the EMA generator) as `name` in the run folder (written to a temporary file,
+    then renamed)."""
     path = run.path / name
     temporary = run.path / f".{name}.{os.getpid()}.keras"
-    gan.ema_generator.save(temporary)
+    (gan.ema_generator if generator is None else generator).save(temporary)
     os.replace(temporary, path)
     return path
 
@@ -581,9 +589,10 @@ def read_best(run) -> dict | None:
     return best
 
 
-def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict) -> bool:
-    """After a measured epoch: when its KID in the run's own space is the lowest so far, save the EMA generator
-    as generator_best.keras and the epoch's numbers as best.json; True when it did.
+def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=None) -> bool:
+    """After a measured epoch: when its KID in the run's own space is the lowest so far, save the epoch's
+    generator (`generator`, by default the EMA one) as generator_best.keras and the epoch's numbers as best.json
+    (with which generator it is, `measured["generator"]`); True when it did.
 
     Issue 13's kit runs (two-block generator, five seeds) ended 0.007-0.092 above the fixed-space KID of the
     epoch that this rule picks, and never below it: KID often rises over the last epochs while the learning
@@ -600,10 +609,11 @@ def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict) -> bool:
         best = None
     if best is not None and best["kid"] <= kid and (run.path / BEST_GENERATOR_FILE).exists():
         return False
-    save_generator(gan, run, BEST_GENERATOR_FILE)
+    save_generator(gan, run, BEST_GENERATOR_FILE, generator)
     fileio.atomic_write_json(run.path / BEST_FILE, {
         "epoch": int(epoch), "kid": float(kid), "feature_space": measured.get("feature_space"),
-        "kid_fixed": measured.get("kid_fixed"), "recognised": measured.get("recognised")})
+        "kid_fixed": measured.get("kid_fixed"), "recognised": measured.get("recognised"),
+        "generator": measured.get("generator", "ema")})
     return True
 
 
@@ -649,6 +659,9 @@ def _epoch_callback_class():
             # The budget's seconds that an epoch's end takes (EMA statistics, grid, quality, checkpoint), the
             # longest so far: a step is not started unless this much is left after it. None before the first.
             self.end_seconds = None
+            # Which generator the grids, numbers and saved files are ("ema" or "trained"): with sampled_generator
+            # "better", the one with the lower KID at the last measured epoch.
+            self.chosen = "ema"
             self.epoch_clock_start = clock()
             self.epoch_start = time.monotonic()
             self.epoch_cpu_start = time.process_time()
@@ -706,6 +719,28 @@ def _epoch_callback_class():
             remaining = self.config.time_budget_minutes * 60.0 - elapsed
             return number + max(1, math.ceil(remaining / max(epoch_seconds, 1e-6)))
 
+        def _measure_and_choose(self, gan) -> dict:
+            """Measure the EMA generator (and, with sampled_generator "better", the trained one on the same latent
+            batch); set `self.chosen` to the one with the lower KID in the run's own space, and return its numbers
+            with "generator" and both fixed-space KIDs. The choice reads the own space, as the best-epoch rule
+            does, so that the fixed-space number stays a measurement."""
+            config = self.config
+            ema = measure(gan.ema_generator, self.kid_noise, self.kid_labels, self.reference, self.classes,
+                          seed=config.seed)
+            ema["generator"], self.chosen = "ema", "ema"
+            if config.sampled_generator != "better":
+                return ema
+            trained = measure(gan.generator, self.kid_noise, self.kid_labels, self.reference, self.classes,
+                              seed=config.seed)
+            trained["generator"] = "trained"
+            both = {"kid_fixed_ema": ema.get("kid_fixed"), "kid_fixed_trained": trained.get("kid_fixed")}
+            ema_kid, trained_kid = ema.get("kid"), trained.get("kid")
+            if trained_kid is not None and np.isfinite(trained_kid) and (
+                    ema_kid is None or not np.isfinite(ema_kid) or trained_kid < ema_kid):
+                self.chosen = "trained"
+                return {**trained, **both}
+            return {**ema, **both}
+
         def on_epoch_end(self, epoch, logs=None):
             if self.cancelled:
                 return
@@ -717,11 +752,6 @@ def _epoch_callback_class():
             train_seconds = self.clock() - self.epoch_clock_start
             end_start = self.clock()
             gan.recalibrate_ema(samples=int(config.bn_calibration_samples), seed=config.seed + 3)
-            samples = _generate(gan.ema_generator, self.grid_noise, self.grid_labels)
-            columns = int(np.ceil(np.sqrt(len(samples))))
-            if config.conditional:
-                columns = len(self.classes) * max(1, columns // len(self.classes))
-            write_png(grid(samples, columns), self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
             # The budget may end the run after this epoch: measure the last epoch in any case. Another epoch is
             # started only when, after this epoch's end and the next one's, a quarter of an epoch's steps fit
             # (that epoch then stops at whichever step the budget allows).
@@ -733,9 +763,14 @@ def _epoch_callback_class():
             last = number >= planned or budget_ends
             measured = {}
             if self.reference is not None and (number % config.kid_every == 0 or last):
-                measured = measure(gan.ema_generator, self.kid_noise, self.kid_labels, self.reference, self.classes,
-                                   seed=config.seed)
+                measured = self._measure_and_choose(gan)
                 _append_quality(self.run, number, measured)
+            chosen = gan.generator if self.chosen == "trained" else gan.ema_generator
+            samples = _generate(chosen, self.grid_noise, self.grid_labels)
+            columns = int(np.ceil(np.sqrt(len(samples))))
+            if config.conditional:
+                columns = len(self.classes) * max(1, columns // len(self.classes))
+            write_png(grid(samples, columns), self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
             seconds = time.monotonic() - self.epoch_start
             budget_seconds = self.clock() - self.epoch_clock_start
             elapsed = self._elapsed()
@@ -762,13 +797,16 @@ def _epoch_callback_class():
                 "recognised_real": measured.get("recognised_real"),
                 "diversity": measured.get("diversity"),
                 "stripes": measured.get("stripes"),
+                "generator": self.chosen,
+                **({"kid_fixed_ema": measured.get("kid_fixed_ema"), "kid_fixed_trained": measured.get("kid_fixed_trained")}
+                   if config.sampled_generator == "better" else {}),
                 "spectrum_loss": float(logs["spectrum_loss"]) if "spectrum_loss" in logs else None,
                 "elapsed_seconds": round(elapsed, 2),  # since the start, on the budget's clock
             }
             self.run.append_history(row)
             tensorboard_log.log_gan_epoch(self.run, row, self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
-            save_generator(gan, self.run)
-            _keep_if_best(gan, self.run, number, measured)
+            save_generator(gan, self.run, generator=chosen)
+            _keep_if_best(gan, self.run, number, measured, chosen)
             save_checkpoint(gan, self.run, number, {"elapsed_seconds": round(elapsed, 2)})
             self.end_seconds = max(self.end_seconds or 0.0, 1.15 * (self.clock() - end_start))
             text = _quality_text(measured)
@@ -803,6 +841,9 @@ def _quality_text(measured: dict) -> str:
         parts.append(f"diversity {measured['diversity']:.2f}")
     if measured.get("stripes") is not None:
         parts.append(f"stripes {measured['stripes']:.1f}x")
+    if measured.get("kid_fixed_trained") is not None:
+        parts.append(f"{measured['generator']} generator (fixed KID: EMA {measured['kid_fixed_ema']:.3g}, "
+                     f"trained {measured['kid_fixed_trained']:.3g})")
     return ", ".join(parts) or "no quality measured"
 
 
@@ -1048,8 +1089,8 @@ def generator_path(run, checkpoint: str = "best") -> Path:
 
 
 def load_generator(run, checkpoint: str = "best"):
-    """Load the run's EMA generator (safe_mode=True) of the `checkpoint` (`generator_path`), cached per file
-    version."""
+    """Load the run's saved generator (safe_mode=True; the EMA one unless the run kept the trained one,
+    `sampled_generator`) of the `checkpoint` (`generator_path`), cached per file version."""
     run = store.open_run(run, kind="gan")
     path = generator_path(run, checkpoint)
     if not path.exists():
