@@ -433,7 +433,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
     --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
     --discriminator-lr-scale, --global-head-input, --augment-hold, --lr-decay-power, --discriminator-lr-floor and
-    --sampled-generator set the run's config;
+    --sampled-generator and --global-head-end set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -456,7 +456,9 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
-    chosen, bins, default, adaptive = started
+    assert cli.main(["gan", "train", "--epochs", "1", "--global-head-end", "0.5"]) == 0
+    chosen, bins, default, adaptive, rising = started
+    assert (rising.global_head, rising.global_head_end, default.global_head_end) == (0.2, 0.5, 0.0)
     assert bins.spectrum_penalty_kind == "bins"
     assert (chosen.augment_probability, chosen.adaptive_augment) == (0.5, False)
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
@@ -553,6 +555,58 @@ def test_the_discriminator_learns_at_its_scale_and_floor_of_the_generators_bent_
     for bad in (0, -1, 11):
         with pytest.raises(ValueError, match=f"discriminator_lr_scale must be more than 0 and at most 10, got {bad}"):
             trainer.GanConfig(discriminator_lr_scale=bad).validate()
+
+
+def test_a_whole_picture_head_schedule_weights_its_columns_by_the_share_it_is_given():
+    """With a scheduled share, the hinge losses weight the whole-picture head's columns so that they carry exactly
+    that share (the plain mean otherwise); the schedule is refused without a head or outside 0..1."""
+    d = networks.make_projected_discriminator(32, base_channels=2, global_weight=0.2)
+    columns, total = networks.global_head_columns(d), d.output_shape[-1]
+    assert columns == round(0.25 * (total - columns)) and networks.global_head_columns(
+        networks.make_projected_discriminator(32, base_channels=2)) == 0
+    values = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]], np.float32)  # column means 2, 3, 4
+    assert float(networks.weighted_logit_mean(values, np.ones(3, np.float32))) == pytest.approx(3.0)
+    assert float(networks.weighted_logit_mean(values, np.array([1.0, 0.0, 3.0], np.float32))) == pytest.approx(3.5)
+
+    shape = tiny_model_config()
+    plain = networks.make_gan(shape)
+    shape.config.global_head_end = 0.6
+    scheduled = eager(networks.make_gan(shape))
+    total = scheduled.discriminator.output.shape[-1]
+    assert plain.global_head_share() == pytest.approx(scheduled.global_columns / total)  # about 0.2, by rounding
+    ones_on_global = np.zeros((4, total), np.float32)
+    ones_on_global[:, total - scheduled.global_columns:] = 1.0  # patch logits 0, the head's columns 1
+    for share in (0.2, 0.45, 0.6):
+        scheduled.set_global_head_share(share)
+        assert scheduled.global_head_share() == pytest.approx(share)
+        assert float(scheduled._logit_mean(ones_on_global)) == pytest.approx(share, abs=1e-6)
+        # D's hinge loss: each patch logit pays 1 on either side, each of the head's columns 2.
+        assert float(scheduled._discriminator_loss(-ones_on_global, ones_on_global)) == pytest.approx(2 + 2 * share)
+    assert float(plain._logit_mean(ones_on_global)) == pytest.approx(plain.global_head_share())
+    scheduled.train_step((np.zeros((4, 16, 16, 3), np.float32), np.zeros((4,), np.int32)))  # one step runs
+    with pytest.raises(ValueError, match="built without a whole-picture head schedule"):
+        plain.set_global_head_share(0.5)
+    with pytest.raises(ValueError, match="share must be in 0..1"):
+        scheduled.set_global_head_share(1.0)
+    shape.config.global_head = 0.0
+    with pytest.raises(ValueError, match="needs a discriminator with a whole-picture head"):
+        networks.make_gan(shape)
+    for bad in ({"global_head": 0.0, "global_head_end": 0.5}, {"global_head_end": 1.0}, {"global_head_end": -0.1}):
+        with pytest.raises(ValueError, match="global_head_end must be in 0..1"):
+            trainer.GanConfig(**bad).validate()
+
+
+def test_a_run_raises_the_whole_picture_heads_share_along_the_schedule(tiny_dataset_dir, isolated_artifacts):
+    config = run_config(tiny_dataset_dir, global_head_end=0.6)
+    assert config.global_head_share_at(0, 0) == pytest.approx(0.2)
+    assert config.global_head_share_at(2, 0) == pytest.approx(0.6)  # the end of 2 epochs
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+    trainer.execute(run)
+    shares = list(run.history()["global_head_share"])
+    # Set before every step: epoch 1 ends on step 3 of 6 (2/6 done), epoch 2 on step 6 (5/6 done).
+    assert shares == pytest.approx([0.2 + 0.4 * 2 / 6, 0.2 + 0.4 * 5 / 6], abs=1e-4)
+    assert "global_head_share" not in store.create_run("gan", run_config(tiny_dataset_dir).to_dict(),
+                                                       classes=["landscape"]).history()
 
 
 def test_the_discriminators_rate_follows_the_generators_down_to_its_floor():

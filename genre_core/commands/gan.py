@@ -114,6 +114,10 @@ def register(subparsers) -> None:
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")
+    train.add_argument("--global-head-end", type=float, default=None, metavar="S",
+                       help="the whole-picture head's share at the end of the run: it rises from --global-head to S "
+                            "as the run goes on (as the learning rates fall), so that the discriminator weighs the "
+                            "layout more late (default 0: it stays at --global-head)")
     train.add_argument("--global-head-input", default=None, choices=GLOBAL_HEAD_INPUTS,
                        help="what the whole-picture head reads: pixels (the image at 32 px) or features (the frozen "
                             "trunk's deepest map, pretrained features of what is where) (default pixels)")
@@ -247,6 +251,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("generator_top_channels", args.generator_top_channels),
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head),
+                                           ("global_head_end", args.global_head_end),
                                            ("global_head_input", args.global_head_input),
                                            ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),

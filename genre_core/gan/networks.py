@@ -402,6 +402,24 @@ def _plus_projection(logit, feature_map, label, num_classes: int, index: int):
     return layers.Add(name=f"head{index}_logits_plus_projection")([logit, projection])
 
 
+def global_head_columns(discriminator) -> int:
+    """How many of a projected discriminator's output columns, the last ones, are its whole-picture head's
+    (repeated) logit; 0 when it has no such head."""
+    names = {layer.name for layer in discriminator.layers}
+    if "head_global_dense_sn" not in names or "logits" not in names:
+        return 0
+    return int(discriminator.get_layer("logits").input[-1].shape[-1])
+
+
+def weighted_logit_mean(values, weights):
+    """The mean of (batch, logits) `values` over the batch, then weighted over the logits by `weights`
+    (one per logit): with all weights 1, the plain mean."""
+    import tensorflow as tf
+
+    values = tf.cast(values, "float32")
+    return tf.reduce_sum(tf.reduce_mean(values, axis=0) * weights) / tf.reduce_sum(weights)
+
+
 def _repeat(logit, count: int, name: str):
     """(batch, 1) -> (batch, count): one logit weighted as `count` logits in a mean over logits."""
     from keras import layers
@@ -646,6 +664,7 @@ def make_gan(config):
         augment_target=config.augment_target,
         augment_speed=config.augment_speed,
         pseudo_augment=bool(getattr(config, "pseudo_augment", False)),
+        global_head_schedule=bool(getattr(config, "global_head_end", 0.0)),
         seed=config.seed,
     )
     gan.compile(
@@ -671,7 +690,7 @@ def _gan_class():
                      augment_speed=0.001, seed=0, loss="non_saturating", mode_seeking=0.0,
                      augment_policy=AUGMENT_POLICIES, lecam=0.0, r1=0.0, spectrum_penalty=0.0,
                      spectrum_penalty_kind="level", spectrum_penalty_period=SPECTRUM_PENALTY_PERIOD,
-                     pseudo_augment=False, **kwargs):
+                     pseudo_augment=False, global_head_schedule=False, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
@@ -730,6 +749,18 @@ def _gan_class():
             # zero-debiasing); training state only with that kind, so other checkpoints keep their variable count.
             self.spectrum_running = keras.Variable(tf.zeros((size, size, 3)), trainable=False, name="spectrum_running")
             self.spectrum_steps = keras.Variable(0.0, trainable=False, name="spectrum_steps")
+            # With a scheduled whole-picture head share (GanConfig.global_head_end), the hinge losses weight the
+            # head's columns by this against 1 for each patch logit (`set_global_head_share`); the trainer sets it
+            # before every step. Not training state: it follows from the schedule, so checkpoints keep their
+            # variable count. Off, the losses are the plain means they always were.
+            self.global_columns = global_head_columns(discriminator)
+            if global_head_schedule and loss != "hinge":
+                raise ValueError(f"a whole-picture head schedule weights the hinge loss, not {loss!r}")
+            if global_head_schedule and not self.global_columns:
+                raise ValueError("a whole-picture head schedule needs a discriminator with a whole-picture head "
+                                 "(global_head > 0, projected architecture)")
+            self.global_head_schedule = bool(global_head_schedule)
+            self.global_head_weight = keras.Variable(1.0, trainable=False, name="global_head_weight")
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
@@ -776,6 +807,30 @@ def _gan_class():
             noise_class = layer_classes()["NoiseInjection"]
             return [layer.seed_generator.state for layer in self.generator.layers if isinstance(layer, noise_class)]
 
+        def global_head_share(self) -> float:
+            """The share of the hinge losses that the whole-picture head's columns carry now."""
+            columns, total = self.global_columns, int(self.discriminator.output.shape[-1])
+            weight = float(self.global_head_weight) if self.global_head_schedule else 1.0
+            return weight * columns / (weight * columns + total - columns) if columns else 0.0
+
+        def set_global_head_share(self, share: float):
+            """Weight the whole-picture head's columns so that they carry `share` of the hinge losses."""
+            if not self.global_head_schedule:
+                raise ValueError("this GAN was built without a whole-picture head schedule")
+            if not 0.0 < share < 1.0:
+                raise ValueError(f"the whole-picture head's share must be in 0..1 (exclusive), got {share}")
+            patches = int(self.discriminator.output.shape[-1]) - self.global_columns
+            self.global_head_weight.assign(share * patches / ((1.0 - share) * self.global_columns))
+
+        def _logit_mean(self, values):
+            """The hinge losses' mean over a batch's logits: plain, or with the scheduled head weight."""
+            if not self.global_head_schedule:
+                return tf.reduce_mean(values)
+            total = int(self.discriminator.output.shape[-1])
+            weights = tf.concat([tf.ones((total - self.global_columns,)),
+                                 tf.fill((self.global_columns,), self.global_head_weight.value)], axis=0)
+            return weighted_logit_mean(values, weights)
+
         def _inputs(self, images_or_noise, labels):
             """Pair a tensor with its labels when the model is conditional."""
             return [images_or_noise, labels] if self.num_classes else images_or_noise
@@ -786,7 +841,8 @@ def _gan_class():
         def _discriminator_loss(self, real_logits, fake_logits):
             """Hinge (projected) or binary cross-entropy (DCGAN) loss of the discriminator."""
             if self.loss == "hinge":
-                return tf.reduce_mean(tf.nn.relu(1.0 - real_logits)) + tf.reduce_mean(tf.nn.relu(1.0 + fake_logits))
+                return (self._logit_mean(tf.nn.relu(1.0 - real_logits))
+                        + self._logit_mean(tf.nn.relu(1.0 + fake_logits)))
             return self.loss_function(tf.ones_like(real_logits), real_logits) + self.loss_function(
                 tf.zeros_like(fake_logits), fake_logits)
 
@@ -968,7 +1024,7 @@ def _gan_class():
                 fake_images = self.generator(self._inputs(noise, labels), training=True)
                 fake_logits = self.discriminator(self._inputs(self._augment(fake_images), labels), training=False)
                 if self.loss == "hinge":
-                    g_loss = -tf.reduce_mean(fake_logits)
+                    g_loss = -self._logit_mean(fake_logits)
                 else:
                     g_loss = self.loss_function(tf.ones_like(fake_logits), fake_logits)
                 total_g_loss = g_loss

@@ -119,6 +119,9 @@ class GanConfig:
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     global_head_input: str = "pixels"  # what that head reads: pixels (32 px) | features (the frozen trunk's block3)
+    # The whole-picture head's share at the end of the run: it rises from `global_head` in step with the run's share
+    # done (as the learning rate falls), so that D weighs the layout more late. 0: it stays at `global_head`.
+    global_head_end: float = 0.0
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
     lecam: float = -1.0  # LeCam weight of D's loss (Tseng et al. 2021); -1: PROJECTED_LECAM if projected, else 0
@@ -209,6 +212,9 @@ class GanConfig:
             raise ValueError(f"precision {self.precision!r} is not one of {networks.PRECISIONS}")
         if not 0.0 <= self.global_head < 1.0:
             raise ValueError(f"global_head must be in 0..1 (exclusive of 1), got {self.global_head}")
+        if self.global_head_end and not (self.global_head and 0.0 < self.global_head_end < 1.0):
+            raise ValueError(f"global_head_end must be in 0..1 (exclusive) with a whole-picture head (global_head > "
+                             f"0), got {self.global_head_end} with global_head {self.global_head}")
         if self.global_head_input not in networks.GLOBAL_HEAD_INPUTS:
             raise ValueError(f"global_head_input {self.global_head_input!r} is not one of "
                              f"{networks.GLOBAL_HEAD_INPUTS}")
@@ -359,6 +365,14 @@ class GanConfig:
         if self.augment_hold and self.share_done(epoch, elapsed_seconds) >= 1.0 - float(self.augment_hold):
             return 0.0
         return 1.0
+
+    def global_head_share_at(self, epoch: float, elapsed_seconds: float) -> float:
+        """The whole-picture head's share of the hinge losses for the step that starts now: `global_head`, or with
+        `global_head_end` a line from it to that over the run (`share_done`, the learning-rate schedule's clock)."""
+        if not self.global_head_end:
+            return float(self.global_head)
+        done = self.share_done(epoch, elapsed_seconds)
+        return float(self.global_head) + (float(self.global_head_end) - float(self.global_head)) * done
 
     @property
     def mode_seeking_weight(self) -> float:
@@ -692,6 +706,8 @@ def _epoch_callback_class():
                 self.config.discriminator_learning_rate(self.learning_rate))
             self.model.ema_rate_scale.assign(self.config.ema_rate_scale(self.learning_rate))
             self.model.augment_rate_scale.assign(self.config.augment_rate_scale(position, elapsed))
+            if self.config.global_head_end:
+                self.model.set_global_head_share(self.config.global_head_share_at(position, elapsed))
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps_done = batch + 1
@@ -801,6 +817,8 @@ def _epoch_callback_class():
                 **({"kid_fixed_ema": measured.get("kid_fixed_ema"), "kid_fixed_trained": measured.get("kid_fixed_trained")}
                    if config.sampled_generator == "better" else {}),
                 "spectrum_loss": float(logs["spectrum_loss"]) if "spectrum_loss" in logs else None,
+                # With a scheduled whole-picture head, its share at the epoch's last step.
+                **({"global_head_share": round(gan.global_head_share(), 4)} if config.global_head_end else {}),
                 "elapsed_seconds": round(elapsed, 2),  # since the start, on the budget's clock
             }
             self.run.append_history(row)
