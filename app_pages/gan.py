@@ -89,6 +89,12 @@ with fixed_left:
             st.caption("The same KID one layer at a time: block3 reads texture, block5 the layout (what is where); "
                        "a rise in block5 alone means the pictures' composition is drifting")
             st.line_chart(history.set_index("epoch")[depths])
+        if "global_head_share" in history.columns and history["global_head_share"].notna().any():
+            shares = history.dropna(subset=["global_head_share"])
+            st.caption("The whole-picture head (the one part of the discriminator that sees the layout) carried "
+                       f"{shares['global_head_share'].iloc[0]:.0%} of its loss at epoch {int(shares['epoch'].iloc[0])} "
+                       f"and {shares['global_head_share'].iloc[-1]:.0%} at epoch {int(shares['epoch'].iloc[-1])} "
+                       "(global_head_end: its share rises over the run)")
         if "kid_fixed_trained" in history.columns and history["kid_fixed_trained"].notna().any():
             chosen = history["generator"].dropna()
             st.caption("This run keeps the better generator at every epoch (sampled_generator \"better\"): the "

@@ -484,6 +484,25 @@ def test_gan_page_shows_both_generators_of_a_better_of_two_run(isolated_artifact
     assert any("the trained one was kept at 2 of 3 measured epochs" in item.value for item in app.caption)
 
 
+def test_gan_page_says_how_the_whole_picture_heads_share_rose(isolated_artifacts):
+    """A run with a scheduled whole-picture head share gets one caption with its first and last share; others none."""
+    import pandas as pd
+
+    from app_support.testing import write_gan_run
+    from genre_core.util.fileio import atomic_write_csv
+
+    folder = write_gan_run("20260101-000000-landscape-gan1", epochs=3, image_size=16)
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert not any("whole-picture head" in item.value for item in app.caption)
+    history = pd.read_csv(folder / "history.csv")
+    history["global_head_share"] = [0.3, 0.4, 0.5]
+    atomic_write_csv(folder / "history.csv", history)
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert any("carried 30% of its loss at epoch 1 and 50% at epoch 3" in item.value for item in app.caption)
+
+
 def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):
     import shutil
 
