@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from genre_core import cli
-from genre_core.gan import networks, trainer
+from genre_core.gan import networks, quality, trainer
 from genre_core.runs import store
 from genre_core.util import fileio
 
@@ -313,15 +313,18 @@ def test_cancel_then_resume_continues_from_the_checkpoint(tiny_dataset_dir, isol
 
 
 def test_conditional_run_samples_the_chosen_genre(tiny_dataset_dir, isolated_artifacts, monkeypatch):
+    make_judge_run(["landscape", "portrait"])
     config = run_config(tiny_dataset_dir, conditional=True, genre=None, genres=["landscape", "portrait"], epochs=1,
-                        kid_samples=8, kid_image_size=32, feature_space="hed_vgg16")
+                        kid_samples=8, kid_image_size=32, feature_space="hed_vgg16", judge="auto", judge_samples=2)
     run = store.create_run("gan", config.to_dict())
     trainer.execute(run)
     assert run.classes() == ["landscape", "portrait"]
-    # Diversity per genre (4 samples of each against that genre's held-out images), as the GAN page reads it.
+    # Diversity and the judge's shares per genre (4 samples of each against that genre's held-out images; the
+    # judge sees 2 of them), as the GAN page reads them.
     rows = trainer.quality_by_genre(run)
     assert [(row["epoch"], row["genre"]) for row in rows] == [(1, "landscape"), (1, "portrait")]
-    assert all(row["diversity"] > 0 and row["recognised"] is None for row in rows)
+    assert all(row["diversity"] > 0 and row["recognised"] in (0.0, 0.5, 1.0) for row in rows)
+    assert run.history()["recognised"].iloc[0] == pytest.approx(np.mean([row["recognised"] for row in rows]))
     assert run.history()["diversity"].iloc[0] == pytest.approx(np.mean([row["diversity"] for row in rows]))
     seen = []
     original = trainer._generate
@@ -505,18 +508,31 @@ def test_sampled_generator_better_keeps_whichever_of_ema_and_trained_measures_lo
     the same latent batch, and the one with the lower own-space KID is the epoch's: its numbers in history.csv
     (with both fixed-space KIDs and which it was), its weights in generator.keras, and, when best, in
     generator_best.keras and best.json. Epoch 1 is made to favour the trained generator, epoch 2 the EMA one
-    (a worse epoch than 1, so the best stays epoch 1's trained generator). A bad choice is refused by name."""
-    real_measure = trainer.measure
+    (a worse epoch than 1, so the best stays epoch 1's trained generator). The judge classifies only the kept
+    generator's images, once an epoch. A bad choice is refused by name."""
+    real_measure, real_recognise, real_share = trainer.measure, trainer.recognise, quality.recognisability
     own_kids = iter([2.0, 1.0, 1.5, 3.0])  # (EMA, trained) at epoch 1, then at epoch 2
-    passed = []
+    passed, judged, classified = [], [], []
 
     def measure(generator, *args, **kwargs):
         result = real_measure(generator, *args, **kwargs)
         passed.append([w.copy() for w in generator.get_weights()])
         return {**result, "kid": next(own_kids)}
 
+    def recognise(generator, *args, **kwargs):
+        judged.append([w.copy() for w in generator.get_weights()])
+        return real_recognise(generator, *args, **kwargs)
+
+    def recognisability(classifier, images, genre, **kwargs):
+        classified.append(len(images))
+        return real_share(classifier, images, genre, **kwargs)
+
     monkeypatch.setattr(trainer, "measure", measure)
-    config = run_config(tiny_dataset_dir, epochs=2, kid_samples=6, kid_image_size=32, sampled_generator="better")
+    monkeypatch.setattr(trainer, "recognise", recognise)
+    monkeypatch.setattr(quality, "recognisability", recognisability)
+    make_judge_run(["abstract", "landscape", "portrait"])
+    config = run_config(tiny_dataset_dir, epochs=2, kid_samples=6, kid_image_size=32, sampled_generator="better",
+                        judge="auto", judge_samples=4)
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     trainer.execute(run)
     history = run.history()
@@ -525,6 +541,13 @@ def test_sampled_generator_better_keeps_whichever_of_ema_and_trained_measures_lo
     assert history["kid_fixed"][0] == history["kid_fixed_trained"][0] != history["kid_fixed_ema"][0]
     assert history["kid_fixed"][1] == history["kid_fixed_ema"][1] != history["kid_fixed_trained"][1]
     assert len(passed) == 4
+    # Once for the real images, then once an epoch for the kept generator's first 4 images: epoch 1's trained one
+    # and epoch 2's EMA.
+    assert classified == [4, 4, 4] and len(judged) == 2
+    for seen, kept in zip(judged, (passed[1], passed[2]), strict=True):
+        for weight, value in zip(seen, kept, strict=True):
+            np.testing.assert_allclose(weight, value)
+    assert history["recognised"].between(0, 1).all() and history["recognised_real"].between(0, 1).all()
     assert trainer.read_best(run)["epoch"] == 1 and trainer.read_best(run)["generator"] == "trained"
     for saved, expected in ((trainer.load_generator(run, "best"), passed[1]),  # epoch 1's trained generator
                             (trainer.load_generator(run, "last"), passed[2])):  # epoch 2's EMA generator

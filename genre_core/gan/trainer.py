@@ -741,21 +741,24 @@ def _epoch_callback_class():
             with "generator" and both fixed-space KIDs. The choice reads the own space, as the best-epoch rule
             does, so that the fixed-space number stays a measurement."""
             config = self.config
+            better = config.sampled_generator == "better"
+            # With "better", the judge classifies only the generator kept (its 64 images cost more than the KIDs).
             ema = measure(gan.ema_generator, self.kid_noise, self.kid_labels, self.reference, self.classes,
-                          seed=config.seed)
+                          seed=config.seed, judge=not better)
             ema["generator"], self.chosen = "ema", "ema"
-            if config.sampled_generator != "better":
+            if not better:
                 return ema
             trained = measure(gan.generator, self.kid_noise, self.kid_labels, self.reference, self.classes,
-                              seed=config.seed)
+                              seed=config.seed, judge=False)
             trained["generator"] = "trained"
             both = {"kid_fixed_ema": ema.get("kid_fixed"), "kid_fixed_trained": trained.get("kid_fixed")}
             ema_kid, trained_kid = ema.get("kid"), trained.get("kid")
             if trained_kid is not None and np.isfinite(trained_kid) and (
                     ema_kid is None or not np.isfinite(ema_kid) or trained_kid < ema_kid):
                 self.chosen = "trained"
-                return {**trained, **both}
-            return {**ema, **both}
+            kept, generator = (trained, gan.generator) if self.chosen == "trained" else (ema, gan.ema_generator)
+            judged = recognise(generator, self.kid_noise, self.kid_labels, self.reference, self.classes)
+            return {**with_recognition(kept, judged), **both}
 
         def on_epoch_end(self, epoch, logs=None):
             if self.cancelled:
@@ -949,9 +952,11 @@ def _bundle_classes() -> list[str]:
     return fileio.read_json(bundle.folder() / "classes.json", default=None) or []
 
 
-def measure(generator, noise, labels, reference: Reference, classes, seed: int = 0) -> dict:
+def measure(generator, noise, labels, reference: Reference, classes, seed: int = 0, judge: bool = True) -> dict:
     """Quality of the generator's images for a fixed latent batch against the held-out real images:
-    KID in the configured space and in the fixed space, recognisability and diversity (per genre, averaged)."""
+    KID in the configured space and in the fixed space, diversity and, with `judge`, recognisability (per
+    genre, averaged). `judge=False` leaves recognisability to `recognise`, for a caller that judges only the
+    generator it keeps."""
     generated = _generate(generator, noise, labels)
     features, fixed_features = quality.extract_many(generated, [reference.extractor, reference.fixed_extractor])
     # Subsets of half the smaller set, so that the spread over subsets says how stable the number is.
@@ -965,29 +970,62 @@ def measure(generator, noise, labels, reference: Reference, classes, seed: int =
     if reference.spectrum is not None:
         result["stripes"] = quality.stripes(generated, reference.spectrum)["ratio"]
     generated_labels = np.zeros(len(generated), np.int32) if labels is None else np.asarray(labels)
-    ratios, shares, real_shares, per_genre = [], [], [], {}
+    ratios, per_genre = [], {}
     for label, genre in enumerate(classes):
         mine = generated_labels == label
         real = reference.labels == label
-        record = {}
+        per_genre[genre] = {}
         if mine.sum() >= 2 and real.sum() >= 2:
-            record["diversity"] = quality.diversity(fixed_features[mine], reference.fixed_features[real])["ratio"]
-            ratios.append(record["diversity"])
-        if reference.judge is not None and genre in reference.judge_real:
-            chosen = np.flatnonzero(mine)[:reference.judge_samples]
-            record["recognised"] = quality.recognisability(reference.judge, generated[chosen], genre)["share"]
-            record["recognised_real"] = reference.judge_real[genre]
-            shares.append(record["recognised"])
-            real_shares.append(record["recognised_real"])
+            per_genre[genre]["diversity"] = quality.diversity(fixed_features[mine],
+                                                              reference.fixed_features[real])["ratio"]
+            ratios.append(per_genre[genre]["diversity"])
+    result.update(diversity=float(np.mean(ratios)) if ratios else None, per_genre=per_genre)
+    judged = (_judged(generated, generated_labels, reference, classes) if judge else
+              {"recognised": None, "recognised_real": None, "judge": reference.judge_name, "per_genre": {}})
+    return with_recognition(result, judged)
+
+
+def with_recognition(result: dict, judged: dict) -> dict:
+    """`result` (from `measure`) with the recognisability numbers of `judged` (from `recognise`), per genre too."""
+    per_genre = {genre: {**record, **judged["per_genre"].get(genre, {})}
+                 for genre, record in (result.get("per_genre") or {}).items()}
+    return {**result, **{key: value for key, value in judged.items() if key != "per_genre"}, "per_genre": per_genre}
+
+
+def recognise(generator, noise, labels, reference: Reference, classes) -> dict:
+    """Recognisability of the generator's images for the latent batch `measure` uses: only the images the judge
+    classifies (the first `judge_samples` of each genre) are generated. Returns "recognised", "recognised_real",
+    "judge" and "per_genre" ({genre: {"recognised", "recognised_real"}})."""
+    generated_labels = np.zeros(len(noise), np.int32) if labels is None else np.asarray(labels)
+    chosen = np.concatenate([np.flatnonzero(generated_labels == label)[:reference.judge_samples]
+                             for label in range(len(classes))]).astype(int)
+    if reference.judge is None or len(chosen) == 0:
+        return {"recognised": None, "recognised_real": None, "judge": reference.judge_name, "per_genre": {}}
+    generated = _generate(generator, noise[chosen], None if labels is None else np.asarray(labels)[chosen])
+    return _judged(generated, generated_labels[chosen], reference, classes)
+
+
+def _judged(generated, generated_labels, reference: Reference, classes) -> dict:
+    """The judge's share of each genre's first `judge_samples` generated images called by that genre, beside its
+    share of the real held-out images, per genre and averaged."""
+    shares, real_shares, per_genre = [], [], {}
+    for label, genre in enumerate(classes):
+        if reference.judge is None or genre not in reference.judge_real:
+            continue
+        chosen = np.flatnonzero(generated_labels == label)[:reference.judge_samples]
+        if len(chosen) == 0:
+            continue
+        record = {"recognised": quality.recognisability(reference.judge, generated[chosen], genre)["share"],
+                  "recognised_real": reference.judge_real[genre]}
+        shares.append(record["recognised"])
+        real_shares.append(record["recognised_real"])
         per_genre[genre] = record
-    result.update(
-        diversity=float(np.mean(ratios)) if ratios else None,
-        recognised=float(np.mean(shares)) if shares else None,
-        recognised_real=float(np.mean(real_shares)) if real_shares else None,
-        judge=reference.judge_name,
-        per_genre=per_genre,
-    )
-    return result
+    return {
+        "recognised": float(np.mean(shares)) if shares else None,
+        "recognised_real": float(np.mean(real_shares)) if real_shares else None,
+        "judge": reference.judge_name,
+        "per_genre": per_genre,
+    }
 
 
 def _append_quality(run: store.Run, epoch: int, measured: dict) -> None:
