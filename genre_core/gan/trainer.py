@@ -980,8 +980,7 @@ def measure(generator, noise, labels, reference: Reference, classes, seed: int =
                                                               reference.fixed_features[real])["ratio"]
             ratios.append(per_genre[genre]["diversity"])
     result.update(diversity=float(np.mean(ratios)) if ratios else None, per_genre=per_genre)
-    judged = (_judged(generated, generated_labels, reference, classes) if judge else
-              {"recognised": None, "recognised_real": None, "judge": reference.judge_name, "per_genre": {}})
+    judged = _judged(generated, generated_labels, reference, classes) if judge else _not_judged(reference)
     return with_recognition(result, judged)
 
 
@@ -1000,9 +999,14 @@ def recognise(generator, noise, labels, reference: Reference, classes) -> dict:
     chosen = np.concatenate([np.flatnonzero(generated_labels == label)[:reference.judge_samples]
                              for label in range(len(classes))]).astype(int)
     if reference.judge is None or len(chosen) == 0:
-        return {"recognised": None, "recognised_real": None, "judge": reference.judge_name, "per_genre": {}}
+        return _not_judged(reference)
     generated = _generate(generator, noise[chosen], None if labels is None else np.asarray(labels)[chosen])
     return _judged(generated, generated_labels[chosen], reference, classes)
+
+
+def _not_judged(reference: Reference) -> dict:
+    """Recognisability left unmeasured (no judge, or left to `recognise`)."""
+    return {"recognised": None, "recognised_real": None, "judge": reference.judge_name, "per_genre": {}}
 
 
 def _judged(generated, generated_labels, reference: Reference, classes) -> dict:
