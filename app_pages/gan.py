@@ -143,8 +143,8 @@ if len(compared) > 1:
     metric = st.selectbox("Curve", metric_names, key="gan_compare_metric")
     st.plotly_chart(charts.compare_figure(curves, metric), key="gan_compare_curves")
     st.caption("A GAN's last epoch is one draw from a chaotic run: compare settings over several seeds. "
-               "late_climb: how much the fixed-space KID rose over the last third of the run's epochs (0: it fell "
-               "or held at every late epoch).")
+               "late_mean: the mean fixed-space KID over the last third of the run's epochs; late_climb: how much "
+               "it rose there (0: it fell or held at every late epoch).")
 else:
     st.caption("Choose two or more runs to compare them.")
 

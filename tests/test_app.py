@@ -573,7 +573,8 @@ def test_gan_page_compares_runs(isolated_artifacts):
     assert list(table["run"]) == [first.name, second.name] and list(table["epochs"]) == [3, 2]
     assert list(table["kid_fixed"]) == pytest.approx([0.12, 0.12]) and list(table["seed"]) == [0, 1]
     assert list(table["late_climb"]) == [0.0, 0.0]  # both fell at every epoch
-    assert any("late_climb: how much the fixed-space KID rose" in caption.value for caption in app.caption)
+    assert list(table["late_mean"]) == pytest.approx([0.12, 0.12])  # the last third of 3 or 2 epochs: the last
+    assert any("late_mean: the mean fixed-space KID over the last third" in caption.value for caption in app.caption)
     assert app.selectbox(key="gan_compare_metric").value == "kid_fixed"
     app.selectbox(key="gan_compare_metric").set_value("recognised").run()
     assert not app.exception

@@ -33,6 +33,7 @@ def test_compare_runs_reports_last_and_best_kid_and_the_settings_that_differ(two
     assert (row["genres"], row["size"], row["seed"], row["epochs"]) == ("landscape", 16, 0, 3)
     assert (row["kid_fixed"], row["best_kid_fixed"], row["best_epoch"]) == pytest.approx((0.12, 0.12, 3))
     assert row["late_climb"] == 0.0  # it fell at every epoch
+    assert row["late_mean"] == pytest.approx(0.12)  # the last third of 3 epochs is the last one
     assert (row["recognised"], row["recognised_real"], row["diversity"]) == pytest.approx((0.55, 0.70, 0.90))
     assert math.isnan(row["minutes"])  # no elapsed_seconds column in this history
     assert list(table["differs"][:2]) == ["batch_size=8", "batch_size=32"]  # seed has its own column
@@ -48,6 +49,15 @@ def test_late_climb_adds_up_the_rises_over_the_last_third_of_the_measured_epochs
     assert compare.late_climb([0.5, 0.4, 0.3, 0.2]) == 0.0  # falling steadily
     assert compare.late_climb([0.5, 0.6]) == pytest.approx(0.1)  # one step: it is the last third
     assert math.isnan(compare.late_climb([0.5])) and math.isnan(compare.late_climb([]))
+
+
+def test_late_mean_averages_the_last_third_of_the_measured_epochs():
+    # 10 measurements: the last ceil(10 / 3) = 4 are the last third; unmeasured (NaN) epochs do not count.
+    kid = [0.9, 0.5, 0.8, float("nan"), 0.3, 0.2, 0.15, 0.1, 0.12, 0.11, 0.15]
+    assert compare.late_mean(kid) == pytest.approx((0.1 + 0.12 + 0.11 + 0.15) / 4)
+    assert compare.late_mean([0.4, 0.2]) == pytest.approx(0.2)  # ceil(2 / 3) = 1: the last one
+    assert compare.late_mean([0.3, 0.6, 0.9, 0.2]) == pytest.approx(0.55)  # ceil(4 / 3) = 2
+    assert math.isnan(compare.late_mean([])) and math.isnan(compare.late_mean([float("nan")]))
 
 
 def test_a_damaged_history_is_a_problem_of_its_row_only(two_runs):
@@ -81,8 +91,8 @@ def test_gan_compare_cli_prints_each_run_and_the_epoch_table(two_runs, capsys):
                      "--csv", str(first.parent / "comparison.csv")]) == 0
     out = capsys.readouterr().out
     assert f"{first.name}: landscape at 16 px on demo, seed 0; 3 epochs in – min" in out
-    assert ("  KID (fixed space) last 0.120, best 0.120 at epoch 3, rose 0.000 over the last third; recognised 55% "
-            "(real 70%); diversity 0.90") in out
+    assert ("  KID (fixed space) last 0.120, best 0.120 at epoch 3; over the last third mean 0.120, rose 0.000; "
+            "recognised 55% (real 70%); diversity 0.90") in out
     assert "  differs: batch_size=32" in out and "| 3 | 0.120 / 55% | 0.120 / 55% |" in out
     assert (first.parent / "comparison.csv").read_text().startswith("run,found,genres")
     # A missing run is named with its problem, the others are still compared, and the exit status says so.

@@ -340,7 +340,8 @@ def _comparison_block(row: dict) -> str:
     lines = [f"{row['run']}: {row['genres']} at {number('size', '{:.0f}')} px on {row['data']}, seed "
              f"{number('seed', '{:.0f}')}; {number('epochs', '{:.0f}')} epochs in {number('minutes', '{:.1f}')} min",
              f"  KID (fixed space) last {number('kid_fixed')}, best {number('best_kid_fixed')} at epoch "
-             f"{number('best_epoch', '{:.0f}')}, rose {number('late_climb')} over the last third; recognised "
+             f"{number('best_epoch', '{:.0f}')}; over the last third mean {number('late_mean')}, rose "
+             f"{number('late_climb')}; recognised "
              f"{number('recognised', '{:.0%}')} (real {number('recognised_real', '{:.0%}')}); diversity "
              f"{number('diversity', '{:.2f}')}"]
     if row.get("differs"):

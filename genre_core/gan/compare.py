@@ -19,8 +19,8 @@ import pandas as pd
 from genre_core.runs import store
 
 COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs", "minutes", "kid_fixed",
-                      "best_kid_fixed", "best_epoch", "late_climb", "recognised", "recognised_real", "diversity",
-                      "stripes", "differs", "problems")
+                      "best_kid_fixed", "best_epoch", "late_mean", "late_climb", "recognised", "recognised_real",
+                      "diversity", "stripes", "differs", "problems")
 CURVE_METRICS = ("kid_fixed", "kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5", "recognised",
                  "recognised_real", "diversity", "stripes", "kid", "d_loss", "g_loss", "aug_p", "apa_p")
 # Settings that say what a run is rather than how it was set up, so "differs" leaves them out.
@@ -45,6 +45,16 @@ def late_climb(kid: Iterable[float]) -> float:
         return float("nan")
     steps = np.diff(values)[-math.ceil((len(values) - 1) / 3):]
     return float(np.clip(steps, 0.0, None).sum())
+
+
+def late_mean(kid: Iterable[float]) -> float:
+    """The mean of a KID curve over its last third: its last ceil(n / 3) measured epochs (NaN with none). Where
+    the last epoch is one draw from a wandering curve, this says where the run stood late, and how it compares
+    with another run's (README, "A rising share for the whole-picture head")."""
+    values = np.asarray([value for value in kid if np.isfinite(value)], dtype=float)
+    if not len(values):
+        return float("nan")
+    return float(values[-math.ceil(len(values) / 3):].mean())
 
 
 def _genres(config: dict, classes: list[str] | None) -> str:
@@ -77,6 +87,7 @@ def _row(files: store.RunFiles) -> tuple[dict[str, Any], dict]:
         row["best_kid_fixed"], row["best_epoch"] = float(kid[best]), int(history["epoch"].iloc[best])
     else:
         row["best_kid_fixed"], row["best_epoch"] = np.nan, np.nan
+    row["late_mean"] = late_mean(kid)
     row["late_climb"] = late_climb(kid)
     row["problems"] = "; ".join(dict.fromkeys(problems))
     return row, config
@@ -86,10 +97,11 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
     """One row per GAN run (COMPARISON_COLUMNS); `runs` are run ids or folders (or `store.Run`s). A run that
     cannot be opened gets `found` False and the reason in `problems`.
 
-    `kid_fixed`, `recognised`, `recognised_real`, `diversity` and `stripes` are the last measured epoch's; `best_kid_fixed`
-    and `best_epoch` the lowest KID over the run; `late_climb` how much it rose over the run's last third (the
-    function `late_climb`). `differs` lists, as key=value, the settings of this run's config.json that are not
-    the same in every compared run (the data, genres, size and seed have columns)."""
+    `kid_fixed`, `recognised`, `recognised_real`, `diversity` and `stripes` are the last measured epoch's;
+    `best_kid_fixed` and `best_epoch` the lowest KID over the run; `late_mean` the mean KID and `late_climb` how
+    much it rose over the run's last third (the functions `late_mean` and `late_climb`). `differs` lists, as
+    key=value, the settings of this run's config.json that are not the same in every compared run (the data,
+    genres, size and seed have columns)."""
     rows, configs = [], []
     for run in runs:
         try:
@@ -107,8 +119,8 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
     for row, config in zip(rows, configs):
         row["differs"] = ", ".join(f"{key}={config.get(key, '–')}" for key in varying) if config else ""
     frame = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
-    for column in ("epochs", "minutes", "kid_fixed", "best_kid_fixed", "best_epoch", "late_climb", "recognised",
-                   "recognised_real", "diversity", "stripes"):
+    for column in ("epochs", "minutes", "kid_fixed", "best_kid_fixed", "best_epoch", "late_mean", "late_climb",
+                   "recognised", "recognised_real", "diversity", "stripes"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
