@@ -35,12 +35,17 @@ def _last(history: pd.DataFrame, column: str) -> float:
     return float(values.iloc[-1]) if len(values) else float("nan")
 
 
+def _measured(kid: Iterable[float]) -> np.ndarray:
+    """The measured (finite) values of a KID curve, in epoch order."""
+    return np.asarray([value for value in kid if np.isfinite(value)], dtype=float)
+
+
 def late_climb(kid: Iterable[float]) -> float:
     """How much a KID curve rose over the last third of its measured epochs: the sum of its rises from one
     measured epoch to the next over the last ceil(n / 3) such steps (0: it fell or held at every late epoch;
     NaN with fewer than two measurements). The issue's "falling steadily rather than wandering" as a number:
     a curve that ends at its low has 0, one that wanders late has the size of its wandering."""
-    values = np.asarray([value for value in kid if np.isfinite(value)], dtype=float)
+    values = _measured(kid)
     if len(values) < 2:
         return float("nan")
     steps = np.diff(values)[-math.ceil((len(values) - 1) / 3):]
@@ -51,7 +56,7 @@ def late_mean(kid: Iterable[float]) -> float:
     """The mean of a KID curve over its last third: its last ceil(n / 3) measured epochs (NaN with none). Where
     the last epoch is one draw from a wandering curve, this says where the run stood late, and how it compares
     with another run's (README, "A rising share for the whole-picture head")."""
-    values = np.asarray([value for value in kid if np.isfinite(value)], dtype=float)
+    values = _measured(kid)
     if not len(values):
         return float("nan")
     return float(values[-math.ceil(len(values) / 3):].mean())
