@@ -55,7 +55,7 @@ def late_climb(kid: Iterable[float]) -> float:
 def late_mean(kid: Iterable[float]) -> float:
     """The mean of a KID curve over its last third: its last ceil(n / 3) measured epochs (NaN with none). Where
     the last epoch is one draw from a wandering curve, this says where the run stood late, and how it compares
-    with another run's (README, "A rising share for the whole-picture head")."""
+    with another run's (docs/gan-measurements.md, "A rising share for the whole-picture head")."""
     values = _measured(kid)
     if not len(values):
         return float("nan")
@@ -155,7 +155,7 @@ def curves(runs: Iterable[Any], metrics: Iterable[str] = CURVE_METRICS) -> pd.Da
 
 def epoch_table(runs: Iterable[Any], names: Iterable[str] | None = None) -> str:
     """A Markdown table: one row per epoch, one column per run, cells 'fixed-space KID / recognised share'
-    (as in the README's GAN tables); `names` label the columns (default: the run ids)."""
+    (as in docs/gan-measurements.md); `names` label the columns (default: the run ids)."""
     runs = list(runs)
     long = curves(runs, ("kid_fixed", "recognised"))
     ids = [store.open_run(run, "gan").path.name for run in runs]

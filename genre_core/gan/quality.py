@@ -153,7 +153,7 @@ def fixed_kid_by_depth(generated_features, real_features, seed: int = 0, subsets
     averages (FIXED_LAYERS, held in that order in the fixed features) scaled by that layer's own real RMS, as
     `fixed_kid` scales the three together. block3_conv3 reads texture; block5_conv3, a 4x4 map of a 64-px image,
     reads what is where in the picture (its layout). On the kit, the late rises of the landscape GAN's KID were
-    in block5 (README, "Where the late rise lives")."""
+    in block5 (docs/gan-measurements.md, "Where the late rise lives")."""
     generated = _check_features(generated_features, "generated feature set")
     real = _check_features(real_features, "real feature set")
     width = sum(FIXED_LAYER_WIDTHS)

@@ -67,15 +67,17 @@ LR_DECAYS = ("linear", "none")
 SAMPLED_GENERATORS = ("ema", "better")
 # The mode-seeking weight of a conditional run that does not set one. 1.0 (MSGAN's) until issue 13's kit runs:
 # on four kit genres it pushed every genre's diversity above the real images' and left 9% of samples
-# recognised; 0.1 reached the real diversity with a lower KID (README, "Conditional runs").
+# recognised; 0.1 reached the real diversity with a lower KID
+# (docs/gan-measurements.md, "Conditional runs and diversity").
 CONDITIONAL_MODE_SEEKING = 0.1
 # What a conditional run written before new runs saved their resolved weight trained with.
 OLDER_CONDITIONAL_MODE_SEEKING = 1.0
 # The LeCam weight of a projected run that does not set one: the paper's weight with BigGAN's hinge loss, which
-# ended issue 13's kit runs without a late rise (README, "LeCam regularisation"). DCGAN runs: 0 (not measured).
+# ended issue 13's kit runs without a late rise (docs/gan-measurements.md, "LeCam regularisation").
+# DCGAN runs: 0 (not measured).
 PROJECTED_LECAM = 0.3
-# The spectrum penalty's weight in a projected run that does not set one (README, "A spectrum penalty on the
-# generator": lower stripes on every seed measured, last-epoch KID as good or better). DCGAN runs: 0.
+# The spectrum penalty's weight in a projected run that does not set one (docs/gan-measurements.md, "A spectrum
+# penalty on the generator": lower stripes on every seed measured, last-epoch KID as good or better). DCGAN runs: 0.
 PROJECTED_SPECTRUM_PENALTY = 0.1
 
 
