@@ -432,7 +432,7 @@ def test_gan_train_cli_rejects_bad_input(capsys):
 
 def test_gan_train_flags_reach_the_run_config(monkeypatch):
     """--learning-rate, --beta-1, --generator-padding, --global-head, --precision, --lr-decay, --ema-lr-power,
-    --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
+    --ema-decay, --discriminator-downsample, --augment, --augment-policy, --mode-seeking, --feature-mixing,
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
     --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
     --discriminator-lr-scale, --global-head-input, --augment-hold, --lr-decay-power, --discriminator-lr-floor and
@@ -445,7 +445,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
                         or types.SimpleNamespace(id="x", path="x", status=lambda: {"state": "finished"}))
     assert cli.main(["gan", "train", "--epochs", "1", "--learning-rate", "3e-4", "--beta-1", "0.5",
                      "--generator-padding", "zeros", "--global-head", "0", "--precision", "float32",
-                     "--lr-decay", "none", "--ema-lr-power", "0", "--discriminator-downsample", "blur",
+                     "--lr-decay", "none", "--ema-lr-power", "0", "--ema-decay", "0.9975",
+                     "--discriminator-downsample", "blur",
                      "--augment", "0.5", "--augment-policy", "translation", "cutout", "geometric",
                      "--conditional", "--mode-seeking", "0.1", "--feature-mixing", "channels_scales",
                      "--conditional-norm", "--generator-convs", "2", "--lecam", "0.5",
@@ -482,6 +483,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.lr_decay_power, default.lr_decay_power) == (2.0, 1.0)
     assert (chosen.discriminator_lr_floor, default.discriminator_lr_floor) == (0.5, 0.0)
     assert (chosen.sampled_generator, default.sampled_generator) == ("better", "ema")
+    assert (chosen.ema_decay, default.ema_decay) == (0.9975, trainer.GanConfig.ema_decay)
     assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)

@@ -49,6 +49,10 @@ def register(subparsers) -> None:
                        help="the sampled (EMA) generator follows the trained one by a share per step times (learning "
                             "rate / starting rate) ** this, so it keeps averaging as the rate falls instead of "
                             "settling on the last step; 0: a fixed share (default 0.5)")
+    train.add_argument("--ema-decay", type=float, default=None, metavar="D",
+                       help="the sampled (EMA) generator keeps D of itself per step (at the starting learning rate), "
+                            "so its memory is about 1 / (1 - D) steps; with a smaller --batch-size, a D nearer 1 keeps "
+                            f"that memory in images (default {trainer.GanConfig.ema_decay:g})")
     train.add_argument("--sampled-generator", default=None, choices=trainer.SAMPLED_GENERATORS,
                        help="which generator the grids, quality numbers and saved generators are: ema, the running "
                             "average of the trained one (default); better: at every measured epoch both are "
@@ -255,7 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("global_head_input", args.global_head_input),
                                            ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),
-                                           ("ema_lr_power", args.ema_lr_power),
+                                           ("ema_decay", args.ema_decay), ("ema_lr_power", args.ema_lr_power),
                                            ("sampled_generator", args.sampled_generator),
                                            ("discriminator_lr_scale", args.discriminator_lr_scale),
                                            ("discriminator_lr_floor", args.discriminator_lr_floor),
