@@ -436,7 +436,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
     --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
     --discriminator-lr-scale, --global-head-input, --augment-hold, --lr-decay-power, --discriminator-lr-floor and
-    --sampled-generator and --global-head-end set the run's config;
+    --sampled-generator, --global-head-end and --discriminator-reconstruction set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -460,7 +460,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert cli.main(["gan", "train", "--epochs", "1", "--spectrum-penalty-kind", "bins"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
-    assert cli.main(["gan", "train", "--epochs", "1", "--global-head-end", "0.5"]) == 0
+    assert cli.main(["gan", "train", "--epochs", "1", "--global-head-end", "0.5",
+                     "--discriminator-reconstruction", "1"]) == 0
     chosen, bins, default, adaptive, rising = started
     assert (rising.global_head, rising.global_head_end, default.global_head_end) == (0.2, 0.5, 0.0)
     assert bins.spectrum_penalty_kind == "bins"
@@ -484,6 +485,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.discriminator_lr_floor, default.discriminator_lr_floor) == (0.5, 0.0)
     assert (chosen.sampled_generator, default.sampled_generator) == ("better", "ema")
     assert (chosen.ema_decay, default.ema_decay) == (0.9975, trainer.GanConfig.ema_decay)
+    assert (rising.discriminator_reconstruction, default.discriminator_reconstruction) == (1.0, 0.0)
     assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
@@ -910,12 +912,14 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
 
 
 def test_one_projected_train_step_with_every_optional_term_on():
-    """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, a slower discriminator
-    and the whole-picture head on trunk features all on at once: it builds, changes both networks and the
-    EMA, and reports every term's metric. The tests of each term's arithmetic step eagerly (`eager`)."""
+    """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, a slower discriminator,
+    the whole-picture head on trunk features and its reconstruction term all on at once: it builds, changes both
+    networks and the EMA, and reports every term's metric. The tests of each term's arithmetic step eagerly
+    (`eager`)."""
     config = tiny_model_config(image_size=32)
     config.config.r1, config.config.pseudo_augment, config.config.spectrum_penalty = 1.0, True, 1.0
     config.config.discriminator_lr_scale, config.config.global_head_input = 0.5, "features"
+    config.config.discriminator_reconstruction = 1.0
     model = networks.make_gan(config)
     assert not model.run_eagerly and (model.lecam, model.r1, model.pseudo_augment) == (0.3, 1.0, True)
     images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
@@ -928,7 +932,7 @@ def test_one_projected_train_step_with_every_optional_term_on():
     logs = model.train_on_batch(images, np.zeros(8, np.int32), return_dict=True)
     for name, old, new in zip(("generator", "whole-picture head", "ema generator"), before, [w.numpy() for w in watched]):
         assert not np.allclose(old, new), f"{name} weights did not change"
-    assert {"d_loss", "g_loss", "spectrum_loss", "apa_p"} <= set(logs)
+    assert {"d_loss", "g_loss", "spectrum_loss", "apa_p", "reconstruction_loss"} <= set(logs)
     assert all(np.isfinite(float(value)) for value in logs.values())
     assert float(model.discriminator_optimizer.learning_rate) == pytest.approx(
         0.5 * float(model.generator_optimizer.learning_rate))
@@ -1074,6 +1078,74 @@ def test_lecam_term_follows_the_papers_formula_trains_and_is_checkpointed_only_w
     np.testing.assert_allclose(fresh.lecam_averages.numpy(), with_term.lecam_averages.numpy())
     with pytest.raises(ValueError, match="was the config changed"):
         trainer.load_checkpoint(without, run)
+
+
+def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_picture_head(tmp_path):
+    """FastGAN's self-supervised discriminator on the whole-picture head: the decoder turns the head's 4x4 map back
+    into the picture at the head's size (16 px here, 32 px from 32 px up); the term is the mean absolute error
+    against the real images average-pooled to that size; one step with it trains the decoder and changes the head
+    differently from a step without (the patch heads' losses are the same), and the decoder's weights are
+    checkpoint state only when the term is on. The config refuses it without a whole-picture head."""
+    import keras
+    import tensorflow as tf
+
+    from genre_core.runs import store
+
+    decoder = networks.make_reconstruction_decoder((4, 4, 64), 32, width=8)
+    assert tuple(decoder.output.shape) == (None, 32, 32, 3)
+    assert [layer.filters for layer in decoder.layers if hasattr(layer, "filters")] == [32, 16, 8, 3]
+    with pytest.raises(ValueError, match="cannot reach 24 px"):
+        networks.make_reconstruction_decoder((4, 4, 64), 24)
+
+    off, on = tiny_model_config(), tiny_model_config()
+    on.config.discriminator_reconstruction = 10.0  # a large weight, so that its share of the gradient is plain
+    without, with_term, control = networks.make_gan(off), networks.make_gan(on), networks.make_gan(off)
+    assert (without.reconstruction, with_term.reconstruction, without.reconstruction_decoder) == (0.0, 10.0, None)
+    assert tuple(with_term.reconstruction_encoder.output.shape) == (None, 4, 4, 32)
+    assert tuple(with_term.reconstruction_decoder.output.shape) == (None, 16, 16, 3)
+    for gan in (with_term, control):
+        for name in ("generator", "discriminator", "ema_generator"):
+            getattr(gan, name).set_weights(getattr(without, name).get_weights())
+
+    # The term on a discriminator whose "head" map is the image average-pooled to 4x4 (no spectral norm, whose
+    # power iteration moves in training mode): the decoder's picture from that map against the 16-px image.
+    image = keras.Input((16, 16, 3))
+    pooled = keras.layers.AveragePooling2D(4)(image)
+    plain = keras.Model(image, keras.layers.Dense(1)(keras.layers.Flatten(name="head_global_flatten")(pooled)))
+    gan = networks.Gan(without.generator, plain, latent_dim=8, reconstruction=1.0)
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32)
+    decoded = gan.reconstruction_decoder(tf.constant(images.reshape(4, 4, 4, 4, 4, 3).mean(axis=(2, 4)))).numpy()
+    expected = np.abs(decoded - images).mean()  # 16 px: the head sees the image itself
+    assert float(gan._reconstruction_loss(tf.constant(images))) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(ValueError, match="no whole-picture head"):
+        networks.Gan(without.generator, without.generator, latent_dim=8, reconstruction=1.0)
+
+    decoder_before = [w.numpy().copy() for w in with_term.reconstruction_decoder.trainable_weights]
+    batch = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    logs = []
+    for gan in eager(without, with_term, control):
+        gan.seed_generator.state.assign([7, 0])
+        logs.append(gan.train_on_batch(batch, np.zeros(8, np.int32), return_dict=True))
+    assert ["reconstruction_loss" in step for step in logs] == [False, True, False]
+    assert same_weights(without.discriminator, control.discriminator)
+    head = "head_global_conv1_sn"
+    assert not same_weights(without.discriminator.get_layer(head), with_term.discriminator.get_layer(head))
+    assert not all(np.allclose(old, new.numpy()) for old, new in
+                   zip(decoder_before, with_term.reconstruction_decoder.trainable_weights))
+
+    # 3 convolutions' kernel and bias, and the two Adam moments of each in D's optimizer
+    assert len(with_term.state_variables()) == len(without.state_variables()) + 18
+    run = store.Run(tmp_path / "run")
+    trainer.save_checkpoint(with_term, run, 1)
+    fresh = networks.make_gan(on)
+    trainer.load_checkpoint(fresh, run)
+    assert same_weights(fresh.reconstruction_decoder, with_term.reconstruction_decoder)
+
+    assert trainer.GanConfig().discriminator_reconstruction == 0.0
+    with pytest.raises(ValueError, match="needs the projected architecture with global_head > 0"):
+        trainer.GanConfig(discriminator_reconstruction=1.0, global_head=0.0).validate()
+    with pytest.raises(ValueError, match="discriminator_reconstruction must be in 0..100"):
+        trainer.GanConfig(discriminator_reconstruction=-1.0).validate()
 
 
 def test_r1_penalty_is_the_per_logit_squared_gradient_on_real_images_and_changes_the_step():

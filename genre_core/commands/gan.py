@@ -49,6 +49,10 @@ def register(subparsers) -> None:
                        help="the sampled (EMA) generator follows the trained one by a share per step times (learning "
                             "rate / starting rate) ** this, so it keeps averaging as the rate falls instead of "
                             "settling on the last step; 0: a fixed share (default 0.5)")
+    train.add_argument("--discriminator-reconstruction", type=float, default=None, metavar="W",
+                       help="FastGAN's self-supervised discriminator on the whole-picture head: a small decoder redraws "
+                            "each real picture at 32 px from the head's last map, and D pays W times its mean absolute "
+                            "error, so that the head's features must hold the layout (default 0: off)")
     train.add_argument("--ema-decay", type=float, default=None, metavar="D",
                        help="the sampled (EMA) generator keeps D of itself per step (at the starting learning rate), "
                             "so its memory is about 1 / (1 - D) steps; with a smaller --batch-size, a D nearer 1 keeps "
@@ -256,6 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("global_head", args.global_head),
                                            ("global_head_end", args.global_head_end),
+                                           ("discriminator_reconstruction", args.discriminator_reconstruction),
                                            ("global_head_input", args.global_head_input),
                                            ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),

@@ -43,6 +43,11 @@ image at half size, where a one-pixel stripe averages out, so nothing else tells
 have no cross-hatching (spectral regularisation, as Durall et al., CVPR 2020, there on the azimuthal mean of the
 spectrum).
 
+The whole-picture head can also learn to redraw the picture (`reconstruction`; FastGAN's self-supervised
+discriminator, Liu et al., ICLR 2021): a small decoder (`make_reconstruction_decoder`) turns the head's last map of
+each real image back into that image at the head's size, and its error is part of D's loss, so that the head's
+features must hold the picture's layout rather than only what tells this batch apart.
+
 A conditional run can add the mode-seeking term (Mao et al., CVPR 2019, MSGAN): the generator is paid for
 making two latent vectors of the same genre give different images, which fights partial mode collapse.
 
@@ -449,6 +454,40 @@ def _global_head(image, width: int, name: str, downsample: str = "average"):
     return logit, x
 
 
+def global_head_encoder(discriminator):
+    """The discriminator's own path from the image to its whole-picture head's last map (before the dense logit),
+    as a model that shares its layers. Raises ValueError when the discriminator has no whole-picture head."""
+    import keras
+
+    try:
+        flatten = discriminator.get_layer("head_global_flatten")
+    except ValueError:
+        raise ValueError("this discriminator has no whole-picture head (global_head > 0, projected architecture)") from None
+    return keras.Model(discriminator.inputs[0], flatten.input, name="global_head_encoder")
+
+
+def make_reconstruction_decoder(map_shape, size: int, width: int = 16, name: str = "reconstruction"):
+    """The decoder of FastGAN's self-supervised discriminator, on the whole-picture head: the head's last map
+    (`map_shape`, 4x4 by default) -> the image at `size` px in [-1, 1], by nearest upsampling + 3x3 convolutions
+    that halve the channels (at least `width`) at each doubling. Trained with D (`Gan._reconstruction_loss`)."""
+    import keras
+    from keras import layers
+
+    height, _, channels = (int(value) for value in map_shape)
+    if size % height or size < height or (size // height) & (size // height - 1):
+        raise ValueError(f"the decoder doubles a {height}-px map; it cannot reach {size} px")
+    features = keras.Input(shape=(height, height, channels), name=f"{name}_features")
+    x, index = features, 0
+    while height < size:
+        index, height, channels = index + 1, height * 2, max(int(width), channels // 2)
+        x = layers.UpSampling2D(2, name=f"{name}_up{index}")(x)
+        x = layers.Conv2D(channels, 3, padding="same", name=f"{name}_conv{index}")(x)
+        x = layers.LeakyReLU(0.2, name=f"{name}_act{index}")(x)
+    x = layers.Conv2D(3, 3, padding="same", name=f"{name}_rgb")(x)
+    image = layers.Activation("tanh", dtype="float32", name=f"{name}_image")(x)
+    return keras.Model(features, image, name=name)
+
+
 def channel_widths(image_size: int, base_channels: int = 32, max_channels: int = 512) -> list[int]:
     """Channel widths of the generator stages from 4x4 up to image_size/2 (64 px, base 32: 256,128,64,32)."""
     stages = int(math.log2(check_size(image_size))) - 2
@@ -641,7 +680,13 @@ def make_gan(config):
                 downsample=getattr(config, "discriminator_downsample", "average"),
                 mixing=getattr(config, "feature_mixing", "none"), mixing_seed=int(getattr(config, "seed", 0)),
                 global_input=getattr(config, "global_head_input", "pixels"))
+            reconstruction_decoder = None
+            if float(getattr(config, "discriminator_reconstruction", 0.0)):
+                head_map = global_head_encoder(discriminator).output
+                reconstruction_decoder = make_reconstruction_decoder(
+                    head_map.shape[1:], min(config.image_size, GLOBAL_HEAD_SIZE), config.base_channels)
     else:
+        reconstruction_decoder = None
         generator = make_generator(config.image_size, config.latent_dim, num_classes, config.base_channels)
         discriminator = make_discriminator(config.image_size, num_classes, config.base_channels)
     loss = getattr(config, "loss", "") or ("hinge" if architecture == "projected" else "non_saturating")
@@ -665,6 +710,8 @@ def make_gan(config):
         augment_speed=config.augment_speed,
         pseudo_augment=bool(getattr(config, "pseudo_augment", False)),
         global_head_schedule=bool(getattr(config, "global_head_end", 0.0)),
+        reconstruction=float(getattr(config, "discriminator_reconstruction", 0.0)),
+        reconstruction_decoder=reconstruction_decoder,
         seed=config.seed,
     )
     gan.compile(
@@ -690,7 +737,8 @@ def _gan_class():
                      augment_speed=0.001, seed=0, loss="non_saturating", mode_seeking=0.0,
                      augment_policy=AUGMENT_POLICIES, lecam=0.0, r1=0.0, spectrum_penalty=0.0,
                      spectrum_penalty_kind="level", spectrum_penalty_period=SPECTRUM_PENALTY_PERIOD,
-                     pseudo_augment=False, global_head_schedule=False, **kwargs):
+                     pseudo_augment=False, global_head_schedule=False, reconstruction=0.0,
+                     reconstruction_decoder=None, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
@@ -761,6 +809,18 @@ def _gan_class():
                                  "(global_head > 0, projected architecture)")
             self.global_head_schedule = bool(global_head_schedule)
             self.global_head_weight = keras.Variable(1.0, trainable=False, name="global_head_weight")
+            # FastGAN's self-supervised discriminator on the whole-picture head (`_reconstruction_loss`): the
+            # encoder is D's own path to the head's last map; the decoder's weights are D's, trained by its
+            # optimizer, and training state only when the term is on (other checkpoints keep their variable count).
+            self.reconstruction = float(reconstruction)
+            self.reconstruction_encoder = self.reconstruction_decoder = None
+            if self.reconstruction:
+                self.reconstruction_encoder = global_head_encoder(discriminator)
+                self.reconstruction_decoder = reconstruction_decoder
+                if reconstruction_decoder is None:
+                    self.reconstruction_decoder = make_reconstruction_decoder(
+                        self.reconstruction_encoder.output.shape[1:],
+                        min(int(discriminator.inputs[0].shape[1]), GLOBAL_HEAD_SIZE))
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
@@ -772,12 +832,20 @@ def _gan_class():
             self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
             self.real_accuracy_tracker = keras.metrics.Mean(name="real_accuracy")
             self.spectrum_loss_tracker = keras.metrics.Mean(name="spectrum_loss")
+            self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
             self.generator_optimizer.build(self.generator.trainable_variables)
-            self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+            self.discriminator_optimizer.build(self.discriminator_variables())
 
         @property
         def metrics(self):
-            return [self.d_loss_tracker, self.g_loss_tracker, self.real_accuracy_tracker, self.spectrum_loss_tracker]
+            return [self.d_loss_tracker, self.g_loss_tracker, self.real_accuracy_tracker, self.spectrum_loss_tracker,
+                    self.reconstruction_loss_tracker]
+
+        def discriminator_variables(self):
+            """What the discriminator's optimizer trains: D's trainable variables, and the reconstruction
+            decoder's when that term is on."""
+            decoder = list(self.reconstruction_decoder.trainable_variables) if self.reconstruction else []
+            return list(self.discriminator.trainable_variables) + decoder
 
         def state_variables(self):
             """Every variable that defines the training state, in a fixed order (for checkpoints)."""
@@ -789,6 +857,7 @@ def _gan_class():
                 + ([self.pseudo_probability] if self.pseudo_augment else [])
                 + ([self.spectrum_running, self.spectrum_steps] if self._running_spectrum() else [])
                 + self._noise_states()
+                + (list(self.reconstruction_decoder.weights) if self.reconstruction else [])
             )
 
         def _running_spectrum(self) -> bool:
@@ -859,6 +928,21 @@ def _gan_class():
             average_real, average_fake = tf.unstack(averages)
             return (tf.reduce_mean(tf.square(tf.nn.relu(real - average_fake)))
                     + tf.reduce_mean(tf.square(tf.nn.relu(average_real - fake))))
+
+        def _reconstruction_loss(self, images):
+            """FastGAN's self-supervised discriminator (Liu et al., ICLR 2021, section 3.2), on the whole-picture
+            head: the mean absolute error between the decoder's picture from the head's last map of each (augmented)
+            real image and that image at the decoder's size (average pooling, as the head shrinks it). Paid by D,
+            so the head's features must describe the whole picture (what is where), not only what separates the
+            batch's real and generated images; FastGAN found this the regulariser that kept its discriminator from
+            overfitting a few hundred images. (FastGAN compares with a perceptual distance and also decodes a crop
+            of a larger map; here one L1 term on the layout head, where the patch heads already see the detail.)"""
+            images = tf.cast(images, "float32")
+            decoded = tf.cast(self.reconstruction_decoder(self.reconstruction_encoder(images, training=True),
+                                                          training=True), "float32")
+            factor = int(images.shape[1]) // int(decoded.shape[1])
+            target = tf.nn.avg_pool2d(images, factor, factor, "VALID") if factor > 1 else images
+            return tf.reduce_mean(tf.abs(decoded - target))
 
         def _r1_penalty(self, real_images, labels):
             """R1 (Mescheder et al., ICML 2018): half the squared norm of the gradient, with respect to real
@@ -1011,8 +1095,12 @@ def _gan_class():
                     total_d_loss = d_loss + self.lecam * self._lecam_loss(real_logits, fake_logits)
                 if self.r1:
                     total_d_loss = total_d_loss + self.r1 * self._r1_penalty(both[:R1_SAMPLES], labels[:R1_SAMPLES])
-            gradients = tape.gradient(total_d_loss, self.discriminator.trainable_variables)
-            self.discriminator_optimizer.apply_gradients(zip(gradients, self.discriminator.trainable_variables))
+                if self.reconstruction:
+                    reconstruction_loss = self._reconstruction_loss(both[:batch_size])
+                    total_d_loss = total_d_loss + self.reconstruction * reconstruction_loss
+            variables = self.discriminator_variables()
+            gradients = tape.gradient(total_d_loss, variables)
+            self.discriminator_optimizer.apply_gradients(zip(gradients, variables))
 
             # Generator step with the non-saturating loss: make D call the generated images real.
             noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
@@ -1064,6 +1152,8 @@ def _gan_class():
             self.real_accuracy_tracker.update_state(real_accuracy)
             if self.spectrum_penalty:
                 self.spectrum_loss_tracker.update_state(spectrum_loss)
+            if self.reconstruction:
+                self.reconstruction_loss_tracker.update_state(reconstruction_loss)
             return {
                 "d_loss": self.d_loss_tracker.result(),
                 "g_loss": self.g_loss_tracker.result(),
@@ -1071,6 +1161,7 @@ def _gan_class():
                 "aug_p": self.augment_probability.value,
                 **({"apa_p": self.pseudo_probability.value} if self.pseudo_augment else {}),
                 **({"spectrum_loss": self.spectrum_loss_tracker.result()} if self.spectrum_penalty else {}),
+                **({"reconstruction_loss": self.reconstruction_loss_tracker.result()} if self.reconstruction else {}),
             }
 
         def recalibrate_ema(self, labels=None, samples=256, seed=0, batch_size=256):

@@ -9,7 +9,7 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
 | `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`); with `sampled_generator` "better", whichever of it and the trained generator had the lower KID (own space) |
 | `generator_best.keras`, `best.json` | that generator at the epoch with the lowest KID in the run's own space, and that epoch's numbers (`generator`: "ema" or "trained") |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with `global_head_end`, also `global_head_share`) |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`) |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
@@ -124,6 +124,9 @@ class GanConfig:
     # The whole-picture head's share at the end of the run: it rises from `global_head` in step with the run's share
     # done (as the learning rate falls), so that D weighs the layout more late. 0: it stays at `global_head`.
     global_head_end: float = 0.0
+    # Weight of the whole-picture head's reconstruction term in D's loss (FastGAN's self-supervised discriminator,
+    # networks.Gan._reconstruction_loss): a decoder redraws each real picture from the head's last map. 0: off.
+    discriminator_reconstruction: float = 0.0
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
     lecam: float = -1.0  # LeCam weight of D's loss (Tseng et al. 2021); -1: PROJECTED_LECAM if projected, else 0
@@ -195,6 +198,11 @@ class GanConfig:
         if not low <= int(self.spectrum_penalty_period) <= min(high, self.image_size // 2):
             raise ValueError(f"spectrum_penalty_period must be in {low}..{min(high, self.image_size // 2)} px for "
                              f"{self.image_size}-px images, got {self.spectrum_penalty_period}")
+        if not 0.0 <= float(self.discriminator_reconstruction) <= 100.0:
+            raise ValueError(f"discriminator_reconstruction must be in 0..100, got {self.discriminator_reconstruction}")
+        if self.discriminator_reconstruction and (self.architecture != "projected" or not self.global_head):
+            raise ValueError("discriminator_reconstruction redraws the picture from the whole-picture head: it needs "
+                             "the projected architecture with global_head > 0")
         if not 0.0 <= self.ema_lr_power <= 2.0:
             raise ValueError(f"ema_lr_power must be in 0..2, got {self.ema_lr_power}")
         if int(self.bn_calibration_samples) < 2:
@@ -824,6 +832,8 @@ def _epoch_callback_class():
                 "spectrum_loss": float(logs["spectrum_loss"]) if "spectrum_loss" in logs else None,
                 # With a scheduled whole-picture head, its share at the epoch's last step.
                 **({"global_head_share": round(gan.global_head_share(), 4)} if config.global_head_end else {}),
+                **({"reconstruction_loss": float(logs["reconstruction_loss"])}
+                   if "reconstruction_loss" in logs else {}),
                 "elapsed_seconds": round(elapsed, 2),  # since the start, on the budget's clock
             }
             self.run.append_history(row)
@@ -838,6 +848,7 @@ def _epoch_callback_class():
                   f"aug_p {row['aug_p']:.2f} "
                   + (f"apa_p {row['apa_p']:.2f} " if row["apa_p"] is not None else "")
                   + (f"spectrum_loss {row['spectrum_loss']:.3f} " if row["spectrum_loss"] is not None else "")
+                  + (f"reconstruction_loss {row['reconstruction_loss']:.3f} " if "reconstruction_loss" in row else "")
                   + f"{text} ({seconds:.0f} s, {elapsed / 60:.1f} min in all)", flush=True)
             self.progress({"stage": "epoch", "done": number, "total": total,
                            "message": f"epoch {number}/{total}, {text}"})
