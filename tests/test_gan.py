@@ -485,7 +485,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.discriminator_lr_floor, default.discriminator_lr_floor) == (0.5, 0.0)
     assert (chosen.sampled_generator, default.sampled_generator) == ("better", "ema")
     assert (chosen.ema_decay, default.ema_decay) == (0.9975, trainer.GanConfig.ema_decay)
-    assert (rising.discriminator_reconstruction, default.discriminator_reconstruction) == (1.0, 0.0)
+    assert (rising.discriminator_reconstruction, default.discriminator_reconstruction) == (1.0, -1.0)
+    assert default.discriminator_reconstruction_weight == trainer.PROJECTED_RECONSTRUCTION
     assert (default.augment_target, default.augment_speed) == (0.6, 0.005)
     assert (default.generator_noise_from, default.generator_noise_gain) == (trainer.GanConfig.generator_noise_from,
                                                                             trainer.GanConfig.generator_noise_gain)
@@ -1098,6 +1099,7 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
         networks.make_reconstruction_decoder((4, 4, 64), 24)
 
     off, on = tiny_model_config(), tiny_model_config()
+    off.config.discriminator_reconstruction = 0.0
     on.config.discriminator_reconstruction = 10.0  # a large weight, so that its share of the gradient is plain
     without, with_term, control = networks.make_gan(off), networks.make_gan(on), networks.make_gan(off)
     assert (without.reconstruction, with_term.reconstruction, without.reconstruction_decoder) == (0.0, 10.0, None)
@@ -1141,11 +1143,21 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
     trainer.load_checkpoint(fresh, run)
     assert same_weights(fresh.reconstruction_decoder, with_term.reconstruction_decoder)
 
-    assert trainer.GanConfig().discriminator_reconstruction == 0.0
+    # The default: on (weight 1) for the projected networks with a whole-picture head, saved as the weight in use;
+    # off without that head, for dcgan, and in runs written before it was the default.
+    assert (trainer.GanConfig().discriminator_reconstruction, trainer.GanConfig().discriminator_reconstruction_weight
+            ) == (-1.0, trainer.PROJECTED_RECONSTRUCTION) == (-1.0, 1.0)
+    assert trainer.GanConfig(global_head=0.0).validate().discriminator_reconstruction_weight == 0.0
+    assert trainer.GanConfig(architecture="dcgan").validate().discriminator_reconstruction_weight == 0.0
+    saved = trainer.new_run_config(trainer.GanConfig())[0]
+    assert saved["discriminator_reconstruction"] == 1.0
+    before_default = {k: v for k, v in saved.items() if k != "discriminator_reconstruction"}
+    assert trainer.GanConfig.from_run_config(before_default).discriminator_reconstruction_weight == 0.0
+    assert trainer.GanConfig.from_run_config(saved).discriminator_reconstruction_weight == 1.0
     with pytest.raises(ValueError, match="needs the projected architecture with global_head > 0"):
         trainer.GanConfig(discriminator_reconstruction=1.0, global_head=0.0).validate()
-    with pytest.raises(ValueError, match="discriminator_reconstruction must be in 0..100"):
-        trainer.GanConfig(discriminator_reconstruction=-1.0).validate()
+    with pytest.raises(ValueError, match=r"discriminator_reconstruction must be in 0..100 \(or -1, the default\)"):
+        trainer.GanConfig(discriminator_reconstruction=-2.0).validate()
 
 
 def test_r1_penalty_is_the_per_logit_squared_gradient_on_real_images_and_changes_the_step():

@@ -76,6 +76,9 @@ OLDER_CONDITIONAL_MODE_SEEKING = 1.0
 # ended issue 13's kit runs without a late rise (docs/gan-measurements.md, "LeCam regularisation").
 # DCGAN runs: 0 (not measured).
 PROJECTED_LECAM = 0.3
+# The weight of the whole-picture head's reconstruction term (FastGAN's self-supervised discriminator) for the projected
+# networks with a whole-picture head (GanConfig.discriminator_reconstruction -1); measured in docs/gan-measurements.md.
+PROJECTED_RECONSTRUCTION = 1.0
 # The spectrum penalty's weight in a projected run that does not set one (docs/gan-measurements.md, "A spectrum
 # penalty on the generator": lower stripes on every seed measured, last-epoch KID as good or better). DCGAN runs: 0.
 PROJECTED_SPECTRUM_PENALTY = 0.1
@@ -125,8 +128,9 @@ class GanConfig:
     # done (as the learning rate falls), so that D weighs the layout more late. 0: it stays at `global_head`.
     global_head_end: float = 0.0
     # Weight of the whole-picture head's reconstruction term in D's loss (FastGAN's self-supervised discriminator,
-    # networks.Gan._reconstruction_loss): a decoder redraws each real picture from the head's last map. 0: off.
-    discriminator_reconstruction: float = 0.0
+    # networks.Gan._reconstruction_loss): a decoder redraws each real picture from the head's last map. 0: off;
+    # -1: PROJECTED_RECONSTRUCTION for the projected networks with a whole-picture head, else 0.
+    discriminator_reconstruction: float = -1.0
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
     lecam: float = -1.0  # LeCam weight of D's loss (Tseng et al. 2021); -1: PROJECTED_LECAM if projected, else 0
@@ -198,9 +202,10 @@ class GanConfig:
         if not low <= int(self.spectrum_penalty_period) <= min(high, self.image_size // 2):
             raise ValueError(f"spectrum_penalty_period must be in {low}..{min(high, self.image_size // 2)} px for "
                              f"{self.image_size}-px images, got {self.spectrum_penalty_period}")
-        if not 0.0 <= float(self.discriminator_reconstruction) <= 100.0:
-            raise ValueError(f"discriminator_reconstruction must be in 0..100, got {self.discriminator_reconstruction}")
-        if self.discriminator_reconstruction and (self.architecture != "projected" or not self.global_head):
+        if not (0.0 <= float(self.discriminator_reconstruction) <= 100.0 or self.discriminator_reconstruction == -1.0):
+            raise ValueError(f"discriminator_reconstruction must be in 0..100 (or -1, the default), got "
+                             f"{self.discriminator_reconstruction}")
+        if self.discriminator_reconstruction > 0 and (self.architecture != "projected" or not self.global_head):
             raise ValueError("discriminator_reconstruction redraws the picture from the whole-picture head: it needs "
                              "the projected architecture with global_head > 0")
         if not 0.0 <= self.ema_lr_power <= 2.0:
@@ -301,7 +306,8 @@ class GanConfig:
         written before `augment_policy` augmented with translation, colour and cutout, one written before
         `generator_convs` had one convolution block per doubling, one written before `lecam` had no LeCam
         term, one written before `generator_noise` had no noise inputs, one written before the spectrum penalty
-        became the default (a config without `spectrum_penalty`) had none, and a conditional run
+        became the default (a config without `spectrum_penalty`) had none, one written before the whole-picture
+        head's reconstruction term became the default had none, and a conditional run
         whose config leaves `mode_seeking` to the default (-1; new runs save the weight they use) trained with
         OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the
         schedule) it was started with."""
@@ -311,7 +317,7 @@ class GanConfig:
         return cls.from_dict({"generator_padding": "zeros", "generator_convs": 1, "generator_noise": 0.0,
                               "global_head": 0.0,
                               "precision": "float32", "lr_decay": "none", "ema_lr_power": 0.0, "lecam": 0.0,
-                              "spectrum_penalty": 0.0,
+                              "spectrum_penalty": 0.0, "discriminator_reconstruction": 0.0,
                               "bn_calibration_samples": 256,
                               "augment_policy": list(networks.AUGMENT_POLICIES), **values})
 
@@ -399,6 +405,14 @@ class GanConfig:
         return float(self.lecam)
 
     @property
+    def discriminator_reconstruction_weight(self) -> float:
+        """The reconstruction term's weight in use (-1 resolves to PROJECTED_RECONSTRUCTION for the projected
+        networks with a whole-picture head, else 0)."""
+        if self.discriminator_reconstruction < 0:
+            return PROJECTED_RECONSTRUCTION if self.architecture == "projected" and self.global_head else 0.0
+        return float(self.discriminator_reconstruction)
+
+    @property
     def spectrum_penalty_weight(self) -> float:
         """The spectrum penalty's weight in use (-1 resolves to PROJECTED_SPECTRUM_PENALTY for the projected
         networks, else 0)."""
@@ -425,6 +439,10 @@ class _ModelShape:
     @property
     def spectrum_penalty(self) -> float:
         return self.config.spectrum_penalty_weight
+
+    @property
+    def discriminator_reconstruction(self) -> float:
+        return self.config.discriminator_reconstruction_weight
 
     def __getattr__(self, name):
         return getattr(self.config, name)
@@ -1139,7 +1157,8 @@ def new_run_config(config: GanConfig | dict) -> tuple[dict, list[str] | None]:
     classes = [config.genre] if not config.conditional else (list(config.genres) or None)
     # The weights in use, not -1: a later change of a default does not change what this run resumes with.
     return {**config.to_dict(), "mode_seeking": config.mode_seeking_weight, "lecam": config.lecam_weight,
-            "spectrum_penalty": config.spectrum_penalty_weight}, classes
+            "spectrum_penalty": config.spectrum_penalty_weight,
+            "discriminator_reconstruction": config.discriminator_reconstruction_weight}, classes
 
 
 # ----------------------------------------------------------------------------------------------------------
