@@ -1121,6 +1121,8 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
     assert float(gan._reconstruction_loss(tf.constant(images))) == pytest.approx(float(expected), rel=1e-5)
     with pytest.raises(ValueError, match="no whole-picture head"):
         networks.Gan(without.generator, without.generator, latent_dim=8, reconstruction=1.0)
+    with pytest.raises(ValueError, match="reconstruction weight must be at least 0, got -1"):
+        networks.Gan(without.generator, plain, latent_dim=8, reconstruction=-1.0)
 
     decoder_before = [w.numpy().copy() for w in with_term.reconstruction_decoder.trainable_weights]
     batch = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)

@@ -50,9 +50,9 @@ def register(subparsers) -> None:
                             "rate / starting rate) ** this, so it keeps averaging as the rate falls instead of "
                             "settling on the last step; 0: a fixed share (default 0.5)")
     train.add_argument("--discriminator-reconstruction", type=float, default=None, metavar="W",
-                       help="FastGAN's self-supervised discriminator on the whole-picture head: a small decoder redraws "
-                            "each real picture at 32 px from the head's last map, and D pays W times its mean absolute "
-                            "error, so that the head's features must hold the layout (default "
+                       help="FastGAN's self-supervised discriminator on the whole-picture head: a small decoder "
+                            "redraws each real picture at 32 px from the head's last map, and D pays W times its mean "
+                            "absolute error, so that the head's features must hold the layout (default "
                             f"{trainer.PROJECTED_RECONSTRUCTION:g} for the projected networks with a whole-picture "
                             "head; 0: off)")
     train.add_argument("--ema-decay", type=float, default=None, metavar="D",

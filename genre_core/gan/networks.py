@@ -462,7 +462,8 @@ def global_head_encoder(discriminator):
     try:
         flatten = discriminator.get_layer("head_global_flatten")
     except ValueError:
-        raise ValueError("this discriminator has no whole-picture head (global_head > 0, projected architecture)") from None
+        raise ValueError("this discriminator has no whole-picture head (global_head > 0, projected "
+                         "architecture)") from None
     return keras.Model(discriminator.inputs[0], flatten.input, name="global_head_encoder")
 
 
@@ -813,6 +814,9 @@ def _gan_class():
             # encoder is D's own path to the head's last map; the decoder's weights are D's, trained by its
             # optimizer, and training state only when the term is on (other checkpoints keep their variable count).
             self.reconstruction = float(reconstruction)
+            if self.reconstruction < 0:
+                raise ValueError(f"the reconstruction weight must be at least 0, got {reconstruction} (GanConfig "
+                                 "resolves its default -1 to the weight in use)")
             self.reconstruction_encoder = self.reconstruction_decoder = None
             if self.reconstruction:
                 self.reconstruction_encoder = global_head_encoder(discriminator)
