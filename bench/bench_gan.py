@@ -217,47 +217,34 @@ def _epoch_row() -> list[dict]:
         "ok": True,
         "note": f"median of {ROUNDS} timed steps x {steps} steps ({EPOCH_TRAINING_IMAGES} training landscapes), in the "
                 f"precision 'auto' picks here; the epoch-end measurement (grid, KID in two spaces, judge) comes on top",
-    }, {
-        "name": f"gan train step {EPOCH_IMAGE_SIZE}px batch {EPOCH_BATCH_SIZE} (projected, mixed_bfloat16 vs float32)",
-        "baseline_s": round(step_s["float32"], 4),
-        "candidate_s": round(step_s["mixed_bfloat16"], 4),
-        "ratio": round(step_s["mixed_bfloat16"] / step_s["float32"], 3),
+    }, _step_row("mixed_bfloat16 vs float32", step_s, "float32", "mixed_bfloat16",
+                 f"median s/step of {ROUNDS} alternating rounds; the CPU has native bfloat16: "
+                 f"{networks.hardware_has_bfloat16()} (without it bfloat16 is emulated and slower)"),
+        _step_row(f"generator's full-size stage {TOP_CHANNELS[1]} vs {TOP_CHANNELS[0]} channels", step_s,
+                  f"top{TOP_CHANNELS[0]}", f"top{TOP_CHANNELS[1]}",
+                  f"median s/step of {ROUNDS} alternating rounds (--generator-top-channels), in {default}"),
+        _step_row("with the spectrum penalty vs without", step_s, "no_spectrum", f"top{TOP_CHANNELS[0]}",
+                  f"median s/step of {ROUNDS} alternating rounds (the default --spectrum-penalty "
+                  f"{trainer.PROJECTED_SPECTRUM_PENALTY:g}: one FFT of the generated batch per generator step, "
+                  f"against --spectrum-penalty 0), in {default}"),
+        _step_row("with the whole-picture head's reconstruction term vs without", step_s, "no_reconstruction",
+                  f"top{TOP_CHANNELS[0]}",
+                  f"median s/step of {ROUNDS} alternating rounds (the default --discriminator-reconstruction "
+                  f"{trainer.PROJECTED_RECONSTRUCTION:g}: a 32-px decoder from the head's 4x4 map of the real "
+                  f"images, against 0), in {default}")]
+
+
+def _step_row(what: str, step_s: dict, baseline: str, candidate: str, note: str) -> dict:
+    """A reported (not held) ratio row: the 128-px train step of `candidate` against that of `baseline`."""
+    return {
+        "name": f"gan train step {EPOCH_IMAGE_SIZE}px batch {EPOCH_BATCH_SIZE} (projected, {what})",
+        "baseline_s": round(step_s[baseline], 4),
+        "candidate_s": round(step_s[candidate], 4),
+        "ratio": round(step_s[candidate] / step_s[baseline], 3),
         "target": "reported",
         "ok": True,
-        "note": f"median s/step of {ROUNDS} alternating rounds; the CPU has native bfloat16: "
-                f"{networks.hardware_has_bfloat16()} (without it bfloat16 is emulated and slower)",
-    }, {
-        "name": f"gan train step {EPOCH_IMAGE_SIZE}px batch {EPOCH_BATCH_SIZE} (projected, generator's full-size "
-                f"stage {TOP_CHANNELS[1]} vs {TOP_CHANNELS[0]} channels)",
-        "baseline_s": round(step_s[f"top{TOP_CHANNELS[0]}"], 4),
-        "candidate_s": round(step_s[f"top{TOP_CHANNELS[1]}"], 4),
-        "ratio": round(step_s[f"top{TOP_CHANNELS[1]}"] / step_s[f"top{TOP_CHANNELS[0]}"], 3),
-        "target": "reported",
-        "ok": True,
-        "note": f"median s/step of {ROUNDS} alternating rounds (--generator-top-channels), in {default}",
-    }, {
-        "name": f"gan train step {EPOCH_IMAGE_SIZE}px batch {EPOCH_BATCH_SIZE} (projected, with the spectrum penalty "
-                "vs without)",
-        "baseline_s": round(step_s["no_spectrum"], 4),
-        "candidate_s": round(step_s[f"top{TOP_CHANNELS[0]}"], 4),
-        "ratio": round(step_s[f"top{TOP_CHANNELS[0]}"] / step_s["no_spectrum"], 3),
-        "target": "reported",
-        "ok": True,
-        "note": f"median s/step of {ROUNDS} alternating rounds (the default --spectrum-penalty "
-                f"{trainer.PROJECTED_SPECTRUM_PENALTY:g}: one FFT of the generated batch per generator step, "
-                f"against --spectrum-penalty 0), in {default}",
-    }, {
-        "name": f"gan train step {EPOCH_IMAGE_SIZE}px batch {EPOCH_BATCH_SIZE} (projected, with the whole-picture "
-                "head's reconstruction term vs without)",
-        "baseline_s": round(step_s["no_reconstruction"], 4),
-        "candidate_s": round(step_s[f"top{TOP_CHANNELS[0]}"], 4),
-        "ratio": round(step_s[f"top{TOP_CHANNELS[0]}"] / step_s["no_reconstruction"], 3),
-        "target": "reported",
-        "ok": True,
-        "note": f"median s/step of {ROUNDS} alternating rounds (the default --discriminator-reconstruction "
-                f"{trainer.PROJECTED_RECONSTRUCTION:g}: a 32-px decoder from the head's 4x4 map of the real images, "
-                f"against 0), in {default}",
-    }]
+        "note": note,
+    }
 
 
 if __name__ == "__main__":
