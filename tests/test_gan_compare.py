@@ -101,3 +101,18 @@ def test_gan_compare_cli_prints_each_run_and_the_epoch_table(two_runs, capsys):
     assert "nosuchrun: no run with id 'nosuchrun'" in out and f"{first.name}: landscape" in out
     assert cli.main(["gan", "compare", first.name, second.name, "--names", "only-one"]) == 2
     assert "--names gives 1 names for 2 runs" in capsys.readouterr().err
+
+
+def test_curves_include_the_reconstruction_loss_of_the_runs_that_have_it(two_runs):
+    """The whole-picture head's reconstruction error is a curve to compare (and to pick on the GAN page) where a
+    run's history.csv has it; a run without the term just has no such curve."""
+    import pandas as pd
+
+    first, second = two_runs
+    history = pd.read_csv(second / "history.csv")
+    history["reconstruction_loss"] = [0.25, 0.18, 0.15]
+    history.to_csv(second / "history.csv", index=False)
+    long = compare.curves([first, second])
+    losses = long[long["metric"] == "reconstruction_loss"]
+    assert set(losses["run"]) == {second.name}
+    assert list(losses.sort_values("epoch")["value"]) == pytest.approx([0.25, 0.18, 0.15])
