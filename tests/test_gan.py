@@ -41,6 +41,17 @@ def same_weights(a, b) -> bool:
     return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in zip(a.trainable_weights, b.trainable_weights))
 
 
+def assert_saved_as_its_weight_and_off_in_older_runs(key: str, weight: str, value: float):
+    """A default weight (-1 in GanConfig) is saved in a new run's config.json as the weight in use, `value`, so a
+    later change of the default does not change what the run resumes with; a run written before it was the
+    default (its config has no `key`) resumes with it off."""
+    saved = trainer.new_run_config(trainer.GanConfig())[0]
+    assert saved[key] == value
+    before = {k: v for k, v in saved.items() if k != key}
+    assert getattr(trainer.GanConfig.from_run_config(before), weight) == 0.0
+    assert getattr(trainer.GanConfig.from_run_config(saved), weight) == value
+
+
 def test_channel_widths_and_network_shapes():
     assert networks.channel_widths(64) == [256, 128, 64, 32]
     assert networks.channel_widths(32, base_channels=8) == [32, 16, 8]
@@ -873,11 +884,7 @@ def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
     # written before the option (their checkpoints lack its averages).
     assert (trainer.GanConfig().lecam_weight, trainer.GanConfig(architecture="dcgan").lecam_weight) == (0.3, 0.0)
     assert trainer.GanConfig(architecture="dcgan", lecam=0.2).lecam_weight == 0.2
-    saved = trainer.new_run_config(trainer.GanConfig())[0]
-    assert saved["lecam"] == 0.3
-    before_lecam = {k: v for k, v in saved.items() if k != "lecam"}
-    assert trainer.GanConfig.from_run_config(before_lecam).lecam_weight == 0.0
-    assert trainer.GanConfig.from_run_config(saved).lecam_weight == 0.3
+    assert_saved_as_its_weight_and_off_in_older_runs("lecam", "lecam_weight", 0.3)
     with pytest.raises(ValueError, match="lecam must be in 0..10"):
         trainer.GanConfig(lecam=-0.5).validate()
     # The spectrum penalty likewise: 0.1 in new projected runs (saved as the weight in use), 0 for dcgan unless
@@ -885,10 +892,7 @@ def test_new_runs_pad_by_reflection_and_older_runs_keep_zero_padding():
     assert (trainer.GanConfig().spectrum_penalty_weight,
             trainer.GanConfig(architecture="dcgan").spectrum_penalty_weight) == (0.1, 0.0)
     assert trainer._ModelShape(trainer.GanConfig(spectrum_penalty=0.5), 1).spectrum_penalty == 0.5
-    assert saved["spectrum_penalty"] == 0.1
-    before_default = {k: v for k, v in saved.items() if k != "spectrum_penalty"}
-    assert trainer.GanConfig.from_run_config(before_default).spectrum_penalty_weight == 0.0
-    assert trainer.GanConfig.from_run_config(saved).spectrum_penalty_weight == 0.1
+    assert_saved_as_its_weight_and_off_in_older_runs("spectrum_penalty", "spectrum_penalty_weight", 0.1)
     with pytest.raises(ValueError, match=r"spectrum_penalty must be in 0..100 \(or -1, the default\), got -0.5"):
         trainer.GanConfig(spectrum_penalty=-0.5).validate()
     with pytest.raises(ValueError, match="unknown GAN option.*colour"):
@@ -1151,11 +1155,8 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
             ) == (-1.0, trainer.PROJECTED_RECONSTRUCTION) == (-1.0, 1.0)
     assert trainer.GanConfig(global_head=0.0).validate().discriminator_reconstruction_weight == 0.0
     assert trainer.GanConfig(architecture="dcgan").validate().discriminator_reconstruction_weight == 0.0
-    saved = trainer.new_run_config(trainer.GanConfig())[0]
-    assert saved["discriminator_reconstruction"] == 1.0
-    before_default = {k: v for k, v in saved.items() if k != "discriminator_reconstruction"}
-    assert trainer.GanConfig.from_run_config(before_default).discriminator_reconstruction_weight == 0.0
-    assert trainer.GanConfig.from_run_config(saved).discriminator_reconstruction_weight == 1.0
+    assert_saved_as_its_weight_and_off_in_older_runs("discriminator_reconstruction",
+                                                     "discriminator_reconstruction_weight", 1.0)
     with pytest.raises(ValueError, match="needs the projected architecture with global_head > 0"):
         trainer.GanConfig(discriminator_reconstruction=1.0, global_head=0.0).validate()
     with pytest.raises(ValueError, match=r"discriminator_reconstruction must be in 0..100 \(or -1, the default\)"):
