@@ -467,6 +467,13 @@ def global_head_encoder(discriminator):
     return keras.Model(discriminator.inputs[0], flatten.input, name="global_head_encoder")
 
 
+def reconstruction_decoder_for(discriminator, width: int = 16):
+    """The reconstruction decoder that fits this discriminator's whole-picture head: from the head's last map to
+    the picture at the size the head sees it (the image size, at most GLOBAL_HEAD_SIZE)."""
+    size = min(int(discriminator.inputs[0].shape[1]), GLOBAL_HEAD_SIZE)
+    return make_reconstruction_decoder(global_head_encoder(discriminator).output.shape[1:], size, width)
+
+
 def make_reconstruction_decoder(map_shape, size: int, width: int = 16, name: str = "reconstruction"):
     """The decoder of FastGAN's self-supervised discriminator, on the whole-picture head: the head's last map
     (`map_shape`, 4x4 by default) -> the image at `size` px in [-1, 1], by nearest upsampling + 3x3 convolutions
@@ -683,9 +690,7 @@ def make_gan(config):
                 global_input=getattr(config, "global_head_input", "pixels"))
             reconstruction_decoder = None
             if float(getattr(config, "discriminator_reconstruction", 0.0)):
-                head_map = global_head_encoder(discriminator).output
-                reconstruction_decoder = make_reconstruction_decoder(
-                    head_map.shape[1:], min(config.image_size, GLOBAL_HEAD_SIZE), config.base_channels)
+                reconstruction_decoder = reconstruction_decoder_for(discriminator, config.base_channels)
     else:
         reconstruction_decoder = None
         generator = make_generator(config.image_size, config.latent_dim, num_classes, config.base_channels)
@@ -820,11 +825,8 @@ def _gan_class():
             self.reconstruction_encoder = self.reconstruction_decoder = None
             if self.reconstruction:
                 self.reconstruction_encoder = global_head_encoder(discriminator)
-                self.reconstruction_decoder = reconstruction_decoder
-                if reconstruction_decoder is None:
-                    self.reconstruction_decoder = make_reconstruction_decoder(
-                        self.reconstruction_encoder.output.shape[1:],
-                        min(int(discriminator.inputs[0].shape[1]), GLOBAL_HEAD_SIZE))
+                self.reconstruction_decoder = (reconstruction_decoder if reconstruction_decoder is not None
+                                               else reconstruction_decoder_for(discriminator))
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
