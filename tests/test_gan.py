@@ -1149,12 +1149,18 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
     trainer.load_checkpoint(fresh, run)
     assert same_weights(fresh.reconstruction_decoder, with_term.reconstruction_decoder)
 
-    # The default: on (weight 1) for the projected networks with a whole-picture head, saved as the weight in use;
-    # off without that head, for dcgan, and in runs written before it was the default.
+    # The default: on (weight 1) for unconditional runs of the projected networks with a whole-picture head, saved as
+    # the weight in use; off without that head, for dcgan, in conditional runs (unless asked for), and in runs
+    # written before it was the default.
     assert (trainer.GanConfig().discriminator_reconstruction, trainer.GanConfig().discriminator_reconstruction_weight
             ) == (-1.0, trainer.PROJECTED_RECONSTRUCTION) == (-1.0, 1.0)
     assert trainer.GanConfig(global_head=0.0).validate().discriminator_reconstruction_weight == 0.0
     assert trainer.GanConfig(architecture="dcgan").validate().discriminator_reconstruction_weight == 0.0
+    conditional = trainer.GanConfig(conditional=True, genre=None).validate()
+    assert conditional.discriminator_reconstruction_weight == 0.0
+    assert trainer.new_run_config(conditional)[0]["discriminator_reconstruction"] == 0.0
+    assert trainer.GanConfig(conditional=True, genre=None, discriminator_reconstruction=1.0
+                             ).validate().discriminator_reconstruction_weight == 1.0
     assert_saved_as_its_weight_and_off_in_older_runs("discriminator_reconstruction",
                                                      "discriminator_reconstruction_weight", 1.0)
     with pytest.raises(ValueError, match="needs the projected architecture with global_head > 0"):

@@ -53,8 +53,8 @@ def register(subparsers) -> None:
                        help="FastGAN's self-supervised discriminator on the whole-picture head: a small decoder "
                             "redraws each real picture at 32 px from the head's last map, and D pays W times its mean "
                             "absolute error, so that the head's features must hold the layout (default "
-                            f"{trainer.PROJECTED_RECONSTRUCTION:g} for the projected networks with a whole-picture "
-                            "head; 0: off)")
+                            f"{trainer.PROJECTED_RECONSTRUCTION:g} for unconditional runs of the projected networks with a "
+                            "whole-picture head; 0: off; conditional runs: 0)")
     train.add_argument("--ema-decay", type=float, default=None, metavar="D",
                        help="the sampled (EMA) generator keeps D of itself per step (at the starting learning rate), "
                             "so its memory is about 1 / (1 - D) steps; with a smaller --batch-size, a D nearer 1 keeps "

@@ -129,7 +129,8 @@ class GanConfig:
     global_head_end: float = 0.0
     # Weight of the whole-picture head's reconstruction term in D's loss (FastGAN's self-supervised discriminator,
     # networks.Gan._reconstruction_loss): a decoder redraws each real picture from the head's last map. 0: off;
-    # -1: PROJECTED_RECONSTRUCTION for the projected networks with a whole-picture head, else 0.
+    # -1: PROJECTED_RECONSTRUCTION for unconditional runs of the projected networks with a whole-picture head, else 0
+    # (on in conditional runs it rose in the layout on two seeds: docs/gan-measurements.md).
     discriminator_reconstruction: float = -1.0
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
@@ -406,10 +407,11 @@ class GanConfig:
 
     @property
     def discriminator_reconstruction_weight(self) -> float:
-        """The reconstruction term's weight in use (-1 resolves to PROJECTED_RECONSTRUCTION for the projected
-        networks with a whole-picture head, else 0)."""
+        """The reconstruction term's weight in use (-1 resolves to PROJECTED_RECONSTRUCTION for unconditional runs
+        of the projected networks with a whole-picture head, else 0)."""
         if self.discriminator_reconstruction < 0:
-            return PROJECTED_RECONSTRUCTION if self.architecture == "projected" and self.global_head else 0.0
+            wanted = self.architecture == "projected" and self.global_head and not self.conditional
+            return PROJECTED_RECONSTRUCTION if wanted else 0.0
         return float(self.discriminator_reconstruction)
 
     @property
