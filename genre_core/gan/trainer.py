@@ -76,8 +76,9 @@ OLDER_CONDITIONAL_MODE_SEEKING = 1.0
 # ended issue 13's kit runs without a late rise (docs/gan-measurements.md, "LeCam regularisation").
 # DCGAN runs: 0 (not measured).
 PROJECTED_LECAM = 0.3
-# The weight of the whole-picture head's reconstruction term (FastGAN's self-supervised discriminator) for the projected
-# networks with a whole-picture head (GanConfig.discriminator_reconstruction -1); measured in docs/gan-measurements.md.
+# The weight of the whole-picture head's reconstruction term (FastGAN's self-supervised discriminator) for unconditional
+# runs of the projected networks with a whole-picture head (GanConfig.discriminator_reconstruction -1); measured in
+# docs/gan-measurements.md.
 PROJECTED_RECONSTRUCTION = 1.0
 # The spectrum penalty's weight in a projected run that does not set one (docs/gan-measurements.md, "A spectrum
 # penalty on the generator": lower stripes on every seed measured, last-epoch KID as good or better). DCGAN runs: 0.
@@ -130,7 +131,7 @@ class GanConfig:
     # Weight of the whole-picture head's reconstruction term in D's loss (FastGAN's self-supervised discriminator,
     # networks.Gan._reconstruction_loss): a decoder redraws each real picture from the head's last map. 0: off;
     # -1: PROJECTED_RECONSTRUCTION for unconditional runs of the projected networks with a whole-picture head, else 0
-    # (on in conditional runs it rose in the layout on two seeds: docs/gan-measurements.md).
+    # (conditional runs: 0, since with it their layout got worse on both seeds measured: docs/gan-measurements.md).
     discriminator_reconstruction: float = -1.0
     loss: str = ""  # "" picks the architecture's loss (projected: hinge; dcgan: non_saturating)
     mode_seeking: float = -1.0  # MSGAN mode-seeking weight; -1: CONDITIONAL_MODE_SEEKING if conditional, else 0
