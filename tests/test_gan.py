@@ -1149,11 +1149,11 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
     trainer.load_checkpoint(fresh, run)
     assert same_weights(fresh.reconstruction_decoder, with_term.reconstruction_decoder)
 
-    # The default: on (weight 1) for unconditional runs of the projected networks with a whole-picture head, saved as
+    # The default: on (weight 2) for unconditional runs of the projected networks with a whole-picture head, saved as
     # the weight in use; off without that head, for dcgan, in conditional runs (unless asked for), and in runs
     # written before it was the default.
     assert (trainer.GanConfig().discriminator_reconstruction, trainer.GanConfig().discriminator_reconstruction_weight
-            ) == (-1.0, trainer.PROJECTED_RECONSTRUCTION) == (-1.0, 1.0)
+            ) == (-1.0, trainer.PROJECTED_RECONSTRUCTION) == (-1.0, 2.0)
     assert trainer.GanConfig(global_head=0.0).validate().discriminator_reconstruction_weight == 0.0
     assert trainer.GanConfig(architecture="dcgan").validate().discriminator_reconstruction_weight == 0.0
     conditional = trainer.GanConfig(conditional=True, genre=None).validate()
@@ -1162,7 +1162,11 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
     assert trainer.GanConfig(conditional=True, genre=None, discriminator_reconstruction=1.0
                              ).validate().discriminator_reconstruction_weight == 1.0
     assert_saved_as_its_weight_and_off_in_older_runs("discriminator_reconstruction",
-                                                     "discriminator_reconstruction_weight", 1.0)
+                                                     "discriminator_reconstruction_weight", 2.0)
+    # A run that saved weight 1 (the default until weight 2 was measured) resumes with 1.
+    saved = trainer.new_run_config(trainer.GanConfig())[0]
+    assert trainer.GanConfig.from_run_config({**saved, "discriminator_reconstruction": 1.0}
+                                             ).discriminator_reconstruction_weight == 1.0
     with pytest.raises(ValueError, match="needs the projected architecture with global_head > 0"):
         trainer.GanConfig(discriminator_reconstruction=1.0, global_head=0.0).validate()
     with pytest.raises(ValueError, match=r"discriminator_reconstruction must be in 0..100 \(or -1, the default\)"):
