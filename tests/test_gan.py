@@ -43,13 +43,15 @@ def same_weights(a, b) -> bool:
 
 def assert_saved_as_its_weight_and_off_in_older_runs(key: str, weight: str, value: float):
     """A default weight (-1 in GanConfig) is saved in a new run's config.json as the weight in use, `value`, so a
-    later change of the default does not change what the run resumes with; a run written before it was the
-    default (its config has no `key`) resumes with it off."""
+    later change of the default does not change what the run resumes with (a run that saved another weight, as
+    under an older default, resumes with that one); a run written before it was the default (its config has no
+    `key`) resumes with it off."""
     saved = trainer.new_run_config(trainer.GanConfig())[0]
     assert saved[key] == value
     before = {k: v for k, v in saved.items() if k != key}
     assert getattr(trainer.GanConfig.from_run_config(before), weight) == 0.0
     assert getattr(trainer.GanConfig.from_run_config(saved), weight) == value
+    assert getattr(trainer.GanConfig.from_run_config({**saved, key: value / 2}), weight) == value / 2
 
 
 def test_channel_widths_and_network_shapes():
@@ -1163,10 +1165,6 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
                              ).validate().discriminator_reconstruction_weight == 1.0
     assert_saved_as_its_weight_and_off_in_older_runs("discriminator_reconstruction",
                                                      "discriminator_reconstruction_weight", 2.0)
-    # A run that saved weight 1 (the default until weight 2 was measured) resumes with 1.
-    saved = trainer.new_run_config(trainer.GanConfig())[0]
-    assert trainer.GanConfig.from_run_config({**saved, "discriminator_reconstruction": 1.0}
-                                             ).discriminator_reconstruction_weight == 1.0
     with pytest.raises(ValueError, match="needs the projected architecture with global_head > 0"):
         trainer.GanConfig(discriminator_reconstruction=1.0, global_head=0.0).validate()
     with pytest.raises(ValueError, match=r"discriminator_reconstruction must be in 0..100 \(or -1, the default\)"):
