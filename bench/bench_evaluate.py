@@ -1,5 +1,6 @@
 """Benchmarks for classify and evaluate: one-image latency, Grad-CAM cost, a full evaluation of a large split,
-and `evaluate --data` on 500 paintings through the caches and the fast engine against the Keras path."""
+`evaluate --data` on 500 paintings through the caches and the fast engine against the Keras path, and the GAN's
+judge (64 images per epoch) on the fast engine against Keras."""
 
 from __future__ import annotations
 
@@ -149,6 +150,41 @@ def bench_evaluate_data(images: int = 500) -> dict:
                               f"images scored; baseline {baseline / images * 1000:.0f} ms per image")
 
 
+def bench_judge(images: int = 64, repeats: int = 3) -> dict:
+    """What a GAN run's judge does every epoch: classify 64 images (the default `judge_samples`) with a
+    cpu-15min classifier (HED-VGG16 at 224 px, frozen, and a head): `Classifier.with_engine("auto")` (the
+    backbone on ncnn where it converts) against `predict_arrays` on the whole Keras model. Alternating rounds;
+    the note gives how many images got the same genre and the largest probability difference."""
+    from bench import make_row, temporary_artifacts
+    from genre_core.data import sources
+    from genre_core.evaluation import classify
+    from genre_core.models import zoo
+    from genre_core.training.config import recipe_values, TrainConfig
+    from genre_core.util import fileio
+
+    with temporary_artifacts("bench_judge_") as folder:
+        dataset = sources.load_dataset("demo")
+        config = TrainConfig.from_dict({**recipe_values("cpu-15min"), "data": "demo"})
+        model = zoo.build_model(config.model, len(dataset.classes), config.size, config.weights,
+                                **zoo.model_options(config))
+        model.save(folder / "model.keras")
+        fileio.atomic_write_json(folder / "classes.json", list(dataset.classes))
+        fileio.atomic_write_json(folder / "config.json", config.to_dict())
+        keras_judge = classify.load_classifier(folder)
+        fast_judge = keras_judge.with_engine("auto")
+        batch = np.random.default_rng(3).integers(0, 256, (images, keras_judge.size[1], keras_judge.size[0], 3),
+                                                  dtype=np.uint8)
+        expected, got = keras_judge.predict_arrays(batch), fast_judge.predict_arrays(batch)  # warm-up
+        baseline, candidate = _median_interleaved(lambda: keras_judge.predict_arrays(batch),
+                                                  lambda: fast_judge.predict_arrays(batch), repeats=repeats)
+    same = int(np.sum(expected.argmax(axis=1) == got.argmax(axis=1)))
+    return make_row(f"GAN judge: {images} images per epoch, with_engine('auto') ({fast_judge.engine}) vs Keras",
+                    baseline, candidate, ">=1.0x",
+                    f"cpu-15min classifier (random head), {keras_judge.size[0]} px, median of {repeats} alternating "
+                    f"rounds; same genre for {same}/{images} images, largest probability difference "
+                    f"{float(np.abs(expected - got).max()):.1e}")
+
+
 def run() -> list[dict]:
     """All classify/evaluate benchmark rows."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -156,7 +192,7 @@ def run() -> list[dict]:
         folder = Path(folder)
         classifier = _classifier(folder)
         rows = [bench_latency(classifier), bench_gradcam(classifier), bench_full_evaluation()]
-    return rows + [bench_evaluate_data()]
+    return rows + [bench_evaluate_data(), bench_judge()]
 
 
 if __name__ == "__main__":

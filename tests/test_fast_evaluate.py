@@ -55,6 +55,7 @@ def test_predict_dataset_on_an_end_to_end_model_reads_cached_images(tiny_dataset
                            "batch_size": 8, "val_fraction": 0.2, "test_fraction": 0.2})
     classifier = classify.load_classifier(run.path)
     assert classifier.frozen_parts() is None
+    assert classifier.with_engine("auto") is classifier  # nothing to run on ncnn: the whole model stays Keras
     folder = tmp_path / "few"
     folder.mkdir()
     make_tiny_image("abstract", 1).save(folder / "a.png")
@@ -82,6 +83,13 @@ def test_folder_classify_goes_through_the_caches_and_matches_single_images(tiny_
     table = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert len(table) == len(paths)
     classifier = classify.load_classifier(run.path)
+    # The GAN judge's path: the frozen backbone on ncnn, the head in Keras, the same probabilities in batches.
+    fast = classifier.with_engine("auto")
+    assert fast is not classifier and fast.engine.startswith("ncnn ") and classifier.engine == "keras"
+    assert classifier.with_engine("keras") is classifier
+    batch = np.stack([classifier.load(str(path)) for path in paths[:classify.PREDICT_BATCH_SIZE + 3]])
+    np.testing.assert_allclose(fast.predict_arrays(batch), classifier.predict_arrays(batch), atol=1e-4)
+    assert fast.predict_arrays(batch[0]).shape == (1, len(classifier.classes))
     direct = classifier.classify([str(path) for path in paths[:3]])
     cached = classifier.classify_files(paths[:3])
     for one, other in zip(direct, cached):

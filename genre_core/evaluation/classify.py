@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,11 +42,36 @@ class Classifier:
     policy: str
     run_dir: Path | None = None
     config: dict | None = None  # the run's config.json
+    # Set by `with_engine`: (uint8 batch -> probabilities) through a fast feature engine, and its label.
+    fast_forward: Any = None
+    engine: str = "keras"
 
     def frozen_parts(self) -> tuple[Any, Any, str] | None:
         """(extractor, head, extractor id) when the model is head(frozen extractor) from a frozen-feature run,
         so features can come from the embedding cache and the fast engine; None otherwise."""
         return frozen_parts(self.model, self.config or {})
+
+    def with_engine(self, engine: str = "auto", notes: list[str] | None = None) -> "Classifier":
+        """This classifier with `predict_arrays` running the frozen backbone of a head(frozen extractor) model on
+        `engine` (`embeddings.feature_pass`: "auto" is ncnn on a CPU where it converts, as training's feature
+        pass) and only the head in Keras. Itself when the model is not of that kind or the engine is Keras.
+
+        For a caller that classifies batches again and again (the GAN's judge, every epoch): on 2 cores the
+        kit judge (HED-VGG16 at 224 px) classified 64 images in 5.2-5.7 s against Keras's 9.5 s, with the same
+        genre for every image and probabilities within 1.3e-6 (`python3 -m bench`, "judge")."""
+        parts = self.frozen_parts()
+        if parts is None or engine == "keras":
+            return self
+        extractor, head, _ = parts
+        features, label = embeddings.feature_pass(extractor, engine, notes=notes)
+        if label.startswith("keras"):
+            return self
+        import keras
+
+        def forward(batch: np.ndarray) -> np.ndarray:
+            return keras.ops.convert_to_numpy(head(features(batch, False), training=False))
+
+        return replace(self, fast_forward=forward, engine=label)
 
     def predict_dataset(self, dataset, progress=None, cancel_check=None) -> tuple[np.ndarray, list[str | None]]:
         """Probabilities (N, classes) for every manifest row of `dataset`, and per row None or why it could
@@ -95,6 +120,9 @@ class Classifier:
             raise ValueError(f"images must have shape (N, {expected[0]}, {expected[1]}, 3), got {array.shape}")
         if len(array) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
+        if self.fast_forward is not None:
+            return np.concatenate([self.fast_forward(array[start:start + PREDICT_BATCH_SIZE].astype(np.float32))
+                                   for start in range(0, len(array), PREDICT_BATCH_SIZE)]).astype(np.float32)
         import keras
 
         # Calling the model directly (not model.predict) keeps one-image latency at the bare call's.

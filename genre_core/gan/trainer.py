@@ -944,7 +944,8 @@ def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels
     judge_path = find_judge(config.judge, classes)
     if judge_path is not None and config.judge_samples:
         progress({"stage": "prepare", "done": 0, "total": 1, "message": "the judge classifies real images"})
-        result.judge = classify.load_classifier(judge_path)
+        # Every epoch classifies judge_samples images: the backbone runs on the fast engine where it converts.
+        result.judge = classify.load_classifier(judge_path).with_engine("auto")
         result.judge_name = Path(judge_path).name
         for label, genre in enumerate(classes):
             of_genre = np.flatnonzero(result.labels == label)[: config.judge_samples]
@@ -1136,7 +1137,8 @@ def _execute(run, progress) -> None:
         reference = prepare_reference(config, reference_images, reference_labels, classes, progress)
         if reference.judge is not None:
             shares = ", ".join(f"{genre} {share:.0%}" for genre, share in reference.judge_real.items())
-            print(f"judge {reference.judge_name} calls held-out real images by their genre: {shares}", flush=True)
+            print(f"judge {reference.judge_name} ({reference.judge.engine}) calls held-out real images by their "
+                  f"genre: {shares}", flush=True)
         elif config.judge:
             print("no finished classifier run knows these genres: recognisability is not measured", flush=True)
     steps_per_epoch = max(len(images) // config.batch_size, config.min_steps_per_epoch)
