@@ -105,6 +105,23 @@ def bench_full_evaluation() -> dict:
                 "adds top-3, balanced accuracy, most confused, label issues (cleanlab), JSON-ready tables")
 
 
+def _cpu15min_classifier(run_dir: Path, classes):
+    """An untrained classifier of the cpu-15min recipe (HED-VGG16 at 224 px, frozen, and a random head) saved as
+    a run folder `run_dir`, loaded through the classify API."""
+    from genre_core.evaluation import classify
+    from genre_core.models import zoo
+    from genre_core.training.config import recipe_values, TrainConfig
+    from genre_core.util import fileio
+
+    config = TrainConfig.from_dict({**recipe_values("cpu-15min"), "data": "demo"})
+    run_dir.mkdir()
+    model = zoo.build_model(config.model, len(classes), config.size, config.weights, **zoo.model_options(config))
+    model.save(run_dir / "model.keras")
+    fileio.atomic_write_json(run_dir / "classes.json", list(classes))
+    fileio.atomic_write_json(run_dir / "config.json", config.to_dict())
+    return classify.load_classifier(run_dir)
+
+
 def bench_evaluate_data(images: int = 500) -> dict:
     """`evaluate RUN --data` on 500 demo paintings with the cpu-15min extractor (HED-VGG16, 224 px): the
     caches and the fast engine (cold caches: decoding and the ncnn pass included) against the Keras path it
@@ -112,21 +129,11 @@ def bench_evaluate_data(images: int = 500) -> dict:
     from bench import make_row, temporary_artifacts
     from genre_core.data import sources
     from genre_core.evaluation import classify, evaluate
-    from genre_core.models import zoo
-    from genre_core.training.config import recipe_values, TrainConfig
-    from genre_core.util import fileio
 
     with temporary_artifacts("bench_evaluate_data_") as folder:
         dataset = sources.load_dataset("demo")
-        config = TrainConfig.from_dict({**recipe_values("cpu-15min"), "data": "demo"})
         run_dir = folder / "run"
-        run_dir.mkdir()
-        model = zoo.build_model(config.model, len(dataset.classes), config.size, config.weights,
-                                   **zoo.model_options(config))
-        model.save(run_dir / "model.keras")
-        fileio.atomic_write_json(run_dir / "classes.json", list(dataset.classes))
-        fileio.atomic_write_json(run_dir / "config.json", config.to_dict())
-        classifier = classify.load_classifier(run_dir)
+        classifier = _cpu15min_classifier(run_dir, dataset.classes)
         rows = dataset.manifest.head(images)
 
         def keras_path() -> None:
@@ -157,20 +164,9 @@ def bench_judge(images: int = 64, repeats: int = 3) -> dict:
     the note gives how many images got the same genre and the largest probability difference."""
     from bench import make_row, temporary_artifacts
     from genre_core.data import sources
-    from genre_core.evaluation import classify
-    from genre_core.models import zoo
-    from genre_core.training.config import recipe_values, TrainConfig
-    from genre_core.util import fileio
 
     with temporary_artifacts("bench_judge_") as folder:
-        dataset = sources.load_dataset("demo")
-        config = TrainConfig.from_dict({**recipe_values("cpu-15min"), "data": "demo"})
-        model = zoo.build_model(config.model, len(dataset.classes), config.size, config.weights,
-                                **zoo.model_options(config))
-        model.save(folder / "model.keras")
-        fileio.atomic_write_json(folder / "classes.json", list(dataset.classes))
-        fileio.atomic_write_json(folder / "config.json", config.to_dict())
-        keras_judge = classify.load_classifier(folder)
+        keras_judge = _cpu15min_classifier(folder / "run", sources.load_dataset("demo").classes)
         fast_judge = keras_judge.with_engine("auto")
         batch = np.random.default_rng(3).integers(0, 256, (images, keras_judge.size[1], keras_judge.size[0], 3),
                                                   dtype=np.uint8)
