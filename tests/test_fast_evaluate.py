@@ -87,7 +87,8 @@ def test_folder_classify_goes_through_the_caches_and_matches_single_images(tiny_
     fast = classifier.with_engine("auto")
     assert fast is not classifier and fast.engine.startswith("ncnn ") and classifier.engine == "keras"
     assert classifier.with_engine("keras") is classifier
-    batch = np.stack([classifier.load(str(path)) for path in paths[:classify.PREDICT_BATCH_SIZE + 3]])
+    loaded = [classifier.load(str(path)) for path in paths]
+    batch = np.stack((loaded * 2)[:classify.PREDICT_BATCH_SIZE + 3])  # more than one predict batch
     np.testing.assert_allclose(fast.predict_arrays(batch), classifier.predict_arrays(batch), atol=1e-4)
     assert fast.predict_arrays(batch[0]).shape == (1, len(classifier.classes))
     direct = classifier.classify([str(path) for path in paths[:3]])

@@ -58,7 +58,7 @@ class Classifier:
 
         For a caller that classifies batches again and again (the GAN's judge, every epoch): on 2 cores the
         kit judge (HED-VGG16 at 224 px) classified 64 images in 5.2-5.7 s against Keras's 9.5 s, with the same
-        genre for every image and probabilities within 1.3e-6 (`python3 -m bench`, "judge")."""
+        genre for every image and probabilities within 1.3e-6 (`python3 -m bench evaluate`, row "GAN judge")."""
         parts = self.frozen_parts()
         if parts is None or engine == "keras":
             return self
