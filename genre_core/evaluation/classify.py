@@ -120,18 +120,12 @@ class Classifier:
             raise ValueError(f"images must have shape (N, {expected[0]}, {expected[1]}, 3), got {array.shape}")
         if len(array) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        if self.fast_forward is not None:
-            return np.concatenate([self.fast_forward(array[start:start + PREDICT_BATCH_SIZE].astype(np.float32))
-                                   for start in range(0, len(array), PREDICT_BATCH_SIZE)]).astype(np.float32)
         import keras
 
         # Calling the model directly (not model.predict) keeps one-image latency at the bare call's.
-        outputs = [
-            keras.ops.convert_to_numpy(
-                self.model(array[start:start + PREDICT_BATCH_SIZE].astype(np.float32), training=False)
-            )
-            for start in range(0, len(array), PREDICT_BATCH_SIZE)
-        ]
+        forward = self.fast_forward or (lambda chunk: keras.ops.convert_to_numpy(self.model(chunk, training=False)))
+        outputs = [forward(array[start:start + PREDICT_BATCH_SIZE].astype(np.float32))
+                   for start in range(0, len(array), PREDICT_BATCH_SIZE)]
         return np.concatenate(outputs).astype(np.float32)
 
     def classify_files(self, paths_: Sequence[str | os.PathLike], top_k: int = 3, progress=None) -> list[dict]:
