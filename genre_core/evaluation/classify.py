@@ -51,7 +51,7 @@ class Classifier:
         so features can come from the embedding cache and the fast engine; None otherwise."""
         return frozen_parts(self.model, self.config or {})
 
-    def with_engine(self, engine: str = "auto", notes: list[str] | None = None) -> "Classifier":
+    def with_engine(self, engine: str = "auto") -> "Classifier":
         """This classifier with `predict_arrays` running the frozen backbone of a head(frozen extractor) model on
         `engine` (`embeddings.feature_pass`: "auto" is ncnn on a CPU where it converts, as training's feature
         pass) and only the head in Keras. Itself when the model is not of that kind or the engine is Keras.
@@ -63,7 +63,7 @@ class Classifier:
         if parts is None or engine == "keras":
             return self
         extractor, head, _ = parts
-        features, label = embeddings.feature_pass(extractor, engine, notes=notes)
+        features, label = embeddings.feature_pass(extractor, engine)
         if label.startswith("keras"):
             return self
         import keras
