@@ -449,7 +449,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
     --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
     --discriminator-lr-scale, --global-head-input, --augment-hold, --lr-decay-power, --discriminator-lr-floor and
-    --sampled-generator, --global-head-end and --discriminator-reconstruction set the run's config;
+    --sampled-generator, --global-head-end, --discriminator-reconstruction and --global-head-size set the run's config;
     left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
@@ -474,9 +474,10 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--global-head-end", "0.5",
-                     "--discriminator-reconstruction", "1"]) == 0
+                     "--discriminator-reconstruction", "1", "--global-head-size", "64"]) == 0
     chosen, bins, default, adaptive, rising = started
     assert (rising.global_head, rising.global_head_end, default.global_head_end) == (0.2, 0.5, 0.0)
+    assert (rising.global_head_size, default.global_head_size) == (64, 32)
     assert bins.spectrum_penalty_kind == "bins"
     assert (chosen.augment_probability, chosen.adaptive_augment) == (0.5, False)
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
@@ -1170,6 +1171,55 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
     with pytest.raises(ValueError, match=r"discriminator_reconstruction must be in 0..100 \(or -1, the default\)"):
         trainer.GanConfig(discriminator_reconstruction=-2.0).validate()
 
+
+
+def test_whole_picture_head_size_sets_what_the_head_and_the_reconstruction_decoder_see():
+    """`global_head_size` 64 on a 128-px discriminator: the head shrinks the image to 64 px (not 32), its convolutions
+    go one doubling deeper down to the same 4x4 map, the reconstruction decoder redraws the picture at 64 px, and the
+    term compares it with the real images average-pooled to 64 px; one step trains with it. The config refuses a size
+    that is not one of GLOBAL_HEAD_SIZES or larger than the image, and reads older runs (no such key) as 32."""
+    import tensorflow as tf
+
+    def head_shapes(gan):
+        d = gan.discriminator
+        return (tuple(d.get_layer("head_global_downscale").output.shape[1:3]),
+                tuple(gan.reconstruction_encoder.output.shape[1:3]),
+                tuple(gan.reconstruction_decoder.output.shape[1:3]))
+
+    shapes = {}
+    for size in (32, 64):
+        config = tiny_model_config(image_size=128)
+        config.config.discriminator_reconstruction, config.config.global_head_size = 2.0, size
+        gan = networks.make_gan(config)
+        shapes[size] = head_shapes(gan)
+        convs = [layer.name for layer in gan.discriminator.layers if layer.name.startswith("head_global_conv")]
+        assert len(convs) == {32: 3, 64: 4}[size]
+    assert shapes == {32: ((32, 32), (4, 4), (32, 32)), 64: ((64, 64), (4, 4), (64, 64))}
+
+    images = np.random.default_rng(2).uniform(-1, 1, (2, 128, 128, 3)).astype(np.float32)
+    decoded = gan.reconstruction_decoder(gan.reconstruction_encoder(tf.constant(images), training=True),
+                                         training=True).numpy()
+    target = images.reshape(2, 64, 2, 64, 2, 3).mean(axis=(2, 4))
+    # The term in training mode (spectral norm's power iteration moves the weights a little between calls).
+    assert float(gan._reconstruction_loss(tf.constant(images))) == pytest.approx(
+        float(np.abs(decoded - target).mean()), rel=0.05)
+    before = [w.numpy().copy() for w in gan.reconstruction_decoder.trainable_weights]
+    eager(gan)
+    logs = gan.train_on_batch(images, np.zeros(2, np.int32), return_dict=True)
+    assert np.isfinite(logs["reconstruction_loss"])
+    assert not all(np.allclose(old, new.numpy()) for old, new in
+                   zip(before, gan.reconstruction_decoder.trainable_weights))
+
+    assert trainer.GanConfig().global_head_size == networks.GLOBAL_HEAD_SIZE == 32
+    assert trainer.GanConfig(global_head_size=64).validate().global_head_size == 64
+    for bad, size in ((48, 128), (128, 64)):
+        with pytest.raises(ValueError, match="global_head_size must be one of"):
+            trainer.GanConfig(image_size=size, global_head_size=bad).validate()
+    older = trainer.new_run_config(trainer.GanConfig().validate())[0]
+    older.pop("global_head_size")
+    assert trainer.GanConfig.from_run_config(older).global_head_size == 32
+    with pytest.raises(ValueError, match="whole-picture head size 48"):
+        networks.make_projected_discriminator(64, global_weight=0.2, global_size=48)
 
 def test_r1_penalty_is_the_per_logit_squared_gradient_on_real_images_and_changes_the_step():
     """R1: half the squared norm of the gradient of the image's summed logits over the number of logits, averaged

@@ -8,6 +8,7 @@ from pathlib import Path
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
                                      GENERATOR_CONVS, GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES, GLOBAL_HEAD_INPUTS,
+                                     GLOBAL_HEAD_SIZE, GLOBAL_HEAD_SIZES,
                                      GEOMETRIC_MAX_SCALE, PRECISIONS, R1_SAMPLES, SPECTRUM_PENALTY_KINDS,
                                      SPECTRUM_PENALTY_PERIOD, SPECTRUM_PENALTY_PERIODS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
@@ -131,6 +132,10 @@ def register(subparsers) -> None:
     train.add_argument("--global-head-input", default=None, choices=GLOBAL_HEAD_INPUTS,
                        help="what the whole-picture head reads: pixels (the image at 32 px) or features (the frozen "
                             "trunk's deepest map, pretrained features of what is where) (default pixels)")
+    train.add_argument("--global-head-size", type=int, default=None, choices=GLOBAL_HEAD_SIZES, metavar="PX",
+                       help="the size at which the whole-picture head (and the reconstruction term's decoder) see the "
+                            "picture: 32 shows where the colours are, 64 also the shapes; at most --size "
+                            f"({', '.join(map(str, GLOBAL_HEAD_SIZES))}; default {GLOBAL_HEAD_SIZE})")
     train.add_argument("--conditional-norm", action="store_true", default=None,
                        help="conditional runs: give every batch norm of the generator a per-genre gain and bias "
                             "(class-conditional batch norm, as BigGAN), so the genre reaches every layer, not only "
@@ -264,6 +269,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("global_head_end", args.global_head_end),
                                            ("discriminator_reconstruction", args.discriminator_reconstruction),
                                            ("global_head_input", args.global_head_input),
+                                           ("global_head_size", args.global_head_size),
                                            ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),
                                            ("ema_decay", args.ema_decay), ("ema_lr_power", args.ema_lr_power),

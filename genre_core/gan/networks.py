@@ -117,8 +117,11 @@ SPECTRUM_PENALTY_KINDS = ("level", "direction", "bins")
 # share left to the old mean (about 50 steps, one epoch of the kit's landscapes, of memory; zero-debiased).
 SPECTRUM_RUNNING_DECAY = 0.98
 SPECTRUM_EPSILON = 1e-8  # added to the power before its log (a flat image has none)
-# The size at which the projected discriminator's whole-picture head sees the image (composition, not texture).
+# The size at which the projected discriminator's whole-picture head sees the image (composition, not texture),
+# by default, and the sizes `--global-head-size` allows (at most the image size). At 32 px a tree is a few pixels;
+# at 64 the head (and the reconstruction term's decoder) see shapes, not only where the colours are.
 GLOBAL_HEAD_SIZE = 32
+GLOBAL_HEAD_SIZES = (16, 32, 64, 128)
 
 
 def check_augment_policy(policy) -> tuple:
@@ -284,7 +287,7 @@ def _patch_head(x, widths, name: str):
 def make_projected_discriminator(image_size: int, num_classes: int = 0, base_channels: int = 16,
                                  feature_size: int | None = None, global_weight: float = 0.0,
                                  downsample: str = "average", mixing: str = "none", mixing_seed: int = 0,
-                                 global_input: str = "pixels"):
+                                 global_input: str = "pixels", global_size: int = GLOBAL_HEAD_SIZE):
     """Build the Projected-GAN-style discriminator: image in [-1, 1] -> (batch, patch logits of all heads).
 
     The frozen HED-VGG16 trunk (block1_conv1 .. block3_conv2) sees the image shrunk to `feature_size`
@@ -295,8 +298,8 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     term (label embedding . pooled head features) to each head's logits.
 
     `global_weight` > 0 adds a whole-picture head (`_global_head`): one logit for the entire image, seen at
-    GLOBAL_HEAD_SIZE px, which carries that share of the loss (its logit is repeated so that the hinge loss's
-    mean over all logits gives it this weight). Patch logits cannot tell where in the picture a patch is, so
+    `global_size` px (GLOBAL_HEAD_SIZES; GLOBAL_HEAD_SIZE by default), which carries that share of the loss (its
+    logit is repeated so that the hinge loss's mean over all logits gives it this weight). Patch logits cannot tell where in the picture a patch is, so
     without it nothing asks for sky above and ground below. `global_input` (GLOBAL_HEAD_INPUTS) is what that
     head reads: "pixels", or "features", the trunk's deepest map (block3_conv2, 16x16 at 128 px), so that its
     layout is judged on pretrained features (what is where) rather than on 32-px colours.
@@ -343,8 +346,10 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     if global_weight:
         if not 0.0 < global_weight < 1.0:
             raise ValueError(f"global_weight must be in 0..1 (exclusive), got {global_weight}")
+        if global_size not in GLOBAL_HEAD_SIZES:
+            raise ValueError(f"whole-picture head size {global_size} is not one of {GLOBAL_HEAD_SIZES}")
         heads.append(_global_head(image if global_input == "pixels" else maps[-1], width, name="head_global",
-                                  downsample=downsample))
+                                  downsample=downsample, size=global_size))
         repeats.append(max(1, round(global_weight / (1.0 - global_weight) * patch_logits)))
     inputs = image
     if num_classes:
@@ -432,17 +437,16 @@ def _repeat(logit, count: int, name: str):
     return layers.Flatten(name=name)(layers.RepeatVector(count, name=f"{name}_repeat")(logit))
 
 
-def _global_head(image, width: int, name: str, downsample: str = "average"):
-    """A whole-picture head: the image (or a feature map) shrunk to GLOBAL_HEAD_SIZE px (`_downsample`) when
+def _global_head(image, width: int, name: str, downsample: str = "average", size: int = GLOBAL_HEAD_SIZE):
+    """A whole-picture head: the image (or a feature map) shrunk to `size` px (`_downsample`) when
     larger, stride-2 spectrally normalised convolutions down to 4x4, then a dense layer over the whole flattened
     map, so that the one logit depends on where things are (sky above, ground below), which no patch logit can
     see. Returns (logit, last map)."""
     from keras import layers
 
-    size = int(image.shape[1])
     x = image
-    if size > GLOBAL_HEAD_SIZE:
-        x = _downsample(x, size // GLOBAL_HEAD_SIZE, downsample, name=f"{name}_downscale")
+    if int(image.shape[1]) > size:
+        x = _downsample(x, int(image.shape[1]) // size, downsample, name=f"{name}_downscale")
     index = 0
     while x.shape[1] > 4:
         index += 1
@@ -467,10 +471,10 @@ def global_head_encoder(discriminator):
     return keras.Model(discriminator.inputs[0], flatten.input, name="global_head_encoder")
 
 
-def reconstruction_decoder_for(discriminator, width: int = 16):
+def reconstruction_decoder_for(discriminator, width: int = 16, head_size: int = GLOBAL_HEAD_SIZE):
     """The reconstruction decoder that fits this discriminator's whole-picture head: from the head's last map to
-    the picture at the size the head sees it (the image size, at most GLOBAL_HEAD_SIZE)."""
-    size = min(int(discriminator.inputs[0].shape[1]), GLOBAL_HEAD_SIZE)
+    the picture at the size the head sees it (the image size, at most `head_size`, the head's `global_size`)."""
+    size = min(int(discriminator.inputs[0].shape[1]), int(head_size))
     return make_reconstruction_decoder(global_head_encoder(discriminator).output.shape[1:], size, width)
 
 
@@ -687,10 +691,12 @@ def make_gan(config):
                 global_weight=float(getattr(config, "global_head", 0.0)),
                 downsample=getattr(config, "discriminator_downsample", "average"),
                 mixing=getattr(config, "feature_mixing", "none"), mixing_seed=int(getattr(config, "seed", 0)),
-                global_input=getattr(config, "global_head_input", "pixels"))
+                global_input=getattr(config, "global_head_input", "pixels"),
+                global_size=int(getattr(config, "global_head_size", GLOBAL_HEAD_SIZE)))
             reconstruction_decoder = None
             if float(getattr(config, "discriminator_reconstruction", 0.0)):
-                reconstruction_decoder = reconstruction_decoder_for(discriminator, config.base_channels)
+                reconstruction_decoder = reconstruction_decoder_for(
+                    discriminator, config.base_channels, int(getattr(config, "global_head_size", GLOBAL_HEAD_SIZE)))
     else:
         reconstruction_decoder = None
         generator = make_generator(config.image_size, config.latent_dim, num_classes, config.base_channels)
