@@ -299,10 +299,11 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
 
     `global_weight` > 0 adds a whole-picture head (`_global_head`): one logit for the entire image, seen at
     `global_size` px (GLOBAL_HEAD_SIZES; GLOBAL_HEAD_SIZE by default), which carries that share of the loss (its
-    logit is repeated so that the hinge loss's mean over all logits gives it this weight). Patch logits cannot tell where in the picture a patch is, so
-    without it nothing asks for sky above and ground below. `global_input` (GLOBAL_HEAD_INPUTS) is what that
-    head reads: "pixels", or "features", the trunk's deepest map (block3_conv2, 16x16 at 128 px), so that its
-    layout is judged on pretrained features (what is where) rather than on 32-px colours.
+    logit is repeated so that the hinge loss's mean over all logits gives it this weight). Patch logits cannot
+    tell where in the picture a patch is, so without it nothing asks for sky above and ground below.
+    `global_input` (GLOBAL_HEAD_INPUTS) is what that head reads: "pixels", or "features", the trunk's deepest map
+    (block3_conv2, 16x16 at 128 px), so that its layout is judged on pretrained features (what is where) rather
+    than on 32-px colours.
 
     `mixing` (FEATURE_MIXINGS) puts fixed random projections between the trunk and the heads (`_mix_features`,
     drawn from `mixing_seed`); "none" reads the trunk's maps directly."""

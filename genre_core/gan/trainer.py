@@ -127,8 +127,8 @@ class GanConfig:
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     global_head_input: str = "pixels"  # what that head reads: pixels (32 px) | features (the frozen trunk's block3)
-    # The size (px) at which that head, and the reconstruction term's decoder, see the picture (networks.GLOBAL_HEAD_SIZES,
-    # at most image_size): 32 shows where the colours are, 64 also the shapes (trees, a horizon's line).
+    # The size (px) at which that head, and the reconstruction term's decoder, see the picture
+    # (networks.GLOBAL_HEAD_SIZES, at most image_size): 32 shows where the colours are, 64 also the shapes.
     global_head_size: int = networks.GLOBAL_HEAD_SIZE
     # The whole-picture head's share at the end of the run: it rises from `global_head` in step with the run's share
     # done (as the learning rate falls), so that D weighs the layout more late. 0: it stays at `global_head`.
