@@ -8,7 +8,9 @@ The projected GAN (FastGAN-style G + frozen HED-VGG16 trunk in D, the default si
 same way at 64 px (its ratio is reported, not held to 1.0x: the frozen trunk is the price of its quality), and
 at 128 px, batch 16, as seconds per epoch on the kit's 922 training landscapes (57 steps), in the precision
 that `precision="auto"` picks on this machine. A last row times that 128-px step in mixed bfloat16 against
-float32 (the projected GAN's "auto" precision is mixed bfloat16 where the CPU has native bfloat16).
+float32 (the projected GAN's "auto" precision is mixed bfloat16 where the CPU has native bfloat16); further reported rows
+time the 128-px step with and without optional parts (a wider full-size stage, the spectrum penalty, the
+reconstruction term, the whole-picture head at 64 px).
 
 Run with `python3 -m bench` (all benchmarks) or `python3 bench/bench_gan.py`.
 """
@@ -200,6 +202,11 @@ def _epoch_row() -> list[dict]:
                                discriminator_reconstruction=0.0)
     models["no_reconstruction"] = trainer.build_gan(config, 1, images)
     _time_steps(models["no_reconstruction"], images, labels, WARMUP_STEPS)
+    # And with the whole-picture head (and its decoder) at 64 px instead of 32 (--global-head-size 64).
+    config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
+                               global_head_size=64)
+    models["head64"] = trainer.build_gan(config, 1, images)
+    _time_steps(models["head64"], images, labels, WARMUP_STEPS)
     times = {precision: [] for precision in models}
     for _ in range(ROUNDS):
         for precision, model in models.items():
@@ -231,7 +238,10 @@ def _epoch_row() -> list[dict]:
                   f"top{TOP_CHANNELS[0]}",
                   f"median s/step of {ROUNDS} alternating rounds (the default --discriminator-reconstruction "
                   f"{trainer.PROJECTED_RECONSTRUCTION:g}: a 32-px decoder from the head's 4x4 map of the real "
-                  f"images, against 0), in {default}")]
+                  f"images, against 0), in {default}"),
+        _step_row("whole-picture head at 64 px vs 32", step_s, f"top{TOP_CHANNELS[0]}", "head64",
+                  f"median s/step of {ROUNDS} alternating rounds (--global-head-size 64: the head and its "
+                  f"reconstruction decoder see the picture at 64 px, against the default 32), in {default}")]
 
 
 def _step_row(what: str, step_s: dict, baseline: str, candidate: str, note: str) -> dict:
