@@ -118,7 +118,7 @@ SPECTRUM_PENALTY_KINDS = ("level", "direction", "bins")
 SPECTRUM_RUNNING_DECAY = 0.98
 SPECTRUM_EPSILON = 1e-8  # added to the power before its log (a flat image has none)
 # The size at which the projected discriminator's whole-picture head sees the image (composition, not texture),
-# by default, and the sizes `--global-head-size` allows (at most the image size). At 32 px a tree is a few pixels;
+# by default, and the sizes `--global-head-size` allows (a smaller image is seen at its own size). At 32 px a tree is a few pixels;
 # at 64 the head (and the reconstruction term's decoder) see shapes, not only where the colours are.
 GLOBAL_HEAD_SIZE = 32
 GLOBAL_HEAD_SIZES = (16, 32, 64, 128)

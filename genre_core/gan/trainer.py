@@ -128,7 +128,8 @@ class GanConfig:
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     global_head_input: str = "pixels"  # what that head reads: pixels (32 px) | features (the frozen trunk's block3)
     # The size (px) at which that head, and the reconstruction term's decoder, see the picture
-    # (networks.GLOBAL_HEAD_SIZES, at most image_size): 32 shows where the colours are, 64 also the shapes.
+    # (networks.GLOBAL_HEAD_SIZES; a smaller image is seen at its own size): 32 shows where the colours are, 64 also
+    # the shapes.
     global_head_size: int = networks.GLOBAL_HEAD_SIZE
     # The whole-picture head's share at the end of the run: it rises from `global_head` in step with the run's share
     # done (as the learning rate falls), so that D weighs the layout more late. 0: it stays at `global_head`.
@@ -237,9 +238,8 @@ class GanConfig:
         if self.global_head_end and not (self.global_head and 0.0 < self.global_head_end < 1.0):
             raise ValueError(f"global_head_end must be in 0..1 (exclusive) with a whole-picture head (global_head > "
                              f"0), got {self.global_head_end} with global_head {self.global_head}")
-        if int(self.global_head_size) not in networks.GLOBAL_HEAD_SIZES or int(self.global_head_size) > self.image_size:
-            raise ValueError(f"global_head_size must be one of {networks.GLOBAL_HEAD_SIZES} and at most the image size "
-                             f"({self.image_size} px), got {self.global_head_size}")
+        if int(self.global_head_size) not in networks.GLOBAL_HEAD_SIZES:
+            raise ValueError(f"global_head_size must be one of {networks.GLOBAL_HEAD_SIZES}, got {self.global_head_size}")
         if self.global_head_input not in networks.GLOBAL_HEAD_INPUTS:
             raise ValueError(f"global_head_input {self.global_head_input!r} is not one of "
                              f"{networks.GLOBAL_HEAD_INPUTS}")
