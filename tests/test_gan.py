@@ -1172,7 +1172,6 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
         trainer.GanConfig(discriminator_reconstruction=-2.0).validate()
 
 
-
 def test_whole_picture_head_size_sets_what_the_head_and_the_reconstruction_decoder_see():
     """`global_head_size` 64 on a 128-px discriminator: the head shrinks the image to 64 px (not 32), its convolutions
     go one doubling deeper down to the same 4x4 map, the reconstruction decoder redraws the picture at 64 px, and the
@@ -1224,6 +1223,7 @@ def test_whole_picture_head_size_sets_what_the_head_and_the_reconstruction_decod
     assert trainer.GanConfig.from_run_config(older).global_head_size == 32
     with pytest.raises(ValueError, match="whole-picture head size 48"):
         networks.make_projected_discriminator(64, global_weight=0.2, global_size=48)
+
 
 def test_r1_penalty_is_the_per_logit_squared_gradient_on_real_images_and_changes_the_step():
     """R1: half the squared norm of the gradient of the image's summed logits over the number of logits, averaged

@@ -134,8 +134,8 @@ def register(subparsers) -> None:
                             "trunk's deepest map, pretrained features of what is where) (default pixels)")
     train.add_argument("--global-head-size", type=int, default=None, choices=GLOBAL_HEAD_SIZES, metavar="PX",
                        help="the size at which the whole-picture head (and the reconstruction term's decoder) see the "
-                            "picture: 32 shows where the colours are, 64 also the shapes; a smaller --size is seen at its "
-                            f"own size ({', '.join(map(str, GLOBAL_HEAD_SIZES))}; default {GLOBAL_HEAD_SIZE})")
+                            "picture: 32 shows where the colours are, 64 also the shapes; a smaller --size is seen "
+                            f"at its own size ({', '.join(map(str, GLOBAL_HEAD_SIZES))}; default {GLOBAL_HEAD_SIZE})")
     train.add_argument("--conditional-norm", action="store_true", default=None,
                        help="conditional runs: give every batch norm of the generator a per-genre gain and bias "
                             "(class-conditional batch norm, as BigGAN), so the genre reaches every layer, not only "

@@ -118,8 +118,8 @@ SPECTRUM_PENALTY_KINDS = ("level", "direction", "bins")
 SPECTRUM_RUNNING_DECAY = 0.98
 SPECTRUM_EPSILON = 1e-8  # added to the power before its log (a flat image has none)
 # The size at which the projected discriminator's whole-picture head sees the image (composition, not texture),
-# by default, and the sizes `--global-head-size` allows (a smaller image is seen at its own size). At 32 px a tree is a few pixels;
-# at 64 the head (and the reconstruction term's decoder) see shapes, not only where the colours are.
+# by default, and the sizes `--global-head-size` allows (a smaller image is seen at its own size). At 32 px a tree
+# is a few pixels; at 64 the head (and the reconstruction term's decoder) see shapes, not only where the colours are.
 GLOBAL_HEAD_SIZE = 32
 GLOBAL_HEAD_SIZES = (16, 32, 64, 128)
 
@@ -687,17 +687,17 @@ def make_gan(config):
                                                int(getattr(config, "generator_noise_from", 8)),
                                                float(getattr(config, "generator_noise_gain", 1.0)),
                                                int(getattr(config, "generator_top_channels", 0)))
+            head_size = int(getattr(config, "global_head_size", GLOBAL_HEAD_SIZE))
             discriminator = make_projected_discriminator(
                 config.image_size, num_classes, config.base_channels,
                 global_weight=float(getattr(config, "global_head", 0.0)),
                 downsample=getattr(config, "discriminator_downsample", "average"),
                 mixing=getattr(config, "feature_mixing", "none"), mixing_seed=int(getattr(config, "seed", 0)),
                 global_input=getattr(config, "global_head_input", "pixels"),
-                global_size=int(getattr(config, "global_head_size", GLOBAL_HEAD_SIZE)))
+                global_size=head_size)
             reconstruction_decoder = None
             if float(getattr(config, "discriminator_reconstruction", 0.0)):
-                reconstruction_decoder = reconstruction_decoder_for(
-                    discriminator, config.base_channels, int(getattr(config, "global_head_size", GLOBAL_HEAD_SIZE)))
+                reconstruction_decoder = reconstruction_decoder_for(discriminator, config.base_channels, head_size)
     else:
         reconstruction_decoder = None
         generator = make_generator(config.image_size, config.latent_dim, num_classes, config.base_channels)

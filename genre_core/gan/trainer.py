@@ -239,7 +239,8 @@ class GanConfig:
             raise ValueError(f"global_head_end must be in 0..1 (exclusive) with a whole-picture head (global_head > "
                              f"0), got {self.global_head_end} with global_head {self.global_head}")
         if int(self.global_head_size) not in networks.GLOBAL_HEAD_SIZES:
-            raise ValueError(f"global_head_size must be one of {networks.GLOBAL_HEAD_SIZES}, got {self.global_head_size}")
+            raise ValueError(f"global_head_size must be one of {networks.GLOBAL_HEAD_SIZES}, got "
+                             f"{self.global_head_size}")
         if self.global_head_input not in networks.GLOBAL_HEAD_INPUTS:
             raise ValueError(f"global_head_input {self.global_head_input!r} is not one of "
                              f"{networks.GLOBAL_HEAD_INPUTS}")
