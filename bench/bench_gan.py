@@ -8,9 +8,9 @@ The projected GAN (FastGAN-style G + frozen HED-VGG16 trunk in D, the default si
 same way at 64 px (its ratio is reported, not held to 1.0x: the frozen trunk is the price of its quality), and
 at 128 px, batch 16, as seconds per epoch on the kit's 922 training landscapes (57 steps), in the precision
 that `precision="auto"` picks on this machine. A last row times that 128-px step in mixed bfloat16 against
-float32 (the projected GAN's "auto" precision is mixed bfloat16 where the CPU has native bfloat16); further reported rows
-time the 128-px step with and without optional parts (a wider full-size stage, the spectrum penalty, the
-reconstruction term, the whole-picture head at 64 px).
+float32 (the projected GAN's "auto" precision is mixed bfloat16 where the CPU has native bfloat16); further
+reported rows time the 128-px step with and without optional parts (a wider full-size stage, the spectrum
+penalty, the reconstruction term, the whole-picture head at 64 px).
 
 Run with `python3 -m bench` (all benchmarks) or `python3 bench/bench_gan.py`.
 """

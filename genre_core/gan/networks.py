@@ -445,9 +445,9 @@ def _global_head(image, width: int, name: str, downsample: str = "average", size
     see. Returns (logit, last map)."""
     from keras import layers
 
-    x = image
-    if int(image.shape[1]) > size:
-        x = _downsample(x, int(image.shape[1]) // size, downsample, name=f"{name}_downscale")
+    x, input_size = image, int(image.shape[1])
+    if input_size > size:
+        x = _downsample(x, input_size // size, downsample, name=f"{name}_downscale")
     index = 0
     while x.shape[1] > 4:
         index += 1
