@@ -449,8 +449,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
     --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
     --discriminator-lr-scale, --global-head-input, --augment-hold, --lr-decay-power, --discriminator-lr-floor and
-    --sampled-generator, --global-head-end, --discriminator-reconstruction and --global-head-size set the run's config;
-    left out, the GanConfig defaults stand."""
+    --sampled-generator, --global-head-end, --discriminator-reconstruction, --global-head-size and --layout-freeze set
+    the run's config; left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
     started = []
@@ -474,10 +474,12 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert cli.main(["gan", "train", "--epochs", "1"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--global-head-end", "0.5",
-                     "--discriminator-reconstruction", "1", "--global-head-size", "64"]) == 0
+                     "--discriminator-reconstruction", "1", "--global-head-size", "64",
+                     "--layout-freeze", "0.67"]) == 0
     chosen, bins, default, adaptive, rising = started
     assert (rising.global_head, rising.global_head_end, default.global_head_end) == (0.2, 0.5, 0.0)
     assert (rising.global_head_size, default.global_head_size) == (64, 32)
+    assert (rising.layout_freeze, default.layout_freeze) == (0.67, 0.0)
     assert bins.spectrum_penalty_kind == "bins"
     assert (chosen.augment_probability, chosen.adaptive_augment) == (0.5, False)
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
@@ -1223,6 +1225,72 @@ def test_whole_picture_head_size_sets_what_the_head_and_the_reconstruction_decod
     assert trainer.GanConfig.from_run_config(older).global_head_size == 32
     with pytest.raises(ValueError, match="whole-picture head size 48"):
         networks.make_projected_discriminator(64, global_weight=0.2, global_size=48)
+
+
+def test_layout_freeze_slows_only_the_generators_layout_stages_and_stops_them_at_its_share():
+    """`layout_freeze`: the layout stages are the variables the generator's 16-px map depends on (the latent
+    projection, the 8- and 16-px blocks), not the larger blocks, the excitations or the output; a step moves them by
+    `layout_rate_scale` of what the same step moves them without it (0: not at all) and the rest of both networks
+    alike. The schedule's scale is 1 at the start, the stretched curve's rate over the rest's, and 0 from its share
+    on; the config refuses a share outside 0.1..1, a dcgan generator or 16-px images, and runs without it (the
+    default, older runs) are off. `--layout-freeze` reaches the config."""
+    import tensorflow as tf
+
+    off, on = tiny_model_config(image_size=32), tiny_model_config(image_size=32)
+    on.config.layout_freeze = 0.5
+    without, half, frozen = networks.make_gan(off), networks.make_gan(on), networks.make_gan(on)
+    assert (without.layout_freeze, without.layout_variables, half.layout_freeze) == (False, [], True)
+    layers = {variable.path.split("/")[0] for variable in half.layout_variables}
+    assert {"project", "conv8", "conv16", "conv16_bn"} <= layers
+    assert not {name for name in layers if name.startswith(("conv32", "sle", "to_rgb"))}
+    assert len(half.layout_variables) < len(half.generator.trainable_variables)
+    assert len(half.state_variables()) == len(without.state_variables())
+
+    for gan in (half, frozen):
+        gan.set_weights(without.get_weights())
+    half.layout_rate_scale.assign(0.5)
+    frozen.layout_rate_scale.assign(0.0)
+    start = [variable.numpy().copy() for variable in without.generator.trainable_variables]
+    batch = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    for gan in eager(without, half, frozen):
+        gan.seed_generator.state.assign([7, 0])
+        gan.train_on_batch(batch, np.zeros(8, np.int32))
+    assert same_weights(without.discriminator, half.discriminator)
+    layout_paths = {variable.path for variable in half.layout_variables}
+    moved_layout = 0
+    for old, full, halved, still in zip(start, without.generator.trainable_variables,
+                                        half.generator.trainable_variables, frozen.generator.trainable_variables):
+        if full.path in layout_paths:
+            np.testing.assert_allclose(halved.numpy() - old, 0.5 * (full.numpy() - old), atol=1e-6)
+            np.testing.assert_array_equal(still.numpy(), old)
+            moved_layout += not np.allclose(full.numpy(), old)
+        else:
+            np.testing.assert_allclose(halved.numpy(), full.numpy(), atol=1e-6)
+            np.testing.assert_allclose(still.numpy(), full.numpy(), atol=1e-6)
+    assert moved_layout
+
+    config = trainer.GanConfig(layout_freeze=0.5, time_budget_minutes=10).validate()
+    minute = 60.0
+    assert config.layout_rate_scale(0, 0.0) == 1.0
+    # A quarter done: the layout stages' rate is 1 - 0.25 / 0.5 = 0.5 of the start, the rest's 0.75.
+    assert config.layout_rate_scale(0, 2.5 * minute) == pytest.approx(0.5 / 0.75)
+    assert config.layout_rate_scale(0, 5 * minute) == config.layout_rate_scale(0, 8 * minute) == 0.0
+    flat = trainer.GanConfig(layout_freeze=0.5, time_budget_minutes=10, lr_decay="none").validate()
+    assert flat.layout_rate_scale(0, 2.5 * minute) == pytest.approx(0.5)
+    assert trainer.GanConfig(time_budget_minutes=10).layout_rate_scale(0, 9 * minute) == 1.0
+    assert trainer.GanConfig().layout_freeze == 0.0
+    older = trainer.new_run_config(trainer.GanConfig().validate())[0]
+    older.pop("layout_freeze")
+    assert trainer.GanConfig.from_run_config(older).layout_freeze == 0.0
+    for bad, message in (({"layout_freeze": 0.05}, "layout_freeze must be in 0.1..1"),
+                         ({"layout_freeze": 1.5}, "layout_freeze must be in 0.1..1"),
+                         ({"layout_freeze": 0.5, "architecture": "dcgan"}, "projected architecture"),
+                         ({"layout_freeze": 0.5, "image_size": 16}, "larger than 16 px"),
+                         ({"layout_freeze": 0.5, "time_budget_minutes": 0, "epochs": 0}, "epochs or a time budget")):
+        with pytest.raises(ValueError, match=message):
+            trainer.GanConfig(**{"time_budget_minutes": 10, **bad}).validate()
+    with pytest.raises(ValueError, match="no 32-px stage"):
+        networks.generator_layout_variables(networks.make_fastgan_generator(16, latent_dim=8, base_channels=8))
 
 
 def test_r1_penalty_is_the_per_logit_squared_gradient_on_real_images_and_changes_the_step():

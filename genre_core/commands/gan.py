@@ -73,6 +73,10 @@ def register(subparsers) -> None:
                        help="the discriminator's learning rate stops falling at F times its starting rate, while the "
                             "generator's goes on falling to 0: a discriminator that keeps learning over the end of "
                             f"the run (default {trainer.GanConfig.discriminator_lr_floor:g}: both fall together)")
+    train.add_argument("--layout-freeze", type=float, default=None, metavar="SHARE",
+                       help="the share of the run by which the generator's layout stages (its 16-px map and what "
+                            "feeds it) stop learning; their rate falls as the rest's does, but to 0 there, so that "
+                            "the composition settles while the detail is still drawn (0.1..1; default 0: off)")
     train.add_argument("--beta-1", type=float, default=None, help="Adam beta_1 of both networks (default 0)")
     train.add_argument("--generator-padding", default=None, choices=GENERATOR_PADDINGS,
                        help="how the projected generator's 3x3 convolutions pad (default reflect; zeros paints "
@@ -276,6 +280,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("sampled_generator", args.sampled_generator),
                                            ("discriminator_lr_scale", args.discriminator_lr_scale),
                                            ("discriminator_lr_floor", args.discriminator_lr_floor),
+                                           ("layout_freeze", args.layout_freeze),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),
                                            ("spectrum_penalty", args.spectrum_penalty),
                                            ("spectrum_penalty_kind", args.spectrum_penalty_kind),

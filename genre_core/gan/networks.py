@@ -122,6 +122,9 @@ SPECTRUM_EPSILON = 1e-8  # added to the power before its log (a flat image has n
 # is a few pixels; at 64 the head (and the reconstruction term's decoder) see shapes, not only where the colours are.
 GLOBAL_HEAD_SIZE = 32
 GLOBAL_HEAD_SIZES = (16, 32, 64, 128)
+# The generator's layout stages: the layers that its map at this size depends on (the latent projection and the
+# blocks up to it), which `GanConfig.layout_freeze` stops learning before the rest (`generator_layout_variables`).
+LAYOUT_SIZE = 16
 
 
 def check_augment_policy(policy) -> tuple:
@@ -411,6 +414,25 @@ def _plus_projection(logit, feature_map, label, num_classes: int, index: int):
     embedded = layers.Embedding(num_classes, feature_map.shape[-1], name=f"head{index}_label_projection")(label)
     projection = layers.Dot(axes=1, name=f"head{index}_projection")([embedded, pooled])
     return layers.Add(name=f"head{index}_logits_plus_projection")([logit, projection])
+
+
+def generator_layout_variables(generator, size: int = LAYOUT_SIZE) -> list:
+    """The generator's trainable variables that its `size`-px map depends on: the latent projection and the
+    blocks up to that size, which place what is where (a 16-px map of a 128-px picture is a grid of 8-px cells);
+    the larger stages, and the skip-layer excitations that read the small maps to gate them, draw the detail.
+    Needs a FastGAN-style generator larger than `size` (the input of its `up{2 * size}` upsampling is the map)."""
+    import keras
+
+    try:
+        upsampling = generator.get_layer(f"up{2 * int(size)}")
+    except ValueError:
+        raise ValueError(f"the generator has no {2 * int(size)}-px stage, so it has no {size}-px layout stages "
+                         f"(needs the projected architecture's generator and images larger than {size} px)") from None
+    if not isinstance(upsampling, keras.layers.UpSampling2D):
+        raise ValueError(f"the generator's layer up{2 * int(size)} is not an upsampling (dcgan generator?); "
+                         "layout stages need the projected architecture's generator")
+    layout = keras.Model(generator.inputs, upsampling.input, name=f"layout_{size}px")
+    return list(layout.trainable_variables)
 
 
 def global_head_columns(discriminator) -> int:
@@ -725,6 +747,7 @@ def make_gan(config):
         global_head_schedule=bool(getattr(config, "global_head_end", 0.0)),
         reconstruction=float(getattr(config, "discriminator_reconstruction", 0.0)),
         reconstruction_decoder=reconstruction_decoder,
+        layout_freeze=bool(getattr(config, "layout_freeze", 0.0)),
         seed=config.seed,
     )
     gan.compile(
@@ -751,7 +774,7 @@ def _gan_class():
                      augment_policy=AUGMENT_POLICIES, lecam=0.0, r1=0.0, spectrum_penalty=0.0,
                      spectrum_penalty_kind="level", spectrum_penalty_period=SPECTRUM_PENALTY_PERIOD,
                      pseudo_augment=False, global_head_schedule=False, reconstruction=0.0,
-                     reconstruction_decoder=None, **kwargs):
+                     reconstruction_decoder=None, layout_freeze=False, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
@@ -834,6 +857,17 @@ def _gan_class():
                 self.reconstruction_encoder = global_head_encoder(discriminator)
                 self.reconstruction_decoder = (reconstruction_decoder if reconstruction_decoder is not None
                                                else reconstruction_decoder_for(discriminator))
+            # With a layout freeze (GanConfig.layout_freeze), the generator's layout stages
+            # (`generator_layout_variables`) move by this share of each step Adam takes with the generator's rate;
+            # the trainer sets it before every step (GanConfig.layout_rate_scale: it falls to 0 before the end).
+            # Not training state: it follows from the schedule, so checkpoints keep their variable count.
+            # Their positions in the generator's trainable variables: a list of the variables themselves would be
+            # tracked by Keras as the model's weights a second time.
+            self.layout_freeze = bool(layout_freeze)
+            layout = {id(variable) for variable in generator_layout_variables(generator)} if layout_freeze else set()
+            self.layout_positions = [index for index, variable in enumerate(generator.trainable_variables)
+                                     if id(variable) in layout]
+            self.layout_rate_scale = keras.Variable(1.0, trainable=False, name="layout_rate_scale")
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
@@ -848,6 +882,11 @@ def _gan_class():
             self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
             self.generator_optimizer.build(self.generator.trainable_variables)
             self.discriminator_optimizer.build(self.discriminator_variables())
+
+        @property
+        def layout_variables(self) -> list:
+            """The generator's layout stages' variables that a layout freeze slows (none without one)."""
+            return [self.generator.trainable_variables[index] for index in self.layout_positions]
 
         @property
         def metrics(self):
@@ -1138,7 +1177,14 @@ def _gan_class():
                     spectrum_loss = self._spectrum_loss(fake_images)
                     total_g_loss = total_g_loss + self.spectrum_penalty * spectrum_loss
             gradients = tape.gradient(total_g_loss, self.generator.trainable_variables)
+            layout = self.layout_variables
+            before = [tf.identity(variable) for variable in layout]
             self.generator_optimizer.apply_gradients(zip(gradients, self.generator.trainable_variables))
+            # The layout stages take layout_rate_scale of Adam's step: the same as a smaller learning rate for
+            # them alone (Adam's step is the rate times a function of the gradients' moments), without a second
+            # optimizer.
+            for variable, previous in zip(layout, before):
+                variable.assign(previous + self.layout_rate_scale * (variable - previous))
 
             # The EMA generator follows the trained one, with a shorter memory during the first steps (as in
             # tf.train.ExponentialMovingAverage with num_updates) so that short runs are not dominated by the

@@ -155,6 +155,11 @@ class GanConfig:
     # The discriminator's rate stops falling at this share of its starting rate (the generator's goes on to 0): a
     # discriminator that keeps learning late. 0: it falls with the generator's.
     discriminator_lr_floor: float = 0.0
+    # The share of the run (`share_done`) by which the generator's layout stages (its 16-px map and what it depends
+    # on: networks.generator_layout_variables) stop learning: their rate falls along the same curve as the rest's,
+    # but to 0 here instead of at the end, so that the composition settles while the detail is still drawn.
+    # 0: off, they learn to the end like the rest.
+    layout_freeze: float = 0.0
     beta_1: float = 0.0
     ema_decay: float = 0.995
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
@@ -238,6 +243,15 @@ class GanConfig:
         if self.global_head_end and not (self.global_head and 0.0 < self.global_head_end < 1.0):
             raise ValueError(f"global_head_end must be in 0..1 (exclusive) with a whole-picture head (global_head > "
                              f"0), got {self.global_head_end} with global_head {self.global_head}")
+        if self.layout_freeze and not 0.1 <= float(self.layout_freeze) <= 1.0:
+            raise ValueError(f"layout_freeze must be in 0.1..1 (the share of the run by which the layout stages "
+                             f"stop learning; 0: off), got {self.layout_freeze}")
+        if self.layout_freeze and (self.architecture != "projected" or self.image_size <= networks.LAYOUT_SIZE):
+            raise ValueError(f"layout_freeze needs the projected architecture's generator and images larger than "
+                             f"{networks.LAYOUT_SIZE} px (its layout stages end at {networks.LAYOUT_SIZE} px), got "
+                             f"{self.architecture!r} at {self.image_size} px")
+        if self.layout_freeze and not (self.time_budget_minutes or self.epochs):
+            raise ValueError("layout_freeze follows the run's share done, so it needs epochs or a time budget")
         if int(self.global_head_size) not in networks.GLOBAL_HEAD_SIZES:
             raise ValueError(f"global_head_size must be one of {networks.GLOBAL_HEAD_SIZES}, got "
                              f"{self.global_head_size}")
@@ -367,6 +381,23 @@ class GanConfig:
             return float(self.learning_rate)
         remaining = 1.0 - self.share_done(epoch, elapsed_seconds)
         return float(self.learning_rate) * remaining ** float(self.lr_decay_power)
+
+    def layout_rate_scale(self, epoch: float, elapsed_seconds: float) -> float:
+        """What the generator's layout stages' step is multiplied by for the step that starts now, against the
+        rest of the generator's: 1 without `layout_freeze`; with it, their rate is the schedule's curve with the
+        run's share done stretched so that it reaches 0 at `layout_freeze` (linear decay: learning_rate *
+        (1 - done / layout_freeze) ** lr_decay_power; no decay: a line from learning_rate to 0 there), and this
+        is that rate over `learning_rate_at`'s (0 once the layout stages stop, and while the rest's rate is 0)."""
+        if not self.layout_freeze:
+            return 1.0
+        done = self.share_done(epoch, elapsed_seconds)
+        left = max(0.0, 1.0 - done / float(self.layout_freeze))
+        if self.lr_decay == "none":
+            return left
+        rest = 1.0 - done
+        if left <= 0.0 or rest <= 0.0:
+            return 0.0
+        return float(min(1.0, (left / rest) ** float(self.lr_decay_power)))
 
     def discriminator_learning_rate(self, generator_rate: float) -> float:
         """The discriminator's rate for a step at which the generator's is `generator_rate`: that times
@@ -751,6 +782,8 @@ def _epoch_callback_class():
                 self.config.discriminator_learning_rate(self.learning_rate))
             self.model.ema_rate_scale.assign(self.config.ema_rate_scale(self.learning_rate))
             self.model.augment_rate_scale.assign(self.config.augment_rate_scale(position, elapsed))
+            if self.config.layout_freeze:
+                self.model.layout_rate_scale.assign(self.config.layout_rate_scale(position, elapsed))
             if self.config.global_head_end:
                 self.model.set_global_head_share(self.config.global_head_share_at(position, elapsed))
 
