@@ -858,11 +858,11 @@ def _gan_class():
                 self.reconstruction_decoder = (reconstruction_decoder if reconstruction_decoder is not None
                                                else reconstruction_decoder_for(discriminator))
             # With a layout freeze (GanConfig.layout_freeze), the generator's layout stages
-            # (`generator_layout_variables`) move by this share of each step Adam takes with the generator's rate;
-            # the trainer sets it before every step (GanConfig.layout_rate_scale: it falls to 0 before the end).
-            # Not training state: it follows from the schedule, so checkpoints keep their variable count.
-            # Their positions in the generator's trainable variables: a list of the variables themselves would be
-            # tracked by Keras as the model's weights a second time.
+            # (`generator_layout_variables`, kept as their positions in the generator's trainable variables: a list
+            # of the variables themselves would be tracked by Keras as the model's weights a second time) move by
+            # `layout_rate_scale` of each step Adam takes with the generator's rate; the trainer sets it before
+            # every step (GanConfig.layout_rate_scale: it falls to 0 before the end). Not training state: it
+            # follows from the schedule, so checkpoints keep their variable count.
             self.layout_freeze = bool(layout_freeze)
             layout = {id(variable) for variable in generator_layout_variables(generator)} if layout_freeze else set()
             self.layout_positions = [index for index, variable in enumerate(generator.trainable_variables)
