@@ -1232,10 +1232,8 @@ def test_layout_freeze_slows_only_the_generators_layout_stages_and_stops_them_at
     projection, the 8- and 16-px blocks), not the larger blocks, the excitations or the output; a step moves them by
     `layout_rate_scale` of what the same step moves them without it (0: not at all) and the rest of both networks
     alike. The schedule's scale is 1 at the start, the stretched curve's rate over the rest's, and 0 from its share
-    on; the config refuses a share outside 0.1..1, a dcgan generator or 16-px images, and runs without it (the
-    default, older runs) are off. `--layout-freeze` reaches the config."""
-    import tensorflow as tf
-
+    on; the config refuses a share outside 0.1..1, a dcgan generator, 16-px images or a run with neither epochs nor
+    a budget, and runs without it (the default, older runs) are off."""
     off, on = tiny_model_config(image_size=32), tiny_model_config(image_size=32)
     on.config.layout_freeze = 0.5
     without, half, frozen = networks.make_gan(off), networks.make_gan(on), networks.make_gan(on)
