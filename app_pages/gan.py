@@ -81,7 +81,9 @@ fixed_left, fixed_right = st.columns(2)
 with fixed_left:
     if "kid_fixed" in history.columns and history["kid_fixed"].notna().any():
         st.subheader("KID, fixed space (lower is better)")
-        st.caption("HED-VGG16 conv3_3/4_3/5_3 at 64 px, scaled by the real set's RMS; comparable across runs")
+        st.caption("HED-VGG16 conv3_3/4_3/5_3 at 64 px, scaled by the real set's RMS; comparable across runs. "
+                   "Every epoch generates from the same latents, so a rise from one epoch to the next is the "
+                   "generator changing; another set of latents moves the whole curve by about 0.01-0.03")
         st.line_chart(history.set_index("epoch")[["kid_fixed"]])
         depths = [column for column in ("kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5")
                   if column in history.columns and history[column].notna().any()]
