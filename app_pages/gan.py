@@ -83,7 +83,8 @@ with fixed_left:
         st.subheader("KID, fixed space (lower is better)")
         st.caption("HED-VGG16 conv3_3/4_3/5_3 at 64 px, scaled by the real set's RMS; comparable across runs. "
                    "Every epoch generates from the same latents, so a rise from one epoch to the next is the "
-                   "generator changing; another set of latents moves the whole curve by about 0.01-0.03")
+                   "generator changing; another set of latents moved the whole curve by about 0.01-0.03 on the kit's "
+                   "landscapes at 128 px")
         st.line_chart(history.set_index("epoch")[["kid_fixed"]])
         depths = [column for column in ("kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5")
                   if column in history.columns and history[column].notna().any()]
