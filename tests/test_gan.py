@@ -449,8 +449,8 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     --conditional-norm, --generator-convs, --lecam, --generator-noise(-from, -gain), --generator-top-channels,
     --spectrum-penalty(-kind, -period), --r1, --augment-target/-speed, --pseudo-augment,
     --discriminator-lr-scale, --global-head-input, --augment-hold, --lr-decay-power, --discriminator-lr-floor and
-    --sampled-generator, --global-head-end, --discriminator-reconstruction, --global-head-size and --layout-freeze set
-    the run's config; left out, the GanConfig defaults stand."""
+    --sampled-generator, --global-head-end, --discriminator-reconstruction, --global-head-size, --layout-freeze and
+    --head-balance set the run's config; left out, the GanConfig defaults stand."""
     from genre_core.commands import gan as gan_command
 
     started = []
@@ -475,11 +475,12 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--global-head-end", "0.5",
                      "--discriminator-reconstruction", "1", "--global-head-size", "64",
-                     "--layout-freeze", "0.67"]) == 0
+                     "--layout-freeze", "0.67", "--head-balance", "heads"]) == 0
     chosen, bins, default, adaptive, rising = started
     assert (rising.global_head, rising.global_head_end, default.global_head_end) == (0.2, 0.5, 0.0)
     assert (rising.global_head_size, default.global_head_size) == (64, 32)
     assert (rising.layout_freeze, default.layout_freeze) == (0.67, 0.0)
+    assert (rising.head_balance, default.head_balance) == ("heads", "patches")
     assert bins.spectrum_penalty_kind == "bins"
     assert (chosen.augment_probability, chosen.adaptive_augment) == (0.5, False)
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
@@ -1225,6 +1226,52 @@ def test_whole_picture_head_size_sets_what_the_head_and_the_reconstruction_decod
     assert trainer.GanConfig.from_run_config(older).global_head_size == 32
     with pytest.raises(ValueError, match="whole-picture head size 48"):
         networks.make_projected_discriminator(64, global_weight=0.2, global_size=48)
+
+
+def test_head_balance_heads_gives_each_patch_head_the_same_share_of_the_loss():
+    """At 128 px the patch heads have 256 (pixels), 256 (block1), 64 (block2) and 16 (block3) logits. With
+    "patches" the mean over D's columns weighs each logit alike, so block3's head carries 16 / 592 of it; with
+    "heads" each head's logits are repeated up to 256, and the mean over all columns is the mean of the four heads'
+    means, with the whole-picture head still at its share. One step trains with it; the config refuses an unknown
+    balance and reads older runs (no such key) as "patches"."""
+    import keras
+    import tensorflow as tf
+
+    heads = ("head_pixels", "head_block1_conv2", "head_block2_conv2", "head_block3_conv2")
+    images = tf.constant(np.random.default_rng(3).uniform(-1, 1, (2, 128, 128, 3)).astype(np.float32))
+    columns = {}
+    for balance in networks.HEAD_BALANCES:
+        d = networks.make_projected_discriminator(128, base_channels=4, head_balance=balance)
+        columns[balance] = int(d.output.shape[-1])
+        probe = keras.Model(d.input, [d.output] + [d.get_layer(f"{name}_flat").output for name in heads])
+        logits, *per_head = [t.numpy() for t in probe(images, training=False)]
+        assert [p.shape[-1] for p in per_head] == [256, 256, 64, 16]
+        weights = [1.0] * 4 if balance == "heads" else [p.shape[-1] for p in per_head]
+        expected = sum(w * p.mean() for w, p in zip(weights, per_head)) / sum(weights)
+        assert logits.mean() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert columns == {"patches": 592, "heads": 1024}
+    with_head = networks.make_projected_discriminator(128, base_channels=4, global_weight=0.2, head_balance="heads")
+    assert networks.global_head_columns(with_head) == round(0.25 * 1024)
+
+    config = tiny_model_config(image_size=128)
+    config.config.head_balance = "heads"
+    gan = eager(networks.make_gan(config))
+    assert int(gan.discriminator.output.shape[-1]) == 1024 + networks.global_head_columns(gan.discriminator)
+    g_before, d_before = keras.models.clone_model(gan.generator), keras.models.clone_model(gan.discriminator)
+    g_before.set_weights(gan.generator.get_weights())
+    d_before.set_weights(gan.discriminator.get_weights())
+    logs = gan.train_on_batch(images.numpy(), np.zeros(2, np.int32), return_dict=True)
+    assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
+    assert not same_weights(g_before, gan.generator) and not same_weights(d_before, gan.discriminator)
+
+    assert trainer.GanConfig().head_balance == "patches"
+    with pytest.raises(ValueError, match="head_balance 'layers' is not one of"):
+        trainer.GanConfig(head_balance="layers").validate()
+    older = trainer.new_run_config(trainer.GanConfig(head_balance="heads").validate())[0]
+    older.pop("head_balance")
+    assert trainer.GanConfig.from_run_config(older).head_balance == "patches"
+    with pytest.raises(ValueError, match="head balance 'layers'"):
+        networks.make_projected_discriminator(64, head_balance="layers")
 
 
 def test_layout_freeze_slows_only_the_generators_layout_stages_and_stops_them_at_its_share():

@@ -8,7 +8,7 @@ from pathlib import Path
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
                                      GENERATOR_CONVS, GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES, GLOBAL_HEAD_INPUTS,
-                                     GLOBAL_HEAD_SIZE, GLOBAL_HEAD_SIZES,
+                                     GLOBAL_HEAD_SIZE, GLOBAL_HEAD_SIZES, HEAD_BALANCES,
                                      GEOMETRIC_MAX_SCALE, PRECISIONS, R1_SAMPLES, SPECTRUM_PENALTY_KINDS,
                                      SPECTRUM_PENALTY_PERIOD, SPECTRUM_PENALTY_PERIODS, SUPPORTED_SIZES)
 from genre_core.runs import jobs, store
@@ -126,6 +126,11 @@ def register(subparsers) -> None:
     train.add_argument("--feature-mixing", default=None, choices=FEATURE_MIXINGS,
                        help="fixed random 1x1 projections of the projected discriminator's trunk maps before its heads "
                             "(Projected GAN): channels (CCM), channels_scales (CCM and CSM), none (default none)")
+    train.add_argument("--head-balance", default=None, choices=HEAD_BALANCES,
+                       help="how the projected discriminator's patch heads (pixels and three trunk depths) share its "
+                            "loss: patches (each patch logit alike, so the heads on large maps weigh most and the "
+                            "deepest trunk head, the texture one, 2.7%% at 128 px) or heads (each head alike) "
+                            "(default patches)")
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")
@@ -269,6 +274,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("generator_noise_gain", args.generator_noise_gain),
                                            ("generator_top_channels", args.generator_top_channels),
                                            ("discriminator_downsample", args.discriminator_downsample),
+                                           ("head_balance", args.head_balance),
                                            ("global_head", args.global_head),
                                            ("global_head_end", args.global_head_end),
                                            ("discriminator_reconstruction", args.discriminator_reconstruction),

@@ -87,6 +87,11 @@ FASTGAN_MULTIPLIERS = {4: 16, 8: 16, 16: 8, 32: 4, 64: 2, 128: 1, 256: 1}
 FASTGAN_EXCITATIONS = ((4, 32), (8, 64), (16, 128), (32, 256))
 # How the projected discriminator shrinks the image for its trunk and its whole-picture head.
 DOWNSAMPLINGS = ("average", "blur")
+# How the projected discriminator's patch heads share the patch part of its hinge losses: "patches", every patch
+# logit weighs the same (so a head's share follows its map's area: at 128 px the pixels and block1 heads 256 logits
+# each, block2 64, block3 16, which leaves block3 2.7% of it); "heads", each head carries the same share (the smaller
+# heads' logits repeated), as Projected GAN's one discriminator per scale.
+HEAD_BALANCES = ("patches", "heads")
 # Fixed random projections of the trunk's maps before the heads (Projected GAN's CCM and CSM; `_mix_features`).
 FEATURE_MIXINGS = ("none", "channels", "channels_scales")
 # What the projected discriminator's whole-picture head reads: the image shrunk to GLOBAL_HEAD_SIZE px, or the
@@ -290,7 +295,8 @@ def _patch_head(x, widths, name: str):
 def make_projected_discriminator(image_size: int, num_classes: int = 0, base_channels: int = 16,
                                  feature_size: int | None = None, global_weight: float = 0.0,
                                  downsample: str = "average", mixing: str = "none", mixing_seed: int = 0,
-                                 global_input: str = "pixels", global_size: int = GLOBAL_HEAD_SIZE):
+                                 global_input: str = "pixels", global_size: int = GLOBAL_HEAD_SIZE,
+                                 head_balance: str = "patches"):
     """Build the Projected-GAN-style discriminator: image in [-1, 1] -> (batch, patch logits of all heads).
 
     The frozen HED-VGG16 trunk (block1_conv1 .. block3_conv2) sees the image shrunk to `feature_size`
@@ -309,7 +315,11 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     than on 32-px colours.
 
     `mixing` (FEATURE_MIXINGS) puts fixed random projections between the trunk and the heads (`_mix_features`,
-    drawn from `mixing_seed`); "none" reads the trunk's maps directly."""
+    drawn from `mixing_seed`); "none" reads the trunk's maps directly.
+
+    `head_balance` (HEAD_BALANCES) is how the patch heads share the patch logits' part of the loss: "patches"
+    (each logit alike, so the heads on large maps dominate) or "heads" (each head alike: a head with fewer logits
+    has them repeated up to the largest head's count, which must be a multiple of its own)."""
     import keras
     from keras import layers
 
@@ -320,6 +330,8 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
         raise ValueError(f"feature mixing {mixing!r} is not one of {FEATURE_MIXINGS}")
     if global_input not in GLOBAL_HEAD_INPUTS:
         raise ValueError(f"whole-picture head input {global_input!r} is not one of {GLOBAL_HEAD_INPUTS}")
+    if head_balance not in HEAD_BALANCES:
+        raise ValueError(f"head balance {head_balance!r} is not one of {HEAD_BALANCES}")
     feature_size = int(feature_size or projected_feature_size(image_size))
     if max(image_size, feature_size) % min(image_size, feature_size):
         raise ValueError(f"feature size {feature_size} and image size {image_size} must divide one another")
@@ -345,8 +357,13 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
         heads.append(_patch_head(feature_map, [width * 4 * 2 ** i for i in range(depth)], name=f"head_{layer_name}"))
     pixel_widths = [width, width * 2, width * 4][: max(1, min(3, int(math.log2(image_size)) - 3))]
     heads.append(_patch_head(image, pixel_widths, name="head_pixels"))
-    patch_logits = sum(int(logit.shape[-1]) for logit, _ in heads)
+    counts = [int(logit.shape[-1]) for logit, _ in heads]
     repeats = [1] * len(heads)
+    if head_balance == "heads":
+        if any(max(counts) % count for count in counts):
+            raise ValueError(f"the patch heads' logit counts {counts} do not divide the largest one")
+        repeats = [max(counts) // count for count in counts]
+    patch_logits = sum(count * repeat for count, repeat in zip(counts, repeats))
     if global_weight:
         if not 0.0 < global_weight < 1.0:
             raise ValueError(f"global_weight must be in 0..1 (exclusive), got {global_weight}")
@@ -454,7 +471,8 @@ def weighted_logit_mean(values, weights):
 
 
 def _repeat(logit, count: int, name: str):
-    """(batch, 1) -> (batch, count): one logit weighted as `count` logits in a mean over logits."""
+    """(batch, n) -> (batch, n * count): each logit weighted as `count` logits in a mean over logits (n = 1: the
+    whole-picture head's one logit)."""
     from keras import layers
 
     return layers.Flatten(name=name)(layers.RepeatVector(count, name=f"{name}_repeat")(logit))
@@ -716,7 +734,7 @@ def make_gan(config):
                 downsample=getattr(config, "discriminator_downsample", "average"),
                 mixing=getattr(config, "feature_mixing", "none"), mixing_seed=int(getattr(config, "seed", 0)),
                 global_input=getattr(config, "global_head_input", "pixels"),
-                global_size=head_size)
+                global_size=head_size, head_balance=getattr(config, "head_balance", "patches"))
             reconstruction_decoder = None
             if float(getattr(config, "discriminator_reconstruction", 0.0)):
                 reconstruction_decoder = reconstruction_decoder_for(discriminator, config.base_channels, head_size)

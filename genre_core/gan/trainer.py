@@ -125,6 +125,9 @@ class GanConfig:
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
+    # Projected D: how its patch heads share the patch part of the losses (networks.HEAD_BALANCES): patches (each
+    # logit alike, so block3's head carries 2.7% at 128 px) | heads (each head alike).
+    head_balance: str = "patches"
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     global_head_input: str = "pixels"  # what that head reads: pixels (32 px) | features (the frozen trunk's block3)
     # The size (px) at which that head, and the reconstruction term's decoder, see the picture
@@ -199,6 +202,8 @@ class GanConfig:
             raise ValueError(f"generator_convs {self.generator_convs!r} is not one of {networks.GENERATOR_CONVS}")
         if self.feature_mixing not in networks.FEATURE_MIXINGS:
             raise ValueError(f"feature_mixing {self.feature_mixing!r} is not one of {networks.FEATURE_MIXINGS}")
+        if self.head_balance not in networks.HEAD_BALANCES:
+            raise ValueError(f"head_balance {self.head_balance!r} is not one of {networks.HEAD_BALANCES}")
         if self.discriminator_downsample not in networks.DOWNSAMPLINGS:
             raise ValueError(f"discriminator_downsample {self.discriminator_downsample!r} is not one of "
                              f"{networks.DOWNSAMPLINGS}")
