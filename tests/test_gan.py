@@ -267,8 +267,9 @@ def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_
     assert list(history["epoch"]) == [1, 2]
     assert {"d_loss", "g_loss", "kid", "kid_std", "aug_p", "seconds"} <= set(history.columns)
     assert history["kid"].notna().all()
-    # lr_decay linear over 2 epochs of 3 steps, set before every step: the last steps are at 2/3 and 5/3 epochs.
-    assert list(history["learning_rate"]) == pytest.approx([1e-4 * (1 - 1 / 3), 1e-4 * (1 - 5 / 6)])
+    # lr_decay linear over 2 epochs of 3 steps, set before every step: the last steps are at 2/3 and 5/3 epochs,
+    # the rate falling with the square of the share left (lr_decay_power 2, the default).
+    assert list(history["learning_rate"]) == pytest.approx([1e-4 * (1 - 1 / 3) ** 2, 1e-4 * (1 - 5 / 6) ** 2])
     assert list(history["steps"]) == [3, 3]
     # The trainer sets the hold before every step: it moved in epoch 1 and stood still through epoch 2.
     assert history["aug_p"][0] != pytest.approx(0.5) and history["aug_p"][1] == history["aug_p"][0]
@@ -475,12 +476,12 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert cli.main(["gan", "train", "--epochs", "1", "--augment", "adaptive"]) == 0
     assert cli.main(["gan", "train", "--epochs", "1", "--global-head-end", "0.5",
                      "--discriminator-reconstruction", "1", "--global-head-size", "64",
-                     "--layout-freeze", "0.67", "--head-balance", "heads"]) == 0
+                     "--layout-freeze", "0.67", "--head-balance", "patches"]) == 0
     chosen, bins, default, adaptive, rising = started
     assert (rising.global_head, rising.global_head_end, default.global_head_end) == (0.2, 0.5, 0.0)
     assert (rising.global_head_size, default.global_head_size) == (64, 32)
     assert (rising.layout_freeze, default.layout_freeze) == (0.67, 0.0)
-    assert (rising.head_balance, default.head_balance) == ("heads", "patches")
+    assert (rising.head_balance, default.head_balance) == ("patches", "heads")
     assert bins.spectrum_penalty_kind == "bins"
     assert (chosen.augment_probability, chosen.adaptive_augment) == (0.5, False)
     assert (chosen.conditional, chosen.mode_seeking_weight) == (True, 0.1)
@@ -498,7 +499,7 @@ def test_gan_train_flags_reach_the_run_config(monkeypatch):
     assert (chosen.discriminator_lr_scale, default.discriminator_lr_scale) == (0.5, 1.0)
     assert (chosen.global_head_input, default.global_head_input) == ("features", "pixels")
     assert (chosen.augment_hold, default.augment_hold) == (0.3, 0.0)
-    assert (chosen.lr_decay_power, default.lr_decay_power) == (2.0, 1.0)
+    assert (chosen.lr_decay_power, default.lr_decay_power) == (2.0, 2.0)
     assert (chosen.discriminator_lr_floor, default.discriminator_lr_floor) == (0.5, 0.0)
     assert (chosen.sampled_generator, default.sampled_generator) == ("better", "ema")
     assert (chosen.ema_decay, default.ema_decay) == (0.9975, trainer.GanConfig.ema_decay)
@@ -699,8 +700,11 @@ def test_the_learning_rate_decay_power_bends_the_line():
     reference = keras.optimizers.schedules.PolynomialDecay(1e-4, decay_steps=12, end_learning_rate=0.0, power=2.0)
     for step in range(13):
         assert square.learning_rate_at(step / 4, 1e6) == pytest.approx(float(reference(step)))
-    assert trainer.GanConfig().lr_decay_power == 1.0
-    line = trainer.GanConfig(epochs=4, learning_rate=2e-4)
+    assert trainer.GanConfig().lr_decay_power == 2.0
+    # A run written before the faster fall became the default kept the line.
+    assert trainer.GanConfig.from_run_config({"genre": "landscape"}).lr_decay_power == 1.0
+    assert trainer.GanConfig.from_run_config({"genre": "landscape"}).head_balance == "patches"
+    line = trainer.GanConfig(epochs=4, learning_rate=2e-4, lr_decay_power=1.0)
     assert line.learning_rate_at(1, 1e6) == pytest.approx(1.5e-4)
     assert trainer.GanConfig(epochs=4, lr_decay="none", lr_decay_power=3.0).learning_rate_at(3, 1e6) == 1e-4
     for bad in (0, 0.1, 5, -1):
@@ -1264,7 +1268,7 @@ def test_head_balance_heads_gives_each_patch_head_the_same_share_of_the_loss():
     assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
     assert not same_weights(g_before, gan.generator) and not same_weights(d_before, gan.discriminator)
 
-    assert trainer.GanConfig().head_balance == "patches"
+    assert trainer.GanConfig().head_balance == "heads"  # the default since stop 55
     with pytest.raises(ValueError, match="head_balance 'layers' is not one of"):
         trainer.GanConfig(head_balance="layers").validate()
     older = trainer.new_run_config(trainer.GanConfig(head_balance="heads").validate())[0]

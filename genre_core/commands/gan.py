@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     train.add_argument("--lr-decay-power", type=float, default=None, metavar="P",
                        help="with --lr-decay linear, the rates are the starting rate times (1 - share of the run "
                             "done) ** P: above 1 they fall faster and lie lower over the last part of the run "
-                            f"(default {trainer.GanConfig.lr_decay_power:g}, a straight line)")
+                            f"(default {trainer.GanConfig.lr_decay_power:g}; 1: a straight line)")
     train.add_argument("--ema-lr-power", type=float, default=None,
                        help="the sampled (EMA) generator follows the trained one by a share per step times (learning "
                             "rate / starting rate) ** this, so it keeps averaging as the rate falls instead of "
@@ -130,7 +130,7 @@ def register(subparsers) -> None:
                        help="how the projected discriminator's patch heads (pixels and three trunk depths) share its "
                             "loss: patches (each patch logit alike, so the heads on large maps weigh most and the "
                             "deepest trunk head, the texture one, 2.7%% at 128 px) or heads (each head alike) "
-                            "(default patches)")
+                            "(default heads)")
     train.add_argument("--global-head", type=float, default=None,
                        help="share of the projected discriminator's loss on one whole-picture logit, which sees where "
                             "things are (sky above, ground below); 0 turns it off (default 0.2)")

@@ -126,8 +126,9 @@ class GanConfig:
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
     # Projected D: how its patch heads share the patch part of the losses (networks.HEAD_BALANCES): patches (each
-    # logit alike, so block3's head carries 2.7% at 128 px) | heads (each head alike).
-    head_balance: str = "patches"
+    # logit alike, so block3's head carries 2.7% at 128 px) | heads (each head alike; the default since stop 55,
+    # with lr_decay_power 2: lower than the old default on 5 of 6 seeds run side by side, docs/gan-measurements.md).
+    head_balance: str = "heads"
     global_head: float = 0.2  # projected D: share of the loss on one whole-picture logit (composition); 0: off
     global_head_input: str = "pixels"  # what that head reads: pixels (32 px) | features (the frozen trunk's block3)
     # The size (px) at which that head, and the reconstruction term's decoder, see the picture
@@ -153,7 +154,7 @@ class GanConfig:
     spectrum_penalty_period: int = networks.SPECTRUM_PENALTY_PERIOD  # its band: periods up to this many px
     learning_rate: float = 1e-4
     lr_decay: str = "linear"  # linear: both learning rates fall linearly to 0 over the run (budget or epochs) | none
-    lr_decay_power: float = 1.0  # linear decay: the rate is learning_rate * (1 - share done) ** this (1: a line)
+    lr_decay_power: float = 2.0  # linear decay: the rate is learning_rate * (1 - share done) ** this (1: a line)
     discriminator_lr_scale: float = 1.0  # the discriminator's learning rate is the generator's times this (TTUR)
     # The discriminator's rate stops falling at this share of its starting rate (the generator's goes on to 0): a
     # discriminator that keeps learning late. 0: it falls with the generator's.
@@ -337,8 +338,10 @@ class GanConfig:
         `generator_convs` had one convolution block per doubling, one written before `lecam` had no LeCam
         term, one written before `generator_noise` had no noise inputs, one written before the spectrum penalty
         became the default (a config without `spectrum_penalty`) had none, one written before the whole-picture
-        head's reconstruction term became the default had none, and a conditional run
-        whose config leaves `mode_seeking` to the default (-1; new runs save the weight they use) trained with
+        head's reconstruction term became the default had none, one written before equal heads and the faster
+        fall became the default (a config without `head_balance` or `lr_decay_power`) had patches and a line, and
+        a conditional run whose config leaves `mode_seeking` to the default (-1; new runs save the weight they
+        use) trained with
         OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the
         schedule) it was started with."""
         values = dict(values)
@@ -348,7 +351,7 @@ class GanConfig:
                               "global_head": 0.0,
                               "precision": "float32", "lr_decay": "none", "ema_lr_power": 0.0, "lecam": 0.0,
                               "spectrum_penalty": 0.0, "discriminator_reconstruction": 0.0,
-                              "bn_calibration_samples": 256,
+                              "bn_calibration_samples": 256, "head_balance": "patches", "lr_decay_power": 1.0,
                               "augment_policy": list(networks.AUGMENT_POLICIES), **values})
 
     def to_dict(self) -> dict:
