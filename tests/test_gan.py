@@ -670,14 +670,14 @@ def test_the_discriminators_rate_follows_the_generators_down_to_its_floor():
 
 
 def test_linear_learning_rate_decay_follows_the_budget_or_the_epochs():
-    budget = trainer.GanConfig(epochs=0, time_budget_minutes=10, learning_rate=1e-4)
+    budget = trainer.GanConfig(epochs=0, time_budget_minutes=10, learning_rate=1e-4, lr_decay_power=1.0)
     assert budget.learning_rate_at(0, 0.0) == pytest.approx(1e-4)
     assert budget.learning_rate_at(5, 150.0) == pytest.approx(0.75e-4)  # a quarter of the 600 s budget
     assert budget.learning_rate_at(9, 900.0) == 0.0  # past the budget
-    epochs = trainer.GanConfig(epochs=4, learning_rate=2e-4)
+    epochs = trainer.GanConfig(epochs=4, learning_rate=2e-4, lr_decay_power=1.0)
     assert [epochs.learning_rate_at(epoch, 1e6) for epoch in range(4)] == pytest.approx([2e-4, 1.5e-4, 1e-4, 0.5e-4])
     assert epochs.learning_rate_at(3.5, 1e6) == pytest.approx(0.25e-4)  # halfway through the last epoch
-    both = trainer.GanConfig(epochs=4, time_budget_minutes=10, learning_rate=1e-4)
+    both = trainer.GanConfig(epochs=4, time_budget_minutes=10, learning_rate=1e-4, lr_decay_power=1.0)
     assert both.learning_rate_at(1, 450.0) == pytest.approx(0.25e-4)  # the budget is further along than the epochs
     constant = trainer.GanConfig(epochs=4, lr_decay="none", learning_rate=1e-4)
     assert constant.learning_rate_at(3, 1e6) == 1e-4
@@ -1318,7 +1318,7 @@ def test_layout_freeze_slows_only_the_generators_layout_stages_and_stops_them_at
             np.testing.assert_allclose(still.numpy(), full.numpy(), atol=1e-6)
     assert moved_layout
 
-    config = trainer.GanConfig(layout_freeze=0.5, time_budget_minutes=10).validate()
+    config = trainer.GanConfig(layout_freeze=0.5, time_budget_minutes=10, lr_decay_power=1.0).validate()
     minute = 60.0
     assert config.layout_rate_scale(0, 0.0) == 1.0
     # A quarter done: the layout stages' rate is 1 - 0.25 / 0.5 = 0.5 of the start, the rest's 0.75.
@@ -1624,7 +1624,7 @@ def test_the_budget_ends_an_epoch_after_the_step_that_still_fits(tiny_dataset_di
     # at 80 s, past the 75-s budget. That last step ran at 60/75 of the budget: a fifth of the starting rate.
     assert list(history["steps"]) == [3, 3, 1]
     assert list(history["elapsed_seconds"]) == pytest.approx([30.0, 60.0, 70.0])
-    assert history["learning_rate"].iloc[-1] == pytest.approx(0.2e-4)
+    assert history["learning_rate"].iloc[-1] == pytest.approx(1e-4 * 0.2 ** 2)  # a fifth left, squared (power 2)
     assert fileio.read_json(run.path / "checkpoint/state.json")["epoch"] == 3
     assert (run.path / "samples/epoch_0003.png").exists()
 
