@@ -341,8 +341,7 @@ class GanConfig:
         head's reconstruction term became the default had none, one written before equal heads and the faster
         fall became the default (a config without `head_balance` or `lr_decay_power`) had patches and a line, and
         a conditional run whose config leaves `mode_seeking` to the default (-1; new runs save the weight they
-        use) trained with
-        OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the
+        use) trained with OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the
         schedule) it was started with."""
         values = dict(values)
         if values.get("conditional") and float(values.get("mode_seeking", -1.0)) < 0:
