@@ -1233,6 +1233,68 @@ def test_whole_picture_head_size_sets_what_the_head_and_the_reconstruction_decod
         networks.make_projected_discriminator(64, global_weight=0.2, global_size=48)
 
 
+def test_minibatch_std_channel_lets_the_whole_picture_head_see_how_alike_a_group_is(tmp_path):
+    """The MinibatchStdDev layer appends, to each image, the mean over features of their standard deviation over its
+    group of consecutive images (about 0 for a group of copies); a batch its group size does not divide is one
+    group. In the discriminator (`--global-head-mbstd 4`) an image's whole-picture logit then moves when another
+    image of its group changes and not when one of another group does, while the patch logits and the head's map
+    (what the reconstruction term reads) stay per image. One step trains with it; the config refuses a group that
+    does not divide the batch or a run without the head; the CLI sets it; older runs (no key) have none; the
+    discriminator saves and loads."""
+    import keras
+    import tensorflow as tf
+
+    from genre_core.models.layers import layer_classes
+
+    layer = layer_classes()["MinibatchStdDev"](group_size=4)
+    x = np.random.default_rng(0).normal(size=(8, 4, 4, 3)).astype(np.float32)
+    x[:4] = x[0]
+    out = layer(tf.constant(x)).numpy()
+    assert out.shape == (8, 4, 4, 4) and np.allclose(out[..., :3], x)
+    assert np.allclose(out[:4, ..., 3], 1e-4, atol=1e-5)
+    assert np.allclose(out[4:, ..., 3], np.std(x[4:], axis=0).mean(), rtol=1e-4)
+    assert np.allclose(layer(tf.constant(x[:6])).numpy()[..., 3], np.std(x[:6], axis=0).mean(), rtol=1e-4)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        layer_classes()["MinibatchStdDev"](group_size=1)
+
+    config = tiny_model_config(image_size=32)
+    config.config.discriminator_reconstruction, config.config.global_head_minibatch_std = 2.0, 4
+    config.config.precision = "float32"
+    gan = networks.make_gan(config)
+    d = gan.discriminator
+    global_columns = networks.global_head_columns(d)
+    images = np.random.default_rng(1).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    changed = images.copy()
+    changed[5:] = images[4]  # the second group: image 4 unchanged, the others now copies of it
+    before, after = d(tf.constant(images)).numpy(), d(tf.constant(changed)).numpy()
+    moved = ~np.isclose(before[:, -global_columns:], after[:, -global_columns:], atol=1e-6).all(axis=1)
+    assert moved.tolist() == [False] * 4 + [True] * 4
+    assert np.allclose(before[4, :-global_columns], after[4, :-global_columns], atol=1e-6)
+    maps = gan.reconstruction_encoder(tf.constant(images)).numpy()
+    assert np.allclose(maps[:4], gan.reconstruction_encoder(tf.constant(changed)).numpy()[:4], atol=1e-6)
+    assert maps.shape[-1] == d.get_layer("head_global_mbstd").output.shape[-1] - 1
+    eager(gan)
+    logs = gan.train_on_batch(images, np.zeros(8, np.int32), return_dict=True)
+    assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
+    d.save(tmp_path / "d.keras")
+    loaded = keras.saving.load_model(tmp_path / "d.keras", compile=False)
+    assert np.allclose(loaded(tf.constant(images)).numpy(), d(tf.constant(images)).numpy(), atol=1e-5)
+
+    assert trainer.GanConfig().global_head_minibatch_std == 0
+    assert trainer.GanConfig(global_head_minibatch_std=8).validate().global_head_minibatch_std == 8
+    with pytest.raises(ValueError, match="must divide batch_size 16"):
+        trainer.GanConfig(global_head_minibatch_std=3).validate()
+    with pytest.raises(ValueError, match="at least 2"):
+        trainer.GanConfig(global_head_minibatch_std=1).validate()
+    with pytest.raises(ValueError, match="whole-picture head"):
+        trainer.GanConfig(global_head_minibatch_std=4, global_head=0.0).validate()
+    older = trainer.new_run_config(trainer.GanConfig().validate())[0]
+    older.pop("global_head_minibatch_std")
+    assert trainer.GanConfig.from_run_config(older).global_head_minibatch_std == 0
+    parsed = cli.build_parser().parse_args(["gan", "train", "--global-head-mbstd", "4"])
+    assert parsed.global_head_mbstd == 4
+
+
 def test_head_balance_heads_gives_each_patch_head_the_same_share_of_the_loss():
     """At 128 px the patch heads have 256 (pixels), 256 (block1), 64 (block2) and 16 (block3) logits. With
     "patches" the mean over D's columns weighs each logit alike, so block3's head carries 16 / 592 of it; with

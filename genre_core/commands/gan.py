@@ -145,6 +145,10 @@ def register(subparsers) -> None:
                        help="the size at which the whole-picture head (and the reconstruction term's decoder) see the "
                             "picture: 32 shows where the colours are, 64 also the shapes; a smaller --size is seen "
                             f"at its own size ({', '.join(map(str, GLOBAL_HEAD_SIZES))}; default {GLOBAL_HEAD_SIZE})")
+    train.add_argument("--global-head-mbstd", type=int, default=None, metavar="G",
+                       help="give the whole-picture head a minibatch standard deviation channel over groups of G "
+                            "images (ProGAN, StyleGAN2), so that it sees how alike the pictures of a batch are; G must "
+                            "divide --batch-size; 0: none (default 0)")
     train.add_argument("--conditional-norm", action="store_true", default=None,
                        help="conditional runs: give every batch norm of the generator a per-genre gain and bias "
                             "(class-conditional batch norm, as BigGAN), so the genre reaches every layer, not only "
@@ -280,6 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("discriminator_reconstruction", args.discriminator_reconstruction),
                                            ("global_head_input", args.global_head_input),
                                            ("global_head_size", args.global_head_size),
+                                           ("global_head_minibatch_std", args.global_head_mbstd),
                                            ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),
                                            ("ema_decay", args.ema_decay), ("ema_lr_power", args.ema_lr_power),

@@ -296,7 +296,7 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
                                  feature_size: int | None = None, global_weight: float = 0.0,
                                  downsample: str = "average", mixing: str = "none", mixing_seed: int = 0,
                                  global_input: str = "pixels", global_size: int = GLOBAL_HEAD_SIZE,
-                                 head_balance: str = "patches"):
+                                 head_balance: str = "patches", global_minibatch_std: int = 0):
     """Build the Projected-GAN-style discriminator: image in [-1, 1] -> (batch, patch logits of all heads).
 
     The frozen HED-VGG16 trunk (block1_conv1 .. block3_conv2) sees the image shrunk to `feature_size`
@@ -319,7 +319,11 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
 
     `head_balance` (HEAD_BALANCES) is how the patch heads share the patch logits' part of the loss: "patches"
     (each logit alike, so the heads on large maps dominate) or "heads" (each head alike: a head with fewer logits
-    has them repeated up to the largest head's count, which must be a multiple of its own)."""
+    has them repeated up to the largest head's count, which must be a multiple of its own).
+
+    `global_minibatch_std` > 1 gives the whole-picture head a minibatch standard deviation channel over groups of
+    that many images (`MinibatchStdDev`) before its dense logit, so that it sees how alike the pictures of a batch
+    are; 0: none."""
     import keras
     from keras import layers
 
@@ -370,7 +374,7 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
         if global_size not in GLOBAL_HEAD_SIZES:
             raise ValueError(f"whole-picture head size {global_size} is not one of {GLOBAL_HEAD_SIZES}")
         heads.append(_global_head(image if global_input == "pixels" else maps[-1], width, name="head_global",
-                                  downsample=downsample, size=global_size))
+                                  downsample=downsample, size=global_size, minibatch_std=global_minibatch_std))
         repeats.append(max(1, round(global_weight / (1.0 - global_weight) * patch_logits)))
     inputs = image
     if num_classes:
@@ -478,11 +482,13 @@ def _repeat(logit, count: int, name: str):
     return layers.Flatten(name=name)(layers.RepeatVector(count, name=f"{name}_repeat")(logit))
 
 
-def _global_head(image, width: int, name: str, downsample: str = "average", size: int = GLOBAL_HEAD_SIZE):
+def _global_head(image, width: int, name: str, downsample: str = "average", size: int = GLOBAL_HEAD_SIZE,
+                 minibatch_std: int = 0):
     """A whole-picture head: the image (or a feature map) shrunk to `size` px (`_downsample`) when
     larger, stride-2 spectrally normalised convolutions down to 4x4, then a dense layer over the whole flattened
     map, so that the one logit depends on where things are (sky above, ground below), which no patch logit can
-    see. Returns (logit, last map)."""
+    see. With `minibatch_std` > 1 the dense layer also reads a minibatch standard deviation channel over groups of
+    that many images. Returns (logit, last map), the map before that channel."""
     from keras import layers
 
     x, input_size = image, int(image.shape[1])
@@ -494,14 +500,18 @@ def _global_head(image, width: int, name: str, downsample: str = "average", size
         conv = layers.Conv2D(width * 2 ** index, 4, strides=2, padding="same", name=f"{name}_conv{index}")
         x = layers.SpectralNormalization(conv, name=f"{name}_conv{index}_sn")(x)
         x = layers.LeakyReLU(0.2)(x)
+    last = x
+    if minibatch_std:
+        x = layer_classes()["MinibatchStdDev"](group_size=minibatch_std, name=f"{name}_mbstd")(x)
     flat = layers.Flatten(name=f"{name}_flatten")(x)
     logit = layers.SpectralNormalization(layers.Dense(1, name=f"{name}_dense"), name=f"{name}_dense_sn")(flat)
-    return logit, x
+    return logit, last
 
 
 def global_head_encoder(discriminator):
-    """The discriminator's own path from the image to its whole-picture head's last map (before the dense logit),
-    as a model that shares its layers. Raises ValueError when the discriminator has no whole-picture head."""
+    """The discriminator's own path from the image to its whole-picture head's last map (before the dense logit and
+    any minibatch standard deviation channel, so one picture's map does not depend on the others of its batch), as a
+    model that shares its layers. Raises ValueError when the discriminator has no whole-picture head."""
     import keras
 
     try:
@@ -509,7 +519,9 @@ def global_head_encoder(discriminator):
     except ValueError:
         raise ValueError("this discriminator has no whole-picture head (global_head > 0, projected "
                          "architecture)") from None
-    return keras.Model(discriminator.inputs[0], flatten.input, name="global_head_encoder")
+    names = {layer.name for layer in discriminator.layers}
+    last = discriminator.get_layer("head_global_mbstd").input if "head_global_mbstd" in names else flatten.input
+    return keras.Model(discriminator.inputs[0], last, name="global_head_encoder")
 
 
 def reconstruction_decoder_for(discriminator, width: int = 16, head_size: int = GLOBAL_HEAD_SIZE):
@@ -734,7 +746,8 @@ def make_gan(config):
                 downsample=getattr(config, "discriminator_downsample", "average"),
                 mixing=getattr(config, "feature_mixing", "none"), mixing_seed=int(getattr(config, "seed", 0)),
                 global_input=getattr(config, "global_head_input", "pixels"),
-                global_size=head_size, head_balance=getattr(config, "head_balance", "patches"))
+                global_size=head_size, head_balance=getattr(config, "head_balance", "patches"),
+                global_minibatch_std=int(getattr(config, "global_head_minibatch_std", 0)))
             reconstruction_decoder = None
             if float(getattr(config, "discriminator_reconstruction", 0.0)):
                 reconstruction_decoder = reconstruction_decoder_for(discriminator, config.base_channels, head_size)

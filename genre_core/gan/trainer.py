@@ -135,6 +135,9 @@ class GanConfig:
     # (networks.GLOBAL_HEAD_SIZES; a smaller image is seen at its own size): 32 shows where the colours are, 64 also
     # the shapes.
     global_head_size: int = networks.GLOBAL_HEAD_SIZE
+    # The whole-picture head's minibatch standard deviation channel (ProGAN/StyleGAN2; networks.MinibatchStdDev): over
+    # groups of this many images of a batch, how alike they are, read by the head's dense logit. 0: none.
+    global_head_minibatch_std: int = 0
     # The whole-picture head's share at the end of the run: it rises from `global_head` in step with the run's share
     # done (as the learning rate falls), so that D weighs the layout more late. 0: it stays at `global_head`.
     global_head_end: float = 0.0
@@ -261,6 +264,16 @@ class GanConfig:
         if int(self.global_head_size) not in networks.GLOBAL_HEAD_SIZES:
             raise ValueError(f"global_head_size must be one of {networks.GLOBAL_HEAD_SIZES}, got "
                              f"{self.global_head_size}")
+        group = int(self.global_head_minibatch_std)
+        if group:
+            if group < 2:
+                raise ValueError(f"global_head_minibatch_std must be 0 (off) or at least 2, got {group}")
+            if self.architecture != "projected" or not self.global_head:
+                raise ValueError("global_head_minibatch_std needs the projected architecture's whole-picture head "
+                                 f"(global_head > 0), got {self.architecture!r} with global_head {self.global_head}")
+            if int(self.batch_size) % group:
+                raise ValueError(f"global_head_minibatch_std {group} must divide batch_size {self.batch_size}, so "
+                                 "that no group mixes real and generated images")
         if self.global_head_input not in networks.GLOBAL_HEAD_INPUTS:
             raise ValueError(f"global_head_input {self.global_head_input!r} is not one of "
                              f"{networks.GLOBAL_HEAD_INPUTS}")

@@ -226,9 +226,46 @@ def layer_classes() -> dict:
                            "initial_strength": self.initial_strength, "gain": self.gain})
             return config
 
+    @keras.saving.register_keras_serializable(package="genre_core")
+    class MinibatchStdDev(keras.layers.Layer):
+        """Append one channel: how much the images of a small group of the batch differ from one another (the
+        standard deviation of each feature over the group, averaged over the features and positions), the same
+        value at every position of each image of the group (ProGAN's and StyleGAN2's minibatch standard
+        deviation; Karras et al. 2018). A discriminator that sees it can tell a batch of look-alike pictures from a
+        varied one, which no per-image logit can.
+
+        Groups are `group_size` consecutive images (a batch that it does not divide is one group), so a batch made
+        of real images followed by as many generated ones never mixes the two in one group when the halves are a
+        multiple of it. Computed in float32 whatever the layer's compute dtype."""
+
+        def __init__(self, group_size: int = 4, **kwargs):
+            super().__init__(**kwargs)
+            self.group_size = int(group_size)
+            if self.group_size < 2:
+                raise ValueError(f"a minibatch standard deviation group needs at least 2 images, got {group_size}")
+
+        def call(self, inputs):
+            x = ops.cast(inputs, "float32")
+            _, height, width, channels = inputs.shape
+            count = ops.shape(x)[0]
+            group = ops.where(ops.equal(count % self.group_size, 0), self.group_size, count)
+            grouped = ops.reshape(x, (-1, group, height, width, channels))
+            spread = ops.mean(ops.sqrt(ops.var(grouped, axis=1) + 1e-8), axis=(1, 2, 3))
+            column = ops.ones_like(grouped[..., :1]) * spread[:, None, None, None, None]
+            column = ops.reshape(column, (-1, height, width, 1))
+            return ops.concatenate([inputs, ops.cast(column, inputs.dtype)], axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape[:-1], input_shape[-1] + 1)
+
+        def get_config(self):
+            config = super().get_config()
+            config["group_size"] = self.group_size
+            return config
+
     return {"CaffePreprocess": CaffePreprocess, "MeanStdPooling2D": MeanStdPooling2D, "SignedSqrt": SignedSqrt,
             "PriorCorrection": PriorCorrection, "ReflectionPadding2D": ReflectionPadding2D, "BlurPool2D": BlurPool2D,
-            "NoiseInjection": NoiseInjection}
+            "NoiseInjection": NoiseInjection, "MinibatchStdDev": MinibatchStdDev}
 
 
 def caffe_preprocess(**kwargs):
