@@ -10,9 +10,9 @@ at 128 px, batch 16, as seconds per epoch on the kit's 922 training landscapes (
 that `precision="auto"` picks on this machine. A last row times that 128-px step in mixed bfloat16 against
 float32 (the projected GAN's "auto" precision is mixed bfloat16 where the CPU has native bfloat16); further
 reported rows time the 128-px step with and without optional parts (a wider full-size stage, the spectrum
-penalty, the reconstruction term, the whole-picture head at 64 px).
+penalty, the reconstruction term, the whole-picture head at 64 px, its minibatch standard deviation channel).
 
-Run with `python3 -m bench` (all benchmarks) or `python3 bench/bench_gan.py`.
+Run with `python3 -m bench` (all benchmarks) or `python3 -m bench gan` (this one), from the repository root.
 """
 
 from __future__ import annotations
@@ -207,6 +207,11 @@ def _epoch_row() -> list[dict]:
                                global_head_size=64)
     models["head64"] = trainer.build_gan(config, 1, images)
     _time_steps(models["head64"], images, labels, WARMUP_STEPS)
+    # And with a minibatch standard deviation channel in the whole-picture head (--global-head-mbstd 4).
+    config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
+                               global_head_minibatch_std=4)
+    models["mbstd"] = trainer.build_gan(config, 1, images)
+    _time_steps(models["mbstd"], images, labels, WARMUP_STEPS)
     times = {precision: [] for precision in models}
     for _ in range(ROUNDS):
         for precision, model in models.items():
@@ -241,7 +246,10 @@ def _epoch_row() -> list[dict]:
                   f"images, against 0), in {default}"),
         _step_row("whole-picture head at 64 px vs 32", step_s, f"top{TOP_CHANNELS[0]}", "head64",
                   f"median s/step of {ROUNDS} alternating rounds (--global-head-size 64: the head and its "
-                  f"reconstruction decoder see the picture at 64 px, against the default 32), in {default}")]
+                  f"reconstruction decoder see the picture at 64 px, against the default 32), in {default}"),
+        _step_row("whole-picture head with a minibatch std channel vs without", step_s, f"top{TOP_CHANNELS[0]}",
+                  "mbstd", f"median s/step of {ROUNDS} alternating rounds (--global-head-mbstd 4 against the "
+                  f"default 0), in {default}")]
 
 
 def _step_row(what: str, step_s: dict, baseline: str, candidate: str, note: str) -> dict:

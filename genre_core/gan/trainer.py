@@ -135,8 +135,9 @@ class GanConfig:
     # (networks.GLOBAL_HEAD_SIZES; a smaller image is seen at its own size): 32 shows where the colours are, 64 also
     # the shapes.
     global_head_size: int = networks.GLOBAL_HEAD_SIZE
-    # The whole-picture head's minibatch standard deviation channel (ProGAN/StyleGAN2; networks.MinibatchStdDev): over
-    # groups of this many images of a batch, how alike they are, read by the head's dense logit. 0: none.
+    # The whole-picture head's minibatch standard deviation channel (ProGAN/StyleGAN2; MinibatchStdDev in
+    # genre_core.models.layers): over groups of this many images of a batch, how alike they are, read by the head's
+    # dense logit. 0: none (measured on the kit and not kept: docs/gan-measurements.md).
     global_head_minibatch_std: int = 0
     # The whole-picture head's share at the end of the run: it rises from `global_head` in step with the run's share
     # done (as the learning rate falls), so that D weighs the layout more late. 0: it stays at `global_head`.
