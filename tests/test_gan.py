@@ -1271,7 +1271,8 @@ def test_minibatch_std_channel_lets_the_whole_picture_head_see_how_alike_a_group
     assert moved.tolist() == [False] * 4 + [True] * 4
     assert np.allclose(before[4, :-global_columns], after[4, :-global_columns], atol=1e-6)
     maps = gan.reconstruction_encoder(tf.constant(images)).numpy()
-    assert np.allclose(maps[:4], gan.reconstruction_encoder(tf.constant(changed)).numpy()[:4], atol=1e-6)
+    # Image 4 is unchanged but its group is not: its map stays the same only if the encoder stops before the channel.
+    assert np.allclose(maps[:5], gan.reconstruction_encoder(tf.constant(changed)).numpy()[:5], atol=1e-6)
     assert maps.shape[-1] == d.get_layer("head_global_mbstd").output.shape[-1] - 1
     eager(gan)
     logs = gan.train_on_batch(images, np.zeros(8, np.int32), return_dict=True)
