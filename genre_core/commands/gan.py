@@ -7,7 +7,8 @@ from pathlib import Path
 
 from genre_core.gan import trainer
 from genre_core.gan.networks import (ARCHITECTURES, AUGMENT_TRANSFORMS, DOWNSAMPLINGS, FEATURE_MIXINGS,
-                                     GENERATOR_CONVS, GENERATOR_PADDINGS, GEOMETRIC_MAX_DEGREES, GLOBAL_HEAD_INPUTS,
+                                     GENERATOR_CONVS, GENERATOR_PADDINGS, GENERATOR_TOP_UPSAMPLINGS,
+                                     GEOMETRIC_MAX_DEGREES, GLOBAL_HEAD_INPUTS,
                                      GLOBAL_HEAD_SIZE, GLOBAL_HEAD_SIZES, HEAD_BALANCES,
                                      GEOMETRIC_MAX_SCALE, PRECISIONS, R1_SAMPLES, SPECTRUM_PENALTY_KINDS,
                                      SPECTRUM_PENALTY_PERIOD, SPECTRUM_PENALTY_PERIODS, SUPPORTED_SIZES)
@@ -95,6 +96,10 @@ def register(subparsers) -> None:
     train.add_argument("--generator-top-channels", type=int, default=None, metavar="C",
                        help="channels of the projected generator's last, full-size stage, which paints the finest "
                             "detail (default 0: the base width, 16)")
+    train.add_argument("--generator-top-upsample", default=None, choices=GENERATOR_TOP_UPSAMPLINGS,
+                       help="how the projected generator doubles its map into the full-size stage: nearest (each "
+                            "value copied into a 2x2 block, whose edges every other pixel make fine cross-hatching) "
+                            "or bilinear (default nearest)")
     train.add_argument("--discriminator-downsample", default=None, choices=DOWNSAMPLINGS,
                        help="how the projected discriminator shrinks images for its trunk and whole-picture head: "
                             "average (pooling, whose gradient to the generator is blocky) or blur (a [1, 3, 3, 1] "
@@ -277,6 +282,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("generator_noise_from", args.generator_noise_from),
                                            ("generator_noise_gain", args.generator_noise_gain),
                                            ("generator_top_channels", args.generator_top_channels),
+                                           ("generator_top_upsample", args.generator_top_upsample),
                                            ("discriminator_downsample", args.discriminator_downsample),
                                            ("head_balance", args.head_balance),
                                            ("global_head", args.global_head),

@@ -69,6 +69,7 @@ LOSSES = ("hinge", "non_saturating")
 LECAM_DECAY = 0.99
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # "auto": mixed_bfloat16 where the hardware has bfloat16
 GENERATOR_PADDINGS = ("zeros", "reflect")  # how the projected generator's 3x3 convolutions pad
+GENERATOR_TOP_UPSAMPLINGS = ("nearest", "bilinear")  # how the projected generator doubles into its full-size stage
 GENERATOR_CONVS = (1, 2)  # (3x3 conv, BN, LeakyReLU) blocks after each upsampling of the projected generator
 AUGMENT_POLICIES = ("translation", "color", "cutout")
 # Transforms DiffAugment can also apply (not in the default policy): "geometric" rotates each image by up to
@@ -204,7 +205,7 @@ def _class_batch_norm(x, label, num_classes: int, name: str):
 def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: int = 0, base_channels: int = 16,
                            padding: str = "zeros", conditional_norm: bool = False, convs_per_size: int = 1,
                            noise: float = 0.0, noise_seed: int = 0, noise_from: int = 8, noise_gain: float = 1.0,
-                           top_channels: int = 0):
+                           top_channels: int = 0, top_upsample: str = "nearest"):
     """Build the FastGAN-style generator: z (and a genre label) -> 4x4 map -> (nearest upsample, 3x3 conv, BN,
     LeakyReLU) per doubling, with skip-layer excitation, -> tanh image in [-1, 1]. `padding` is how the 3x3
     convolutions pad: "zeros" or "reflect" (GENERATOR_PADDINGS). With a genre label and `conditional_norm`,
@@ -215,7 +216,11 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     learned per-channel strength that starts at `noise`, relative to the normalised features; FastGAN's
     UpBlockComp and StyleGAN have noise inputs), seeded from `noise_seed`, at the sizes from `noise_from` up,
     with `noise_gain` times the learning rate for the strengths (`NoiseInjection`). `top_channels` > 0 widens
-    (or narrows) the last, full-size stage to that many channels (FASTGAN_MULTIPLIERS give it `base_channels`)."""
+    (or narrows) the last, full-size stage to that many channels (FASTGAN_MULTIPLIERS give it `base_channels`).
+    `top_upsample` (GENERATOR_TOP_UPSAMPLINGS) is how the map is doubled into that stage: "nearest" copies each
+    value into a 2x2 block, as at every other doubling; "bilinear" interpolates, so that the full-size
+    convolutions do not see 2x2 blocks, whose edges at every other pixel are one source of axis-aligned stripes
+    with a period of 2 px."""
     import keras
     from keras import layers
 
@@ -223,6 +228,8 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
         raise ValueError(f"generator padding {padding!r} is not one of {GENERATOR_PADDINGS}")
     if convs_per_size not in GENERATOR_CONVS:
         raise ValueError(f"generator convolutions per size {convs_per_size!r} is not one of {GENERATOR_CONVS}")
+    if top_upsample not in GENERATOR_TOP_UPSAMPLINGS:
+        raise ValueError(f"generator top upsampling {top_upsample!r} is not one of {GENERATOR_TOP_UPSAMPLINGS}")
 
     def conv3x3(x, filters: int, name: str, **options):
         if padding == "zeros":
@@ -240,7 +247,8 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     size = 4
     while size < image_size:
         size *= 2
-        x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{size}")(x)
+        interpolation = top_upsample if size == image_size else "nearest"
+        x = layers.UpSampling2D(2, interpolation=interpolation, name=f"up{size}")(x)
         for suffix in ("", "b")[:convs_per_size]:
             x = conv3x3(x, widths[size], f"conv{size}{suffix}", use_bias=False)
             if conditional_norm:
@@ -738,7 +746,8 @@ def make_gan(config):
                                                int(getattr(config, "seed", 0)),
                                                int(getattr(config, "generator_noise_from", 8)),
                                                float(getattr(config, "generator_noise_gain", 1.0)),
-                                               int(getattr(config, "generator_top_channels", 0)))
+                                               int(getattr(config, "generator_top_channels", 0)),
+                                               getattr(config, "generator_top_upsample", "nearest"))
             head_size = int(getattr(config, "global_head_size", GLOBAL_HEAD_SIZE))
             discriminator = make_projected_discriminator(
                 config.image_size, num_classes, config.base_channels,

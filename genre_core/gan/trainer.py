@@ -122,6 +122,7 @@ class GanConfig:
     generator_noise_from: int = 8  # the smallest generator size (px) with noise inputs
     generator_noise_gain: float = 1.0  # the noise strengths learn this many times faster (NoiseInjection's gain)
     generator_top_channels: int = 0  # projected generator: channels of the full-size stage; 0: base_channels
+    generator_top_upsample: str = "nearest"  # projected generator: doubling into the full-size stage: nearest | bilinear
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
@@ -309,6 +310,11 @@ class GanConfig:
             raise ValueError("generator_noise (noise inputs) is for the projected architecture's generator")
         if self.generator_top_channels and self.architecture != "projected":
             raise ValueError("generator_top_channels is for the projected architecture's generator")
+        if self.generator_top_upsample not in networks.GENERATOR_TOP_UPSAMPLINGS:
+            raise ValueError(f"generator_top_upsample {self.generator_top_upsample!r} is not one of "
+                             f"{networks.GENERATOR_TOP_UPSAMPLINGS}")
+        if self.generator_top_upsample != "nearest" and self.architecture != "projected":
+            raise ValueError("generator_top_upsample is for the projected architecture's generator")
         if self.conditional_norm and not (self.conditional and self.architecture == "projected"):
             raise ValueError("conditional_norm (per-genre batch norm) needs a conditional run of the projected "
                              "architecture")
