@@ -212,6 +212,11 @@ def _epoch_row() -> list[dict]:
                                global_head_minibatch_std=4)
     models["mbstd"] = trainer.build_gan(config, 1, images)
     _time_steps(models["mbstd"], images, labels, WARMUP_STEPS)
+    # And with bilinear upsampling into the generator's full-size stage (--generator-top-upsample bilinear).
+    config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
+                               generator_top_upsample="bilinear")
+    models["top_bilinear"] = trainer.build_gan(config, 1, images)
+    _time_steps(models["top_bilinear"], images, labels, WARMUP_STEPS)
     times = {precision: [] for precision in models}
     for _ in range(ROUNDS):
         for precision, model in models.items():
@@ -249,7 +254,11 @@ def _epoch_row() -> list[dict]:
                   f"reconstruction decoder see the picture at 64 px, against the default 32), in {default}"),
         _step_row("whole-picture head with a minibatch std channel vs without", step_s, f"top{TOP_CHANNELS[0]}",
                   "mbstd", f"median s/step of {ROUNDS} alternating rounds (--global-head-mbstd 4 against the "
-                  f"default 0), in {default}")]
+                  f"default 0), in {default}"),
+        _step_row("bilinear doubling into the generator's full-size stage vs nearest", step_s,
+                  f"top{TOP_CHANNELS[0]}", "top_bilinear",
+                  f"median s/step of {ROUNDS} alternating rounds (--generator-top-upsample bilinear against the "
+                  f"default nearest), in {default}")]
 
 
 def _step_row(what: str, step_s: dict, baseline: str, candidate: str, note: str) -> dict:

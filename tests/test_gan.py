@@ -1530,6 +1530,55 @@ def test_generator_convs_adds_a_second_convolution_after_each_upsampling():
         networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, convs_per_size=0)
 
 
+def test_generator_top_upsample_bilinear_doubles_into_the_full_size_stage_without_2x2_blocks():
+    """generator_top_upsample "bilinear": the doubling into the projected generator's full-size stage interpolates,
+    so the map its 3x3 convolutions read has no 2x2 blocks of copies (nearest's, whose edges every other pixel are
+    the cross-hatch), while every smaller doubling stays nearest; the weights are the same as nearest's (a
+    trained nearest generator's weights load into it), the config and the CLI carry it, and a run written before
+    the option samples with nearest."""
+    import keras
+
+    def top_input(generator, noise):
+        return np.asarray(keras.Model(generator.input, generator.get_layer("up32").output)(noise, training=False))
+
+    def has_blocks(maps):
+        return bool(np.allclose(maps[:, ::2], maps[:, 1::2]) and np.allclose(maps[:, :, ::2], maps[:, :, 1::2]))
+
+    noise = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    nearest = networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, padding="reflect", convs_per_size=2)
+    bilinear = networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, padding="reflect", convs_per_size=2,
+                                               top_upsample="bilinear")
+    bilinear.set_weights(nearest.get_weights())
+    assert [layer.interpolation for layer in bilinear.layers if isinstance(layer, keras.layers.UpSampling2D)] == [
+        "nearest", "nearest", "bilinear"]
+    assert has_blocks(top_input(nearest, noise)) and not has_blocks(top_input(bilinear, noise))
+    # The smaller stages are the same network: the maps before the last doubling agree.
+    before = [keras.Model(model.input, model.get_layer("conv16b").output)(noise, training=False)
+              for model in (nearest, bilinear)]
+    assert np.allclose(*map(np.asarray, before))
+    images = np.asarray(bilinear(noise, training=False))
+    assert images.shape == (2, 32, 32, 3) and not np.allclose(images, np.asarray(nearest(noise, training=False)))
+
+    config = trainer.GanConfig(image_size=16, latent_dim=8, base_channels=8,
+                               generator_top_upsample="bilinear").validate()
+    generator = networks.make_gan(trainer._ModelShape(config, 1)).generator
+    assert generator.get_layer("up16").interpolation == "bilinear"
+    assert generator.get_layer("up8").interpolation == "nearest"
+    assert trainer.GanConfig().generator_top_upsample == "nearest"
+    with pytest.raises(ValueError, match="generator_top_upsample 'bicubic' is not one of"):
+        trainer.GanConfig(generator_top_upsample="bicubic").validate()
+    with pytest.raises(ValueError, match="generator_top_upsample is for the projected"):
+        trainer.GanConfig(generator_top_upsample="bilinear", architecture="dcgan", image_size=64).validate()
+    with pytest.raises(ValueError, match="top upsampling 'area'"):
+        networks.make_fastgan_generator(32, latent_dim=8, base_channels=2, top_upsample="area")
+    older = trainer.new_run_config(trainer.GanConfig().validate())[0]
+    older.pop("generator_top_upsample")
+    assert trainer.GanConfig.from_run_config(older).generator_top_upsample == "nearest"
+    parsed = cli.build_parser().parse_args(["gan", "train", "--generator-top-upsample", "bilinear"])
+    assert parsed.generator_top_upsample == "bilinear"
+    assert cli.build_parser().parse_args(["gan", "train"]).generator_top_upsample is None
+
+
 def test_generator_noise_adds_learned_noise_that_trains_samples_repeatably_and_is_checkpointed(tmp_path):
     """generator_noise S: a NoiseInjection layer after each conv block's batch norm in the projected generator,
     with per-channel strengths that start at S (and with strengths of 0 the generator draws what it would
