@@ -219,8 +219,8 @@ def make_fastgan_generator(image_size: int, latent_dim: int = 128, num_classes: 
     (or narrows) the last, full-size stage to that many channels (FASTGAN_MULTIPLIERS give it `base_channels`).
     `top_upsample` (GENERATOR_TOP_UPSAMPLINGS) is how the map is doubled into that stage: "nearest" copies each
     value into a 2x2 block, as at every other doubling; "bilinear" interpolates, so that the full-size
-    convolutions do not see 2x2 blocks, whose edges at every other pixel are one source of axis-aligned stripes
-    with a period of 2 px."""
+    convolutions do not see 2x2 blocks: their edges, every other pixel, are what the default's fine
+    cross-hatch (periods of 2-2.7 px, along the axes) is made of (docs/gan-measurements.md)."""
     import keras
     from keras import layers
 
