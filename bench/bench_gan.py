@@ -181,42 +181,22 @@ def _epoch_row() -> list[dict]:
     rng = np.random.default_rng(1)
     images = rng.uniform(-1.0, 1.0, (EPOCH_BATCH_SIZE, EPOCH_IMAGE_SIZE, EPOCH_IMAGE_SIZE, 3)).astype("float32")
     labels = np.zeros(EPOCH_BATCH_SIZE, dtype="int32")
+    # The networks timed, each a GanConfig override of the default: both precisions; the generator's full-size
+    # stage at two widths (in the precision auto picks; top16 is the default); the default without its spectrum
+    # penalty and without the whole-picture head's reconstruction term; that head at 64 px instead of 32
+    # (--global-head-size 64) and with a minibatch std channel (--global-head-mbstd 4); and bilinear upsampling into
+    # the generator's full-size stage (--generator-top-upsample bilinear).
+    variants = {precision: {"precision": precision} for precision in ("float32", "mixed_bfloat16")}
+    variants.update({f"top{top}": {"generator_top_channels": top} for top in TOP_CHANNELS})
+    variants.update(no_spectrum={"spectrum_penalty": 0.0}, no_reconstruction={"discriminator_reconstruction": 0.0},
+                    head64={"global_head_size": 64}, mbstd={"global_head_minibatch_std": 4},
+                    top_bilinear={"generator_top_upsample": "bilinear"})
     models = {}
-    for precision in ("float32", "mixed_bfloat16"):
+    for name, overrides in variants.items():
         config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
-                                   precision=precision)
-        models[precision] = trainer.build_gan(config, 1, images)
-        _time_steps(models[precision], images, labels, WARMUP_STEPS)
-    for top in TOP_CHANNELS:  # the full-size stage of the generator at two widths, in the precision auto picks
-        config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
-                                   generator_top_channels=top)
-        models[f"top{top}"] = trainer.build_gan(config, 1, images)
-        _time_steps(models[f"top{top}"], images, labels, WARMUP_STEPS)
-    # The same networks without the generator's spectrum penalty (the default has it; top16 above).
-    config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
-                               spectrum_penalty=0.0)
-    models["no_spectrum"] = trainer.build_gan(config, 1, images)
-    _time_steps(models["no_spectrum"], images, labels, WARMUP_STEPS)
-    # And without the whole-picture head's reconstruction term (the default has it; top16 above).
-    config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
-                               discriminator_reconstruction=0.0)
-    models["no_reconstruction"] = trainer.build_gan(config, 1, images)
-    _time_steps(models["no_reconstruction"], images, labels, WARMUP_STEPS)
-    # And with the whole-picture head (and its decoder) at 64 px instead of 32 (--global-head-size 64).
-    config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
-                               global_head_size=64)
-    models["head64"] = trainer.build_gan(config, 1, images)
-    _time_steps(models["head64"], images, labels, WARMUP_STEPS)
-    # And with a minibatch standard deviation channel in the whole-picture head (--global-head-mbstd 4).
-    config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
-                               global_head_minibatch_std=4)
-    models["mbstd"] = trainer.build_gan(config, 1, images)
-    _time_steps(models["mbstd"], images, labels, WARMUP_STEPS)
-    # And with bilinear upsampling into the generator's full-size stage (--generator-top-upsample bilinear).
-    config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
-                               generator_top_upsample="bilinear")
-    models["top_bilinear"] = trainer.build_gan(config, 1, images)
-    _time_steps(models["top_bilinear"], images, labels, WARMUP_STEPS)
+                                   **overrides)
+        models[name] = trainer.build_gan(config, 1, images)
+        _time_steps(models[name], images, labels, WARMUP_STEPS)
     times = {precision: [] for precision in models}
     for _ in range(ROUNDS):
         for precision, model in models.items():
