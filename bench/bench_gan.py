@@ -10,7 +10,8 @@ at 128 px, batch 16, as seconds per epoch on the kit's 922 training landscapes (
 that `precision="auto"` picks on this machine. A last row times that 128-px step in mixed bfloat16 against
 float32 (the projected GAN's "auto" precision is mixed bfloat16 where the CPU has native bfloat16); further
 reported rows time the 128-px step with and without optional parts (a wider full-size stage, the spectrum
-penalty, the reconstruction term, the whole-picture head at 64 px, its minibatch standard deviation channel).
+penalty, the reconstruction term, the whole-picture head at 64 px, its minibatch standard deviation channel, a
+bilinear doubling into the generator's full-size stage).
 
 Run with `python3 -m bench` (all benchmarks) or `python3 -m bench gan` (this one), from the repository root.
 """
@@ -197,11 +198,11 @@ def _epoch_row() -> list[dict]:
                                    **overrides)
         models[name] = trainer.build_gan(config, 1, images)
         _time_steps(models[name], images, labels, WARMUP_STEPS)
-    times = {precision: [] for precision in models}
+    times = {name: [] for name in models}
     for _ in range(ROUNDS):
-        for precision, model in models.items():
-            times[precision].append(_time_steps(model, images, labels, STEPS_PER_ROUND))
-    step_s = {precision: statistics.median(values) for precision, values in times.items()}
+        for name, model in models.items():
+            times[name].append(_time_steps(model, images, labels, STEPS_PER_ROUND))
+    step_s = {name: statistics.median(values) for name, values in times.items()}
     default = networks.resolve_precision(trainer.GanConfig().precision)
     steps = max(EPOCH_TRAINING_IMAGES // EPOCH_BATCH_SIZE, trainer.GanConfig().min_steps_per_epoch)
     return [{
