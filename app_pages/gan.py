@@ -141,7 +141,7 @@ if len(compared) > 1:
     st.dataframe(table.drop(columns="found"), hide_index=True, key="gan_compare_table")
     metric_names = [name for name in ("kid_fixed", "kid_fixed_block5", "kid_fixed_block3", "kid_fixed_block4",
                                       "recognised", "diversity", "stripes", "kid", "d_loss", "g_loss", "aug_p",
-                                      "apa_p", "reconstruction_loss")
+                                      "apa_p", "reconstruction_loss", "margin_global", "margin_patches")
                     if name in set(curves["metric"])] or ["kid_fixed"]
     metric = st.selectbox("Curve", metric_names, key="gan_compare_metric")
     st.plotly_chart(charts.compare_figure(curves, metric), key="gan_compare_curves")

@@ -948,10 +948,35 @@ def test_one_projected_train_step_with_every_optional_term_on():
     logs = model.train_on_batch(images, np.zeros(8, np.int32), return_dict=True)
     for name, old, new in zip(("generator", "whole-picture head", "ema generator"), before, [w.numpy() for w in watched]):
         assert not np.allclose(old, new), f"{name} weights did not change"
-    assert {"d_loss", "g_loss", "spectrum_loss", "apa_p", "reconstruction_loss"} <= set(logs)
+    assert {"d_loss", "g_loss", "spectrum_loss", "apa_p", "reconstruction_loss", "margin_patches",
+            "margin_global"} <= set(logs)
     assert all(np.isfinite(float(value)) for value in logs.values())
     assert float(model.discriminator_optimizer.learning_rate) == pytest.approx(
         0.5 * float(model.generator_optimizer.learning_rate))
+
+
+def test_margins_split_the_patch_heads_from_the_whole_picture_head():
+    """`_margins` is the mean logit on real images minus that on generated ones, over the patch columns and over
+    the whole-picture head's columns (the last `global_columns`); without that head the second is 0 and the
+    step's logs carry no `margin_global`."""
+    import tensorflow as tf
+
+    gan = networks.make_gan(tiny_model_config(image_size=32))
+    columns, total = gan.global_columns, int(gan.discriminator.output.shape[-1])
+    assert 0 < columns < total
+    patches = total - columns
+    real = np.concatenate([np.full((4, patches), 0.5), np.full((4, columns), 0.1)], axis=1).astype(np.float32)
+    fake = np.concatenate([np.full((4, patches), -0.25), np.full((4, columns), 0.3)], axis=1).astype(np.float32)
+    patch_margin, global_margin = gan._margins(tf.constant(real), tf.constant(fake))
+    assert float(patch_margin) == pytest.approx(0.75) and float(global_margin) == pytest.approx(-0.2)
+
+    config = tiny_model_config(image_size=32)
+    config.config.global_head = 0.0
+    plain = eager(networks.make_gan(config))
+    assert plain.global_columns == 0
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    logs = plain.train_on_batch(images, np.zeros(4, np.int32), return_dict=True)
+    assert "margin_global" not in logs and np.isfinite(float(logs["margin_patches"]))
 
 
 def test_feature_mixing_projects_the_trunks_maps_with_fixed_random_weights():

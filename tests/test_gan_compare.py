@@ -116,3 +116,19 @@ def test_curves_include_the_reconstruction_loss_of_the_runs_that_have_it(two_run
     losses = long[long["metric"] == "reconstruction_loss"]
     assert set(losses["run"]) == {second.name}
     assert list(losses.sort_values("epoch")["value"]) == pytest.approx([0.25, 0.18, 0.15])
+
+
+def test_curves_include_the_discriminators_margins_where_history_has_them(two_runs):
+    """The discriminator's margins (patch heads, whole-picture head) are curves to compare where a run's
+    history.csv has them (runs before them have none)."""
+    import pandas as pd
+
+    first, second = two_runs
+    history = pd.read_csv(second / "history.csv")
+    history["margin_patches"], history["margin_global"] = [0.3, 0.2, 0.2], [0.05, 0.02, 0.01]
+    history.to_csv(second / "history.csv", index=False)
+    long = compare.curves([first, second])
+    margins = long[long["metric"] == "margin_global"]
+    assert set(margins["run"]) == {second.name}
+    assert list(margins.sort_values("epoch")["value"]) == pytest.approx([0.05, 0.02, 0.01])
+    assert set(long[long["metric"] == "margin_patches"]["run"]) == {second.name}

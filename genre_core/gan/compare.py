@@ -23,7 +23,7 @@ COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs"
                       "diversity", "stripes", "differs", "problems")
 CURVE_METRICS = ("kid_fixed", "kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5", "recognised",
                  "recognised_real", "diversity", "stripes", "kid", "d_loss", "g_loss", "aug_p", "apa_p",
-                 "reconstruction_loss")
+                 "reconstruction_loss", "margin_patches", "margin_global")
 # Settings that say what a run is rather than how it was set up, so "differs" leaves them out.
 NOT_SETTINGS = {"kind", "created", "classes", "data", "genre", "genres", "conditional", "image_size", "seed", "judge"}
 

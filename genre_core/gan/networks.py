@@ -920,6 +920,11 @@ def _gan_class():
             self.real_accuracy_tracker = keras.metrics.Mean(name="real_accuracy")
             self.spectrum_loss_tracker = keras.metrics.Mean(name="spectrum_loss")
             self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
+            # How far apart the discriminator's step puts real and generated images (mean logit, real minus
+            # generated, as D saw them: augmented, before its update), for the patch heads and for the
+            # whole-picture head alone: a head whose margin stays near 0 no longer tells them apart.
+            self.patch_margin_tracker = keras.metrics.Mean(name="margin_patches")
+            self.global_margin_tracker = keras.metrics.Mean(name="margin_global")
             self.generator_optimizer.build(self.generator.trainable_variables)
             self.discriminator_optimizer.build(self.discriminator_variables())
 
@@ -931,7 +936,7 @@ def _gan_class():
         @property
         def metrics(self):
             return [self.d_loss_tracker, self.g_loss_tracker, self.real_accuracy_tracker, self.spectrum_loss_tracker,
-                    self.reconstruction_loss_tracker]
+                    self.reconstruction_loss_tracker, self.patch_margin_tracker, self.global_margin_tracker]
 
         def discriminator_variables(self):
             """What the discriminator's optimizer trains: D's trainable variables, and the reconstruction
@@ -1181,6 +1186,7 @@ def _gan_class():
                 both = self._augment(tf.concat([real_images, fake_images], axis=0))
                 logits = self.discriminator(self._inputs(both, tf.concat([labels, labels], axis=0)), training=True)
                 real_logits, fake_logits = logits[:batch_size], logits[batch_size:]
+                fake_logits_seen = fake_logits
                 d_loss = self._discriminator_loss(real_logits, fake_logits)
                 total_d_loss = d_loss
                 if self.lecam:
@@ -1249,6 +1255,10 @@ def _gan_class():
             self.d_loss_tracker.update_state(d_loss)
             self.g_loss_tracker.update_state(g_loss)
             self.real_accuracy_tracker.update_state(real_accuracy)
+            margins = self._margins(real_logits, fake_logits_seen)
+            self.patch_margin_tracker.update_state(margins[0])
+            if self.global_columns:
+                self.global_margin_tracker.update_state(margins[1])
             if self.spectrum_penalty:
                 self.spectrum_loss_tracker.update_state(spectrum_loss)
             if self.reconstruction:
@@ -1261,7 +1271,19 @@ def _gan_class():
                 **({"apa_p": self.pseudo_probability.value} if self.pseudo_augment else {}),
                 **({"spectrum_loss": self.spectrum_loss_tracker.result()} if self.spectrum_penalty else {}),
                 **({"reconstruction_loss": self.reconstruction_loss_tracker.result()} if self.reconstruction else {}),
+                "margin_patches": self.patch_margin_tracker.result(),
+                **({"margin_global": self.global_margin_tracker.result()} if self.global_columns else {}),
             }
+
+        def _margins(self, real_logits, fake_logits):
+            """(patch heads' margin, whole-picture head's margin): the mean logit on real images minus that on
+            generated ones, over the patch heads' columns and over the whole-picture head's (0.0 without one)."""
+            real, fake = tf.cast(real_logits, "float32"), tf.cast(fake_logits, "float32")
+            patches = int(real.shape[-1]) - self.global_columns
+            patch_margin = tf.reduce_mean(real[:, :patches]) - tf.reduce_mean(fake[:, :patches])
+            if not self.global_columns:
+                return patch_margin, tf.constant(0.0)
+            return patch_margin, tf.reduce_mean(real[:, patches:]) - tf.reduce_mean(fake[:, patches:])
 
         def recalibrate_ema(self, labels=None, samples=256, seed=0, batch_size=256):
             """Re-estimate the EMA generator's BatchNorm statistics from `samples` generated in training mode,

@@ -9,7 +9,7 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
 | `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`); with `sampled_generator` "better", whichever of it and the trained generator had the lower KID (own space) |
 | `generator_best.keras`, `best.json` | that generator at the epoch with the lowest KID in the run's own space, and that epoch's numbers (`generator`: "ema" or "trained") |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`) |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, margin_patches, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with a whole-picture head, also `margin_global`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`) |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
@@ -911,6 +911,8 @@ def _epoch_callback_class():
                 "seconds": round(seconds, 2),
                 "cpu_seconds": round(time.process_time() - self.epoch_cpu_start, 2),
                 "real_accuracy": float(logs.get("real_accuracy", np.nan)),
+                "margin_patches": float(logs.get("margin_patches", np.nan)),
+                **({"margin_global": float(logs["margin_global"])} if "margin_global" in logs else {}),
                 "feature_space": measured.get("feature_space"),
                 "kid_fixed": measured.get("kid_fixed"),
                 "kid_fixed_std": measured.get("kid_fixed_std"),
