@@ -1321,6 +1321,40 @@ def test_minibatch_std_channel_lets_the_whole_picture_head_see_how_alike_a_group
     assert parsed.global_head_mbstd == 4
 
 
+def test_global_head_gain_multiplies_the_whole_picture_logit_and_only_it():
+    """`--global-head-gain 4`: the whole-picture head's columns are 4x the head's spectrally normalised logit (the
+    layer before the gain), the patch columns are as without a gain; the config refuses a gain out of range or
+    without a whole-picture head, and reads older runs (no such key) as 1; the CLI passes it on."""
+    import keras
+    import tensorflow as tf
+
+    d = networks.make_projected_discriminator(32, base_channels=8, global_weight=0.2, global_gain=4.0)
+    plain = networks.make_projected_discriminator(32, base_channels=8, global_weight=0.2)
+    assert "head_global_gain" in {layer.name for layer in d.layers}
+    assert "head_global_gain" not in {layer.name for layer in plain.layers}
+    images = tf.constant(np.random.default_rng(5).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32))
+    before_gain = keras.Model(d.input, d.get_layer("head_global_dense_sn").output)(images)
+    columns = networks.global_head_columns(d)
+    logits = np.asarray(d(images))
+    np.testing.assert_allclose(logits[:, -columns:], 4.0 * np.repeat(np.asarray(before_gain), columns, axis=1),
+                               rtol=1e-5, atol=1e-6)
+    assert columns == networks.global_head_columns(plain) and logits.shape == (3, plain.output_shape[-1])
+    shape = tiny_model_config(image_size=32)
+    shape.config.global_head_gain = 4.0
+    assert "head_global_gain" in {layer.name for layer in networks.make_gan(shape).discriminator.layers}
+
+    assert trainer.GanConfig(global_head_gain=4.0).validate().global_head_gain == 4.0
+    with pytest.raises(ValueError, match="0.1..100"):
+        trainer.GanConfig(global_head_gain=0.0).validate()
+    with pytest.raises(ValueError, match="whole-picture head"):
+        trainer.GanConfig(global_head_gain=4.0, global_head=0.0).validate()
+    older = trainer.new_run_config(trainer.GanConfig().validate())[0]
+    older.pop("global_head_gain")
+    assert trainer.GanConfig.from_run_config(older).global_head_gain == 1.0
+    parsed = cli.build_parser().parse_args(["gan", "train", "--global-head-gain", "4"])
+    assert parsed.global_head_gain == 4.0
+
+
 def test_head_balance_heads_gives_each_patch_head_the_same_share_of_the_loss():
     """At 128 px the patch heads have 256 (pixels), 256 (block1), 64 (block2) and 16 (block3) logits. With
     "patches" the mean over D's columns weighs each logit alike, so block3's head carries 16 / 592 of it; with

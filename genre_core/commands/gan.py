@@ -154,6 +154,10 @@ def register(subparsers) -> None:
                        help="give the whole-picture head a minibatch standard deviation channel over groups of G "
                             "images (ProGAN, StyleGAN2), so that it sees how alike the pictures of a batch are; G must "
                             "divide --batch-size; 0: none (default 0)")
+    train.add_argument("--global-head-gain", type=float, default=None, metavar="G",
+                       help="multiply the whole-picture head's logit by G, so that the head, whose layers are "
+                            "spectrally normalised, keeps telling real from generated layouts apart and the generator's "
+                            "gradient from it is G times larger; 1: none (default 1)")
     train.add_argument("--conditional-norm", action="store_true", default=None,
                        help="conditional runs: give every batch norm of the generator a per-genre gain and bias "
                             "(class-conditional batch norm, as BigGAN), so the genre reaches every layer, not only "
@@ -291,6 +295,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("global_head_input", args.global_head_input),
                                            ("global_head_size", args.global_head_size),
                                            ("global_head_minibatch_std", args.global_head_mbstd),
+                                           ("global_head_gain", args.global_head_gain),
                                            ("precision", args.precision),
                                            ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),
                                            ("ema_decay", args.ema_decay), ("ema_lr_power", args.ema_lr_power),

@@ -304,7 +304,8 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
                                  feature_size: int | None = None, global_weight: float = 0.0,
                                  downsample: str = "average", mixing: str = "none", mixing_seed: int = 0,
                                  global_input: str = "pixels", global_size: int = GLOBAL_HEAD_SIZE,
-                                 head_balance: str = "patches", global_minibatch_std: int = 0):
+                                 head_balance: str = "patches", global_minibatch_std: int = 0,
+                                 global_gain: float = 1.0):
     """Build the Projected-GAN-style discriminator: image in [-1, 1] -> (batch, patch logits of all heads).
 
     The frozen HED-VGG16 trunk (block1_conv1 .. block3_conv2) sees the image shrunk to `feature_size`
@@ -331,7 +332,8 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
 
     `global_minibatch_std` > 1 gives the whole-picture head a minibatch standard deviation channel over groups of
     that many images (`MinibatchStdDev`) before its dense logit, so that it sees how alike the pictures of a batch
-    are; 0: none."""
+    are; 0: none. `global_gain` multiplies that head's logit (a fixed `Rescaling`; 1: none), so that its hinge loss
+    and the generator's gradient from it see a larger logit than its spectrally normalised layers give."""
     import keras
     from keras import layers
 
@@ -382,7 +384,8 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
         if global_size not in GLOBAL_HEAD_SIZES:
             raise ValueError(f"whole-picture head size {global_size} is not one of {GLOBAL_HEAD_SIZES}")
         heads.append(_global_head(image if global_input == "pixels" else maps[-1], width, name="head_global",
-                                  downsample=downsample, size=global_size, minibatch_std=global_minibatch_std))
+                                  downsample=downsample, size=global_size, minibatch_std=global_minibatch_std,
+                                  gain=global_gain))
         repeats.append(max(1, round(global_weight / (1.0 - global_weight) * patch_logits)))
     inputs = image
     if num_classes:
@@ -491,7 +494,7 @@ def _repeat(logit, count: int, name: str):
 
 
 def _global_head(image, width: int, name: str, downsample: str = "average", size: int = GLOBAL_HEAD_SIZE,
-                 minibatch_std: int = 0):
+                 minibatch_std: int = 0, gain: float = 1.0):
     """A whole-picture head: the image (or a feature map) shrunk to `size` px (`_downsample`) when
     larger, stride-2 spectrally normalised convolutions down to 4x4, then a dense layer over the whole flattened
     map, so that the one logit depends on where things are (sky above, ground below), which no patch logit can
@@ -513,6 +516,8 @@ def _global_head(image, width: int, name: str, downsample: str = "average", size
         x = layer_classes()["MinibatchStdDev"](group_size=minibatch_std, name=f"{name}_mbstd")(x)
     flat = layers.Flatten(name=f"{name}_flatten")(x)
     logit = layers.SpectralNormalization(layers.Dense(1, name=f"{name}_dense"), name=f"{name}_dense_sn")(flat)
+    if float(gain) != 1.0:
+        logit = layers.Rescaling(float(gain), name=f"{name}_gain")(logit)
     return logit, last
 
 
@@ -756,7 +761,8 @@ def make_gan(config):
                 mixing=getattr(config, "feature_mixing", "none"), mixing_seed=int(getattr(config, "seed", 0)),
                 global_input=getattr(config, "global_head_input", "pixels"),
                 global_size=head_size, head_balance=getattr(config, "head_balance", "patches"),
-                global_minibatch_std=int(getattr(config, "global_head_minibatch_std", 0)))
+                global_minibatch_std=int(getattr(config, "global_head_minibatch_std", 0)),
+                global_gain=float(getattr(config, "global_head_gain", 1.0)))
             reconstruction_decoder = None
             if float(getattr(config, "discriminator_reconstruction", 0.0)):
                 reconstruction_decoder = reconstruction_decoder_for(discriminator, config.base_channels, head_size)

@@ -140,6 +140,10 @@ class GanConfig:
     # genre_core.models.layers): over groups of this many images of a batch, how alike they are, read by the head's
     # dense logit. 0: none (measured on the kit and not kept: docs/gan-measurements.md).
     global_head_minibatch_std: int = 0
+    # A fixed gain on the whole-picture head's logit: the hinge loss sees gain x the head's spectrally normalised
+    # logit, so the head reaches the hinge's margin sooner and the generator's gradient from it is that many times
+    # larger (a loss share would not change the head's own Adam steps). 1: none.
+    global_head_gain: float = 1.0
     # The whole-picture head's share at the end of the run: it rises from `global_head` in step with the run's share
     # done (as the learning rate falls), so that D weighs the layout more late. 0: it stays at `global_head`.
     global_head_end: float = 0.0
@@ -266,6 +270,11 @@ class GanConfig:
         if int(self.global_head_size) not in networks.GLOBAL_HEAD_SIZES:
             raise ValueError(f"global_head_size must be one of {networks.GLOBAL_HEAD_SIZES}, got "
                              f"{self.global_head_size}")
+        if not 0.1 <= float(self.global_head_gain) <= 100.0:
+            raise ValueError(f"global_head_gain must be in 0.1..100, got {self.global_head_gain}")
+        if float(self.global_head_gain) != 1.0 and (self.architecture != "projected" or not self.global_head):
+            raise ValueError("global_head_gain needs the projected architecture's whole-picture head (global_head > "
+                             f"0), got {self.architecture!r} with global_head {self.global_head}")
         group = int(self.global_head_minibatch_std)
         if group:
             if group < 2:
