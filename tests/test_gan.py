@@ -54,6 +54,16 @@ def assert_saved_as_its_weight_and_off_in_older_runs(key: str, weight: str, valu
     assert getattr(trainer.GanConfig.from_run_config({**saved, key: value / 2}), weight) == value / 2
 
 
+def assert_read_as_off_in_older_runs_and_passed_by_the_cli(key: str, off, flag: str, value):
+    """A GanConfig field added later: a run config without `key` (written before it) reads as `off`, and
+    `gan train FLAG value` parses to `value` (in the argument named after the flag)."""
+    older = trainer.new_run_config(trainer.GanConfig().validate())[0]
+    older.pop(key)
+    assert getattr(trainer.GanConfig.from_run_config(older), key) == off
+    parsed = cli.build_parser().parse_args(["gan", "train", flag, str(value)])
+    assert getattr(parsed, flag.lstrip("-").replace("-", "_")) == value
+
+
 def test_channel_widths_and_network_shapes():
     assert networks.channel_widths(64) == [256, 128, 64, 32]
     assert networks.channel_widths(32, base_channels=8) == [32, 16, 8]
@@ -1314,11 +1324,7 @@ def test_minibatch_std_channel_lets_the_whole_picture_head_see_how_alike_a_group
         trainer.GanConfig(global_head_minibatch_std=1).validate()
     with pytest.raises(ValueError, match="whole-picture head"):
         trainer.GanConfig(global_head_minibatch_std=4, global_head=0.0).validate()
-    older = trainer.new_run_config(trainer.GanConfig().validate())[0]
-    older.pop("global_head_minibatch_std")
-    assert trainer.GanConfig.from_run_config(older).global_head_minibatch_std == 0
-    parsed = cli.build_parser().parse_args(["gan", "train", "--global-head-mbstd", "4"])
-    assert parsed.global_head_mbstd == 4
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("global_head_minibatch_std", 0, "--global-head-mbstd", 4)
 
 
 def test_global_head_gain_multiplies_the_whole_picture_logit_and_only_it():
@@ -1348,11 +1354,7 @@ def test_global_head_gain_multiplies_the_whole_picture_logit_and_only_it():
         trainer.GanConfig(global_head_gain=0.0).validate()
     with pytest.raises(ValueError, match="whole-picture head"):
         trainer.GanConfig(global_head_gain=4.0, global_head=0.0).validate()
-    older = trainer.new_run_config(trainer.GanConfig().validate())[0]
-    older.pop("global_head_gain")
-    assert trainer.GanConfig.from_run_config(older).global_head_gain == 1.0
-    parsed = cli.build_parser().parse_args(["gan", "train", "--global-head-gain", "4"])
-    assert parsed.global_head_gain == 4.0
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("global_head_gain", 1.0, "--global-head-gain", 4.0)
 
 
 def test_head_balance_heads_gives_each_patch_head_the_same_share_of_the_loss():
