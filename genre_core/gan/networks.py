@@ -1192,7 +1192,7 @@ def _gan_class():
                 both = self._augment(tf.concat([real_images, fake_images], axis=0))
                 logits = self.discriminator(self._inputs(both, tf.concat([labels, labels], axis=0)), training=True)
                 real_logits, fake_logits = logits[:batch_size], logits[batch_size:]
-                fake_logits_seen = fake_logits
+                fake_logits_seen = fake_logits  # the generator's step below reuses the name
                 d_loss = self._discriminator_loss(real_logits, fake_logits)
                 total_d_loss = d_loss
                 if self.lecam:

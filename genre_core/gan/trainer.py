@@ -142,7 +142,8 @@ class GanConfig:
     global_head_minibatch_std: int = 0
     # A fixed gain on the whole-picture head's logit: the hinge loss sees gain x the head's spectrally normalised
     # logit, so the head reaches the hinge's margin sooner and the generator's gradient from it is that many times
-    # larger (a loss share would not change the head's own Adam steps). 1: none.
+    # larger (a loss share would not change the head's own Adam steps). 1: none (measured at 4 on the kit and not
+    # kept: the layout worse on both seeds, docs/gan-measurements.md).
     global_head_gain: float = 1.0
     # The whole-picture head's share at the end of the run: it rises from `global_head` in step with the run's share
     # done (as the learning rate falls), so that D weighs the layout more late. 0: it stays at `global_head`.
