@@ -1338,13 +1338,18 @@ def test_global_head_gain_multiplies_the_whole_picture_logit_and_only_it():
     plain = networks.make_projected_discriminator(32, base_channels=8, global_weight=0.2)
     assert "head_global_gain" in {layer.name for layer in d.layers}
     assert "head_global_gain" not in {layer.name for layer in plain.layers}
+    for layer in plain.layers:  # the gain has no weights: give both the same ones, layer by layer
+        if layer.weights:
+            layer.set_weights(d.get_layer(layer.name).get_weights())
     images = tf.constant(np.random.default_rng(5).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32))
     before_gain = keras.Model(d.input, d.get_layer("head_global_dense_sn").output)(images)
     columns = networks.global_head_columns(d)
-    logits = np.asarray(d(images))
+    logits, plain_logits = np.asarray(d(images)), np.asarray(plain(images))
+    assert columns == networks.global_head_columns(plain) and logits.shape == plain_logits.shape
     np.testing.assert_allclose(logits[:, -columns:], 4.0 * np.repeat(np.asarray(before_gain), columns, axis=1),
                                rtol=1e-5, atol=1e-6)
-    assert columns == networks.global_head_columns(plain) and logits.shape == (3, plain.output_shape[-1])
+    np.testing.assert_allclose(logits[:, -columns:], 4.0 * plain_logits[:, -columns:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits[:, :-columns], plain_logits[:, :-columns], rtol=1e-6, atol=1e-6)
     shape = tiny_model_config(image_size=32)
     shape.config.global_head_gain = 4.0
     assert "head_global_gain" in {layer.name for layer in networks.make_gan(shape).discriminator.layers}
