@@ -276,7 +276,10 @@ def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_
     history = run.history()
     assert list(history["epoch"]) == [1, 2]
     assert {"d_loss", "g_loss", "kid", "kid_std", "aug_p", "seconds"} <= set(history.columns)
-    assert history["kid"].notna().all()
+    assert history["kid"].notna().all() and history["kid_train"].notna().all()
+    best = trainer.read_best(run)
+    assert best["best_by"] == "train" and best["score"] == pytest.approx(history["kid_train"].min())
+    assert best["epoch"] == int(history["epoch"][history["kid_train"].idxmin()])
     # lr_decay linear over 2 epochs of 3 steps, set before every step: the last steps are at 2/3 and 5/3 epochs,
     # the rate falling with the square of the share left (lr_decay_power 2, the default).
     assert list(history["learning_rate"]) == pytest.approx([1e-4 * (1 - 1 / 3) ** 2, 1e-4 * (1 - 5 / 6) ** 2])
@@ -367,9 +370,11 @@ def test_conditional_run_samples_the_chosen_genre(tiny_dataset_dir, isolated_art
 
 
 def test_the_best_epoch_by_own_kid_is_kept_and_sampled_by_default(tiny_dataset_dir, isolated_artifacts, capsys):
-    """_keep_if_best saves the EMA generator and best.json only when an epoch's KID (run's own space) is the
-    lowest so far; sampling uses that generator by default and the last one on request; a run without one
-    samples its last generator; a damaged best.json and an unknown checkpoint are refused by name."""
+    """_keep_if_best saves the EMA generator and best.json only when an epoch's KID (run's own space; here the
+    "heldout" rule, which reads `kid`) is the lowest so far; sampling uses that generator by default and the last
+    one on request; a run without one samples its last generator; a damaged best.json and an unknown checkpoint
+    are refused by name."""
+    from functools import partial
     config = run_config(tiny_dataset_dir)
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     gan = networks.make_gan(trainer._ModelShape(config, 1))
@@ -377,18 +382,20 @@ def test_the_best_epoch_by_own_kid_is_kept_and_sampled_by_default(tiny_dataset_d
     assert trainer.read_best(run) is None
     assert trainer.generator_path(run) == trainer.generator_path(run, "last") == run.path / trainer.GENERATOR_FILE
     last_only = trainer.sample(run, n=2, seed=3)
-    assert trainer._keep_if_best(gan, run, 1, {"kid": 5.0, "feature_space": "s", "kid_fixed": 0.5}) is True
+    keep_if_best = trainer._keep_if_best
+    trainer_keep = partial(keep_if_best, best_by="heldout")
+    assert trainer_keep(gan, run, 1, {"kid": 5.0, "feature_space": "s", "kid_fixed": 0.5}) is True
     weights = gan.ema_generator.get_weights()
     gan.ema_generator.set_weights([w + 0.05 for w in weights])  # a later, different generator
-    assert trainer._keep_if_best(gan, run, 2, {"kid": 7.0, "feature_space": "s"}) is False  # worse: not kept
-    assert trainer._keep_if_best(gan, run, 3, {}) is False  # not measured
+    assert trainer_keep(gan, run, 2, {"kid": 7.0, "feature_space": "s"}) is False  # worse: not kept
+    assert trainer_keep(gan, run, 3, {}) is False  # not measured
     trainer.save_generator(gan, run)  # the last epoch's generator
     assert trainer.read_best(run)["epoch"] == 1 and trainer.read_best(run)["kid"] == 5.0
     assert trainer.generator_path(run) == run.path / trainer.BEST_GENERATOR_FILE
     best, last = trainer.sample(run, n=2, seed=3), trainer.sample(run, n=2, seed=3, checkpoint="last")
     np.testing.assert_array_equal(best, last_only)  # epoch 1's generator, as saved then
     assert not np.array_equal(best, last)
-    assert trainer._keep_if_best(gan, run, 4, {"kid": 3.0, "feature_space": "s"}) is True
+    assert trainer_keep(gan, run, 4, {"kid": 3.0, "feature_space": "s"}) is True
     assert trainer.read_best(run)["epoch"] == 4
     np.testing.assert_array_equal(trainer.sample(run, n=2, seed=3), last)
     out = run.path / "last.png"
@@ -404,9 +411,66 @@ def test_the_best_epoch_by_own_kid_is_kept_and_sampled_by_default(tiny_dataset_d
     with pytest.raises(ValueError, match="best.json is not a best-epoch record"):
         trainer.read_best(run)
     # Training does not stop over a damaged record: the next measured epoch replaces it.
-    assert trainer._keep_if_best(gan, run, 5, {"kid": 9.0, "feature_space": "s"}) is True
+    assert trainer_keep(gan, run, 5, {"kid": 9.0, "feature_space": "s"}) is True
     assert trainer.read_best(run)["epoch"] == 5
     assert "keeping epoch 5 as the best" in capsys.readouterr().out
+
+
+def test_the_best_epoch_is_chosen_by_kid_against_the_training_images_by_default(tiny_dataset_dir,
+                                                                               isolated_artifacts):
+    """best_by "train" (the default) reads `kid_train`, never the held-out `kid`; best.json names the rule and
+    its number; a record of the other rule is replaced; runs written before `best_by` read as "heldout", and the
+    CLI passes the flag; a bad rule is refused by name."""
+    assert trainer.GanConfig().best_by == "train"
+    assert trainer.selection_kid({"kid": 1.0, "kid_train": 2.0}) == 2.0
+    assert trainer.selection_kid({"kid": 1.0, "kid_train": 2.0}, "heldout") == 1.0
+    assert trainer.selection_kid({"kid": 1.0}) is None and trainer.selection_kid({"kid_train": np.nan}) is None
+    with pytest.raises(ValueError, match="best_by 'test' is not one of"):
+        trainer.selection_kid({}, "test")
+    with pytest.raises(ValueError, match="best_by 'test' is not one of"):
+        trainer.GanConfig(best_by="test").validate()
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("best_by", "heldout", "--best-by", "heldout")
+    config = run_config(tiny_dataset_dir)
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+    gan = networks.make_gan(trainer._ModelShape(config, 1))
+    trainer.save_generator(gan, run)
+    assert trainer._keep_if_best(gan, run, 1, {"kid": 9.0, "kid_train": 4.0, "kid_fixed": 0.5}) is True
+    # A lower held-out KID with a higher training KID is not better under "train".
+    assert trainer._keep_if_best(gan, run, 2, {"kid": 1.0, "kid_train": 5.0}) is False
+    assert trainer._keep_if_best(gan, run, 3, {"kid": 1.0}) is False  # kid_train not measured
+    best = trainer.read_best(run)
+    assert (best["epoch"], best["best_by"], best["score"], best["kid"], best["kid_train"]) == (1, "train", 4.0, 9.0, 4.0)
+    assert trainer._keep_if_best(gan, run, 4, {"kid": 9.5, "kid_train": 3.0}) is True
+    assert trainer.read_best(run)["epoch"] == 4
+    # A record written by the held-out rule (or before best_by, which has neither field) is not compared with.
+    fileio.atomic_write_json(run.path / trainer.BEST_FILE, {"epoch": 4, "kid": 0.1})
+    assert trainer._keep_if_best(gan, run, 5, {"kid": 9.0, "kid_train": 8.0}) is True
+    assert trainer.read_best(run)["best_by"] == "train" and trainer.read_best(run)["epoch"] == 5
+
+
+def test_the_training_sample_is_seeded_training_images_in_the_runs_own_space(tiny_dataset_dir, isolated_artifacts):
+    """prepare_reference with train_images keeps own-space features of a sample of them (kid_samples, seeded by
+    the run's seed + TRAIN_SAMPLE_SEED_OFFSET) beside the held-out ones, and measure reports kid_train from them
+    (here for a stub generator that replays the sampled training images)."""
+    config = run_config(tiny_dataset_dir, kid_samples=4, kid_image_size=32, feature_space="hed_vgg16", seed=3)
+    train, _, held, held_labels, classes = trainer.load_training_images(config)
+    reference = trainer.prepare_reference(config, held, held_labels, classes, train_images=train)
+    rng = np.random.default_rng(3 + trainer.TRAIN_SAMPLE_SEED_OFFSET)
+    chosen = np.sort(rng.choice(len(train), 4, replace=False))
+    expected = quality.extract_many(train[chosen], [reference.extractor])[0]
+    np.testing.assert_allclose(reference.train_features, expected, rtol=1e-5, atol=1e-5)
+    assert trainer.prepare_reference(config, held, held_labels, classes).train_features is None
+
+    class Replay:  # a "generator" that returns the chosen training images themselves
+        def __call__(self, inputs, training=False):
+            return train[chosen][: len(inputs)].astype(np.float32) / 127.5 - 1.0
+
+    measured = trainer.measure(Replay(), np.zeros((4, 8), np.float32), None, reference, classes, seed=0,
+                               judge=False)
+    # The replayed images' features are `expected`: kid_train compares them with the training sample, in
+    # subsets of half the smaller set, as `kid` does with the held-out features.
+    assert measured["kid_train"] == pytest.approx(quality.kid(expected, reference.train_features, 50, 2, 0)[0])
+    assert measured["kid"] == pytest.approx(quality.kid(expected, reference.features, 50, 2, 0)[0])
 
 
 def test_quality_by_genre_reads_every_epoch_and_names_a_bad_file(isolated_artifacts):
@@ -550,7 +614,7 @@ def test_sampled_generator_better_keeps_whichever_of_ema_and_trained_measures_lo
     def measure(generator, *args, **kwargs):
         result = real_measure(generator, *args, **kwargs)
         passed.append([w.copy() for w in generator.get_weights()])
-        return {**result, "kid": next(own_kids)}
+        return {**result, "kid_train": next(own_kids)}  # what the choice reads (best_by "train", the default)
 
     def recognise(generator, *args, **kwargs):
         judged.append([w.copy() for w in generator.get_weights()])
@@ -570,7 +634,7 @@ def test_sampled_generator_better_keeps_whichever_of_ema_and_trained_measures_lo
     trainer.execute(run)
     history = run.history()
     assert list(history["generator"]) == ["trained", "ema"]
-    assert list(history["kid"]) == [1.0, 1.5]
+    assert list(history["kid_train"]) == [1.0, 1.5]
     assert history["kid_fixed"][0] == history["kid_fixed_trained"][0] != history["kid_fixed_ema"][0]
     assert history["kid_fixed"][1] == history["kid_fixed_ema"][1] != history["kid_fixed_trained"][1]
     assert len(passed) == 4

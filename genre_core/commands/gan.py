@@ -64,8 +64,14 @@ def register(subparsers) -> None:
     train.add_argument("--sampled-generator", default=None, choices=trainer.SAMPLED_GENERATORS,
                        help="which generator the grids, quality numbers and saved generators are: ema, the running "
                             "average of the trained one (default); better: at every measured epoch both are "
-                            "measured and the one with the lower KID in the run's own space is kept (history.csv "
-                            "gets both fixed-space KIDs and which one it was)")
+                            "measured and the one with the lower KID in the run's own space (by --best-by) is kept "
+                            "(history.csv gets both fixed-space KIDs and which one it was)")
+    train.add_argument("--best-by", default=None, choices=trainer.BEST_BY,
+                       help="what the best epoch (generator_best.keras, which gan sample draws from) is chosen by: "
+                            "train, the KID in the run's own space against a seeded sample of the training images "
+                            "(default; history.csv's kid_train); heldout, against the held-out images every reported "
+                            "KID compares with (the rule before stop 61; it makes the chosen epoch's numbers "
+                            "optimistic)")
     train.add_argument("--discriminator-lr-scale", type=float, default=None, metavar="S",
                        help="the discriminator's learning rate is the generator's times S, at every step of the "
                             "schedule (two time-scale updates, TTUR); below 1 the discriminator learns more slowly "
@@ -211,8 +217,9 @@ def register(subparsers) -> None:
     sample.add_argument("--columns", type=int, default=0, help="images per row (default: a square grid)")
     sample.add_argument("--out", default=None, help="PNG path (default: <run>/samples/sample_seed<SEED>.png)")
     sample.add_argument("--checkpoint", default="best", choices=trainer.CHECKPOINTS,
-                        help="best: the epoch with the lowest KID in the run's own space (the last epoch when the run "
-                             "kept none); last: the last epoch (default best)")
+                        help="best: the epoch with the lowest KID in the run's own space, against the training "
+                             "images or, in runs before stop 61, the held-out ones (the run's best_by; the last "
+                             "epoch when the run kept none); last: the last epoch (default best)")
     sample.set_defaults(func=cmd_sample)
 
     between = commands.add_parser("interpolate", help="write a strip PNG walking the latent space between two seeds")
@@ -300,6 +307,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),
                                            ("ema_decay", args.ema_decay), ("ema_lr_power", args.ema_lr_power),
                                            ("sampled_generator", args.sampled_generator),
+                                           ("best_by", args.best_by),
                                            ("discriminator_lr_scale", args.discriminator_lr_scale),
                                            ("discriminator_lr_floor", args.discriminator_lr_floor),
                                            ("layout_freeze", args.layout_freeze),

@@ -8,8 +8,8 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `classes.json` | the genres, label order (one genre for an unconditional run) |
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
 | `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`); with `sampled_generator` "better", whichever of it and the trained generator had the lower KID (own space) |
-| `generator_best.keras`, `best.json` | that generator at the epoch with the lowest KID in the run's own space, and that epoch's numbers (`generator`: "ema" or "trained") |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, margin_patches, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with a whole-picture head, also `margin_global`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`) |
+| `generator_best.keras`, `best.json` | that generator at the epoch with the lowest KID in the run's own space against a seeded sample of the training images (`best_by` "train"; "heldout": against the held-out images, as runs before stop 61), and that epoch's numbers (`best_by`, `score`: the number chosen by; `generator`: "ema" or "trained") |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, margin_patches, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `best_by` "train", also `kid_train`; with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with a whole-picture head, also `margin_global`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`) |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
@@ -65,6 +65,12 @@ LR_DECAYS = ("linear", "none")
 # whichever of the average and the trained generator has the lower KID in the run's own space at that epoch
 # (both are measured on the same latent batch against the same held-out images).
 SAMPLED_GENERATORS = ("ema", "better")
+# What the best epoch (generator_best.keras) and sampled_generator "better" are chosen by: "train", the KID in the
+# run's own space against a seeded sample of the training images (`kid_train`; StyleGAN2-ADA picks its snapshots by
+# FID against the training set), or "heldout", against the held-out images that every reported KID compares with
+# (runs written before `best_by`; a choice made on the test images makes their number optimistic).
+BEST_BY = ("train", "heldout")
+TRAIN_SAMPLE_SEED_OFFSET = 7  # the training images `kid_train` compares with: a sample seeded by the run's seed + 7
 # The mode-seeking weight of a conditional run that does not set one. 1.0 (MSGAN's) until issue 13's kit runs:
 # on four kit genres it pushed every genre's diversity above the real images' and left 9% of samples
 # recognised; 0.1 reached the real diversity with a lower KID
@@ -178,6 +184,7 @@ class GanConfig:
     ema_decay: float = 0.995
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
     sampled_generator: str = "ema"  # ema | better (SAMPLED_GENERATORS)
+    best_by: str = "train"  # the best epoch and "better" are chosen by KID against: train | heldout (BEST_BY)
     bn_calibration_samples: int = 1024  # samples (in batches of 256) that re-estimate the EMA generator's BatchNorm
     augment_probability: float = 0.0  # the starting DiffAugment probability
     augment_policy: list[str] = field(default_factory=lambda: list(networks.AUGMENT_POLICIES))  # its transforms
@@ -248,6 +255,8 @@ class GanConfig:
             raise ValueError(f"discriminator_lr_floor must be in 0..1, got {self.discriminator_lr_floor}")
         if self.sampled_generator not in SAMPLED_GENERATORS:
             raise ValueError(f"sampled_generator {self.sampled_generator!r} is not one of {SAMPLED_GENERATORS}")
+        if self.best_by not in BEST_BY:
+            raise ValueError(f"best_by {self.best_by!r} is not one of {BEST_BY}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay {self.lr_decay!r} is not one of {LR_DECAYS}")
         if not 0.25 <= float(self.lr_decay_power) <= 4.0:
@@ -369,8 +378,8 @@ class GanConfig:
         term, one written before `generator_noise` had no noise inputs, one written before the spectrum penalty
         became the default (a config without `spectrum_penalty`) had none, one written before the whole-picture
         head's reconstruction term became the default had none, one written before equal heads and the faster
-        fall became the default (a config without `head_balance` or `lr_decay_power`) had patches and a line, and
-        a conditional run whose config leaves `mode_seeking` to the default (-1; new runs save the weight they
+        fall became the default (a config without `head_balance` or `lr_decay_power`) had patches and a line, one
+        written before `best_by` chose its best epoch by the held-out images, and a conditional run whose config leaves `mode_seeking` to the default (-1; new runs save the weight they
         use) trained with OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the
         schedule) it was started with."""
         values = dict(values)
@@ -381,6 +390,7 @@ class GanConfig:
                               "precision": "float32", "lr_decay": "none", "ema_lr_power": 0.0, "lecam": 0.0,
                               "spectrum_penalty": 0.0, "discriminator_reconstruction": 0.0,
                               "bn_calibration_samples": 256, "head_balance": "patches", "lr_decay_power": 1.0,
+                              "best_by": "heldout",
                               "augment_policy": list(networks.AUGMENT_POLICIES), **values})
 
     def to_dict(self) -> dict:
@@ -698,6 +708,16 @@ def save_generator(gan, run: store.Run, name: str = GENERATOR_FILE, generator=No
     return path
 
 
+def selection_kid(measured: dict, best_by: str = "train") -> float | None:
+    """The number the best epoch and sampled_generator "better" are chosen by (lower is better): the own-space
+    KID against the training sample (`kid_train`) with best_by "train", against the held-out images (`kid`) with
+    "heldout"; None when it was not measured or is not finite."""
+    if best_by not in BEST_BY:
+        raise ValueError(f"best_by {best_by!r} is not one of {BEST_BY}")
+    value = measured.get("kid_train" if best_by == "train" else "kid")
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
 def read_best(run) -> dict | None:
     """The run's best.json ({epoch, kid, feature_space, kid_fixed, recognised}), or None before any epoch was
     measured (and for runs written before it existed). A damaged file raises ValueError naming it."""
@@ -711,10 +731,17 @@ def read_best(run) -> dict | None:
     return best
 
 
-def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=None) -> bool:
-    """After a measured epoch: when its KID in the run's own space is the lowest so far, save the epoch's
+def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=None, best_by: str = "train") -> bool:
+    """After a measured epoch: when its `selection_kid` (the own-space KID against the training sample with
+    best_by "train", against the held-out images with "heldout") is the lowest so far, save the epoch's
     generator (`generator`, by default the EMA one) as generator_best.keras and the epoch's numbers as best.json
-    (with which generator it is, `measured["generator"]`); True when it did.
+    (with which generator it is, `measured["generator"]`, the rule, `best_by`, and its number, `score`); True
+    when it did. A best.json written by the other rule (or before `best_by`: "heldout") is replaced.
+
+    Before stop 61 the rule was "heldout" only. Simulated on the 17 default runs of stops 56-60 (each epoch's
+    36-image grid against 256 training images), "train" picked epochs whose fixed-space KID averaged 0.085
+    against 0.093 at the last epoch (lower on 10, higher on 3); docs/gan-measurements.md, "A best epoch chosen
+    without the held-out images". Earlier measurements of the "heldout" rule:
 
     Issue 13's kit runs (two-block generator, five seeds) ended 0.007-0.092 above the fixed-space KID of the
     epoch that this rule picks, and never below it: KID often rises over the last epochs while the learning
@@ -726,19 +753,21 @@ def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=Non
     the fixed one, so the fixed-space number stays a measurement rather than the thing selected on (both
     compare with the same held-out images, so the picked epoch's fixed-space KID is still somewhat
     optimistic)."""
-    kid = measured.get("kid")
-    if kid is None or not np.isfinite(kid):
+    score = selection_kid(measured, best_by)
+    if score is None:
         return False
     try:
         best = read_best(run)
     except ValueError as error:  # a damaged record must not end the run: this epoch replaces it
         print(f"{error}; keeping epoch {epoch} as the best", flush=True)
         best = None
-    if best is not None and best["kid"] <= kid and (run.path / BEST_GENERATOR_FILE).exists():
+    if (best is not None and best.get("best_by", "heldout") == best_by and best.get("score", best["kid"]) <= score
+            and (run.path / BEST_GENERATOR_FILE).exists()):
         return False
     save_generator(gan, run, BEST_GENERATOR_FILE, generator)
     fileio.atomic_write_json(run.path / BEST_FILE, {
-        "epoch": int(epoch), "kid": float(kid), "feature_space": measured.get("feature_space"),
+        "epoch": int(epoch), "best_by": best_by, "score": score, "kid": measured.get("kid"),
+        "kid_train": measured.get("kid_train"), "feature_space": measured.get("feature_space"),
         "kid_fixed": measured.get("kid_fixed"), "recognised": measured.get("recognised"),
         "generator": measured.get("generator", "ema")})
     return True
@@ -852,9 +881,10 @@ def _epoch_callback_class():
 
         def _measure_and_choose(self, gan) -> dict:
             """Measure the EMA generator (and, with sampled_generator "better", the trained one on the same latent
-            batch); set `self.chosen` to the one with the lower KID in the run's own space, and return its numbers
-            with "generator" and both fixed-space KIDs. The choice reads the own space, as the best-epoch rule
-            does, so that the fixed-space number stays a measurement."""
+            batch); set `self.chosen` to the one with the lower `selection_kid` (the run's own space, against the
+            training sample with best_by "train"), and return its numbers with "generator" and both fixed-space
+            KIDs. The choice reads what the best-epoch rule reads, so that the fixed-space number stays a
+            measurement."""
             config = self.config
             better = config.sampled_generator == "better"
             # With "better", the judge classifies only the generator kept (its 64 images cost more than the KIDs).
@@ -867,9 +897,8 @@ def _epoch_callback_class():
                               seed=config.seed, judge=False)
             trained["generator"] = "trained"
             both = {"kid_fixed_ema": ema.get("kid_fixed"), "kid_fixed_trained": trained.get("kid_fixed")}
-            ema_kid, trained_kid = ema.get("kid"), trained.get("kid")
-            if trained_kid is not None and np.isfinite(trained_kid) and (
-                    ema_kid is None or not np.isfinite(ema_kid) or trained_kid < ema_kid):
+            ema_kid, trained_kid = selection_kid(ema, config.best_by), selection_kid(trained, config.best_by)
+            if trained_kid is not None and (ema_kid is None or trained_kid < ema_kid):
                 self.chosen = "trained"
             kept, generator = (trained, gan.generator) if self.chosen == "trained" else (ema, gan.ema_generator)
             judged = recognise(generator, self.kid_noise, self.kid_labels, self.reference, self.classes)
@@ -914,6 +943,7 @@ def _epoch_callback_class():
                 "g_loss": float(logs.get("g_loss", np.nan)),
                 "kid": measured.get("kid"),
                 "kid_std": measured.get("kid_std"),
+                **({"kid_train": measured.get("kid_train")} if config.best_by == "train" else {}),
                 "aug_p": float(logs.get("aug_p", np.nan)),
                 "apa_p": float(logs["apa_p"]) if "apa_p" in logs else None,
                 "learning_rate": self.learning_rate,  # at the epoch's last step
@@ -946,7 +976,7 @@ def _epoch_callback_class():
             self.run.append_history(row)
             tensorboard_log.log_gan_epoch(self.run, row, self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
             save_generator(gan, self.run, generator=chosen)
-            _keep_if_best(gan, self.run, number, measured, chosen)
+            _keep_if_best(gan, self.run, number, measured, chosen, config.best_by)
             save_checkpoint(gan, self.run, number, {"elapsed_seconds": round(elapsed, 2)})
             self.end_seconds = max(self.end_seconds or 0.0, 1.15 * (self.clock() - end_start))
             text = _quality_text(measured)
@@ -1003,11 +1033,16 @@ class Reference:
     judge_real: dict = field(default_factory=dict)  # genre -> share of real images the judge calls that genre
     judge_samples: int = 64  # images per genre that the judge classifies
     spectrum: np.ndarray | None = None  # quality.power_spectrum of the images (for `stripes`)
+    # In the configured space, a seeded sample of kid_samples training images: `kid_train`, what best_by "train"
+    # chooses the best epoch by, so that the choice never reads the held-out images. None: not measured.
+    train_features: np.ndarray | None = None
 
 
 def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels: np.ndarray, classes,
-                      progress=None) -> Reference:
-    """Features of the held-out real images in both spaces, and the judge with its share on real images."""
+                      progress=None, train_images: np.ndarray | None = None) -> Reference:
+    """Features of the held-out real images in both spaces, and the judge with its share on real images; with
+    `train_images`, also the configured space's features of a seeded sample of them (kid_samples, for
+    `kid_train`)."""
     progress = progress or (lambda event: None)
     progress({"stage": "prepare", "done": 0, "total": 1, "message": "computing real-image features for KID"})
     extractor = quality.feature_extractor(config.feature_space, config.kid_image_size)
@@ -1020,6 +1055,12 @@ def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels
     result = Reference(np.asarray(reference), np.asarray(reference_labels), extractor, features, fixed_extractor,
                        fixed_features, judge_samples=int(config.judge_samples),
                        spectrum=quality.power_spectrum(reference))
+    if train_images is not None and len(train_images) >= 2:
+        # Its own seed, so that the held-out sample above is the one runs written before it used.
+        train_rng = np.random.default_rng(config.seed + TRAIN_SAMPLE_SEED_OFFSET)
+        sample = np.sort(train_rng.choice(len(train_images), min(config.kid_samples, len(train_images)),
+                                          replace=False))
+        result.train_features = quality.extract_many(np.asarray(train_images)[sample], [extractor])[0]
     judge_path = find_judge(config.judge, classes)
     if judge_path is not None and config.judge_samples:
         progress({"stage": "prepare", "done": 0, "total": 1, "message": "the judge classifies real images"})
@@ -1086,6 +1127,10 @@ def measure(generator, noise, labels, reference: Reference, classes, seed: int =
                              subset_size=subset_size, seed=seed)
     fixed = quality.fixed_kid(fixed_features, reference.fixed_features, seed=seed)
     result.update(kid_fixed=fixed["kid"], kid_fixed_std=fixed["kid_std"], fixed_space=fixed["feature_space"])
+    if reference.train_features is not None:
+        train_size = max(2, min(len(features), len(reference.train_features), 2000) // 2)
+        result["kid_train"], result["kid_train_std"] = quality.kid(features, reference.train_features, 50, train_size,
+                                                                   seed)
     by_depth = quality.fixed_kid_by_depth(fixed_features, reference.fixed_features, seed=seed)
     result.update({f"kid_fixed_{depth}": value for depth, value in by_depth.items()})
     if reference.spectrum is not None:
@@ -1213,7 +1258,8 @@ def _execute(run, progress) -> None:
         return
     reference = None
     if config.kid_samples:
-        reference = prepare_reference(config, reference_images, reference_labels, classes, progress)
+        reference = prepare_reference(config, reference_images, reference_labels, classes, progress,
+                                      train_images=images if config.best_by == "train" else None)
         if reference.judge is not None:
             shares = ", ".join(f"{genre} {share:.0%}" for genre, share in reference.judge_real.items())
             print(f"judge {reference.judge_name} ({reference.judge.engine}) calls held-out real images by their "
