@@ -140,8 +140,8 @@ if len(compared) > 1:
     table, curves = core.gan_comparison([str(core.runs_folder("gan") / name) for name in compared])
     st.dataframe(table.drop(columns="found"), hide_index=True, key="gan_compare_table")
     metric_names = [name for name in ("kid_fixed", "kid_fixed_block5", "kid_fixed_block3", "kid_fixed_block4",
-                                      "recognised", "diversity", "stripes", "kid", "d_loss", "g_loss", "aug_p",
-                                      "apa_p", "reconstruction_loss", "margin_global", "margin_patches")
+                                      "recognised", "diversity", "stripes", "kid", "kid_train", "d_loss", "g_loss",
+                                      "aug_p", "apa_p", "reconstruction_loss", "margin_global", "margin_patches")
                     if name in set(curves["metric"])] or ["kid_fixed"]
     metric = st.selectbox("Curve", metric_names, key="gan_compare_metric")
     st.plotly_chart(charts.compare_figure(curves, metric), key="gan_compare_curves")
@@ -161,7 +161,8 @@ conditional_run = bool(core.call(gan_run.config, failure="Cannot read the run's 
 st.subheader("Sample")
 best = core.gan_best(str(run_dir))
 checkpoint_labels = {
-    "best": (f"best epoch ({best['epoch']}, lowest KID in the run's own space)" if best
+    "best": (f"best epoch ({best['epoch']}, lowest KID in the run's own space against the "
+             f"{'training' if best.get('best_by', 'heldout') == 'train' else 'held-out'} images)" if best
              else "best epoch (none kept yet: the last)"),
     "last": "last epoch"}
 checkpoint = st.radio("Generator", list(checkpoint_labels), format_func=checkpoint_labels.get, horizontal=True,

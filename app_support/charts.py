@@ -231,10 +231,16 @@ def topk_figure(names: list[str], probabilities: list[float]) -> go.Figure:
 
 
 def kid_figure(history: pd.DataFrame) -> go.Figure:
-    """KID per epoch with its standard deviation as error bars (lower is better)."""
+    """KID per epoch with its standard deviation as error bars (lower is better); with `kid_train` (the same
+    samples against the training sample, what the best epoch is chosen by), a second line."""
     rows = history.dropna(subset=["kid"]) if "kid" in history.columns else history.iloc[0:0]
     error = dict(type="data", array=rows["kid_std"]) if "kid_std" in rows.columns else None
-    figure = go.Figure(go.Scatter(x=rows["epoch"], y=rows["kid"], mode="lines+markers", error_y=error, name="KID"))
+    figure = go.Figure(go.Scatter(x=rows["epoch"], y=rows["kid"], mode="lines+markers", error_y=error,
+                                  name="against held-out images"))
+    if "kid_train" in history.columns and history["kid_train"].notna().any():
+        train = history.dropna(subset=["kid_train"])
+        figure.add_scatter(x=train["epoch"], y=train["kid_train"], mode="lines+markers",
+                           name="against training images (chooses the best epoch)")
     figure.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch", yaxis_title="KID (lower is better)")
     return figure
 

@@ -520,7 +520,12 @@ def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):
     fileio.atomic_write_json(folder / trainer.BEST_FILE, {"epoch": 2, "kid": 1.0, "feature_space": "x"})
     app = page("gan").run()
     assert not app.exception, app.exception
-    assert app.radio(key="gan_checkpoint").format_func("best").startswith("best epoch (2,")
+    # A record without best_by (written before it) was chosen against the held-out images.
+    assert app.radio(key="gan_checkpoint").format_func("best") == (
+        "best epoch (2, lowest KID in the run's own space against the held-out images)")
+    fileio.atomic_write_json(folder / trainer.BEST_FILE, {"epoch": 2, "kid": 1.0, "best_by": "train", "score": 0.5})
+    app = page("gan").run()
+    assert app.radio(key="gan_checkpoint").format_func("best").endswith("against the training images)")
     app.radio(key="gan_checkpoint").set_value("last").run()
     assert not app.exception, app.exception
     (folder / trainer.BEST_FILE).write_text("[]")
@@ -548,6 +553,16 @@ def test_gan_page_shows_a_conditional_runs_diversity_per_genre(isolated_artifact
     assert [trace.name for trace in figure.data] == ["landscape", "portrait"]
     assert list(figure.data[1].y) == pytest.approx([0.50, 0.65, 0.80])
     assert [shape.y0 for shape in figure.layout.shapes] == [1.0]
+
+
+def test_kid_figure_draws_the_training_images_kid_when_the_run_measured_it():
+    history = pd.DataFrame({"epoch": [1, 2, 3], "kid": [3.0, 2.0, 2.5], "kid_std": [0.1] * 3})
+    assert [trace.name for trace in charts.kid_figure(history).data] == ["against held-out images"]
+    history["kid_train"] = [2.5, 1.0, None]
+    figure = charts.kid_figure(history)
+    assert [trace.name for trace in figure.data] == ["against held-out images",
+                                                     "against training images (chooses the best epoch)"]
+    assert list(figure.data[1].y) == [2.5, 1.0] and list(figure.data[1].x) == [1, 2]
 
 
 def test_compare_figure_draws_one_line_per_run_from_the_long_curves_table():
