@@ -1936,7 +1936,8 @@ def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, i
     assert latest["judge"] == judge.id
     # The measured epoch is the best so far: its generator and numbers are kept beside the last one.
     assert (run.path / trainer.BEST_GENERATOR_FILE).exists()
-    assert trainer.read_best(run) == {"epoch": 1, "kid": row["kid"], "feature_space": row["feature_space"],
+    assert trainer.read_best(run) == {"epoch": 1, "best_by": "train", "score": row["kid_train"], "kid": row["kid"],
+                                      "kid_train": row["kid_train"], "feature_space": row["feature_space"],
                                       "kid_fixed": row["kid_fixed"], "recognised": row["recognised"],
                                       "generator": "ema"}
     assert row["generator"] == "ema" and "kid_fixed_trained" not in row.index  # the default samples the EMA
