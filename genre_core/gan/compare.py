@@ -16,11 +16,12 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from genre_core.gan import trainer
 from genre_core.runs import store
 
 COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs", "minutes", "kid_fixed",
-                      "best_kid_fixed", "best_epoch", "late_mean", "late_climb", "recognised", "recognised_real",
-                      "diversity", "stripes", "differs", "problems")
+                      "best_kid_fixed", "best_epoch", "sampled_kid_fixed", "sampled_epoch", "late_mean", "late_climb",
+                      "recognised", "recognised_real", "diversity", "stripes", "differs", "problems")
 CURVE_METRICS = ("kid_fixed", "kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5", "recognised",
                  "recognised_real", "diversity", "stripes", "kid", "kid_train", "d_loss", "g_loss", "aug_p", "apa_p",
                  "reconstruction_loss", "margin_patches", "margin_global")
@@ -70,6 +71,24 @@ def _genres(config: dict, classes: list[str] | None) -> str:
     return str(config.get("genre") or ", ".join(config.get("genres") or []) or "")
 
 
+def _sampled(folder, history: pd.DataFrame, problems: list[str]) -> tuple[float, float]:
+    """The fixed-space KID and the epoch of the generator `gan sample` draws by default: best.json's epoch (chosen
+    by the run's best_by rule), else the last epoch; a damaged best.json is noted in `problems`."""
+    epoch = None
+    try:
+        best = trainer.read_best(folder)
+        epoch = int(best["epoch"]) if best else None
+    except ValueError as exc:
+        problems.append(str(exc))
+    if epoch is None:
+        if not len(history):
+            return np.nan, np.nan
+        epoch = int(history["epoch"].iloc[-1])
+    kid = pd.to_numeric(history.loc[history["epoch"] == epoch, "kid_fixed"] if "kid_fixed" in history.columns
+                        else pd.Series([], dtype=float), errors="coerce")
+    return (float(kid.iloc[-1]) if len(kid) else np.nan), float(epoch)
+
+
 def _row(files: store.RunFiles) -> tuple[dict[str, Any], dict]:
     """One run's comparison row (without `differs`) and its config."""
     config = files.config if isinstance(files.config, dict) else {}
@@ -93,6 +112,7 @@ def _row(files: store.RunFiles) -> tuple[dict[str, Any], dict]:
         row["best_kid_fixed"], row["best_epoch"] = float(kid[best]), int(history["epoch"].iloc[best])
     else:
         row["best_kid_fixed"], row["best_epoch"] = np.nan, np.nan
+    row["sampled_kid_fixed"], row["sampled_epoch"] = _sampled(files.path, history, problems)
     row["late_mean"] = late_mean(kid)
     row["late_climb"] = late_climb(kid)
     row["problems"] = "; ".join(dict.fromkeys(problems))
@@ -104,7 +124,9 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
     cannot be opened gets `found` False and the reason in `problems`.
 
     `kid_fixed`, `recognised`, `recognised_real`, `diversity` and `stripes` are the last measured epoch's;
-    `best_kid_fixed` and `best_epoch` the lowest KID over the run; `late_mean` the mean KID and `late_climb` how
+    `best_kid_fixed` and `best_epoch` the lowest KID over the run (which no rule could know to pick);
+    `sampled_kid_fixed` and `sampled_epoch` that of the epoch `gan sample` draws by default (best.json's, else the
+    last); `late_mean` the mean KID and `late_climb` how
     much it rose over the run's last third (the functions `late_mean` and `late_climb`). `differs` lists, as
     key=value, the settings of this run's config.json that are not the same in every compared run (the data,
     genres, size and seed have columns)."""
@@ -125,7 +147,8 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
     for row, config in zip(rows, configs):
         row["differs"] = ", ".join(f"{key}={config.get(key, '–')}" for key in varying) if config else ""
     frame = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
-    for column in ("epochs", "minutes", "kid_fixed", "best_kid_fixed", "best_epoch", "late_mean", "late_climb",
+    for column in ("epochs", "minutes", "kid_fixed", "best_kid_fixed", "best_epoch", "sampled_kid_fixed",
+                   "sampled_epoch", "late_mean", "late_climb",
                    "recognised", "recognised_real", "diversity", "stripes"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
