@@ -379,9 +379,10 @@ class GanConfig:
         became the default (a config without `spectrum_penalty`) had none, one written before the whole-picture
         head's reconstruction term became the default had none, one written before equal heads and the faster
         fall became the default (a config without `head_balance` or `lr_decay_power`) had patches and a line, one
-        written before `best_by` chose its best epoch by the held-out images, and a conditional run whose config leaves `mode_seeking` to the default (-1; new runs save the weight they
-        use) trained with OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the
-        schedule) it was started with."""
+        written before `best_by` chose its best epoch by the held-out images, and a conditional run whose config
+        leaves `mode_seeking` to the default (-1; new runs save the weight they use) trained with
+        OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the schedule)
+        it was started with."""
         values = dict(values)
         if values.get("conditional") and float(values.get("mode_seeking", -1.0)) < 0:
             values["mode_seeking"] = OLDER_CONDITIONAL_MODE_SEEKING
@@ -719,7 +720,8 @@ def selection_kid(measured: dict, best_by: str = "train") -> float | None:
 
 
 def read_best(run) -> dict | None:
-    """The run's best.json ({epoch, kid, feature_space, kid_fixed, recognised}), or None before any epoch was
+    """The run's best.json ({epoch, best_by, score, kid, kid_train, feature_space, kid_fixed, recognised,
+    generator}; runs written before `best_by` lack the first two and kid_train), or None before any epoch was
     measured (and for runs written before it existed). A damaged file raises ValueError naming it."""
     run = store.open_run(run, kind="gan")
     path = run.path / BEST_FILE
