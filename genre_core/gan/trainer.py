@@ -1125,16 +1125,17 @@ def measure(generator, noise, labels, reference: Reference, classes, seed: int =
     generator it keeps."""
     generated = _generate(generator, noise, labels)
     features, fixed_features = quality.extract_many(generated, [reference.extractor, reference.fixed_extractor])
-    # Subsets of half the smaller set, so that the spread over subsets says how stable the number is.
-    subset_size = max(2, min(len(features), len(reference.features), 2000) // 2)
+    def half_the_smaller(real_features) -> int:
+        # Subsets of half the smaller set, so that the spread over subsets says how stable the number is.
+        return max(2, min(len(features), len(real_features), 2000) // 2)
+
     result = quality.compare(features, reference.features, reference.extractor.name, subsets=50,
-                             subset_size=subset_size, seed=seed)
+                             subset_size=half_the_smaller(reference.features), seed=seed)
     fixed = quality.fixed_kid(fixed_features, reference.fixed_features, seed=seed)
     result.update(kid_fixed=fixed["kid"], kid_fixed_std=fixed["kid_std"], fixed_space=fixed["feature_space"])
     if reference.train_features is not None:
-        train_size = max(2, min(len(features), len(reference.train_features), 2000) // 2)
-        result["kid_train"], result["kid_train_std"] = quality.kid(features, reference.train_features, 50, train_size,
-                                                                   seed)
+        result["kid_train"], result["kid_train_std"] = quality.kid(
+            features, reference.train_features, 50, half_the_smaller(reference.train_features), seed)
     by_depth = quality.fixed_kid_by_depth(fixed_features, reference.fixed_features, seed=seed)
     result.update({f"kid_fixed_{depth}": value for depth, value in by_depth.items()})
     if reference.spectrum is not None:
