@@ -162,7 +162,7 @@ st.subheader("Sample")
 best = core.gan_best(str(run_dir))
 checkpoint_labels = {
     "best": (f"best epoch ({best['epoch']}, lowest KID in the run's own space against the "
-             f"{'training' if best.get('best_by', 'heldout') == 'train' else 'held-out'} images)" if best
+             f"{'training' if best['best_by'] == 'train' else 'held-out'} images)" if best
              else "best epoch (none kept yet: the last)"),
     "last": "last epoch"}
 checkpoint = st.radio("Generator", list(checkpoint_labels), format_func=checkpoint_labels.get, horizontal=True,

@@ -721,8 +721,9 @@ def selection_kid(measured: dict, best_by: str = "train") -> float | None:
 
 def read_best(run) -> dict | None:
     """The run's best.json ({epoch, best_by, score, kid, kid_train, feature_space, kid_fixed, recognised,
-    generator}; runs written before `best_by` lack the first two and kid_train), or None before any epoch was
-    measured (and for runs written before it existed). A damaged file raises ValueError naming it."""
+    generator}; a record written before `best_by` was chosen by the held-out rule and reads as best_by "heldout"
+    with its `kid` as the score), or None before any epoch was measured (and for runs written before it existed).
+    A damaged file raises ValueError naming it."""
     run = store.open_run(run, kind="gan")
     path = run.path / BEST_FILE
     if not path.exists():
@@ -730,7 +731,7 @@ def read_best(run) -> dict | None:
     best = fileio.read_json(path)
     if not isinstance(best, dict) or not isinstance(best.get("epoch"), int) or best.get("kid") is None:
         raise ValueError(f"{path} is not a best-epoch record (expected an epoch and a kid)")
-    return best
+    return {"best_by": "heldout", "score": best["kid"], **best}
 
 
 def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=None, best_by: str = "train") -> bool:
@@ -765,7 +766,7 @@ def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=Non
     except ValueError as error:  # a damaged record must not end the run: this epoch replaces it
         print(f"{error}; keeping epoch {epoch} as the best", flush=True)
         best = None
-    if (best is not None and best.get("best_by", "heldout") == best_by and best.get("score", best["kid"]) <= score
+    if (best is not None and best["best_by"] == best_by and best["score"] <= score
             and (run.path / BEST_GENERATOR_FILE).exists()):
         return False
     save_generator(gan, run, BEST_GENERATOR_FILE, generator)
@@ -1125,6 +1126,7 @@ def measure(generator, noise, labels, reference: Reference, classes, seed: int =
     generator it keeps."""
     generated = _generate(generator, noise, labels)
     features, fixed_features = quality.extract_many(generated, [reference.extractor, reference.fixed_extractor])
+
     def half_the_smaller(real_features) -> int:
         # Subsets of half the smaller set, so that the spread over subsets says how stable the number is.
         return max(2, min(len(features), len(real_features), 2000) // 2)
