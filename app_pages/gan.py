@@ -85,7 +85,7 @@ with fixed_left:
                    "Every epoch generates from the same latents, so a rise from one epoch to the next is the "
                    "generator changing; another set of latents moved the whole curve by about 0.01-0.03 on the kit's "
                    "landscapes at 128 px")
-        st.line_chart(history.set_index("epoch")[["kid_fixed"]])
+        st.plotly_chart(charts.kid_figure(history, "kid_fixed"), key="gan_kid_fixed")
         depths = [column for column in ("kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5")
                   if column in history.columns and history[column].notna().any()]
         if depths:  # runs written before the KID by depth have none
@@ -140,8 +140,9 @@ if len(compared) > 1:
     table, curves = core.gan_comparison([str(core.runs_folder("gan") / name) for name in compared])
     st.dataframe(table.drop(columns="found"), hide_index=True, key="gan_compare_table")
     metric_names = [name for name in ("kid_fixed", "kid_fixed_block5", "kid_fixed_block3", "kid_fixed_block4",
-                                      "recognised", "diversity", "stripes", "kid", "kid_train", "d_loss", "g_loss",
-                                      "aug_p", "apa_p", "reconstruction_loss", "margin_global", "margin_patches")
+                                      "recognised", "diversity", "stripes", "kid_fixed_train", "kid", "kid_train",
+                                      "d_loss", "g_loss", "aug_p", "apa_p", "reconstruction_loss", "margin_global",
+                                      "margin_patches")
                     if name in set(curves["metric"])] or ["kid_fixed"]
     metric = st.selectbox("Curve", metric_names, key="gan_compare_metric")
     st.plotly_chart(charts.compare_figure(curves, metric), key="gan_compare_curves")
@@ -160,9 +161,11 @@ run_classes = core.call(gan_run.classes, failure="Cannot read the run's genres")
 conditional_run = bool(core.call(gan_run.config, failure="Cannot read the run's config").get("conditional"))
 st.subheader("Sample")
 best = core.gan_best(str(run_dir))
+chosen_by = {"kid_fixed_train": "fixed-space KID against the training images",
+             "kid_train": "own-space KID against the training images",
+             "kid": "own-space KID against the held-out images"}
 checkpoint_labels = {
-    "best": (f"best epoch ({best['epoch']}, lowest KID in the run's own space against the "
-             f"{'training' if best['best_by'] == 'train' else 'held-out'} images)" if best
+    "best": (f"best epoch ({best['epoch']}, lowest {chosen_by.get(best['score_of'], best['score_of'])})" if best
              else "best epoch (none kept yet: the last)"),
     "last": "last epoch"}
 checkpoint = st.radio("Generator", list(checkpoint_labels), format_func=checkpoint_labels.get, horizontal=True,

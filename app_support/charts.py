@@ -230,17 +230,26 @@ def topk_figure(names: list[str], probabilities: list[float]) -> go.Figure:
     return figure
 
 
-def kid_figure(history: pd.DataFrame) -> go.Figure:
-    """KID per epoch with its standard deviation as error bars (lower is better); with `kid_train` (the same
-    samples against the training sample, what the best epoch is chosen by), a second line."""
-    rows = history.dropna(subset=["kid"]) if "kid" in history.columns else history.iloc[0:0]
-    error = dict(type="data", array=rows["kid_std"]) if "kid_std" in rows.columns else None
-    figure = go.Figure(go.Scatter(x=rows["epoch"], y=rows["kid"], mode="lines+markers", error_y=error,
+def kid_figure(history: pd.DataFrame, column: str = "kid") -> go.Figure:
+    """KID per epoch (`column`: "kid", the run's own space, or "kid_fixed") with its standard deviation
+    (`column`_std) as error bars (lower is better); with `column`_train (the same samples against the training
+    sample), a second line, named as what chooses the best epoch when it is: `kid_fixed_train`, or `kid_train` in
+    stop 61's runs, which had no `kid_fixed_train`."""
+    rows = history.dropna(subset=[column]) if column in history.columns else history.iloc[0:0]
+    error = dict(type="data", array=rows[f"{column}_std"]) if f"{column}_std" in rows.columns else None
+    figure = go.Figure(go.Scatter(x=rows["epoch"], y=rows[column], mode="lines+markers", error_y=error,
                                   name="against held-out images"))
-    if "kid_train" in history.columns and history["kid_train"].notna().any():
-        train = history.dropna(subset=["kid_train"])
-        figure.add_scatter(x=train["epoch"], y=train["kid_train"], mode="lines+markers",
-                           name="against training images (chooses the best epoch)")
+
+    def measured(name: str) -> bool:
+        return name in history.columns and history[name].notna().any()
+
+    train_column = f"{column}_train"
+    if measured(train_column):
+        chooser = "kid_fixed_train" if measured("kid_fixed_train") else "kid_train"
+        train = history.dropna(subset=[train_column])
+        figure.add_scatter(x=train["epoch"], y=train[train_column], mode="lines+markers",
+                           name="against training images" + (" (chooses the best epoch)"
+                                                             if train_column == chooser else ""))
     figure.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="epoch", yaxis_title="KID (lower is better)")
     return figure
 

@@ -522,10 +522,14 @@ def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):
     assert not app.exception, app.exception
     # A record without best_by (written before it) was chosen against the held-out images.
     assert app.radio(key="gan_checkpoint").format_func("best") == (
-        "best epoch (2, lowest KID in the run's own space against the held-out images)")
-    fileio.atomic_write_json(folder / trainer.BEST_FILE, {"epoch": 2, "kid": 1.0, "best_by": "train", "score": 0.5})
-    app = page("gan").run()
-    assert app.radio(key="gan_checkpoint").format_func("best").endswith("against the training images)")
+        "best epoch (2, lowest own-space KID against the held-out images)")
+    # Stop 61's "train" records (no score_of) chose in the run's own space; later ones in the fixed space.
+    record = {"epoch": 2, "kid": 1.0, "best_by": "train", "score": 0.5}
+    for extra, label in (({}, "own-space"), ({"score_of": "kid_fixed_train"}, "fixed-space")):
+        fileio.atomic_write_json(folder / trainer.BEST_FILE, {**record, **extra})
+        app = page("gan").run()
+        assert app.radio(key="gan_checkpoint").format_func("best") == (
+            f"best epoch (2, lowest {label} KID against the training images)")
     app.radio(key="gan_checkpoint").set_value("last").run()
     assert not app.exception, app.exception
     (folder / trainer.BEST_FILE).write_text("[]")
@@ -563,6 +567,14 @@ def test_kid_figure_draws_the_training_images_kid_when_the_run_measured_it():
     assert [trace.name for trace in figure.data] == ["against held-out images",
                                                      "against training images (chooses the best epoch)"]
     assert list(figure.data[1].y) == [2.5, 1.0] and list(figure.data[1].x) == [1, 2]
+    # From stop 62 the fixed space against the training images chooses: its chart names it, the own-space one not.
+    history["kid_fixed"], history["kid_fixed_std"], history["kid_fixed_train"] = [0.3, 0.2, 0.1], [0.01] * 3, [0.2] * 3
+    assert [trace.name for trace in charts.kid_figure(history).data] == ["against held-out images",
+                                                                         "against training images"]
+    figure = charts.kid_figure(history, "kid_fixed")
+    assert [trace.name for trace in figure.data] == ["against held-out images",
+                                                     "against training images (chooses the best epoch)"]
+    assert list(figure.data[0].y) == [0.3, 0.2, 0.1] and list(figure.data[0].error_y.array) == [0.01] * 3
 
 
 def test_compare_figure_draws_one_line_per_run_from_the_long_curves_table():

@@ -276,10 +276,11 @@ def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_
     history = run.history()
     assert list(history["epoch"]) == [1, 2]
     assert {"d_loss", "g_loss", "kid", "kid_std", "aug_p", "seconds"} <= set(history.columns)
-    assert history["kid"].notna().all() and history["kid_train"].notna().all()
+    assert history[["kid", "kid_train", "kid_fixed_train"]].notna().all().all()
     best = trainer.read_best(run)
-    assert best["best_by"] == "train" and best["score"] == pytest.approx(history["kid_train"].min())
-    assert best["epoch"] == int(history["epoch"][history["kid_train"].idxmin()])
+    assert (best["best_by"], best["score_of"]) == ("train", "kid_fixed_train")
+    assert best["score"] == pytest.approx(history["kid_fixed_train"].min())
+    assert best["epoch"] == int(history["epoch"][history["kid_fixed_train"].idxmin()])
     # lr_decay linear over 2 epochs of 3 steps, set before every step: the last steps are at 2/3 and 5/3 epochs,
     # the rate falling with the square of the share left (lr_decay_power 2, the default).
     assert list(history["learning_rate"]) == pytest.approx([1e-4 * (1 - 1 / 3) ** 2, 1e-4 * (1 - 5 / 6) ** 2])
@@ -418,13 +419,15 @@ def test_the_best_epoch_by_own_kid_is_kept_and_sampled_by_default(tiny_dataset_d
 
 def test_the_best_epoch_is_chosen_by_kid_against_the_training_images_by_default(tiny_dataset_dir,
                                                                                isolated_artifacts):
-    """best_by "train" (the default) reads `kid_train`, never the held-out `kid`; best.json names the rule and
-    its number; a record of the other rule is replaced; runs written before `best_by` read as "heldout", and the
-    CLI passes the flag; a bad rule is refused by name."""
+    """best_by "train" (the default) reads `kid_fixed_train` (the fixed space against the training sample), never
+    the held-out `kid` nor the own-space `kid_train`; best.json names the rule, its number and that number's
+    column; a record that chose by another number is replaced; runs written before `best_by` read as "heldout",
+    and the CLI passes the flag; a bad rule is refused by name."""
     assert trainer.GanConfig().best_by == "train"
-    assert trainer.selection_kid({"kid": 1.0, "kid_train": 2.0}) == 2.0
-    assert trainer.selection_kid({"kid": 1.0, "kid_train": 2.0}, "heldout") == 1.0
-    assert trainer.selection_kid({"kid": 1.0}) is None and trainer.selection_kid({"kid_train": np.nan}) is None
+    measured = {"kid": 1.0, "kid_train": 3.0, "kid_fixed_train": 2.0}
+    assert trainer.selection_kid(measured) == 2.0 and trainer.selection_kid(measured, "heldout") == 1.0
+    assert trainer.selection_kid({"kid": 1.0, "kid_train": 1.0}) is None
+    assert trainer.selection_kid({"kid_fixed_train": np.nan}) is None
     with pytest.raises(ValueError, match="best_by 'test' is not one of"):
         trainer.selection_kid({}, "test")
     with pytest.raises(ValueError, match="best_by 'test' is not one of"):
@@ -434,33 +437,39 @@ def test_the_best_epoch_is_chosen_by_kid_against_the_training_images_by_default(
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     gan = networks.make_gan(trainer._ModelShape(config, 1))
     trainer.save_generator(gan, run)
-    assert trainer._keep_if_best(gan, run, 1, {"kid": 9.0, "kid_train": 4.0, "kid_fixed": 0.5}) is True
-    # A lower held-out KID with a higher training KID is not better under "train".
-    assert trainer._keep_if_best(gan, run, 2, {"kid": 1.0, "kid_train": 5.0}) is False
-    assert trainer._keep_if_best(gan, run, 3, {"kid": 1.0}) is False  # kid_train not measured
+    assert trainer._keep_if_best(gan, run, 1, {"kid": 9.0, "kid_fixed_train": 4.0, "kid_fixed": 0.5}) is True
+    # A lower held-out KID (or own-space training KID) with a higher fixed training KID is not better.
+    assert trainer._keep_if_best(gan, run, 2, {"kid": 1.0, "kid_train": 0.1, "kid_fixed_train": 5.0}) is False
+    assert trainer._keep_if_best(gan, run, 3, {"kid": 1.0}) is False  # kid_fixed_train not measured
     best = trainer.read_best(run)
-    assert (best["epoch"], best["best_by"], best["score"]) == (1, "train", 4.0)
-    assert (best["kid"], best["kid_train"]) == (9.0, 4.0)
-    assert trainer._keep_if_best(gan, run, 4, {"kid": 9.5, "kid_train": 3.0}) is True
+    assert (best["epoch"], best["best_by"], best["score"], best["score_of"]) == (1, "train", 4.0, "kid_fixed_train")
+    assert (best["kid"], best["kid_fixed_train"]) == (9.0, 4.0)
+    assert trainer._keep_if_best(gan, run, 4, {"kid": 9.5, "kid_fixed_train": 3.0}) is True
     assert trainer.read_best(run)["epoch"] == 4
-    # A record written by the held-out rule (or before best_by, which has neither field) is not compared with.
-    fileio.atomic_write_json(run.path / trainer.BEST_FILE, {"epoch": 4, "kid": 0.1})
-    assert trainer._keep_if_best(gan, run, 5, {"kid": 9.0, "kid_train": 8.0}) is True
-    assert trainer.read_best(run)["best_by"] == "train" and trainer.read_best(run)["epoch"] == 5
+    # A record written by the held-out rule (or before best_by, which has neither field), or by stop 61's own-space
+    # "train" (no score_of), chose by another number and is not compared with.
+    for older, score_of in (({"epoch": 4, "kid": 0.1}, "kid"),
+                            ({"epoch": 4, "kid": 0.1, "best_by": "train", "score": 0.1, "kid_train": 0.1}, "kid_train")):
+        fileio.atomic_write_json(run.path / trainer.BEST_FILE, older)
+        assert trainer.read_best(run)["score_of"] == score_of
+        assert trainer._keep_if_best(gan, run, 5, {"kid": 9.0, "kid_fixed_train": 8.0}) is True
+        assert (trainer.read_best(run)["score_of"], trainer.read_best(run)["epoch"]) == ("kid_fixed_train", 5)
 
 
 def test_the_training_sample_is_seeded_training_images_in_the_runs_own_space(tiny_dataset_dir, isolated_artifacts):
-    """prepare_reference with train_images keeps own-space features of a sample of them (kid_samples, seeded by
-    the run's seed + TRAIN_SAMPLE_SEED_OFFSET) beside the held-out ones, and measure reports kid_train from them
-    (here for a stub generator that replays the sampled training images)."""
+    """prepare_reference with train_images keeps both spaces' features of a sample of them (kid_samples, seeded by
+    the run's seed + TRAIN_SAMPLE_SEED_OFFSET) beside the held-out ones, and measure reports kid_train and
+    kid_fixed_train from them (here for a stub generator that replays the sampled training images)."""
     config = run_config(tiny_dataset_dir, kid_samples=4, kid_image_size=32, feature_space="hed_vgg16", seed=3)
     train, _, held, held_labels, classes = trainer.load_training_images(config)
     reference = trainer.prepare_reference(config, held, held_labels, classes, train_images=train)
     rng = np.random.default_rng(3 + trainer.TRAIN_SAMPLE_SEED_OFFSET)
     chosen = np.sort(rng.choice(len(train), 4, replace=False))
-    expected = quality.extract_many(train[chosen], [reference.extractor])[0]
+    expected, expected_fixed = quality.extract_many(train[chosen], [reference.extractor, reference.fixed_extractor])
     np.testing.assert_allclose(reference.train_features, expected, rtol=1e-5, atol=1e-5)
-    assert trainer.prepare_reference(config, held, held_labels, classes).train_features is None
+    np.testing.assert_allclose(reference.train_fixed_features, expected_fixed, rtol=1e-5, atol=1e-5)
+    without = trainer.prepare_reference(config, held, held_labels, classes)
+    assert without.train_features is None and without.train_fixed_features is None
 
     class Replay:  # a "generator" that returns the chosen training images themselves
         def __call__(self, inputs, training=False):
@@ -472,6 +481,10 @@ def test_the_training_sample_is_seeded_training_images_in_the_runs_own_space(tin
     # subsets of half the smaller set, as `kid` does with the held-out features.
     assert measured["kid_train"] == pytest.approx(quality.kid(expected, reference.train_features, 50, 2, 0)[0])
     assert measured["kid"] == pytest.approx(quality.kid(expected, reference.features, 50, 2, 0)[0])
+    # In the fixed space, scaled by the training sample's own RMS: the fixed KID with the training sample as the
+    # real set.
+    assert measured["kid_fixed_train"] == pytest.approx(
+        quality.fixed_kid(expected_fixed, reference.train_fixed_features, seed=0)["kid"])
 
 
 def test_quality_by_genre_reads_every_epoch_and_names_a_bad_file(isolated_artifacts):
@@ -603,19 +616,19 @@ def test_sampled_generator_better_keeps_whichever_of_ema_and_trained_measures_lo
                                                                                    isolated_artifacts, monkeypatch,
                                                                                    capsys):
     """With sampled_generator "better", every measured epoch measures the EMA generator and then the trained one on
-    the same latent batch, and the one with the lower own-space KID is the epoch's: its numbers in history.csv
-    (with both fixed-space KIDs and which it was), its weights in generator.keras, and, when best, in
-    generator_best.keras and best.json. Epoch 1 is made to favour the trained generator, epoch 2 the EMA one
+    the same latent batch, and the one with the lower KID against the training sample is the epoch's: its numbers
+    in history.csv (with both fixed-space KIDs and which it was), its weights in generator.keras, and, when best,
+    in generator_best.keras and best.json. Epoch 1 is made to favour the trained generator, epoch 2 the EMA one
     (a worse epoch than 1, so the best stays epoch 1's trained generator). The judge classifies only the kept
     generator's images, once an epoch. A bad choice is refused by name."""
     real_measure, real_recognise, real_share = trainer.measure, trainer.recognise, quality.recognisability
-    own_kids = iter([2.0, 1.0, 1.5, 3.0])  # (EMA, trained) at epoch 1, then at epoch 2
+    train_kids = iter([2.0, 1.0, 1.5, 3.0])  # (EMA, trained) at epoch 1, then at epoch 2
     passed, judged, classified = [], [], []
 
     def measure(generator, *args, **kwargs):
         result = real_measure(generator, *args, **kwargs)
         passed.append([w.copy() for w in generator.get_weights()])
-        return {**result, "kid_train": next(own_kids)}  # what the choice reads (best_by "train", the default)
+        return {**result, "kid_fixed_train": next(train_kids)}  # what the choice reads (best_by "train", the default)
 
     def recognise(generator, *args, **kwargs):
         judged.append([w.copy() for w in generator.get_weights()])
@@ -635,7 +648,7 @@ def test_sampled_generator_better_keeps_whichever_of_ema_and_trained_measures_lo
     trainer.execute(run)
     history = run.history()
     assert list(history["generator"]) == ["trained", "ema"]
-    assert list(history["kid_train"]) == [1.0, 1.5]
+    assert list(history["kid_fixed_train"]) == [1.0, 1.5]
     assert history["kid_fixed"][0] == history["kid_fixed_trained"][0] != history["kid_fixed_ema"][0]
     assert history["kid_fixed"][1] == history["kid_fixed_ema"][1] != history["kid_fixed_trained"][1]
     assert len(passed) == 4
@@ -1937,8 +1950,9 @@ def test_run_records_fixed_kid_recognisability_and_diversity(tiny_dataset_dir, i
     assert latest["judge"] == judge.id
     # The measured epoch is the best so far: its generator and numbers are kept beside the last one.
     assert (run.path / trainer.BEST_GENERATOR_FILE).exists()
-    assert trainer.read_best(run) == {"epoch": 1, "best_by": "train", "score": row["kid_train"], "kid": row["kid"],
-                                      "kid_train": row["kid_train"], "feature_space": row["feature_space"],
+    assert trainer.read_best(run) == {"epoch": 1, "best_by": "train", "score": row["kid_fixed_train"],
+                                      "score_of": "kid_fixed_train", "kid": row["kid"], "kid_train": row["kid_train"],
+                                      "kid_fixed_train": row["kid_fixed_train"], "feature_space": row["feature_space"],
                                       "kid_fixed": row["kid_fixed"], "recognised": row["recognised"],
                                       "generator": "ema"}
     assert row["generator"] == "ema" and "kid_fixed_trained" not in row.index  # the default samples the EMA

@@ -64,14 +64,14 @@ def register(subparsers) -> None:
     train.add_argument("--sampled-generator", default=None, choices=trainer.SAMPLED_GENERATORS,
                        help="which generator the grids, quality numbers and saved generators are: ema, the running "
                             "average of the trained one (default); better: at every measured epoch both are "
-                            "measured and the one with the lower KID in the run's own space (by --best-by) is kept "
+                            "measured and the one with the lower KID by the --best-by rule is kept "
                             "(history.csv gets both fixed-space KIDs and which one it was)")
     train.add_argument("--best-by", default=None, choices=trainer.BEST_BY,
                        help="what the best epoch (generator_best.keras, which gan sample draws from) is chosen by: "
-                            "train, the KID in the run's own space against a seeded sample of the training images "
-                            "(default; history.csv's kid_train); heldout, against the held-out images every reported "
-                            "KID compares with (the rule before stop 61; it makes the chosen epoch's numbers "
-                            "optimistic)")
+                            "train, the fixed-space KID against a seeded sample of the training images, scaled by "
+                            "that sample's RMS (default; history.csv's kid_fixed_train); heldout, the run's own-space "
+                            "KID against the held-out images every reported KID compares with (the rule before stop "
+                            "61; it makes the chosen epoch's numbers optimistic)")
     train.add_argument("--discriminator-lr-scale", type=float, default=None, metavar="S",
                        help="the discriminator's learning rate is the generator's times S, at every step of the "
                             "schedule (two time-scale updates, TTUR); below 1 the discriminator learns more slowly "

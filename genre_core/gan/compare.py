@@ -23,8 +23,8 @@ COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs"
                       "best_kid_fixed", "best_epoch", "sampled_kid_fixed", "sampled_epoch", "late_mean", "late_climb",
                       "recognised", "recognised_real", "diversity", "stripes", "differs", "problems")
 CURVE_METRICS = ("kid_fixed", "kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5", "recognised",
-                 "recognised_real", "diversity", "stripes", "kid", "kid_train", "d_loss", "g_loss", "aug_p", "apa_p",
-                 "reconstruction_loss", "margin_patches", "margin_global")
+                 "recognised_real", "diversity", "stripes", "kid_fixed_train", "kid", "kid_train", "d_loss", "g_loss",
+                 "aug_p", "apa_p", "reconstruction_loss", "margin_patches", "margin_global")
 # Settings that say what a run is rather than how it was set up, so "differs" leaves them out.
 NOT_SETTINGS = {"kind", "created", "classes", "data", "genre", "genres", "conditional", "image_size", "seed", "judge"}
 

@@ -7,9 +7,9 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `config.json` | the `GanConfig` plus `kind: "gan"` and `data` |
 | `classes.json` | the genres, label order (one genre for an unconditional run) |
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
-| `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`); with `sampled_generator` "better", whichever of it and the trained generator had the lower KID (own space) |
-| `generator_best.keras`, `best.json` | that generator at the epoch with the lowest KID in the run's own space against a seeded sample of the training images (`best_by` "train"; "heldout": against the held-out images, as runs before stop 61), and that epoch's numbers (`best_by`, `score`: the number chosen by; `generator`: "ema" or "trained") |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, margin_patches, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `best_by` "train", also `kid_train`; with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with a whole-picture head, also `margin_global`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`) |
+| `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`); with `sampled_generator` "better", whichever of it and the trained generator had the lower KID by the `best_by` rule |
+| `generator_best.keras`, `best.json` | that generator at the epoch with the lowest fixed-space KID against a seeded sample of the training images (`best_by` "train", `kid_fixed_train`; stop 61's runs chose by the own-space `kid_train`; "heldout": the own-space KID against the held-out images, as runs before stop 61), and that epoch's numbers (`best_by`, `score`: the number chosen by, `score_of`: its history column; `generator`: "ema" or "trained") |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, margin_patches, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `best_by` "train", also `kid_train, kid_fixed_train`; with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with a whole-picture head, also `margin_global`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`) |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
@@ -62,15 +62,21 @@ BUDGET_EPOCHS = 10_000  # epochs = 0 with a time budget: train until the budget 
 BUDGET_CLOCKS = ("wall", "cpu")
 LR_DECAYS = ("linear", "none")
 # Which generator an epoch's grid, numbers and saved files are: "ema", the running average (the default); "better",
-# whichever of the average and the trained generator has the lower KID in the run's own space at that epoch
-# (both are measured on the same latent batch against the same held-out images).
+# whichever of the average and the trained generator has the lower KID by the `best_by` rule at that epoch
+# (both are measured on the same latent batch).
 SAMPLED_GENERATORS = ("ema", "better")
-# What the best epoch (generator_best.keras) and sampled_generator "better" are chosen by: "train", the KID in the
-# run's own space against a seeded sample of the training images (`kid_train`; StyleGAN2-ADA picks its snapshots by
-# FID against the training set), or "heldout", against the held-out images that every reported KID compares with
-# (runs written before `best_by`; a choice made on the test images makes their number optimistic).
+# What the best epoch (generator_best.keras) and sampled_generator "better" are chosen by: "train", the fixed
+# space's KID against a seeded sample of the training images, scaled by that sample's RMS (`kid_fixed_train`;
+# StyleGAN2-ADA picks its snapshots by FID against the training set), or "heldout", the own-space KID against the
+# held-out images that every reported KID compares with (runs written before `best_by`; a choice made on the test
+# images makes their number optimistic).
 BEST_BY = ("train", "heldout")
-TRAIN_SAMPLE_SEED_OFFSET = 7  # the training images `kid_train` compares with: a sample seeded by the run's seed + 7
+# The history column each best_by rule chooses by (best.json's `score_of`). Stop 61's "train" runs chose by the
+# own-space `kid_train` (their best.json has no `score_of`); unscaled, it picked worse epochs than the last on fresh
+# runs, and the scaled fixed space picked better ones in simulation (docs/gan-measurements.md).
+SCORE_OF = {"train": "kid_fixed_train", "heldout": "kid"}
+# The training images `kid_train` and `kid_fixed_train` compare with: a sample seeded by the run's seed + 7.
+TRAIN_SAMPLE_SEED_OFFSET = 7
 # The mode-seeking weight of a conditional run that does not set one. 1.0 (MSGAN's) until issue 13's kit runs:
 # on four kit genres it pushed every genre's diversity above the real images' and left 9% of samples
 # recognised; 0.1 reached the real diversity with a lower KID
@@ -710,20 +716,22 @@ def save_generator(gan, run: store.Run, name: str = GENERATOR_FILE, generator=No
 
 
 def selection_kid(measured: dict, best_by: str = "train") -> float | None:
-    """The number the best epoch and sampled_generator "better" are chosen by (lower is better): the own-space
-    KID against the training sample (`kid_train`) with best_by "train", against the held-out images (`kid`) with
-    "heldout"; None when it was not measured or is not finite."""
+    """The number the best epoch and sampled_generator "better" are chosen by (lower is better), the column
+    SCORE_OF names: the fixed-space KID against the training sample (`kid_fixed_train`) with best_by "train", the
+    own-space KID against the held-out images (`kid`) with "heldout"; None when it was not measured or is not
+    finite."""
     if best_by not in BEST_BY:
         raise ValueError(f"best_by {best_by!r} is not one of {BEST_BY}")
-    value = measured.get("kid_train" if best_by == "train" else "kid")
+    value = measured.get(SCORE_OF[best_by])
     return float(value) if value is not None and np.isfinite(value) else None
 
 
 def read_best(run) -> dict | None:
-    """The run's best.json ({epoch, best_by, score, kid, kid_train, feature_space, kid_fixed, recognised,
-    generator}; a record written before `best_by` was chosen by the held-out rule and reads as best_by "heldout"
-    with its `kid` as the score), or None before any epoch was measured (and for runs written before it existed).
-    A damaged file raises ValueError naming it."""
+    """The run's best.json ({epoch, best_by, score, score_of, kid, kid_train, kid_fixed_train, feature_space,
+    kid_fixed, recognised, generator}), or None before any epoch was measured (and for runs written before it
+    existed). Older records are filled in: one written before `best_by` was chosen by the held-out rule and reads
+    as best_by "heldout" with its `kid` as the score; one of best_by "train" without `score_of` (stop 61's runs)
+    was chosen by the own-space `kid_train`. A damaged file raises ValueError naming it."""
     run = store.open_run(run, kind="gan")
     path = run.path / BEST_FILE
     if not path.exists():
@@ -731,17 +739,23 @@ def read_best(run) -> dict | None:
     best = fileio.read_json(path)
     if not isinstance(best, dict) or not isinstance(best.get("epoch"), int) or best.get("kid") is None:
         raise ValueError(f"{path} is not a best-epoch record (expected an epoch and a kid)")
-    return {"best_by": "heldout", "score": best["kid"], **best}
+    best = {"best_by": "heldout", "score": best["kid"], **best}
+    return {"score_of": "kid_train" if best["best_by"] == "train" else SCORE_OF.get(best["best_by"]), **best}
 
 
 def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=None, best_by: str = "train") -> bool:
-    """After a measured epoch: when its `selection_kid` (the own-space KID against the training sample with
-    best_by "train", against the held-out images with "heldout") is the lowest so far, save the epoch's
-    generator (`generator`, by default the EMA one) as generator_best.keras and the epoch's numbers as best.json
-    (with which generator it is, `measured["generator"]`, the rule, `best_by`, and its number, `score`); True
-    when it did. A best.json written by the other rule (or before `best_by`: "heldout") is replaced.
+    """After a measured epoch: when its `selection_kid` (the fixed-space KID against the training sample with
+    best_by "train", the own-space KID against the held-out images with "heldout") is the lowest so far, save the
+    epoch's generator (`generator`, by default the EMA one) as generator_best.keras and the epoch's numbers as
+    best.json (with which generator it is, `measured["generator"]`, the rule, `best_by`, its number, `score`, and
+    that number's column, `score_of`); True when it did. A best.json that chose by another number (another rule,
+    a record from before `best_by`, or stop 61's own-space "train") is replaced.
 
-    Before stop 61 the rule was "heldout" only. Simulated on the 17 default runs of stops 56-60 (each epoch's
+    Stop 62: the fixed space against the training sample, scaled by that sample's RMS. Simulated on the grids of
+    the 20 default runs of stops 56-61 (36 images an epoch against 256 training images), it picked epochs at
+    0.080 against 0.090 at the last (lower on 13, higher on 4); on all 41 runs 0.092 against 0.104.
+
+    Before stop 61 the rule was "heldout" only; stop 61's "train" read the own-space `kid_train`. Simulated on the 17 default runs of stops 56-60 (each epoch's
     36-image grid against 256 training images), "train" picked epochs whose fixed-space KID averaged 0.085
     against 0.093 at the last epoch (lower on 10, higher on 3); on six new runs (stop 61, 256 samples) 0.075
     against 0.068, one pick at 0.171 over a last epoch of 0.093 (the own space is unscaled, so each real sample's
@@ -766,13 +780,14 @@ def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=Non
     except ValueError as error:  # a damaged record must not end the run: this epoch replaces it
         print(f"{error}; keeping epoch {epoch} as the best", flush=True)
         best = None
-    if (best is not None and best["best_by"] == best_by and best["score"] <= score
+    if (best is not None and best["score_of"] == SCORE_OF[best_by] and best["score"] <= score
             and (run.path / BEST_GENERATOR_FILE).exists()):
         return False
     save_generator(gan, run, BEST_GENERATOR_FILE, generator)
     fileio.atomic_write_json(run.path / BEST_FILE, {
-        "epoch": int(epoch), "best_by": best_by, "score": score, "kid": measured.get("kid"),
-        "kid_train": measured.get("kid_train"), "feature_space": measured.get("feature_space"),
+        "epoch": int(epoch), "best_by": best_by, "score": score, "score_of": SCORE_OF[best_by],
+        "kid": measured.get("kid"), "kid_train": measured.get("kid_train"),
+        "kid_fixed_train": measured.get("kid_fixed_train"), "feature_space": measured.get("feature_space"),
         "kid_fixed": measured.get("kid_fixed"), "recognised": measured.get("recognised"),
         "generator": measured.get("generator", "ema")})
     return True
@@ -886,10 +901,10 @@ def _epoch_callback_class():
 
         def _measure_and_choose(self, gan) -> dict:
             """Measure the EMA generator (and, with sampled_generator "better", the trained one on the same latent
-            batch); set `self.chosen` to the one with the lower `selection_kid` (the run's own space, against the
+            batch); set `self.chosen` to the one with the lower `selection_kid` (the fixed space against the
             training sample with best_by "train"), and return its numbers with "generator" and both fixed-space
-            KIDs. The choice reads what the best-epoch rule reads, so that the fixed-space number stays a
-            measurement."""
+            KIDs. The choice reads what the best-epoch rule reads, so that no choice reads the fixed-space KID
+            against the held-out images: it stays a measurement."""
             config = self.config
             better = config.sampled_generator == "better"
             # With "better", the judge classifies only the generator kept (its 64 images cost more than the KIDs).
@@ -948,7 +963,8 @@ def _epoch_callback_class():
                 "g_loss": float(logs.get("g_loss", np.nan)),
                 "kid": measured.get("kid"),
                 "kid_std": measured.get("kid_std"),
-                **({"kid_train": measured.get("kid_train")} if config.best_by == "train" else {}),
+                **({"kid_train": measured.get("kid_train"), "kid_fixed_train": measured.get("kid_fixed_train")}
+                   if config.best_by == "train" else {}),
                 "aug_p": float(logs.get("aug_p", np.nan)),
                 "apa_p": float(logs["apa_p"]) if "apa_p" in logs else None,
                 "learning_rate": self.learning_rate,  # at the epoch's last step
@@ -1038,16 +1054,18 @@ class Reference:
     judge_real: dict = field(default_factory=dict)  # genre -> share of real images the judge calls that genre
     judge_samples: int = 64  # images per genre that the judge classifies
     spectrum: np.ndarray | None = None  # quality.power_spectrum of the images (for `stripes`)
-    # In the configured space, a seeded sample of kid_samples training images: `kid_train`, what best_by "train"
-    # chooses the best epoch by, so that the choice never reads the held-out images. None: not measured.
+    # A seeded sample of kid_samples training images, in the configured space (for `kid_train`) and in the fixed
+    # one (for `kid_fixed_train`, what best_by "train" chooses the best epoch by, so that the choice never reads
+    # the held-out images). None: not measured.
     train_features: np.ndarray | None = None
+    train_fixed_features: np.ndarray | None = None
 
 
 def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels: np.ndarray, classes,
                       progress=None, train_images: np.ndarray | None = None) -> Reference:
     """Features of the held-out real images in both spaces, and the judge with its share on real images; with
-    `train_images`, also the configured space's features of a seeded sample of them (kid_samples, for
-    `kid_train`)."""
+    `train_images`, also both spaces' features of a seeded sample of them (kid_samples, for `kid_train` and
+    `kid_fixed_train`)."""
     progress = progress or (lambda event: None)
     progress({"stage": "prepare", "done": 0, "total": 1, "message": "computing real-image features for KID"})
     extractor = quality.feature_extractor(config.feature_space, config.kid_image_size)
@@ -1065,7 +1083,8 @@ def prepare_reference(config: GanConfig, reference: np.ndarray, reference_labels
         train_rng = np.random.default_rng(config.seed + TRAIN_SAMPLE_SEED_OFFSET)
         sample = np.sort(train_rng.choice(len(train_images), min(config.kid_samples, len(train_images)),
                                           replace=False))
-        result.train_features = quality.extract_many(np.asarray(train_images)[sample], [extractor])[0]
+        result.train_features, result.train_fixed_features = quality.extract_many(
+            np.asarray(train_images)[sample], [extractor, fixed_extractor])
     judge_path = find_judge(config.judge, classes)
     if judge_path is not None and config.judge_samples:
         progress({"stage": "prepare", "done": 0, "total": 1, "message": "the judge classifies real images"})
@@ -1138,6 +1157,11 @@ def measure(generator, noise, labels, reference: Reference, classes, seed: int =
     if reference.train_features is not None:
         result["kid_train"], result["kid_train_std"] = quality.kid(
             features, reference.train_features, 50, half_the_smaller(reference.train_features), seed)
+    if reference.train_fixed_features is not None:
+        # Scaled by the training sample's own RMS (fixed_kid scales by its second set), so that it never reads
+        # the held-out images.
+        against_train = quality.fixed_kid(fixed_features, reference.train_fixed_features, seed=seed)
+        result["kid_fixed_train"], result["kid_fixed_train_std"] = against_train["kid"], against_train["kid_std"]
     by_depth = quality.fixed_kid_by_depth(fixed_features, reference.fixed_features, seed=seed)
     result.update({f"kid_fixed_{depth}": value for depth, value in by_depth.items()})
     if reference.spectrum is not None:
