@@ -217,9 +217,9 @@ def register(subparsers) -> None:
     sample.add_argument("--columns", type=int, default=0, help="images per row (default: a square grid)")
     sample.add_argument("--out", default=None, help="PNG path (default: <run>/samples/sample_seed<SEED>.png)")
     sample.add_argument("--checkpoint", default="best", choices=trainer.CHECKPOINTS,
-                        help="best: the epoch with the lowest KID in the run's own space, against the training "
-                             "images or, in runs before stop 61, the held-out ones (the run's best_by; the last "
-                             "epoch when the run kept none); last: the last epoch (default best)")
+                        help="best: the epoch the run's best_by rule chose, the lowest fixed-space KID against the "
+                             "training images (stop 61's runs: own-space; runs before it: against the held-out "
+                             "images; the last epoch when the run kept none); last: the last epoch (default best)")
     sample.set_defaults(func=cmd_sample)
 
     between = commands.add_parser("interpolate", help="write a strip PNG walking the latent space between two seeds")

@@ -768,8 +768,8 @@ def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=Non
     average (0.078 against 0.062), and once it was epoch 3 (0.198 against 0.127 at the last epoch;
     docs/gan-measurements.md, "Weight 2 for the reconstruction term"); on a machine that ran 11-13 epochs in 15
     minutes it was better than the last (0.085 against 0.109, eight runs; "The defaults on a machine half as
-    fast"), and picking only among the last third's epochs gave 0.100. The rule reads the run's own space, not
-    the fixed one, so the fixed-space number stays a measurement rather than the thing selected on (both
+    fast"), and picking only among the last third's epochs gave 0.100. That rule reads the run's own space, not
+    the fixed one, so that the fixed-space number stays a measurement rather than the thing selected on (both
     compare with the same held-out images, so the picked epoch's fixed-space KID is still somewhat
     optimistic)."""
     score = selection_kid(measured, best_by)
@@ -1336,8 +1336,8 @@ _GENERATORS: dict[tuple[str, float], object] = {}
 
 
 def generator_path(run, checkpoint: str = "best") -> Path:
-    """The saved generator that sampling uses: "best" (generator_best.keras, the epoch with the lowest KID in
-    the run's own space; the last epoch's generator when the run has none, as runs written before it) or
+    """The saved generator that sampling uses: "best" (generator_best.keras, the epoch the run's best_by rule
+    chose, see `_keep_if_best`; the last epoch's generator when the run has none, as runs written before it) or
     "last" (generator.keras)."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint {checkpoint!r} is not one of {CHECKPOINTS}")
