@@ -272,7 +272,7 @@ def gan_quality_by_genre(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def gan_picture(run_dir: str, what: str, count: int, seed: int, genre: str | None = None, seed_b: int = 1,
-                checkpoint: str = "best") -> dict:
+                checkpoint: str = trainer.DEFAULT_CHECKPOINT) -> dict:
     """A grid of `count` samples for a seed (what="sample") or an interpolation strip from seed to seed_b, made
     by the run's best or last generator (trainer.generator_path), as {"image": uint8 array, "png": bytes};
     deterministic, so cached per generator file version."""

@@ -514,7 +514,8 @@ def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):
     app = page("gan").run()
     assert not app.exception, app.exception
     choice = app.radio(key="gan_checkpoint")
-    assert choice.value == "best" and "none kept yet" in choice.format_func("best")
+    # The last epoch's generator is the default (since stop 62); the best is one click away.
+    assert choice.value == "last" and "none kept yet" in choice.format_func("best")
     # A run that kept a best epoch names it; both choices sample without error.
     shutil.copy(folder / trainer.GENERATOR_FILE, folder / trainer.BEST_GENERATOR_FILE)
     fileio.atomic_write_json(folder / trainer.BEST_FILE, {"epoch": 2, "kid": 1.0, "feature_space": "x"})
@@ -530,7 +531,7 @@ def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):
         app = page("gan").run()
         assert app.radio(key="gan_checkpoint").format_func("best") == (
             f"best epoch (2, lowest {label} KID against the training images)")
-    app.radio(key="gan_checkpoint").set_value("last").run()
+    app.radio(key="gan_checkpoint").set_value("best").run()
     assert not app.exception, app.exception
     (folder / trainer.BEST_FILE).write_text("[]")
     app = page("gan").run()

@@ -370,19 +370,20 @@ def test_conditional_run_samples_the_chosen_genre(tiny_dataset_dir, isolated_art
         trainer.sample(run, 2, seed=0, genre="abstract")
 
 
-def test_the_best_epoch_by_own_kid_is_kept_and_sampled_by_default(tiny_dataset_dir, isolated_artifacts, capsys):
+def test_the_best_epoch_by_own_kid_is_kept_and_sampled_on_request(tiny_dataset_dir, isolated_artifacts, capsys):
     """_keep_if_best saves the EMA generator and best.json only when an epoch's KID (run's own space; here the
-    "heldout" rule, which reads `kid`) is the lowest so far; sampling uses that generator by default and the last
-    one on request; a run without one samples its last generator; a damaged best.json and an unknown checkpoint
-    are refused by name."""
+    "heldout" rule, which reads `kid`) is the lowest so far; sampling uses the last generator by default (since
+    stop 62) and that one on request; a run without one samples its last generator for "best" too; a damaged
+    best.json and an unknown checkpoint are refused by name."""
+    assert trainer.DEFAULT_CHECKPOINT == "last"
     from functools import partial
     config = run_config(tiny_dataset_dir)
     run = store.create_run("gan", config.to_dict(), classes=[config.genre])
     gan = networks.make_gan(trainer._ModelShape(config, 1))
     trainer.save_generator(gan, run)
     assert trainer.read_best(run) is None
-    assert trainer.generator_path(run) == trainer.generator_path(run, "last") == run.path / trainer.GENERATOR_FILE
-    last_only = trainer.sample(run, n=2, seed=3)
+    assert trainer.generator_path(run, "best") == trainer.generator_path(run) == run.path / trainer.GENERATOR_FILE
+    last_only = trainer.sample(run, n=2, seed=3, checkpoint="best")
     keep_if_best = trainer._keep_if_best
     trainer_keep = partial(keep_if_best, best_by="heldout")
     assert trainer_keep(gan, run, 1, {"kid": 5.0, "feature_space": "s", "kid_fixed": 0.5}) is True
@@ -392,13 +393,15 @@ def test_the_best_epoch_by_own_kid_is_kept_and_sampled_by_default(tiny_dataset_d
     assert trainer_keep(gan, run, 3, {}) is False  # not measured
     trainer.save_generator(gan, run)  # the last epoch's generator
     assert trainer.read_best(run)["epoch"] == 1 and trainer.read_best(run)["kid"] == 5.0
-    assert trainer.generator_path(run) == run.path / trainer.BEST_GENERATOR_FILE
-    best, last = trainer.sample(run, n=2, seed=3), trainer.sample(run, n=2, seed=3, checkpoint="last")
+    assert trainer.generator_path(run, "best") == run.path / trainer.BEST_GENERATOR_FILE
+    assert trainer.generator_path(run) == run.path / trainer.GENERATOR_FILE
+    best, last = trainer.sample(run, n=2, seed=3, checkpoint="best"), trainer.sample(run, n=2, seed=3)
     np.testing.assert_array_equal(best, last_only)  # epoch 1's generator, as saved then
     assert not np.array_equal(best, last)
+    np.testing.assert_array_equal(last, trainer.sample(run, n=2, seed=3, checkpoint="last"))
     assert trainer_keep(gan, run, 4, {"kid": 3.0, "feature_space": "s"}) is True
     assert trainer.read_best(run)["epoch"] == 4
-    np.testing.assert_array_equal(trainer.sample(run, n=2, seed=3), last)
+    np.testing.assert_array_equal(trainer.sample(run, n=2, seed=3, checkpoint="best"), last)
     out = run.path / "last.png"
     assert cli.main(["gan", "sample", run.id, "--n", "2", "--checkpoint", "last", "--out", str(out)]) == 0
     assert out.exists()
