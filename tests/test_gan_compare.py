@@ -32,7 +32,7 @@ def test_compare_runs_reports_last_and_best_kid_and_the_settings_that_differ(two
     # write_gan_run's history: kid_fixed 0.50 -> 0.12, recognised 0.30 -> 0.55, diversity 0.60 -> 0.90.
     assert (row["genres"], row["size"], row["seed"], row["epochs"]) == ("landscape", 16, 0, 3)
     assert (row["kid_fixed"], row["best_kid_fixed"], row["best_epoch"]) == pytest.approx((0.12, 0.12, 3))
-    assert (row["sampled_kid_fixed"], row["sampled_epoch"]) == pytest.approx((0.12, 3))  # no best.json: the last
+    assert (row["kept_kid_fixed"], row["kept_epoch"]) == pytest.approx((0.12, 3))  # no best.json: the last
     assert row["late_climb"] == 0.0  # it fell at every epoch
     assert row["late_mean"] == pytest.approx(0.12)  # the last third of 3 epochs is the last one
     assert (row["recognised"], row["recognised_real"], row["diversity"]) == pytest.approx((0.55, 0.70, 0.90))
@@ -42,17 +42,17 @@ def test_compare_runs_reports_last_and_best_kid_and_the_settings_that_differ(two
     assert "run folder /no/such/run does not exist" in table.iloc[2]["problems"]
 
 
-def test_the_sampled_epoch_is_best_jsons_and_a_damaged_record_is_named(two_runs):
-    """sampled_kid_fixed is the fixed-space KID of the epoch gan sample draws by default: best.json's epoch (here
+def test_the_kept_epoch_is_best_jsons_and_a_damaged_record_is_named(two_runs):
+    """kept_kid_fixed is the fixed-space KID of the epoch the run kept as its best: best.json's epoch (here
     epoch 2, whose kid_fixed is 0.31), not the run's lowest; a damaged best.json falls back to the last epoch and
     is named in problems without hiding the run."""
     first, second = two_runs
     fileio.atomic_write_json(first / "best.json", {"epoch": 2, "kid": 1.0, "best_by": "train", "score": 0.5})
     (second / "best.json").write_text("[]")
     table = compare.compare_runs([first, second])
-    assert (table.iloc[0]["sampled_kid_fixed"], table.iloc[0]["sampled_epoch"]) == pytest.approx((0.31, 2))
+    assert (table.iloc[0]["kept_kid_fixed"], table.iloc[0]["kept_epoch"]) == pytest.approx((0.31, 2))
     assert table.iloc[0]["best_kid_fixed"] == pytest.approx(0.12) and table.iloc[0]["problems"] == ""
-    assert (table.iloc[1]["sampled_kid_fixed"], table.iloc[1]["sampled_epoch"]) == pytest.approx((0.12, 3))
+    assert (table.iloc[1]["kept_kid_fixed"], table.iloc[1]["kept_epoch"]) == pytest.approx((0.12, 3))
     assert "best.json is not a best-epoch record" in table.iloc[1]["problems"]
 
 
@@ -106,7 +106,7 @@ def test_gan_compare_cli_prints_each_run_and_the_epoch_table(two_runs, capsys):
                      "--csv", str(first.parent / "comparison.csv")]) == 0
     out = capsys.readouterr().out
     assert f"{first.name}: landscape at 16 px on demo, seed 0; 3 epochs in – min" in out
-    assert ("  KID (fixed space) last 0.120, lowest 0.120 at epoch 3, sampled (gan sample's epoch, 3) 0.120; over "
+    assert ("  KID (fixed space) last 0.120, lowest 0.120 at epoch 3, kept (best.json's epoch, 3) 0.120; over "
             "the last third mean 0.120, rose 0.000; "
             "recognised 55% (real 70%); diversity 0.90") in out
     assert "  differs: batch_size=32" in out and "| 3 | 0.120 / 55% | 0.120 / 55% |" in out

@@ -394,8 +394,8 @@ def _comparison_block(row: dict) -> str:
     lines = [f"{row['run']}: {row['genres']} at {number('size', '{:.0f}')} px on {row['data']}, seed "
              f"{number('seed', '{:.0f}')}; {number('epochs', '{:.0f}')} epochs in {number('minutes', '{:.1f}')} min",
              f"  KID (fixed space) last {number('kid_fixed')}, lowest {number('best_kid_fixed')} at epoch "
-             f"{number('best_epoch', '{:.0f}')}, sampled (gan sample's epoch, "
-             f"{number('sampled_epoch', '{:.0f}')}) {number('sampled_kid_fixed')}; over the last third mean "
+             f"{number('best_epoch', '{:.0f}')}, kept (best.json's epoch, "
+             f"{number('kept_epoch', '{:.0f}')}) {number('kept_kid_fixed')}; over the last third mean "
              f"{number('late_mean')}, rose "
              f"{number('late_climb')}; recognised "
              f"{number('recognised', '{:.0%}')} (real {number('recognised_real', '{:.0%}')}); diversity "

@@ -20,7 +20,7 @@ from genre_core.gan import trainer
 from genre_core.runs import store
 
 COMPARISON_COLUMNS = ("run", "found", "genres", "data", "size", "seed", "epochs", "minutes", "kid_fixed",
-                      "best_kid_fixed", "best_epoch", "sampled_kid_fixed", "sampled_epoch", "late_mean", "late_climb",
+                      "best_kid_fixed", "best_epoch", "kept_kid_fixed", "kept_epoch", "late_mean", "late_climb",
                       "recognised", "recognised_real", "diversity", "stripes", "differs", "problems")
 CURVE_METRICS = ("kid_fixed", "kid_fixed_block3", "kid_fixed_block4", "kid_fixed_block5", "recognised",
                  "recognised_real", "diversity", "stripes", "kid_fixed_train", "kid", "kid_train", "d_loss", "g_loss",
@@ -71,9 +71,10 @@ def _genres(config: dict, classes: list[str] | None) -> str:
     return str(config.get("genre") or ", ".join(config.get("genres") or []) or "")
 
 
-def _sampled(folder, history: pd.DataFrame, problems: list[str]) -> tuple[float, float]:
-    """The fixed-space KID and the epoch of the generator `gan sample` draws by default: best.json's epoch (chosen
-    by the run's best_by rule), else the last epoch; a damaged best.json is noted in `problems`."""
+def _kept(folder, history: pd.DataFrame, problems: list[str]) -> tuple[float, float]:
+    """The fixed-space KID and the epoch of the generator the run kept as its best (generator_best.keras, what
+    `gan sample --checkpoint best` draws): best.json's epoch (chosen by the run's best_by rule), else the last
+    epoch; a damaged best.json is noted in `problems`."""
     epoch = None
     try:
         best = trainer.read_best(folder)
@@ -112,7 +113,7 @@ def _row(files: store.RunFiles) -> tuple[dict[str, Any], dict]:
         row["best_kid_fixed"], row["best_epoch"] = float(kid[best]), int(history["epoch"].iloc[best])
     else:
         row["best_kid_fixed"], row["best_epoch"] = np.nan, np.nan
-    row["sampled_kid_fixed"], row["sampled_epoch"] = _sampled(files.path, history, problems)
+    row["kept_kid_fixed"], row["kept_epoch"] = _kept(files.path, history, problems)
     row["late_mean"] = late_mean(kid)
     row["late_climb"] = late_climb(kid)
     row["problems"] = "; ".join(dict.fromkeys(problems))
@@ -125,8 +126,8 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
 
     `kid_fixed`, `recognised`, `recognised_real`, `diversity` and `stripes` are the last measured epoch's;
     `best_kid_fixed` and `best_epoch` the lowest KID over the run (which no rule could know to pick);
-    `sampled_kid_fixed` and `sampled_epoch` that of the epoch `gan sample` draws by default (best.json's, else the
-    last); `late_mean` the mean KID and `late_climb` how
+    `kept_kid_fixed` and `kept_epoch` that of the epoch the run kept as its best (best.json's, else the last; what
+    `gan sample --checkpoint best` draws, while by default it draws the last); `late_mean` the mean KID and `late_climb` how
     much it rose over the run's last third (the functions `late_mean` and `late_climb`). `differs` lists, as
     key=value, the settings of this run's config.json that are not the same in every compared run (the data,
     genres, size and seed have columns)."""
@@ -147,8 +148,8 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
     for row, config in zip(rows, configs):
         row["differs"] = ", ".join(f"{key}={config.get(key, '–')}" for key in varying) if config else ""
     frame = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
-    for column in ("epochs", "minutes", "kid_fixed", "best_kid_fixed", "best_epoch", "sampled_kid_fixed",
-                   "sampled_epoch", "late_mean", "late_climb",
+    for column in ("epochs", "minutes", "kid_fixed", "best_kid_fixed", "best_epoch", "kept_kid_fixed",
+                   "kept_epoch", "late_mean", "late_climb",
                    "recognised", "recognised_real", "diversity", "stripes"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
