@@ -451,8 +451,8 @@ def test_the_best_epoch_is_chosen_by_kid_against_the_training_images_by_default(
     assert trainer.read_best(run)["epoch"] == 4
     # A record written by the held-out rule (or before best_by, which has neither field), or by stop 61's own-space
     # "train" (no score_of), chose by another number and is not compared with.
-    for older, score_of in (({"epoch": 4, "kid": 0.1}, "kid"),
-                            ({"epoch": 4, "kid": 0.1, "best_by": "train", "score": 0.1, "kid_train": 0.1}, "kid_train")):
+    stop_61 = {"epoch": 4, "kid": 0.1, "best_by": "train", "score": 0.1, "kid_train": 0.1}
+    for older, score_of in (({"epoch": 4, "kid": 0.1}, "kid"), (stop_61, "kid_train")):
         fileio.atomic_write_json(run.path / trainer.BEST_FILE, older)
         assert trainer.read_best(run)["score_of"] == score_of
         assert trainer._keep_if_best(gan, run, 5, {"kid": 9.0, "kid_fixed_train": 8.0}) is True

@@ -127,10 +127,10 @@ def compare_runs(runs: Iterable[Any]) -> pd.DataFrame:
     `kid_fixed`, `recognised`, `recognised_real`, `diversity` and `stripes` are the last measured epoch's;
     `best_kid_fixed` and `best_epoch` the lowest KID over the run (which no rule could know to pick);
     `kept_kid_fixed` and `kept_epoch` that of the epoch the run kept as its best (best.json's, else the last; what
-    `gan sample --checkpoint best` draws, while by default it draws the last); `late_mean` the mean KID and `late_climb` how
-    much it rose over the run's last third (the functions `late_mean` and `late_climb`). `differs` lists, as
-    key=value, the settings of this run's config.json that are not the same in every compared run (the data,
-    genres, size and seed have columns)."""
+    `gan sample --checkpoint best` draws, while by default it draws the last); `late_mean` the mean KID and
+    `late_climb` how much it rose over the run's last third (the functions `late_mean` and `late_climb`). `differs`
+    lists, as key=value, the settings of this run's config.json that are not the same in every compared run (the
+    data, genres, size and seed have columns)."""
     rows, configs = [], []
     for run in runs:
         try:

@@ -763,12 +763,12 @@ def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=Non
     run on seven new seeds (256 samples an epoch): 0.122 against 0.141, lower on 5, higher on 1 (0.164 over a
     last epoch of 0.142), so sampling draws the last epoch unless told (DEFAULT_CHECKPOINT).
 
-    Before stop 61 the rule was "heldout" only; stop 61's "train" read the own-space `kid_train`. Simulated on the 17 default runs of stops 56-60 (each epoch's
-    36-image grid against 256 training images), "train" picked epochs whose fixed-space KID averaged 0.085
-    against 0.093 at the last epoch (lower on 10, higher on 3); on six new runs (stop 61, 256 samples) 0.075
-    against 0.068, one pick at 0.171 over a last epoch of 0.093 (the own space is unscaled, so each real sample's
-    quirks move its curve); pooled, 0.083 against 0.087. docs/gan-measurements.md, "A best epoch chosen without the
-    held-out images". Earlier measurements of the "heldout" rule:
+    Before stop 61 the rule was "heldout" only; stop 61's "train" read the own-space `kid_train`. Simulated on the
+    17 default runs of stops 56-60 (each epoch's 36-image grid against 256 training images), "train" picked epochs
+    whose fixed-space KID averaged 0.085 against 0.093 at the last epoch (lower on 10, higher on 3); on six new runs
+    (stop 61, 256 samples) 0.075 against 0.068, one pick at 0.171 over a last epoch of 0.093 (the own space is
+    unscaled, so each real sample's quirks move its curve); pooled, 0.083 against 0.087. docs/gan-measurements.md,
+    "A best epoch chosen without the held-out images". Earlier measurements of the "heldout" rule:
 
     Issue 13's kit runs (two-block generator, five seeds) ended 0.007-0.092 above the fixed-space KID of the
     epoch that this rule picks, and never below it: KID often rises over the last epochs while the learning
