@@ -673,6 +673,59 @@ def test_sampled_generator_better_keeps_whichever_of_ema_and_trained_measures_lo
         trainer.GanConfig(sampled_generator="latest").validate()
 
 
+def test_a_rise_of_the_training_image_kid_rolls_the_whole_state_back_to_the_best_epoch(tiny_dataset_dir,
+                                                                                      isolated_artifacts, monkeypatch,
+                                                                                      capsys):
+    """With `rollback`, an epoch whose kid_fixed_train is above rollback_threshold of the lowest so far restores
+    the training state kept at that epoch (networks, EMA, optimizers; not the random seed), once per allowed
+    rollback and never at the last epoch; history.csv says where it went back to and the checkpoint counts it."""
+    assert trainer.rollback_threshold(0.2, 1.4) == pytest.approx(0.28)
+    assert trainer.rollback_threshold(0.05, 1.4) == pytest.approx(0.08)  # at least ROLLBACK_MARGIN above
+    assert trainer.rollback_threshold(-0.01, 1.4) == pytest.approx(0.02)
+    assert trainer.GanConfig().rollback == 0.0
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("rollback", 0.0, "--rollback", 1.4)
+    for bad, message in (({"rollback": 1.0}, "rollback must be above 1"),
+                         ({"rollback": 1.4, "best_by": "heldout"}, "needs best_by"),
+                         ({"rollback": 1.4, "rollback_limit": 0}, "rollback_limit must be at least 1")):
+        with pytest.raises(ValueError, match=message):
+            trainer.GanConfig(kid_samples=8, **bad).validate()
+    real_measure, real_save = trainer.measure, trainer.save_checkpoint
+    # Epoch 4 rises past 0.28 (1.4 x epoch 3's 0.2): back to epoch 3. Epoch 5 rises again, but the one rollback
+    # allowed is spent; epoch 6 is the last.
+    train_kids = iter([0.5, 0.3, 0.2, 0.5, 0.6, 0.9])
+    measured, saved = [], []
+
+    def measure(generator, *args, **kwargs):
+        measured.append([w.copy() for w in generator.get_weights()])
+        return {**real_measure(generator, *args, **kwargs), "kid_fixed_train": next(train_kids)}
+
+    def save_checkpoint(gan, run, epoch, extra=None):
+        saved.append((extra["rollbacks"], [w.copy() for w in gan.ema_generator.get_weights()],
+                      [v.numpy().copy() for v in gan.generator_optimizer.variables],
+                      gan.seed_generator.state.numpy().copy()))
+        return real_save(gan, run, epoch, extra)
+
+    monkeypatch.setattr(trainer, "measure", measure)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_checkpoint)
+    config = run_config(tiny_dataset_dir, epochs=6, kid_samples=6, kid_image_size=32, rollback=1.4,
+                        rollback_limit=1)
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+    trainer.execute(run)
+    history = run.history()
+    assert history["rolled_back_to"].fillna(0).astype(int).tolist() == [0, 0, 0, 3, 0, 0]
+    assert [count for count, *_ in saved] == [0, 0, 0, 1, 1, 1]
+    # After epoch 4's end the state is epoch 3's: its EMA generator (as measured) and its optimizer moments; the
+    # random seed went on.
+    for weight, value in zip(saved[3][1], measured[2], strict=True):
+        np.testing.assert_array_equal(weight, value)
+    for weight, value in zip(saved[3][2], saved[2][2], strict=True):
+        np.testing.assert_array_equal(weight, value)
+    assert not np.array_equal(saved[3][3], saved[2][3])
+    assert not all(np.array_equal(w, v) for w, v in zip(saved[4][1], measured[2]))  # epoch 5 trained on from it
+    assert trainer.read_best(run)["epoch"] == 3
+    assert "rolled back to epoch 3 (kid_fixed_train 0.5000 > 0.2800; 1 of 1)" in capsys.readouterr().out
+
+
 def test_the_discriminator_learns_at_its_scale_and_floor_of_the_generators_bent_schedule(tiny_dataset_dir,
                                                                                        isolated_artifacts):
     # With the schedule's power at 2 and a floor for D's rate, so that one tiny run shows the trainer using all three.

@@ -84,6 +84,13 @@ def register(subparsers) -> None:
                        help="the share of the run by which the generator's layout stages (its 16-px map and what "
                             "feeds it) stop learning; their rate falls as the rest's does, but to 0 there, so that "
                             "the composition settles while the detail is still drawn (0.1..1; default 0: off)")
+    train.add_argument("--rollback", type=float, default=None, metavar="RATIO",
+                       help="after a measured epoch whose fixed-space KID against the training sample "
+                            "(kid_fixed_train) is above RATIO times the lowest so far (and 0.03 above it), restore "
+                            "the whole training state kept at that epoch and go on (from epoch 3, never the last; "
+                            "no held-out image is read); 0: never (default 0)")
+    train.add_argument("--rollback-limit", type=int, default=None, metavar="N",
+                       help=f"at most N rollbacks in a run (default {trainer.GanConfig.rollback_limit})")
     train.add_argument("--beta-1", type=float, default=None, help="Adam beta_1 of both networks (default 0)")
     train.add_argument("--generator-padding", default=None, choices=GENERATOR_PADDINGS,
                        help="how the projected generator's 3x3 convolutions pad (default reflect; zeros paints "
@@ -313,6 +320,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("discriminator_lr_scale", args.discriminator_lr_scale),
                                            ("discriminator_lr_floor", args.discriminator_lr_floor),
                                            ("layout_freeze", args.layout_freeze),
+                                           ("rollback", args.rollback), ("rollback_limit", args.rollback_limit),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),
                                            ("spectrum_penalty", args.spectrum_penalty),
                                            ("spectrum_penalty_kind", args.spectrum_penalty_kind),

@@ -963,6 +963,12 @@ def _gan_class():
                 + (list(self.reconstruction_decoder.weights) if self.reconstruction else [])
             )
 
+        def rollback_variables(self):
+            """What a rollback restores (GanConfig.rollback): `state_variables` without the random seed states, so
+            that the steps after it draw other augmentations and noise than the ones that led away."""
+            seeds = {id(variable) for variable in [self.seed_generator.state, *self._noise_states()]}
+            return [variable for variable in self.state_variables() if id(variable) not in seeds]
+
         def _running_spectrum(self) -> bool:
             """Whether training keeps a running mean of the generated power spectrum (the "bins" penalty)."""
             return bool(self.spectrum_penalty) and self.spectrum_penalty_kind == "bins"

@@ -9,7 +9,7 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
 | `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`); with `sampled_generator` "better", whichever of it and the trained generator had the lower KID by the `best_by` rule |
 | `generator_best.keras`, `best.json` | that generator at the epoch with the lowest fixed-space KID against a seeded sample of the training images (`best_by` "train", `kid_fixed_train`; stop 61's runs chose by the own-space `kid_train`; "heldout": the own-space KID against the held-out images, as runs before stop 61), and that epoch's numbers (`best_by`, `score`: the number chosen by, `score_of`: its history column; `generator`: "ema" or "trained") |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, margin_patches, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `best_by` "train", also `kid_train, kid_fixed_train`; with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with a whole-picture head, also `margin_global`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`) |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, margin_patches, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `best_by` "train", also `kid_train, kid_fixed_train`; with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with a whole-picture head, also `margin_global`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`; with `rollback`, also `rolled_back_to`: the epoch whose training state this epoch's end restored, else empty) |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
@@ -83,6 +83,11 @@ BEST_BY = ("train", "heldout")
 SCORE_OF = {"train": "kid_fixed_train", "heldout": "kid"}
 # The training images `kid_train` and `kid_fixed_train` compare with: a sample seeded by the run's seed + 7.
 TRAIN_SAMPLE_SEED_OFFSET = 7
+# A rollback (GanConfig.rollback) is considered from this epoch on (the first two fall fast from noise), and only
+# for a rise of more than ROLLBACK_MARGIN above the lowest KID so far (at 256 samples, KIDs near 0.05 differ by
+# about 0.02 from one batch to the next).
+ROLLBACK_FROM = 3
+ROLLBACK_MARGIN = 0.03
 # The mode-seeking weight of a conditional run that does not set one. 1.0 (MSGAN's) until issue 13's kit runs:
 # on four kit genres it pushed every genre's diversity above the real images' and left 9% of samples
 # recognised; 0.1 reached the real diversity with a lower KID
@@ -192,6 +197,13 @@ class GanConfig:
     # but to 0 here instead of at the end, so that the composition settles while the detail is still drawn.
     # 0: off, they learn to the end like the rest.
     layout_freeze: float = 0.0
+    # Roll back: after a measured epoch (from ROLLBACK_FROM on, never the last), when the fixed-space KID against the
+    # training sample (`kid_fixed_train`, what best_by "train" chooses by; no held-out image) is above
+    # `rollback_threshold` of the lowest so far, the whole training state kept at that epoch (networks, EMA,
+    # optimizers, augmentation probability; not the random seeds) is restored and the run goes on at the rate the
+    # clock gives, at most `rollback_limit` times: a layout that jumped away mid-run is not kept. 0: never.
+    rollback: float = 0.0
+    rollback_limit: int = 2
     beta_1: float = 0.0
     ema_decay: float = 0.995
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
@@ -287,6 +299,14 @@ class GanConfig:
             raise ValueError(f"layout_freeze needs the projected architecture's generator and images larger than "
                              f"{networks.LAYOUT_SIZE} px (its layout stages end at {networks.LAYOUT_SIZE} px), got "
                              f"{self.architecture!r} at {self.image_size} px")
+        if self.rollback and not float(self.rollback) > 1.0:
+            raise ValueError(f"rollback must be above 1 (how many times its lowest the training-image KID may rise "
+                             f"to before the run goes back; 0: never), got {self.rollback}")
+        if self.rollback and (self.best_by != "train" or not self.kid_samples):
+            raise ValueError("rollback reads the fixed-space KID against the training images, so it needs best_by "
+                             "\"train\" and kid_samples above 0")
+        if int(self.rollback_limit) < 1:
+            raise ValueError(f"rollback_limit must be at least 1, got {self.rollback_limit}")
         if self.layout_freeze and not (self.time_budget_minutes or self.epochs):
             raise ValueError("layout_freeze follows the run's share done, so it needs epochs or a time budget")
         if int(self.global_head_size) not in networks.GLOBAL_HEAD_SIZES:
@@ -816,6 +836,12 @@ def _generate(generator, noise: np.ndarray, labels: np.ndarray | None, batch_siz
     return np.concatenate(outputs)
 
 
+def rollback_threshold(lowest: float, ratio: float) -> float:
+    """The training-image KID above which a run with `rollback` goes back to the epoch of its lowest: `ratio` times
+    that lowest, and at least ROLLBACK_MARGIN above it."""
+    return max(ratio * lowest, lowest + ROLLBACK_MARGIN)
+
+
 def _epoch_callback_class():
     """Define the Keras callback that writes samples, quality, history and checkpoints (Keras imported here)."""
     import keras
@@ -824,7 +850,7 @@ def _epoch_callback_class():
         """Per batch: progress and cancel. Per epoch: EMA recalibration, grid, quality, history, checkpoint."""
 
         def __init__(self, run, config, classes, steps_per_epoch, progress, reference, start_time,
-                     previous_seconds, clock=time.monotonic):
+                     previous_seconds, clock=time.monotonic, rollbacks: int = 0):
             super().__init__()
             self.run = run
             self.config = config
@@ -846,6 +872,10 @@ def _epoch_callback_class():
             # Which generator the grids, numbers and saved files are ("ema" or "trained"): with sampled_generator
             # "better", the one with the lower KID at the last measured epoch.
             self.chosen = "ema"
+            # With `rollback`: (epoch, kid_fixed_train, the values of gan.rollback_variables()) at the best epoch
+            # so far (in memory: after a resume, none until the next best), and the rollbacks made (resumes included).
+            self.kept_state = None
+            self.rollbacks = rollbacks
             self.epoch_clock_start = clock()
             self.epoch_start = time.monotonic()
             self.epoch_cpu_start = time.process_time()
@@ -932,6 +962,28 @@ def _epoch_callback_class():
             judged = recognise(generator, self.kid_noise, self.kid_labels, self.reference, self.classes)
             return {**with_recognition(kept, judged), **both}
 
+        def _roll_back_if_risen(self, gan, number: int, measured: dict, kept: bool, last: bool) -> int | None:
+            """With `rollback`: keep the training state in memory when this epoch is the new best (`kept`), or
+            restore the kept one when this epoch's `kid_fixed_train` rose above `rollback_threshold` of it (from
+            ROLLBACK_FROM on, never at the last epoch, at most `rollback_limit` times); the epoch gone back to, else
+            None."""
+            config = self.config
+            score = selection_kid(measured, config.best_by) if config.rollback else None
+            if score is None:
+                return None
+            if kept:
+                values = [np.array(variable.numpy()) for variable in gan.rollback_variables()]
+                self.kept_state = (number, score, values)
+                return None
+            if (last or self.kept_state is None or number < ROLLBACK_FROM or self.rollbacks >= config.rollback_limit
+                    or score <= rollback_threshold(self.kept_state[1], config.rollback)):
+                return None
+            epoch, _, values = self.kept_state
+            for variable, value in zip(gan.rollback_variables(), values):
+                variable.assign(value)
+            self.rollbacks += 1
+            return epoch
+
         def on_epoch_end(self, epoch, logs=None):
             if self.cancelled:
                 return
@@ -962,6 +1014,9 @@ def _epoch_callback_class():
             if config.conditional:
                 columns = len(self.classes) * max(1, columns // len(self.classes))
             write_png(grid(samples, columns), self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
+            save_generator(gan, self.run, generator=chosen)
+            kept = _keep_if_best(gan, self.run, number, measured, chosen, config.best_by)
+            rolled_back_to = self._roll_back_if_risen(gan, number, measured, kept, last)
             seconds = time.monotonic() - self.epoch_start
             budget_seconds = self.clock() - self.epoch_clock_start
             elapsed = self._elapsed()
@@ -1000,15 +1055,18 @@ def _epoch_callback_class():
                 **({"global_head_share": round(gan.global_head_share(), 4)} if config.global_head_end else {}),
                 **({"reconstruction_loss": float(logs["reconstruction_loss"])}
                    if "reconstruction_loss" in logs else {}),
+                **({"rolled_back_to": rolled_back_to} if config.rollback else {}),
                 "elapsed_seconds": round(elapsed, 2),  # since the start, on the budget's clock
             }
             self.run.append_history(row)
             tensorboard_log.log_gan_epoch(self.run, row, self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
-            save_generator(gan, self.run, generator=chosen)
-            _keep_if_best(gan, self.run, number, measured, chosen, config.best_by)
-            save_checkpoint(gan, self.run, number, {"elapsed_seconds": round(elapsed, 2)})
+            save_checkpoint(gan, self.run, number, {"elapsed_seconds": round(elapsed, 2), "rollbacks": self.rollbacks})
             self.end_seconds = max(self.end_seconds or 0.0, 1.15 * (self.clock() - end_start))
             text = _quality_text(measured)
+            if rolled_back_to is not None:
+                threshold = rollback_threshold(self.kept_state[1], config.rollback)
+                text += (f"; rolled back to epoch {rolled_back_to} (kid_fixed_train {measured['kid_fixed_train']:.4f}"
+                         f" > {threshold:.4f}; {self.rollbacks} of {config.rollback_limit})")
             total = self._planned_total(number, budget_seconds, elapsed, budget_ends)
             print(f"epoch {number}/{total}: d_loss {row['d_loss']:.3f} g_loss {row['g_loss']:.3f} "
                   f"aug_p {row['aug_p']:.2f} "
@@ -1312,7 +1370,7 @@ def _execute(run, progress) -> None:
     dataset = make_training_dataset(images, labels, config.batch_size, config.horizontal_flip,
                                     config.seed + initial_epoch)
     callback = _epoch_callback_class()(run, config, classes, steps_per_epoch, progress, reference, start_time,
-                                       previous_seconds, clock)
+                                       previous_seconds, clock, rollbacks=int((info or {}).get("rollbacks", 0)))
     progress({"stage": "epoch", "done": initial_epoch, "total": config.epochs or initial_epoch + 1})
     try:
         gan.fit(dataset, epochs=config.planned_epochs, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
