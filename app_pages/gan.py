@@ -99,6 +99,12 @@ with fixed_left:
                        f"{shares['global_head_share'].iloc[0]:.0%} of its loss at epoch {int(shares['epoch'].iloc[0])} "
                        f"and {shares['global_head_share'].iloc[-1]:.0%} at epoch {int(shares['epoch'].iloc[-1])} "
                        "(global_head_end: its share rises over the run)")
+        if "rolled_back_to" in history.columns and history["rolled_back_to"].notna().any():
+            rollbacks = history.dropna(subset=["rolled_back_to"])
+            st.caption("This run rolled back (rollback: the KID against the training images rose too far above "
+                       "its lowest, so the whole training state went back to that epoch's): "
+                       + "; ".join(f"after epoch {int(row.epoch)} to epoch {int(row.rolled_back_to)}"
+                                   for row in rollbacks.itertuples()))
         if "kid_fixed_trained" in history.columns and history["kid_fixed_trained"].notna().any():
             chosen = history["generator"].dropna()
             st.caption("This run keeps the better generator at every epoch (sampled_generator \"better\"): the "

@@ -503,6 +503,28 @@ def test_gan_page_says_how_the_whole_picture_heads_share_rose(isolated_artifacts
     assert any("carried 30% of its loss at epoch 1 and 50% at epoch 3" in item.value for item in app.caption)
 
 
+def test_gan_page_says_where_a_run_rolled_back(isolated_artifacts):
+    """A run with `rollback` gets one caption naming each epoch that went back and where to; a run without, none."""
+    import pandas as pd
+
+    from app_support.testing import write_gan_run
+    from genre_core.util.fileio import atomic_write_csv
+
+    folder = write_gan_run("20260101-000000-landscape-gan1", epochs=3, image_size=16)
+    history = pd.read_csv(folder / "history.csv")
+    history["rolled_back_to"] = [None, None, None]
+    atomic_write_csv(folder / "history.csv", history)
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert not any("rolled back" in item.value for item in app.caption)
+    history["rolled_back_to"] = [None, 1, None]
+    atomic_write_csv(folder / "history.csv", history)
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert any("rolled back" in item.value and item.value.endswith("after epoch 2 to epoch 1")
+               for item in app.caption)
+
+
 def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):
     import shutil
 
