@@ -2093,6 +2093,83 @@ def test_spectrum_penalty_counts_only_excess_fine_detail_and_trains_only_the_gen
     assert logs[id(with_penalty)]["spectrum_loss"] > 0 and "spectrum_loss" not in logs[id(without)]
 
 
+def test_layout_term_compares_where_the_colour_masses_lie_and_trains_only_the_generator():
+    """The layout term (`Gan._layout_mmd_loss`, `networks.mmd_squared` of `networks.thumbnails`): two draws of
+    one kind of picture score about 0, pictures with the sky below the land far more; the pool holds the training
+    images' 8-px thumbnails (mirrored ones too when asked); images of the wrong size and training without a target
+    are refused by name. One train step with the term changes the generator differently from one without, from
+    the same weights and seed, and leaves the discriminator's step as it was; the step reports the term."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+
+    def landscapes(count, flipped=False):  # blue sky over green land, the horizon somewhere in the middle
+        images = np.empty((count, 32, 32, 3), np.float32)
+        for image, horizon in zip(images, rng.integers(10, 22, count), strict=True):
+            image[:horizon] = (-0.6, -0.2, 0.8)
+            image[horizon:] = (-0.4, 0.5, -0.5)
+        images += rng.normal(0, 0.1, images.shape).astype(np.float32)
+        return images[:, ::-1] if flipped else images
+
+    assert tuple(networks.thumbnails(tf.constant(landscapes(3))).shape) == (3, 8 * 8 * 3)
+    first, second, upside_down = landscapes(64), landscapes(64), landscapes(64, flipped=True)
+    same = float(networks.mmd_squared(networks.thumbnails(first), networks.thumbnails(second)))
+    other = float(networks.mmd_squared(networks.thumbnails(first), networks.thumbnails(upside_down)))
+    assert abs(same) < 0.03 and other > 0.3 and other > 10 * abs(same)
+    config = tiny_model_config(image_size=32)
+    config.config.layout_mmd = 1.0
+    model = networks.make_gan(config)
+    assert model.layout_mmd == 1.0 and networks.make_gan(tiny_model_config(image_size=32)).layout_mmd == 0
+    model.set_layout_target((np.clip(first, -1, 1) * 127.5 + 127.5).astype(np.uint8), seed=1)
+    pool = model.layout_reals.numpy()
+    assert pool.shape == (networks.LAYOUT_MMD_POOL, 8 * 8 * 3)
+    sky = pool.reshape(-1, 8, 8, 3)[:, 0, :, 2].mean()
+    assert sky > 0.6  # the top row is the sky's blue in every drawn thumbnail
+    assert float(model._layout_mmd_loss(tf.constant(second))) < 0.02
+    assert float(model._layout_mmd_loss(tf.constant(upside_down))) > 0.3
+    mirrored = np.zeros((2, 32, 32, 3), np.float32)
+    mirrored[:, :, :16] = 1.0  # white on the left
+    model.set_layout_target(mirrored, mirrored=True, seed=1)
+    left = model.layout_reals.numpy().reshape(-1, 8, 8, 3)[:, :, 0, 0].mean(axis=1)
+    assert 0.3 < (left > 0).mean() < 0.7  # about half of them mirrored: white on the right
+    unset = eager(networks.make_gan(config))
+    with pytest.raises(ValueError, match="the layout term needs its target"):
+        unset.train_on_batch(first[:8], np.zeros(8, np.int32))
+    with pytest.raises(ValueError, match=r"layout target: expected images of shape \(N, 32, 32, 3\)"):
+        model.set_layout_target(np.zeros((4, 16, 16, 3), np.uint8))
+
+    without = networks.make_gan(tiny_model_config(image_size=32))
+    with_term = networks.make_gan(config)
+    with_term.set_weights(without.get_weights())
+    with_term.set_layout_target(first)
+    with_term.layout_mmd = 100.0  # a large weight, so that its share of the gradient is plain
+    control = networks.make_gan(tiny_model_config(image_size=32))
+    control.set_weights(without.get_weights())
+    logs = {}
+    for gan in eager(without, with_term, control):
+        gan.seed_generator.state.assign([7, 0])
+        logs[id(gan)] = gan.train_on_batch(first[:8], np.zeros(8, np.int32), return_dict=True)
+    assert same_weights(without.generator, control.generator)
+    assert not same_weights(without.generator, with_term.generator)
+    assert same_weights(without.discriminator, with_term.discriminator)
+    assert logs[id(with_term)]["layout_mmd"] > 0 and "layout_mmd" not in logs[id(without)]
+    assert trainer.GanConfig().layout_mmd == 0.0
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("layout_mmd", 0.0, "--layout-mmd", 0.3)
+    with pytest.raises(ValueError, match="layout_mmd must be 0"):
+        trainer.GanConfig(layout_mmd=-1).validate()
+
+
+def test_a_run_with_the_layout_term_fills_its_pool_from_the_training_images_and_reports_it(tiny_dataset_dir,
+                                                                                           isolated_artifacts):
+    config = run_config(tiny_dataset_dir, epochs=1, layout_mmd=0.5)
+    images = trainer.load_training_images(config)[0]
+    gan = trainer.build_gan(config, 1, images)
+    assert gan.layout_target_set and not trainer.build_gan(run_config(tiny_dataset_dir), 1, images).layout_target_set
+    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+    trainer.execute(run)
+    assert run.history()["layout_mmd"].notna().all()
+
+
 def test_spectrum_penalty_bins_finds_a_narrow_weave_that_blocks_average_away():
     """The "bins" kind judges each frequency bin by a running mean of the generated batches: a faint diagonal
     weave at one frequency (10.7 px along each axis, the kind left on the kit's penalised runs) that "level"'s

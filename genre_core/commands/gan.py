@@ -84,6 +84,11 @@ def register(subparsers) -> None:
                        help="the share of the run by which the generator's layout stages (its 16-px map and what "
                             "feeds it) stop learning; their rate falls as the rest's does, but to 0 there, so that "
                             "the composition settles while the detail is still drawn (0.1..1; default 0: off)")
+    train.add_argument("--layout-mmd", type=float, default=None, metavar="W",
+                       help="weight of a generator term that compares where the colour masses lie: MMD² between "
+                            "the generated batch and training images drawn at random, both averaged down to 8 px "
+                            "(generative moment matching); a target that does not move as the discriminator does "
+                            "(default 0: off)")
     train.add_argument("--rollback", type=float, default=None, metavar="RATIO",
                        help="after a measured epoch whose fixed-space KID against the training sample "
                             "(kid_fixed_train) is above RATIO times the lowest so far (and 0.03 above it), restore "
@@ -320,6 +325,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("discriminator_lr_scale", args.discriminator_lr_scale),
                                            ("discriminator_lr_floor", args.discriminator_lr_floor),
                                            ("layout_freeze", args.layout_freeze),
+                                           ("layout_mmd", args.layout_mmd),
                                            ("rollback", args.rollback), ("rollback_limit", args.rollback_limit),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),
                                            ("spectrum_penalty", args.spectrum_penalty),

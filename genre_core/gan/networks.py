@@ -122,7 +122,16 @@ SPECTRUM_PENALTY_KINDS = ("level", "direction", "bins")
 # The "bins" kind's running mean of the generated power spectrum: each generator step adds its batch with this
 # share left to the old mean (about 50 steps, one epoch of the kit's landscapes, of memory; zero-debiased).
 SPECTRUM_RUNNING_DECAY = 0.98
-SPECTRUM_EPSILON = 1e-8  # added to the power before its log (a flat image has none)
+SPECTRUM_EPSILON = 1e-8
+# The layout term (GanConfig.layout_mmd): the generated batch and LAYOUT_MMD_REALS training images drawn from a pool
+# of LAYOUT_MMD_POOL, all averaged down to LAYOUT_MMD_SIZE px, compared by MMD² (generative moment matching, Li et
+# al. 2015) with a sum of Gaussian kernels on the mean squared difference per value, exp(-d / s) at these scales (two
+# 8-px thumbnails of unrelated landscapes differ by about 0.3 per value). A target that does not move, unlike the
+# discriminator: where the colour masses of a landscape lie, sky above land.
+LAYOUT_MMD_SIZE = 8
+LAYOUT_MMD_SCALES = (0.05, 0.2, 0.8)
+LAYOUT_MMD_REALS = 256
+LAYOUT_MMD_POOL = 2048  # added to the power before its log (a flat image has none)
 # The size at which the projected discriminator's whole-picture head sees the image (composition, not texture),
 # by default, and the sizes `--global-head-size` allows (a smaller image is seen at its own size). At 32 px a tree
 # is a few pixels; at 64 the head (and the reconstruction term's decoder) see shapes, not only where the colours are.
@@ -695,6 +704,38 @@ def _debiased_moving_average(average, count, value, decay: float):
     return average, count, average / (1.0 - decay ** count)
 
 
+def thumbnails(images, size: int = LAYOUT_MMD_SIZE):
+    """(N, S, S, 3) images -> (N, size * size * 3) float32 rows: each image averaged down to size x size."""
+    import tensorflow as tf
+
+    images = tf.cast(images, "float32")
+    factor = int(images.shape[1]) // size
+    pooled = tf.nn.avg_pool2d(images, factor, factor, "VALID") if factor > 1 else images
+    return tf.reshape(pooled, (tf.shape(images)[0], -1))
+
+
+def mmd_squared(x, y, scales=LAYOUT_MMD_SCALES):
+    """Unbiased MMD² between the rows of x and of y (at least 2 each) with the kernel sum over `scales` of
+    exp(-mean squared difference per value / scale)."""
+    import tensorflow as tf
+
+    x, y = tf.cast(x, "float32"), tf.cast(y, "float32")
+    width = tf.cast(tf.shape(x)[1], "float32")
+
+    def kernel(a, b):
+        distance = (tf.reduce_sum(a * a, 1)[:, None] + tf.reduce_sum(b * b, 1)[None, :]
+                    - 2.0 * tf.matmul(a, b, transpose_b=True)) / width
+        distance = tf.maximum(distance, 0.0)
+        return tf.add_n([tf.exp(-distance / scale) for scale in scales])
+
+    def within(a):
+        n = tf.cast(tf.shape(a)[0], "float32")
+        values = kernel(a, a)
+        return (tf.reduce_sum(values) - tf.linalg.trace(values)) / (n * (n - 1.0))
+
+    return within(x) + within(y) - 2.0 * tf.reduce_mean(kernel(x, y))
+
+
 def slerp(start, end, fractions):
     """Spherical interpolation between two latent vectors at the given fractions -> (len(fractions), dim)."""
     import numpy as np
@@ -794,6 +835,7 @@ def make_gan(config):
         reconstruction=float(getattr(config, "discriminator_reconstruction", 0.0)),
         reconstruction_decoder=reconstruction_decoder,
         layout_freeze=bool(getattr(config, "layout_freeze", 0.0)),
+        layout_mmd=float(getattr(config, "layout_mmd", 0.0)),
         seed=config.seed,
     )
     gan.compile(
@@ -820,7 +862,7 @@ def _gan_class():
                      augment_policy=AUGMENT_POLICIES, lecam=0.0, r1=0.0, spectrum_penalty=0.0,
                      spectrum_penalty_kind="level", spectrum_penalty_period=SPECTRUM_PENALTY_PERIOD,
                      pseudo_augment=False, global_head_schedule=False, reconstruction=0.0,
-                     reconstruction_decoder=None, layout_freeze=False, **kwargs):
+                     reconstruction_decoder=None, layout_freeze=False, layout_mmd=0.0, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
@@ -914,6 +956,13 @@ def _gan_class():
             self.layout_positions = [index for index, variable in enumerate(generator.trainable_variables)
                                      if id(variable) in layout]
             self.layout_rate_scale = keras.Variable(1.0, trainable=False, name="layout_rate_scale")
+            # The layout term's weight and its pool of training-image thumbnails (set by `set_layout_target` before
+            # training; not training state: the trainer sets it again from the training images on resume).
+            self.layout_mmd = float(layout_mmd)
+            self.layout_reals = keras.Variable(
+                tf.zeros((LAYOUT_MMD_POOL, LAYOUT_MMD_SIZE * LAYOUT_MMD_SIZE * 3)),
+                trainable=False, name="layout_reals")
+            self.layout_target_set = False
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
@@ -926,6 +975,7 @@ def _gan_class():
             self.real_accuracy_tracker = keras.metrics.Mean(name="real_accuracy")
             self.spectrum_loss_tracker = keras.metrics.Mean(name="spectrum_loss")
             self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
+            self.layout_mmd_tracker = keras.metrics.Mean(name="layout_mmd")
             # How far apart the discriminator's step puts real and generated images (mean logit, real minus
             # generated, as D saw them: augmented, before its update), for the patch heads and for the
             # whole-picture head alone: a head whose margin stays near 0 no longer tells them apart.
@@ -942,7 +992,8 @@ def _gan_class():
         @property
         def metrics(self):
             return [self.d_loss_tracker, self.g_loss_tracker, self.real_accuracy_tracker, self.spectrum_loss_tracker,
-                    self.reconstruction_loss_tracker, self.patch_margin_tracker, self.global_margin_tracker]
+                    self.reconstruction_loss_tracker, self.patch_margin_tracker, self.global_margin_tracker,
+                    self.layout_mmd_tracker]
 
         def discriminator_variables(self):
             """What the discriminator's optimizer trains: D's trainable variables, and the reconstruction
@@ -1172,6 +1223,33 @@ def _gan_class():
             pushed = tf.reduce_sum(2.0 * over * power / mean * band) / count
             return value + pushed - tf.stop_gradient(pushed)
 
+        def set_layout_target(self, images, mirrored: bool = False, seed: int = 0, batch_size: int = 256):
+            """Fill the layout term's pool from the run's training images (uint8 or floats in [-1, 1]): their
+            LAYOUT_MMD_SIZE-px thumbnails, LAYOUT_MMD_POOL of them drawn with a seeded generator (each mirrored
+            left to right with probability 1/2 when `mirrored`, as random horizontal flips show them)."""
+            images = np.asarray(images)
+            size = int(self.generator.output.shape[1])
+            if images.ndim != 4 or images.shape[1:] != (size, size, 3) or not len(images):
+                raise ValueError(f"layout target: expected images of shape (N, {size}, {size}, 3), got "
+                                 f"{images.shape}")
+            rows = []
+            for start in range(0, len(images), batch_size):
+                batch = images[start:start + batch_size]
+                if batch.dtype == np.uint8:
+                    batch = batch.astype("float32") / 127.5 - 1.0
+                rows.append(np.stack([thumbnails(batch).numpy(), thumbnails(batch[:, :, ::-1]).numpy()], 1))
+            rows = np.concatenate(rows)  # (N, 2, values): each image as itself and mirrored
+            generator = np.random.default_rng(seed)
+            chosen = generator.integers(0, len(rows), LAYOUT_MMD_POOL)
+            mirror = generator.random(LAYOUT_MMD_POOL) < 0.5 if mirrored else np.zeros(LAYOUT_MMD_POOL, bool)
+            self.layout_reals.assign(rows[chosen, mirror.astype(int)])
+            self.layout_target_set = True
+
+        def _layout_mmd_loss(self, images):
+            """MMD² between the generated batch's thumbnails and LAYOUT_MMD_REALS drawn from the pool."""
+            picked = keras.random.randint((LAYOUT_MMD_REALS,), 0, LAYOUT_MMD_POOL, seed=self.seed_generator)
+            return mmd_squared(thumbnails(images), tf.gather(self.layout_reals, picked))
+
         def _mode_seeking_loss(self, noise, images):
             """MSGAN's term: 1 / (image distance / latent distance) over the pairs (i, i + half)."""
             half = tf.shape(images)[0] // 2
@@ -1234,6 +1312,12 @@ def _gan_class():
                                          "images) before training")
                     spectrum_loss = self._spectrum_loss(fake_images)
                     total_g_loss = total_g_loss + self.spectrum_penalty * spectrum_loss
+                if self.layout_mmd:
+                    if not self.layout_target_set:  # checked while the step is traced
+                        raise ValueError("the layout term needs its target: call set_layout_target(training images) "
+                                         "before training")
+                    layout_mmd = self._layout_mmd_loss(fake_images)
+                    total_g_loss = total_g_loss + self.layout_mmd * layout_mmd
             gradients = tape.gradient(total_g_loss, self.generator.trainable_variables)
             layout = self.layout_variables
             before = [tf.identity(variable) for variable in layout]
@@ -1275,6 +1359,8 @@ def _gan_class():
                 self.spectrum_loss_tracker.update_state(spectrum_loss)
             if self.reconstruction:
                 self.reconstruction_loss_tracker.update_state(reconstruction_loss)
+            if self.layout_mmd:
+                self.layout_mmd_tracker.update_state(layout_mmd)
             return {
                 "d_loss": self.d_loss_tracker.result(),
                 "g_loss": self.g_loss_tracker.result(),
@@ -1283,6 +1369,7 @@ def _gan_class():
                 **({"apa_p": self.pseudo_probability.value} if self.pseudo_augment else {}),
                 **({"spectrum_loss": self.spectrum_loss_tracker.result()} if self.spectrum_penalty else {}),
                 **({"reconstruction_loss": self.reconstruction_loss_tracker.result()} if self.reconstruction else {}),
+                **({"layout_mmd": self.layout_mmd_tracker.result()} if self.layout_mmd else {}),
                 "margin_patches": self.patch_margin_tracker.result(),
                 **({"margin_global": self.global_margin_tracker.result()} if self.global_columns else {}),
             }

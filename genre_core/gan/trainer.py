@@ -9,7 +9,7 @@ A GAN run is a folder under `artifacts/gan_runs/<id>/` (see docs/architecture.md
 | `samples/epoch_0001.png` | a grid from a fixed latent batch after every epoch |
 | `generator.keras` | the EMA generator of the last epoch (loads with `safe_mode=True`); with `sampled_generator` "better", whichever of it and the trained generator had the lower KID by the `best_by` rule |
 | `generator_best.keras`, `best.json` | that generator at the epoch with the lowest fixed-space KID against a seeded sample of the training images (`best_by` "train", `kid_fixed_train`; stop 61's runs chose by the own-space `kid_train`; "heldout": the own-space KID against the held-out images, as runs before stop 61), and that epoch's numbers (`best_by`, `score`: the number chosen by, `score_of`: its history column; `generator`: "ema" or "trained") |
-| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, margin_patches, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `best_by` "train", also `kid_train, kid_fixed_train`; with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with a whole-picture head, also `margin_global`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`; with `rollback`, also `rolled_back_to`: the epoch whose training state this epoch's end restored, else empty) |
+| `history.csv` | `epoch, d_loss, g_loss, kid, kid_std, aug_p, apa_p, learning_rate, steps, seconds, cpu_seconds, real_accuracy, margin_patches, feature_space, kid_fixed, kid_fixed_std, kid_fixed_block3, kid_fixed_block4, kid_fixed_block5, recognised, recognised_real, diversity, stripes, generator, spectrum_loss, elapsed_seconds` (with `best_by` "train", also `kid_train, kid_fixed_train`; with `sampled_generator` "better", also `kid_fixed_ema, kid_fixed_trained`; with a whole-picture head, also `margin_global`; with `global_head_end`, also `global_head_share`; with `discriminator_reconstruction`, also `reconstruction_loss`; with `layout_mmd`, also `layout_mmd`: the layout term's mean over the epoch; with `rollback`, also `rolled_back_to`: the epoch whose training state this epoch's end restored, else empty) |
 | `quality.json` | per-epoch quality records, each naming its feature space, and the latest one |
 | `checkpoint/` | `state.npz` (G, D, EMA weights, both optimizers, seed and augmentation state) + `state.json` |
 
@@ -204,6 +204,10 @@ class GanConfig:
     # clock gives, at most `rollback_limit` times: a layout that jumped away mid-run is not kept. 0: never.
     rollback: float = 0.0
     rollback_limit: int = 2
+    # Weight of the generator's layout term (networks.Gan._layout_mmd_loss): MMD² between the generated batch and
+    # training images drawn at random, both averaged down to 8 px, so that where the colour masses lie follows the
+    # training images rather than whatever the discriminator happens to reward mid-run. 0: off.
+    layout_mmd: float = 0.0
     beta_1: float = 0.0
     ema_decay: float = 0.995
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
@@ -305,6 +309,10 @@ class GanConfig:
         if self.rollback and (self.best_by != "train" or not self.kid_samples):
             raise ValueError("rollback reads the fixed-space KID against the training images, so it needs best_by "
                              "\"train\" and kid_samples above 0")
+        if float(self.layout_mmd) < 0:
+            raise ValueError(f"layout_mmd must be 0 (off) or above, got {self.layout_mmd}")
+        if self.layout_mmd and self.image_size < networks.LAYOUT_MMD_SIZE:
+            raise ValueError(f"layout_mmd needs images of at least {networks.LAYOUT_MMD_SIZE} px")
         if int(self.rollback_limit) < 1:
             raise ValueError(f"rollback_limit must be at least 1, got {self.rollback_limit}")
         if self.layout_freeze and not (self.time_budget_minutes or self.epochs):
@@ -578,6 +586,8 @@ def build_gan(config: GanConfig, num_classes: int, images):
     gan = networks.make_gan(_ModelShape(config, num_classes))
     if config.spectrum_penalty_weight:
         gan.set_spectrum_target(images, mirrored=config.horizontal_flip)
+    if config.layout_mmd:
+        gan.set_layout_target(images, mirrored=config.horizontal_flip, seed=config.seed)
     return gan
 
 
@@ -1056,6 +1066,7 @@ def _epoch_callback_class():
                 **({"reconstruction_loss": float(logs["reconstruction_loss"])}
                    if "reconstruction_loss" in logs else {}),
                 **({"rolled_back_to": rolled_back_to} if config.rollback else {}),
+                **({"layout_mmd": float(logs["layout_mmd"])} if "layout_mmd" in logs else {}),
                 "elapsed_seconds": round(elapsed, 2),  # since the start, on the budget's clock
             }
             self.run.append_history(row)
@@ -1073,6 +1084,7 @@ def _epoch_callback_class():
                   + (f"apa_p {row['apa_p']:.2f} " if row["apa_p"] is not None else "")
                   + (f"spectrum_loss {row['spectrum_loss']:.3f} " if row["spectrum_loss"] is not None else "")
                   + (f"reconstruction_loss {row['reconstruction_loss']:.3f} " if "reconstruction_loss" in row else "")
+                  + (f"layout_mmd {row['layout_mmd']:.4f} " if "layout_mmd" in row else "")
                   + f"{text} ({seconds:.0f} s, {elapsed / 60:.1f} min in all)", flush=True)
             self.progress({"stage": "epoch", "done": number, "total": total,
                            "message": f"epoch {number}/{total}, {text}"})
