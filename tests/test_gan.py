@@ -36,6 +36,16 @@ def eager(*gans):
     return gans[0] if len(gans) == 1 else gans
 
 
+def one_step_each(images, *gans) -> list[dict]:
+    """One eager train step of each GAN on the same images (label 0) from the same seed state (so that GANs built
+    with the same weights differ only by what their configs switch on); their logs, in order."""
+    logs = []
+    for gan in (eager(*gans) if len(gans) > 1 else [eager(*gans)]):
+        gan.seed_generator.state.assign([7, 0])
+        logs.append(gan.train_on_batch(images, np.zeros(len(images), np.int32), return_dict=True))
+    return logs
+
+
 def same_weights(a, b) -> bool:
     """Whether two models' trainable weights are equal (to 1e-6): did one train step leave them alike?"""
     return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in zip(a.trainable_weights, b.trainable_weights))
@@ -1072,18 +1082,19 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
 
 
 def test_one_projected_train_step_with_every_optional_term_on():
-    """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, a slower discriminator,
-    the whole-picture head on trunk features and its reconstruction term all on at once: it builds, changes both
-    networks and the EMA, and reports every term's metric. The tests of each term's arithmetic step eagerly
-    (`eager`)."""
+    """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, the layout term, a slower
+    discriminator, the whole-picture head on trunk features and its reconstruction term all on at once: it builds,
+    changes both networks and the EMA, and reports every term's metric. The tests of each term's arithmetic step
+    eagerly (`eager`, `one_step_each`)."""
     config = tiny_model_config(image_size=32)
     config.config.r1, config.config.pseudo_augment, config.config.spectrum_penalty = 1.0, True, 1.0
     config.config.discriminator_lr_scale, config.config.global_head_input = 0.5, "features"
-    config.config.discriminator_reconstruction = 1.0
+    config.config.discriminator_reconstruction, config.config.layout_mmd = 1.0, 1.0
     model = networks.make_gan(config)
     assert not model.run_eagerly and (model.lecam, model.r1, model.pseudo_augment) == (0.3, 1.0, True)
     images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
     model.set_spectrum_target(images)
+    model.set_layout_target(images)
     model.pseudo_probability.assign(0.5)
     watched = (model.generator.get_layer("conv32").weights[0], model.discriminator.get_layer("head_global_dense_sn"
                                                                                             ).trainable_weights[0],
@@ -1093,7 +1104,7 @@ def test_one_projected_train_step_with_every_optional_term_on():
     for name, old, new in zip(("generator", "whole-picture head", "ema generator"), before, [w.numpy() for w in watched]):
         assert not np.allclose(old, new), f"{name} weights did not change"
     assert {"d_loss", "g_loss", "spectrum_loss", "apa_p", "reconstruction_loss", "margin_patches",
-            "margin_global"} <= set(logs)
+            "margin_global", "layout_mmd"} <= set(logs)
     assert all(np.isfinite(float(value)) for value in logs.values())
     assert float(model.discriminator_optimizer.learning_rate) == pytest.approx(
         0.5 * float(model.generator_optimizer.learning_rate))
@@ -1245,11 +1256,8 @@ def test_lecam_term_follows_the_papers_formula_trains_and_is_checkpointed_only_w
     with_term.lecam = 10.0  # a large weight, so that its share of the gradient is plain
     control = networks.make_gan(off)  # the same step without the term: the same weights
     control.set_weights(without.get_weights())
-    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
-    labels = np.zeros(8, np.int32)
-    for gan in eager(without, with_term, control):
-        gan.seed_generator.state.assign([7, 0])
-        gan.train_on_batch(images, labels)
+    one_step_each(np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
+                  without, with_term, control)
 
     assert same_weights(without.discriminator, control.discriminator)
     assert not same_weights(without.discriminator, with_term.discriminator)
@@ -1310,10 +1318,7 @@ def test_discriminator_reconstruction_redraws_real_pictures_from_the_whole_pictu
 
     decoder_before = [w.numpy().copy() for w in with_term.reconstruction_decoder.trainable_weights]
     batch = np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
-    logs = []
-    for gan in eager(without, with_term, control):
-        gan.seed_generator.state.assign([7, 0])
-        logs.append(gan.train_on_batch(batch, np.zeros(8, np.int32), return_dict=True))
+    logs = one_step_each(batch, without, with_term, control)
     assert ["reconstruction_loss" in step for step in logs] == [False, True, False]
     assert same_weights(without.discriminator, control.discriminator)
     head = "head_global_conv1_sn"
@@ -1565,9 +1570,7 @@ def test_layout_freeze_slows_only_the_generators_layout_stages_and_stops_them_at
     frozen.layout_rate_scale.assign(0.0)
     start = [variable.numpy().copy() for variable in without.generator.trainable_variables]
     batch = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
-    for gan in eager(without, half, frozen):
-        gan.seed_generator.state.assign([7, 0])
-        gan.train_on_batch(batch, np.zeros(8, np.int32))
+    one_step_each(batch, without, half, frozen)
     assert same_weights(without.discriminator, half.discriminator)
     layout_paths = {variable.path for variable in half.layout_variables}
     moved_layout = 0
@@ -1633,9 +1636,7 @@ def test_r1_penalty_is_the_per_logit_squared_gradient_on_real_images_and_changes
     for gan in (with_term, control):
         gan.set_weights(without.get_weights())
     batch = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
-    for gan in eager(without, with_term, control):
-        gan.seed_generator.state.assign([7, 0])
-        gan.train_on_batch(batch, np.zeros(8, np.int32))
+    one_step_each(batch, without, with_term, control)
 
     assert same_weights(without.discriminator, control.discriminator)
     assert not same_weights(without.discriminator, with_term.discriminator)
@@ -2082,15 +2083,12 @@ def test_spectrum_penalty_counts_only_excess_fine_detail_and_trains_only_the_gen
     with_penalty.spectrum_penalty = 100.0  # a large weight, so that its share of the gradient is plain
     control = networks.make_gan(tiny_model_config(image_size=32))
     control.set_weights(without.get_weights())
-    logs = {}
-    for gan in eager(without, with_penalty, control):
-        gan.seed_generator.state.assign([7, 0])
-        logs[id(gan)] = gan.train_on_batch(real[:8], np.zeros(8, np.int32), return_dict=True)
+    logs = one_step_each(real[:8], without, with_penalty, control)
 
     assert same_weights(without.generator, control.generator)
     assert not same_weights(without.generator, with_penalty.generator)
     assert same_weights(without.discriminator, with_penalty.discriminator)
-    assert logs[id(with_penalty)]["spectrum_loss"] > 0 and "spectrum_loss" not in logs[id(without)]
+    assert logs[1]["spectrum_loss"] > 0 and "spectrum_loss" not in logs[0]
 
 
 def test_layout_term_compares_where_the_colour_masses_lie_and_trains_only_the_generator():
@@ -2145,14 +2143,11 @@ def test_layout_term_compares_where_the_colour_masses_lie_and_trains_only_the_ge
     with_term.layout_mmd = 100.0  # a large weight, so that its share of the gradient is plain
     control = networks.make_gan(tiny_model_config(image_size=32))
     control.set_weights(without.get_weights())
-    logs = {}
-    for gan in eager(without, with_term, control):
-        gan.seed_generator.state.assign([7, 0])
-        logs[id(gan)] = gan.train_on_batch(first[:8], np.zeros(8, np.int32), return_dict=True)
+    logs = one_step_each(first[:8], without, with_term, control)
     assert same_weights(without.generator, control.generator)
     assert not same_weights(without.generator, with_term.generator)
     assert same_weights(without.discriminator, with_term.discriminator)
-    assert logs[id(with_term)]["layout_mmd"] > 0 and "layout_mmd" not in logs[id(without)]
+    assert logs[1]["layout_mmd"] > 0 and "layout_mmd" not in logs[0]
     assert trainer.GanConfig().layout_mmd == 0.0
     assert_read_as_off_in_older_runs_and_passed_by_the_cli("layout_mmd", 0.0, "--layout-mmd", 0.3)
     with pytest.raises(ValueError, match="layout_mmd must be 0"):
