@@ -122,7 +122,7 @@ SPECTRUM_PENALTY_KINDS = ("level", "direction", "bins")
 # The "bins" kind's running mean of the generated power spectrum: each generator step adds its batch with this
 # share left to the old mean (about 50 steps, one epoch of the kit's landscapes, of memory; zero-debiased).
 SPECTRUM_RUNNING_DECAY = 0.98
-SPECTRUM_EPSILON = 1e-8
+SPECTRUM_EPSILON = 1e-8  # added to the power before its log (a flat image has none)
 # The layout term (GanConfig.layout_mmd): the generated batch and LAYOUT_MMD_REALS training images drawn from a pool
 # of LAYOUT_MMD_POOL, all averaged down to LAYOUT_MMD_SIZE px, compared by MMD² (generative moment matching, Li et
 # al. 2015) with a sum of Gaussian kernels on the mean squared difference per value, exp(-d / s) at these scales (two
@@ -131,7 +131,7 @@ SPECTRUM_EPSILON = 1e-8
 LAYOUT_MMD_SIZE = 8
 LAYOUT_MMD_SCALES = (0.05, 0.2, 0.8)
 LAYOUT_MMD_REALS = 256
-LAYOUT_MMD_POOL = 2048  # added to the power before its log (a flat image has none)
+LAYOUT_MMD_POOL = 2048
 # The size at which the projected discriminator's whole-picture head sees the image (composition, not texture),
 # by default, and the sizes `--global-head-size` allows (a smaller image is seen at its own size). At 32 px a tree
 # is a few pixels; at 64 the head (and the reconstruction term's decoder) see shapes, not only where the colours are.

@@ -1024,12 +1024,13 @@ def _epoch_callback_class():
             if config.conditional:
                 columns = len(self.classes) * max(1, columns // len(self.classes))
             write_png(grid(samples, columns), self.run.path / SAMPLES_DIR / f"epoch_{number:04d}.png")
-            save_generator(gan, self.run, generator=chosen)
-            kept = _keep_if_best(gan, self.run, number, measured, chosen, config.best_by)
-            rolled_back_to = self._roll_back_if_risen(gan, number, measured, kept, last)
             seconds = time.monotonic() - self.epoch_start
             budget_seconds = self.clock() - self.epoch_clock_start
             elapsed = self._elapsed()
+            save_generator(gan, self.run, generator=chosen)
+            kept = _keep_if_best(gan, self.run, number, measured, chosen, config.best_by)
+            # After the generators are saved: a rollback restores the state kept at the best epoch.
+            rolled_back_to = self._roll_back_if_risen(gan, number, measured, kept, last)
             row = {
                 "epoch": number,
                 "d_loss": float(logs.get("d_loss", np.nan)),
