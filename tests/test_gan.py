@@ -2152,6 +2152,8 @@ def test_layout_term_compares_where_the_colour_masses_lie_and_trains_only_the_ge
     assert_read_as_off_in_older_runs_and_passed_by_the_cli("layout_mmd", 0.0, "--layout-mmd", 0.3)
     with pytest.raises(ValueError, match="layout_mmd must be 0"):
         trainer.GanConfig(layout_mmd=-1).validate()
+    with pytest.raises(ValueError, match="so it is for unconditional runs"):
+        trainer.GanConfig(layout_mmd=0.3, conditional=True, genre=None, genres=["landscape", "portrait"]).validate()
 
 
 def test_a_run_with_the_layout_term_fills_its_pool_from_the_training_images_and_reports_it(tiny_dataset_dir,

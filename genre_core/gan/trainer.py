@@ -311,6 +311,9 @@ class GanConfig:
                              "\"train\" and kid_samples above 0")
         if float(self.layout_mmd) < 0:
             raise ValueError(f"layout_mmd must be 0 (off) or above, got {self.layout_mmd}")
+        if self.layout_mmd and self.conditional:
+            raise ValueError("layout_mmd compares the samples with all the training images alike, not genre by genre, "
+                             "so it is for unconditional runs")
         if self.layout_mmd and self.image_size < networks.LAYOUT_MMD_SIZE:
             raise ValueError(f"layout_mmd needs images of at least {networks.LAYOUT_MMD_SIZE} px")
         if int(self.rollback_limit) < 1:
