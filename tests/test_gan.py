@@ -46,6 +46,22 @@ def one_step_each(images, *gans) -> list[dict]:
     return logs
 
 
+def assert_a_generator_term_steps(config, prepare, images, metric: str) -> None:
+    """A generator-only term (on in `config`; `prepare` sets its target and a large weight on the model, so that
+    its share of the gradient is plain): one step with it changes the generator differently from one without, from
+    the same weights and seed, leaves the discriminator's step as it was, and reports `metric` (above 0)."""
+    plain = tiny_model_config(image_size=int(config.image_size))
+    without, with_term, control = networks.make_gan(plain), networks.make_gan(config), networks.make_gan(plain)
+    for gan in (with_term, control):
+        gan.set_weights(without.get_weights())
+    prepare(with_term)
+    logs = one_step_each(images, without, with_term, control)
+    assert same_weights(without.generator, control.generator)
+    assert not same_weights(without.generator, with_term.generator)
+    assert same_weights(without.discriminator, with_term.discriminator)
+    assert logs[1][metric] > 0 and metric not in logs[0]
+
+
 def same_weights(a, b) -> bool:
     """Whether two models' trainable weights are equal (to 1e-6): did one train step leave them alike?"""
     return all(np.allclose(x.numpy(), y.numpy(), atol=1e-6) for x, y in zip(a.trainable_weights, b.trainable_weights))
@@ -2076,19 +2092,11 @@ def test_spectrum_penalty_counts_only_excess_fine_detail_and_trains_only_the_gen
     model.spectrum_penalty_kind = "level"
     assert float(model._spectrum_loss(tf.constant(faint))) == 0.0
 
-    without = networks.make_gan(tiny_model_config(image_size=32))
-    with_penalty = networks.make_gan(config)
-    with_penalty.set_weights(without.get_weights())
-    with_penalty.set_spectrum_target(real)
-    with_penalty.spectrum_penalty = 100.0  # a large weight, so that its share of the gradient is plain
-    control = networks.make_gan(tiny_model_config(image_size=32))
-    control.set_weights(without.get_weights())
-    logs = one_step_each(real[:8], without, with_penalty, control)
+    def prepare(gan):
+        gan.set_spectrum_target(real)
+        gan.spectrum_penalty = 100.0
 
-    assert same_weights(without.generator, control.generator)
-    assert not same_weights(without.generator, with_penalty.generator)
-    assert same_weights(without.discriminator, with_penalty.discriminator)
-    assert logs[1]["spectrum_loss"] > 0 and "spectrum_loss" not in logs[0]
+    assert_a_generator_term_steps(config, prepare, real[:8], "spectrum_loss")
 
 
 def test_layout_term_compares_where_the_colour_masses_lie_and_trains_only_the_generator():
@@ -2136,18 +2144,11 @@ def test_layout_term_compares_where_the_colour_masses_lie_and_trains_only_the_ge
     with pytest.raises(ValueError, match=r"layout target: expected images of shape \(N, 32, 32, 3\)"):
         model.set_layout_target(np.zeros((4, 16, 16, 3), np.uint8))
 
-    without = networks.make_gan(tiny_model_config(image_size=32))
-    with_term = networks.make_gan(config)
-    with_term.set_weights(without.get_weights())
-    with_term.set_layout_target(first)
-    with_term.layout_mmd = 100.0  # a large weight, so that its share of the gradient is plain
-    control = networks.make_gan(tiny_model_config(image_size=32))
-    control.set_weights(without.get_weights())
-    logs = one_step_each(first[:8], without, with_term, control)
-    assert same_weights(without.generator, control.generator)
-    assert not same_weights(without.generator, with_term.generator)
-    assert same_weights(without.discriminator, with_term.discriminator)
-    assert logs[1]["layout_mmd"] > 0 and "layout_mmd" not in logs[0]
+    def prepare(gan):
+        gan.set_layout_target(first)
+        gan.layout_mmd = 100.0
+
+    assert_a_generator_term_steps(config, prepare, first[:8], "layout_mmd")
     assert trainer.GanConfig().layout_mmd == 0.0
     assert_read_as_off_in_older_runs_and_passed_by_the_cli("layout_mmd", 0.0, "--layout-mmd", 0.3)
     with pytest.raises(ValueError, match="layout_mmd must be 0"):
