@@ -1237,8 +1237,10 @@ def _gan_class():
                 batch = images[start:start + batch_size]
                 if batch.dtype == np.uint8:
                     batch = batch.astype("float32") / 127.5 - 1.0
-                rows.append(np.stack([thumbnails(batch).numpy(), thumbnails(batch[:, :, ::-1]).numpy()], 1))
-            rows = np.concatenate(rows)  # (N, 2, values): each image as itself and mirrored
+                rows.append(thumbnails(batch).numpy())
+            # A mirrored image's thumbnail is the thumbnail mirrored (the averaging blocks tile the image exactly).
+            square = np.concatenate(rows).reshape(len(images), LAYOUT_MMD_SIZE, LAYOUT_MMD_SIZE, 3)
+            rows = np.stack([square, square[:, :, ::-1]], 1).reshape(len(images), 2, -1)  # itself, mirrored
             generator = np.random.default_rng(seed)
             chosen = generator.integers(0, len(rows), LAYOUT_MMD_POOL)
             mirror = generator.random(LAYOUT_MMD_POOL) < 0.5 if mirrored else np.zeros(LAYOUT_MMD_POOL, bool)
