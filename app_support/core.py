@@ -18,7 +18,7 @@ import streamlit as st
 from app_support import shared
 from genre_core.data import demo, images, sources
 from genre_core.evaluation import bundle, classify, evaluate
-from genre_core.gan import trainer
+from genre_core.gan import score, trainer
 from genre_core.runs import store
 from genre_core.util import paths
 
@@ -269,6 +269,14 @@ def gan_quality_by_genre(run_dir: str | os.PathLike) -> pd.DataFrame:
     measured epoch. A corrupt quality.json stops the page with one line naming it."""
     rows = call(trainer.quality_by_genre, run_dir, failure="Cannot read the run's quality")
     return pd.DataFrame(rows, columns=list(trainer.QUALITY_BY_GENRE_COLUMNS))
+
+
+def gan_scores(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """The GAN run's kept scores (`gan score`: fixed-space KID against real images it never trained on), one row
+    per score and genre (score.SCORE_COLUMNS); empty when it has none. A damaged scores.json stops the page with
+    one line naming it."""
+    rows = call(score.read_scores, run_dir, failure="Cannot read the run's scores")
+    return pd.DataFrame(rows, columns=list(score.SCORE_COLUMNS))
 
 
 def gan_picture(run_dir: str, what: str, count: int, seed: int, genre: str | None = None, seed_b: int = 1,

@@ -525,6 +525,28 @@ def test_gan_page_says_where_a_run_rolled_back(isolated_artifacts):
                for item in app.caption)
 
 
+def test_gan_page_lists_the_runs_kept_scores(isolated_artifacts):
+    """A run scored again (`gan score`) shows each score in a table; a run without scores shows none."""
+    from app_support.testing import write_gan_run
+    from genre_core.gan import score
+    from genre_core.util.fileio import atomic_write_json
+
+    folder = write_gan_run("20260101-000000-landscape-gan1", epochs=3, image_size=16)
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert not any("Scored again" in item.value for item in app.caption)
+    atomic_write_json(folder / score.SCORES_FILE, {"scores": [
+        {"reference": "/data/full", "what": "images of /data/full not in demo", "left_out": 3, "checkpoint": "last",
+         "samples": 1024, "seed": 0, "kid": 0.042, "scored": "2026-12-07T02:00:00+00:00",
+         "per_genre": {"landscape": {"kid": 0.042, "kid_std": 0.004, "n_real": 2692, "n_generated": 1024}}}]})
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert any("Scored again" in item.value for item in app.caption)
+    table = next(frame.value for frame in app.dataframe if "reference" in frame.value.columns)
+    assert table.iloc[0]["reference"] == "/data/full" and table.iloc[0]["n_real"] == 2692
+    assert table.iloc[0]["kid"] == 0.042
+
+
 def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):
     import shutil
 

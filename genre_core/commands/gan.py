@@ -255,6 +255,19 @@ def register(subparsers) -> None:
     compare.add_argument("--csv", default=None, help="also write the comparison table to this CSV file")
     compare.set_defaults(func=cmd_compare)
 
+    score = commands.add_parser("score", help="score finished GAN runs again in the fixed space against real images "
+                                              "they never trained on: their held-out split or another dataset's")
+    score.add_argument("runs", nargs="+", metavar="RUN", help="GAN run ids or folders")
+    score.add_argument("--reference", default=None, metavar="DATA",
+                       help="a dataset whose images of the run's genre(s) are the real set, less every file "
+                            "byte-identical to one of the run's own dataset (e.g. the full kit for runs on the "
+                            "small kit); default: the run's own held-out images")
+    score.add_argument("--samples", type=int, default=1024, help="generated images per genre (default 1024)")
+    score.add_argument("--seed", type=int, default=0, help="seed of the latents and of the KID subsets")
+    score.add_argument("--checkpoint", default=trainer.DEFAULT_CHECKPOINT, choices=trainer.CHECKPOINTS,
+                       help=f"best or last, as for sample (default {trainer.DEFAULT_CHECKPOINT})")
+    score.set_defaults(func=cmd_score)
+
 
 def _augment_choice(value: str) -> str | float:
     """--augment's value: "adaptive", or a probability in 0..1."""
@@ -395,6 +408,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
         names = [name for name, found in zip(args.names or args.runs, table["found"]) if found]
         print(compare.epoch_table(readable, names))
     return 0 if len(readable) == len(args.runs) else 1
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Print each run's score beside its last epoch's held-out KID; 1 when a run could not be scored."""
+    from genre_core.gan import score
+
+    if args.reference is not None and not Path(args.reference).exists():
+        raise FileNotFoundError(f"reference dataset {args.reference} does not exist")
+    results = score.score_runs(args.runs, args.reference, args.samples, args.seed, args.checkpoint)
+    for result in results:
+        if "problem" in result:
+            print(f"{result['run']}: {result['problem']}")
+            continue
+        history = store.open_run(result["path"], kind="gan").history()
+        last = history["kid_fixed"].dropna() if "kid_fixed" in history.columns else []
+        genres = "; ".join(f"{name} {item['kid']:.3f} ± {item['kid_std']:.3f} against {item['n_real']} real"
+                           for name, item in result["per_genre"].items())
+        print(f"{result['run']}: KID (fixed space, {result['checkpoint']} epoch, {result['samples']} samples) "
+              f"{result['kid']:.3f}: {genres}; {result['what']}"
+              + (f", {result['left_out']} of its files left out as the run's own" if result["left_out"] else "")
+              + (f"; history's last epoch {float(last.iloc[-1]):.3f} against the held-out images" if len(last) else ""))
+    return 0 if all("problem" not in result for result in results) else 1
 
 
 def _comparison_block(row: dict) -> str:

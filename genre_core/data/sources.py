@@ -208,6 +208,24 @@ def keep_genres(dataset: Dataset, genres) -> Dataset:
     return _row_subset(dataset, manifest, classes, f"genres\0{'/'.join(classes)}", kept_genres=classes)
 
 
+def without_files_of(dataset: Dataset, other: Dataset) -> tuple[Dataset, int]:
+    """`dataset` without the rows whose file is byte-identical to one of `other`'s files, and how many rows
+    that dropped: images from outside `other` (a superset's images a model trained on `other` never saw).
+    Files are compared by content (a hash of their bytes), so a copy under another name or folder is dropped
+    too. Raises ImageError naming the first file that cannot be read."""
+    def digests(frame) -> list[str]:
+        return [hashlib.blake2b(read_image_bytes(path), digest_size=16).hexdigest() for path in frame["path"]]
+
+    seen = set(digests(other.manifest))
+    keep = [digest not in seen for digest in digests(dataset.manifest)]
+    dropped = len(keep) - sum(keep)
+    if not dropped:
+        return dataset, 0
+    manifest = dataset.manifest.loc[keep].copy()
+    classes = [name for name in dataset.classes if name in set(manifest["genre"])]
+    return _row_subset(dataset, manifest, classes, f"without\0{other.fingerprint}", dropped_as_in=str(other.root)), dropped
+
+
 def _row_subset(dataset: Dataset, manifest, classes: list[str], fingerprint_key: str, **report) -> Dataset:
     """A Dataset of some of `dataset`'s rows (`manifest`, genres possibly renamed): labels renumbered in the
     order of `classes`, the report's counts recomputed (plus `report`'s entries), and a fingerprint derived
