@@ -63,7 +63,9 @@ def test_score_runs_against_another_datasets_outside_images_and_the_held_out_spl
     # Scoring again with the same reference, checkpoint, samples and seed replaces the entry; the held-out split
     # (here the training images themselves: ten landscapes are too few to hold any out) is a second entry.
     score.score_runs([run.name], data=str(reference), samples=8)
-    [own] = score.score_runs([run.name], samples=8)
+    seen = []
+    [own] = score.score_runs([run.name], samples=8, on_result=seen.append)
+    assert seen == [own]  # each run's entry as soon as it is ready (the CLI prints it then)
     assert own["reference"] == score.HELD_OUT and "too few to hold any out" in own["what"]
     assert own["per_genre"]["landscape"]["n_real"] == 10
     kept = fileio.read_json(run / score.SCORES_FILE)["scores"]

@@ -416,11 +416,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     if args.reference is not None and not Path(args.reference).exists():
         raise FileNotFoundError(f"reference dataset {args.reference} does not exist")
-    results = score.score_runs(args.runs, args.reference, args.samples, args.seed, args.checkpoint)
-    for result in results:
+
+    def show(result: dict) -> None:
         if "problem" in result:
-            print(f"{result['run']}: {result['problem']}")
-            continue
+            print(f"{result['run']}: {result['problem']}", flush=True)
+            return
         history = store.open_run(result["path"], kind="gan").history()
         last = history["kid_fixed"].dropna() if "kid_fixed" in history.columns else []
         genres = "; ".join(f"{name} {item['kid']:.3f} ± {item['kid_std']:.3f} against {item['n_real']} real"
@@ -428,7 +428,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"{result['run']}: KID (fixed space, {result['checkpoint']} epoch, {result['samples']} samples) "
               f"{result['kid']:.3f}: {genres}; {result['what']}"
               + (f", {result['left_out']} of its files left out as the run's own" if result["left_out"] else "")
-              + (f"; history's last epoch {float(last.iloc[-1]):.3f} against the held-out images" if len(last) else ""))
+              + (f"; history's last epoch {float(last.iloc[-1]):.3f} against the held-out images" if len(last) else ""),
+              flush=True)
+
+    results = score.score_runs(args.runs, args.reference, args.samples, args.seed, args.checkpoint, on_result=show)
     return 0 if all("problem" not in result for result in results) else 1
 
 

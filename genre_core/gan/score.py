@@ -96,10 +96,10 @@ def score_run(run, reference: dict, samples: int = 1024, seed: int = 0,
 
 
 def score_runs(runs, data: str | None = None, samples: int = 1024, seed: int = 0,
-               checkpoint: str = trainer.DEFAULT_CHECKPOINT) -> list[dict]:
+               checkpoint: str = trainer.DEFAULT_CHECKPOINT, on_result=None) -> list[dict]:
     """Score each run (`score_run`); runs whose dataset, genres, size and (without `data`) seed agree share one
     reference. One entry per run, in order: the score, or {"run", "problem"} for a run that could not be scored
-    (the others are still scored)."""
+    (the others are still scored). `on_result(entry)` is called as each run's entry is ready."""
     results, references = [], {}
     for name in runs:
         try:
@@ -109,10 +109,13 @@ def score_runs(runs, data: str | None = None, samples: int = 1024, seed: int = 0
                    config.policy, None if data else config.seed)
             if key not in references:
                 references[key] = reference_images(config, data)
-            results.append({"run": run.id, "path": str(run.path),
-                            **score_run(run, references[key], samples, seed, checkpoint, data)})
+            result = {"run": run.id, "path": str(run.path),
+                      **score_run(run, references[key], samples, seed, checkpoint, data)}
         except (OSError, ValueError, KeyError) as exc:
-            results.append({"run": str(name), "problem": str(exc)})
+            result = {"run": str(name), "problem": str(exc)}
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
     return results
 
 
