@@ -4,7 +4,7 @@ another dataset's images of the genre with every file of the run's own dataset l
 
 Why (docs/gan-measurements.md, "Which landscapes are held out"): a run on the kit holds out 231 landscapes drawn
 by its seed, and the same generated images scored 0.12 against one seed's draw and 0.31 against another's. The
-full kit's landscapes outside the small kit (about 2,700, none trained on by any run of the small kit, the same
+full kit's landscapes outside the small kit (2,690, none trained on by any run of the small kit, the same
 for every seed) measure a generator with far less of that noise.
 
 Scores are kept in the run's folder (`scores.json`), one entry per reference, checkpoint, sample count and seed,
@@ -66,7 +66,7 @@ def score_run(run, reference: dict, samples: int = 1024, seed: int = 0,
     """Fixed-space KID of `samples` images of the run's `checkpoint` generator (latents from `seed`) against
     `reference` (`reference_images`, given so that several runs on one dataset share it), per genre and their
     mean; the entry is also kept in the run's scores.json (replacing one with the same reference, checkpoint,
-    samples and seed)."""
+    samples and seed). The real images' features are kept in `reference["features"]` for the next run."""
     if int(samples) < 2:
         raise ValueError(f"samples must be at least 2, got {samples}")
     run = store.open_run(run, kind="gan")
