@@ -108,9 +108,10 @@ with fixed_left:
         scores = core.gan_scores(run_dir)
         if len(scores):
             st.caption("Scored again (`python -m genre_core gan score RUN [--reference DATA]`): the fixed-space KID "
-                       "of the kept generator against real images it never trained on; held-out: the run's own, "
-                       "else another dataset's images less the run's own files (on the kit, the full kit's "
-                       "landscapes outside the small kit measure with far less noise than 231 held-out ones)")
+                       "of the run's generator (last or best epoch: the checkpoint column) against real images it "
+                       "never trained on; held-out: the run's own, else another dataset's images less the run's own "
+                       "files (on the kit, the full kit's landscapes outside the small kit measure with far less "
+                       "noise than 231 held-out ones)")
             st.dataframe(scores, hide_index=True, key="gan_scores")
         if "kid_fixed_trained" in history.columns and history["kid_fixed_trained"].notna().any():
             chosen = history["generator"].dropna()

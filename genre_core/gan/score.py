@@ -88,7 +88,8 @@ def score_run(run, reference: dict, samples: int = 1024, seed: int = 0,
     entry = {"reference": data or HELD_OUT, "what": reference["what"], "left_out": reference["left_out"],
              "checkpoint": checkpoint, "samples": int(samples), "seed": int(seed),
              "feature_space": quality.FIXED_SPACE, "kid": float(np.mean([item["kid"] for item in per_genre.values()])),
-             "per_genre": per_genre, "scored": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+             "per_genre": per_genre,
+             "scored": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     same = ("reference", "checkpoint", "samples", "seed")
     kept = [old for old in _scores(run) if [old.get(key) for key in same] != [entry[key] for key in same]]
     fileio.atomic_write_json(run.path / SCORES_FILE, {"scores": kept + [entry]})
