@@ -105,20 +105,21 @@ with fixed_left:
                        "its lowest, so the whole training state went back to that epoch's): "
                        + "; ".join(f"after epoch {int(row.epoch)} to epoch {int(row.rolled_back_to)}"
                                    for row in rollbacks.itertuples()))
-        scores = core.gan_scores(run_dir)
-        if len(scores):
-            st.caption("Scored again (`python -m genre_core gan score RUN [--reference DATA]`): the fixed-space KID "
-                       "of the run's generator (last or best epoch: the checkpoint column) against real images it "
-                       "never trained on; held-out: the run's own, else another dataset's images less the run's own "
-                       "files (on the kit, the full kit's landscapes outside the small kit measure with far less "
-                       "noise than 231 held-out ones)")
-            st.dataframe(scores, hide_index=True, key="gan_scores")
         if "kid_fixed_trained" in history.columns and history["kid_fixed_trained"].notna().any():
             chosen = history["generator"].dropna()
             st.caption("This run keeps the better generator at every epoch (sampled_generator \"better\"): the "
                        "fixed-space KID of the EMA and of the trained generator; the trained one was kept at "
                        f"{int((chosen == 'trained').sum())} of {len(chosen)} measured epochs")
             st.line_chart(history.set_index("epoch")[["kid_fixed_ema", "kid_fixed_trained"]])
+    # `gan score` can score any run with a generator, one whose history has no fixed-space KID too.
+    scores = core.gan_scores(run_dir)
+    if len(scores):
+        st.caption("Scored again (`python -m genre_core gan score RUN [--reference DATA]`): the fixed-space KID "
+                   "of the run's generator (last or best epoch: the checkpoint column) against real images it "
+                   "never trained on; held-out: the run's own, else another dataset's images less the run's own "
+                   "files (on the kit, the full kit's landscapes outside the small kit measure with far less "
+                   "noise than 231 held-out ones)")
+        st.dataframe(scores, hide_index=True, key="gan_scores")
 with fixed_right:
     if "recognised" in history.columns and history["recognised"].notna().any():
         st.subheader("Recognised as the genre")

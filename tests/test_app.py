@@ -528,8 +528,10 @@ def test_gan_page_says_where_a_run_rolled_back(isolated_artifacts):
 def test_gan_page_lists_the_runs_kept_scores(isolated_artifacts):
     """A run scored again (`gan score`) shows each score in a table; a run without scores shows none."""
     from app_support.testing import write_gan_run
+    import pandas as pd
+
     from genre_core.gan import score
-    from genre_core.util.fileio import atomic_write_json
+    from genre_core.util.fileio import atomic_write_csv, atomic_write_json
 
     folder = write_gan_run("20260101-000000-landscape-gan1", epochs=3, image_size=16)
     app = page("gan").run()
@@ -545,6 +547,12 @@ def test_gan_page_lists_the_runs_kept_scores(isolated_artifacts):
     table = next(frame.value for frame in app.dataframe if "reference" in frame.value.columns)
     assert table.iloc[0]["reference"] == "/data/full" and table.iloc[0]["n_real"] == 2692
     assert table.iloc[0]["kid"] == 0.042
+    # A run whose history has no fixed-space KID (kid_samples 0, or written before it) still lists its scores.
+    history = pd.read_csv(folder / "history.csv")
+    atomic_write_csv(folder / "history.csv", history.drop(columns=[c for c in history if c.startswith("kid_fixed")]))
+    app = page("gan").run()
+    assert not app.exception, app.exception
+    assert any("Scored again" in item.value for item in app.caption)
 
 
 def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):

@@ -37,8 +37,8 @@ def reference_images(config: trainer.GanConfig, data: str | None = None) -> dict
     that dataset's images of the run's genres, less every file byte-identical to one of the run's dataset."""
     if data is None:
         images, _, reference, reference_labels, classes = trainer.load_training_images(config)
-        own = reference is images
-        what = "the run's training images (its genre had too few to hold any out)" if own else \
+        unsplit = reference is images
+        what = "the run's training images (its genre had too few to hold any out)" if unsplit else \
             f"the run's held-out images of {config.data} (seed {config.seed})"
         return {"images": {name: reference[reference_labels == index] for index, name in enumerate(classes)},
                 "what": what, "left_out": 0}
