@@ -32,6 +32,12 @@ if dataset_spec:
         kid_samples = st.number_input("Images per KID measurement (0 = off)", 0, 5000, 256, step=64, key="gan_kid_samples")
         budget = st.number_input("Time budget (minutes, 0 = none)", 0.0, 1440.0, 0.0, key="gan_budget")
         seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="gan_seed")
+        holdout = st.selectbox("Held-out images", trainer.HOLDOUTS,
+                               index=trainer.HOLDOUTS.index(trainer.GanConfig.holdout), key="gan_holdout",
+                               help="For a genre without a val/test split of its own, the fifth of its images kept "
+                                    "out of training for KID and the judge: random, drawn by the seed; stratified, "
+                                    "the same share of each kind of painting (k-means clusters of their features), "
+                                    "so the numbers move less from seed to seed")
         launched = st.form_submit_button("Start GAN training", type="primary", icon=":material/play_arrow:")
     if launched:
         run = jobs_ui.launch("gan", {
@@ -39,7 +45,7 @@ if dataset_spec:
             "genres": list(genres) if conditional else [],
             "architecture": architecture, "epochs": int(epochs), "image_size": int(image_size),
             "batch_size": int(batch_size), "kid_samples": int(kid_samples), "time_budget_minutes": float(budget),
-            "seed": int(seed)})
+            "seed": int(seed), "holdout": holdout})
         state.set_active_run(run.id, kind="gan")
         st.session_state["gan_run"] = run.id  # Follow the new run (widget state, not storage).
         st.toast(f"Started {run.id}")

@@ -426,14 +426,16 @@ def test_gan_page_launches_a_job(isolated_artifacts, tiny_dataset_dir, monkeypat
     assert not app.exception
     (config,) = launched
     assert (config["genre"], config["epochs"], config["image_size"], config["conditional"]) == ("portrait", 2, 32, False)
-    assert config["genres"] == []
+    assert config["genres"] == [] and config["holdout"] == GanConfig.holdout
     assert GanConfig.from_dict(config).validate().to_dict()["data"] == str(tiny_dataset_dir)  # a valid config
     assert state.read_state()["active_gan_run"] == app.selectbox(key="gan_run").value
     # A conditional run on two of the genres.
     app.toggle(key="gan_conditional").set_value(True)
     app.multiselect(key="gan_genres").set_value(["portrait", "landscape"])
+    app.selectbox(key="gan_holdout").set_value("stratified")
     app.sidebar.button[0].click().run()
     assert not app.exception
+    assert launched[-1]["holdout"] == "stratified"
     assert (launched[-1]["conditional"], launched[-1]["genre"], launched[-1]["genres"]) == (True, None, ["portrait", "landscape"])
     assert GanConfig.from_dict(launched[-1]).validate().genres == ["portrait", "landscape"]
 

@@ -290,6 +290,43 @@ def test_training_images_decode_only_the_gans_genres(tiny_dataset_dir, isolated_
         trainer.load_training_images(run_config(tiny_dataset_dir, genre="fresco"))
 
 
+def test_held_out_share_is_random_by_seed_or_stratified_by_feature_clusters(tmp_path, isolated_artifacts):
+    """A genre without a val/test split: `holdout` random keeps the seeded permutation that runs have always used;
+    stratified holds out `splits.representative_split` of the genre's scaled fixed-space features, so each kind of
+    image (here 70 dark and 30 bright ones, far apart in any space) is held out in proportion. Older runs read as
+    random; an unknown holdout is named; `gan train --holdout stratified` passes it."""
+    folder = tmp_path / "kinds" / "landscape"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(100):
+        level = 30 if index < 70 else 220
+        pixels = np.clip(rng.normal(level, 20, (16, 16, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"painting_{index:03d}.png")
+    base = dict(holdout_fraction=0.5, seed=4)
+    random_config = run_config(tmp_path / "kinds", **base)
+    train, _, held, _, _ = trainer.load_training_images(random_config)
+    cache = trainer.cache_module.prepare_cache(trainer.sources.keep_genres(
+        trainer.sources.load_dataset(random_config.data), ["landscape"]), (16, 16), random_config.policy)
+    indices = cache.ok_indices(genre="landscape")
+    all_images, _ = trainer.cache_module.load_arrays(cache, indices)
+    shuffled = np.random.default_rng(4).permutation(indices)
+    expected_held, _ = trainer.cache_module.load_arrays(cache, np.sort(shuffled[:50]))
+    np.testing.assert_array_equal(held, expected_held)
+    assert len(train) == 50
+    stratified = run_config(tmp_path / "kinds", holdout="stratified", **base)
+    train, _, held, _, _ = trainer.load_training_images(stratified)
+    features = quality.feature_extractor("hed_vgg16_fixed")(all_images)
+    rest, chosen = trainer.splits.representative_split(features / quality.fixed_scale(features), 50, 4,
+                                                       clusters=trainer.HOLDOUT_CLUSTERS)
+    np.testing.assert_array_equal(held, all_images[chosen])
+    np.testing.assert_array_equal(train, all_images[rest])
+    bright = lambda images: int((images.reshape(len(images), -1).mean(axis=1) > 128).sum())  # noqa: E731
+    assert (bright(held), bright(train)) == (15, 15)
+    with pytest.raises(ValueError, match=r"holdout 'odd' is not one of \('random', 'stratified'\)"):
+        trainer.GanConfig(holdout="odd").validate()
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("holdout", "random", "--holdout", "stratified")
+
+
 def test_run_trains_writes_its_folder_and_samples_are_reproducible(tiny_dataset_dir, isolated_artifacts):
     # The adaptive augmentation starts at 0.5, moves fast and is held for the second half of the run.
     config = run_config(tiny_dataset_dir, kid_samples=6, kid_image_size=32, feature_space="hed_vgg16",

@@ -207,3 +207,35 @@ def test_a_source_split_with_no_training_rows_is_explained_or_resplit():
     assert any("leaves no rows for training" in note for note in notes)
     fresh = splits.assign_splits(manifest, val_fraction=0.1, test_fraction=0.1, seed=0, keep_source_split=False)
     assert fresh["split"].value_counts().to_dict() == {"train": 16, "test": 2, "val": 2}
+
+
+def test_representative_split_holds_out_each_cluster_in_proportion():
+    """Three far-apart blobs of 60, 30 and 10 rows, 20 held out: every seed holds out 12, 6 and 2 of them (a random
+    draw would not), the two parts cover every row once, and a seed gives the same split again."""
+    rng = np.random.default_rng(0)
+    blob = np.repeat([0, 1, 2], [60, 30, 10])
+    features = rng.normal(0, 0.1, (100, 5)) + 10.0 * np.eye(5)[blob]
+    draws = set()
+    for seed in range(6):
+        rest, held = splits.representative_split(features, 20, seed, clusters=3)
+        assert np.bincount(blob[held], minlength=3).tolist() == [12, 6, 2]
+        assert sorted(np.concatenate([rest, held]).tolist()) == list(range(100))
+        again = splits.representative_split(features, 20, seed, clusters=3)
+        assert np.array_equal(again[1], held) and np.array_equal(again[0], rest)
+        draws.add(tuple(held.tolist()))
+    assert len(draws) == 6  # the seed picks which rows of each cluster
+
+
+def test_representative_split_merges_a_lone_row_and_rejects_bad_input():
+    """A single far-off row makes a cluster of its own: it joins the nearest cluster instead of failing the
+    stratified split. Sizes that leave a part empty and features that are not a table are named."""
+    rng = np.random.default_rng(1)
+    features = np.concatenate([rng.normal(0, 0.1, (20, 3)), rng.normal(5, 0.1, (20, 3)), [[100.0, 100.0, 100.0]]])
+    rest, held = splits.representative_split(features, 10, 0, clusters=3)
+    assert len(rest) == 31 and len(held) == 10
+    with pytest.raises(ValueError, match="cannot hold out 41 of 41 rows"):
+        splits.representative_split(features, 41, 0)
+    with pytest.raises(ValueError, match="cannot hold out 0 of 41 rows"):
+        splits.representative_split(features, 0, 0)
+    with pytest.raises(ValueError, match=r"2-D array of at least 4 rows, got shape \(41,\)"):
+        splits.representative_split(features[:, 0], 10, 0)
