@@ -1,8 +1,9 @@
-"""Splits and class balance: stratified train/val/test, subsampling, imbalance statistics, class weights and a
-plan to top up rare genres.
+"""Splits and class balance: stratified train/val/test, subsampling, imbalance statistics, class weights, a
+plan to top up rare genres, and a held-out share stratified by feature clusters.
 
-Every function takes a manifest DataFrame (columns `genre`, `split`, ...) or a `Dataset`, and returns a new
-object; nothing is changed in place. Functions that must fall back (a genre too rare to stratify, say) append a
+Every function but `representative_split` (which splits the rows of a feature array and returns their positions)
+takes a manifest DataFrame (columns `genre`, `split`, ...) or a `Dataset`, and returns a new object; nothing is
+changed in place. Functions that must fall back (a genre too rare to stratify, say) append a
 human-readable sentence to `notes` when a list is given, and, for a Dataset, to `report["split_notes"]`.
 
 Effective number of samples (Cui et al., 2019, "Class-Balanced Loss Based on Effective Number of Samples"):
