@@ -3,6 +3,7 @@ another dataset's images less the run's own files (compared by content), kept in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 
@@ -11,7 +12,7 @@ import pytest
 from app_support.testing import write_gan_run
 from genre_core import cli
 from genre_core.data import sources
-from genre_core.gan import score
+from genre_core.gan import score, trainer
 from genre_core.util import fileio
 from conftest import make_tiny_image
 
@@ -105,3 +106,30 @@ def test_a_reference_with_too_few_outside_images_or_without_the_genre_is_named(t
     assert f"reference dataset {tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="samples must be at least 2"):
         score.score_run(run, {"images": {}, "what": "", "left_out": 0}, samples=1)
+
+
+def test_runs_of_one_seed_whose_held_out_images_are_drawn_differently_never_share_a_reference(
+        tiny_dataset_dir, tmp_path, isolated_artifacts, monkeypatch):
+    # Two runs of one seed, one drawing its held-out images at random and one stratified: against their own
+    # held-out images each is scored against its own draw (a shared one would hold images the other trained on);
+    # against another dataset they share it.
+    first = tiny_run("20260101-000000-landscape-aaaa", tiny_dataset_dir)
+    second = tiny_run("20260101-000001-landscape-bbbb", tiny_dataset_dir)
+    config = fileio.read_json(second / "config.json")
+    fileio.atomic_write_json(second / "config.json", {**config, "holdout": "stratified"})
+    built, reference_images = [], score.reference_images
+    monkeypatch.setattr(score, "reference_images",
+                        lambda config, data=None: built.append(config.holdout) or reference_images(config, data))
+    results = score.score_runs([first.name, second.name], samples=8)
+    assert [("problem" in result) for result in results] == [False, False] and built == ["random", "stratified"]
+    built.clear()
+    reference = write_reference(tmp_path / "reference", copies=0, new=24, tiny_dataset_dir=tiny_dataset_dir)
+    assert all("problem" not in result for result in score.score_runs([first.name, second.name], data=str(reference),
+                                                                      samples=8))
+    assert built == ["random"]
+    # What else draws the split keeps references apart too; another dataset's images do not depend on it.
+    base = trainer.GanConfig.from_run_config(fileio.read_json(first / "config.json"))
+    other = dataclasses.replace(base, holdout_fraction=0.3)
+    assert score.reference_key(base) != score.reference_key(other)
+    assert score.reference_key(base, str(reference)) == score.reference_key(other, str(reference))
+    assert score.reference_key(base) != score.reference_key(dataclasses.replace(base, seed=base.seed + 1))

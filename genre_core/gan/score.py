@@ -39,7 +39,7 @@ def reference_images(config: trainer.GanConfig, data: str | None = None) -> dict
         images, _, reference, reference_labels, classes = trainer.load_training_images(config)
         unsplit = reference is images
         what = "the run's training images (its genre had too few to hold any out)" if unsplit else \
-            f"the run's held-out images of {config.data} (seed {config.seed})"
+            f"the run's held-out images of {config.data} (seed {config.seed}, {config.holdout} draw)"
         return {"images": {name: reference[reference_labels == index] for index, name in enumerate(classes)},
                 "what": what, "left_out": 0}
     genres = list(config.genres) if config.conditional else [config.genre]
@@ -96,18 +96,26 @@ def score_run(run, reference: dict, samples: int = 1024, seed: int = 0,
     return entry
 
 
+def reference_key(config: trainer.GanConfig, data: str | None = None) -> tuple:
+    """What decides a run's reference images (`reference_images`): runs with the same key share one. Against
+    `data`, the run's dataset, genres, size and policy; against its own held-out split, also what draws that
+    split (seed, `holdout`, `holdout_fraction`), so that two runs of one seed drawn differently never share one."""
+    key = (config.data, tuple(config.genres) if config.conditional else config.genre, config.image_size,
+           config.policy)
+    return key if data else key + (config.seed, config.holdout, config.holdout_fraction)
+
+
 def score_runs(runs, data: str | None = None, samples: int = 1024, seed: int = 0,
                checkpoint: str = trainer.DEFAULT_CHECKPOINT, on_result=None) -> list[dict]:
-    """Score each run (`score_run`); runs whose dataset, genres, size and (without `data`) seed agree share one
-    reference. One entry per run, in order: the score, or {"run", "problem"} for a run that could not be scored
+    """Score each run (`score_run`); runs with the same `reference_key` share one reference. One
+    entry per run, in order: the score, or {"run", "problem"} for a run that could not be scored
     (the others are still scored). `on_result(entry)` is called as each run's entry is ready."""
     results, references = [], {}
     for name in runs:
         try:
             run = store.open_run(name, kind="gan")
             config = trainer.GanConfig.from_run_config(run.config())
-            key = (config.data, tuple(config.genres) if config.conditional else config.genre, config.image_size,
-                   config.policy, None if data else config.seed)
+            key = reference_key(config, data)
             if key not in references:
                 references[key] = reference_images(config, data)
             result = {"run": run.id, "path": str(run.path),
