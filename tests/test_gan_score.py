@@ -133,3 +133,33 @@ def test_runs_of_one_seed_whose_held_out_images_are_drawn_differently_never_shar
     assert score.reference_key(base) != score.reference_key(other)
     assert score.reference_key(base, str(reference)) == score.reference_key(other, str(reference))
     assert score.reference_key(base) != score.reference_key(dataclasses.replace(base, seed=base.seed + 1))
+
+
+def test_the_held_out_reference_says_whether_the_dataset_split_it_or_the_seed_drew_it(tmp_path, isolated_artifacts):
+    """A dataset with its own val/test split (50 or more images each side) is scored against that split, and the
+    reference says so rather than naming a draw; one without is scored against the seed's draw."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def save(folder, count):
+        folder.mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"p{index:03d}.png")
+
+    save(tmp_path / "split" / "train" / "landscape", 60)
+    save(tmp_path / "split" / "test" / "landscape", 50)
+    save(tmp_path / "unsplit" / "landscape", 110)
+    base = trainer.GanConfig(genre="landscape", image_size=16, seed=5, holdout_fraction=0.5, judge="")
+    own = trainer.load_training_images(dataclasses.replace(base, data=str(tmp_path / "split")))
+    assert own.held_out_from == {"landscape": "split"} and len(own[2]) == 50
+    assert score.reference_images(dataclasses.replace(base, data=str(tmp_path / "split")))["what"] == (
+        f"the run's held-out images of {tmp_path / 'split'} (its own val/test split)")
+    drawn = dataclasses.replace(base, data=str(tmp_path / "unsplit"))
+    assert trainer.load_training_images(drawn).held_out_from == {"landscape": "drawn"}
+    assert score.reference_images(drawn)["what"] == (
+        f"the run's held-out images of {tmp_path / 'unsplit'} (seed 5, random draw)")
+    # Genres held out differently are named one by one.
+    assert score._held_out_text(base, {"landscape": "split", "portrait": "drawn"}) == (
+        "landscape: its own val/test split; portrait: seed 5, random draw")

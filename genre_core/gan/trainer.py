@@ -610,8 +610,23 @@ def build_gan(config: GanConfig, num_classes: int, images):
 # Data.
 
 
-def load_training_images(config: GanConfig, progress=None):
-    """Return (train uint8 (N,S,S,3), train labels int32, reference uint8 images, reference labels, classes).
+class TrainingImages(tuple):
+    """(train uint8 (N,S,S,3), train labels int32, reference uint8 images, reference labels, classes), which it
+    unpacks as, plus `held_out_from`: per genre, where its reference images came from: "split" (the dataset's own
+    val/test split), "drawn" (a seeded `holdout_fraction` of the genre, drawn as `config.holdout` says) or "none"
+    (too few images: the reference is the training images)."""
+
+    held_out_from: dict
+
+    def __new__(cls, parts, held_out_from: dict):
+        result = super().__new__(cls, parts)
+        result.held_out_from = dict(held_out_from)
+        return result
+
+
+def load_training_images(config: GanConfig, progress=None) -> TrainingImages:
+    """Return (train uint8 (N,S,S,3), train labels int32, reference uint8 images, reference labels, classes), as
+    a `TrainingImages` that also says where each genre's reference images came from.
 
     Images come from the preprocessed cache at the GAN size, which holds only the GAN's genres. The reference
     set for KID, diversity and the judge is the genre's held-out split (val/test) when it has at least 50
@@ -627,7 +642,7 @@ def load_training_images(config: GanConfig, progress=None):
     # keep_genres also rejects a genre the data does not have, naming it and the data's genres.
     cache = cache_module.prepare_cache(sources.keep_genres(dataset, classes), (config.image_size, config.image_size),
                                        config.policy, progress=progress)
-    train_parts, held_out_parts = [], []
+    train_parts, held_out_parts, held_out_from = [], [], {}
     for name in classes:
         indices = cache.ok_indices(genre=name)
         if len(indices) == 0:
@@ -635,12 +650,15 @@ def load_training_images(config: GanConfig, progress=None):
         splits = cache.manifest["split"].to_numpy()[indices]
         held_out = indices[np.isin(splits, ("val", "test"))]
         train = indices[~np.isin(splits, ("val", "test"))]
+        held_out_from[name] = "split"
         if len(held_out) < 50 or len(train) < 50:
             count = int(round(len(indices) * config.holdout_fraction))
             if count >= 50 and len(indices) - count >= 50:
                 train, held_out = _held_out_share(config, cache, indices, count, progress)
+                held_out_from[name] = "drawn"
             else:
                 train, held_out = indices, np.array([], dtype=int)
+                held_out_from[name] = "none"
         train_parts.append(train)
         held_out_parts.append(held_out)
     train_indices = np.concatenate(train_parts)
@@ -656,7 +674,7 @@ def load_training_images(config: GanConfig, progress=None):
         reference_labels = np.array([label_of[int(label)] for label in reference_cache_labels], dtype=np.int32)
     else:
         reference, reference_labels = images, labels
-    return images, labels, reference, reference_labels, classes
+    return TrainingImages((images, labels, reference, reference_labels, classes), held_out_from)
 
 
 def _held_out_share(config: GanConfig, cache, indices: np.ndarray, count: int, progress=None):
