@@ -195,27 +195,13 @@ checkpoint = st.radio("Generator", list(checkpoint_labels), format_func=checkpoi
                       help="KID sometimes rises over a run's last epochs; the best epoch's generator is kept beside "
                            "the last one. The last is the default: on new seeds the best epoch was lower on average "
                            "but once above 0.15 where the last epoch was not")
-columns = st.columns(4)
+columns = st.columns(3)
 count = columns[0].number_input("How many", 1, 64, 16, key="gan_sample_n")
 sample_seed = columns[1].number_input("Seed", 0, 2**31 - 1, 0, key="gan_sample_seed")
 sample_genre = columns[2].selectbox("Genre", run_classes, key="gan_sample_genre", disabled=not conditional_run)
-guidable = core.gan_can_be_guided(str(run_dir))
-resample = columns[3].selectbox(
-    "Kept by the discriminator", [1, 2, 4], key="gan_resample", disabled=not guidable,
-    format_func=lambda factor: "off" if factor == 1 else f"1 in {factor}",
-    help="Draw K times as many candidates and keep those the run's own last discriminator finds most like real "
-         "paintings, in proportion to its calibrated estimate (discriminator-guided sampling). "
-         + ("" if guidable else "Not for this run: it keeps no discriminator (checkpoint/) or is a DCGAN."))
 picture = core.gan_picture(str(run_dir), "sample", int(count), int(sample_seed),
-                           sample_genre if conditional_run else None, checkpoint=checkpoint,
-                           resample=int(resample) if guidable else 1)
-guidance = picture["guidance"] or {}
-kept_note = (f", kept from {guidance['candidates']} candidates by the discriminator"
-             if guidance.get("factor", 1) > 1 and guidance.get("slope") else "")
-if guidance.get("factor", 1) > 1 and not guidance.get("slope"):
-    st.caption("The discriminator's scores did not tell the training images from the candidates: these are the "
-               "unguided samples.")
-st.image(picture["image"], caption=f"{count} samples, seed {sample_seed}{kept_note}", width=int(min(640, max(256, 2 * picture["image"].shape[1]))))
+                           sample_genre if conditional_run else None, checkpoint=checkpoint)
+st.image(picture["image"], caption=f"{count} samples, seed {sample_seed}", width=int(min(640, max(256, 2 * picture["image"].shape[1]))))
 st.download_button("Download PNG", picture["png"], file_name=f"{run_id}-seed{sample_seed}.png", mime="image/png", key="gan_sample_download", icon=":material/download:")
 
 st.subheader("Interpolate between two seeds")

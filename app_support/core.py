@@ -18,7 +18,7 @@ import streamlit as st
 from app_support import shared
 from genre_core.data import demo, images, sources
 from genre_core.evaluation import bundle, classify, evaluate
-from genre_core.gan import guided, score, trainer
+from genre_core.gan import score, trainer
 from genre_core.runs import store
 from genre_core.util import paths
 
@@ -231,16 +231,14 @@ def comparison(run_dirs: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @st.cache_data(show_spinner="Generating...", max_entries=32)
-def _gan_picture(run_dir: str, stamp: tuple[float, float], what: str, count: int, seed: int, genre: str | None,
-                 seed_b: int, checkpoint: str, resample: int = 1) -> dict:
+def _gan_picture(run_dir: str, stamp: float, what: str, count: int, seed: int, genre: str | None, seed_b: int,
+                 checkpoint: str) -> dict:
     import io
 
     from PIL import Image
 
-    guidance = None
     if what == "sample":
-        pictures, guidance = guided.sample(run_dir, n=count, seed=seed, genre=genre, checkpoint=checkpoint,
-                                           factor=resample)
+        pictures = trainer.sample(run_dir, n=count, seed=seed, genre=genre, checkpoint=checkpoint)
         columns = int(np.ceil(np.sqrt(len(pictures))))
     else:
         pictures = trainer.interpolate(run_dir, seed, seed_b, steps=count, genre=genre, checkpoint=checkpoint)
@@ -248,7 +246,7 @@ def _gan_picture(run_dir: str, stamp: tuple[float, float], what: str, count: int
     image = trainer.grid(pictures, columns=columns)
     buffer = io.BytesIO()
     Image.fromarray(image, "RGB").save(buffer, format="PNG")
-    return {"image": image, "png": buffer.getvalue(), "guidance": guidance}
+    return {"image": image, "png": buffer.getvalue()}
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -282,21 +280,14 @@ def gan_scores(run_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def gan_picture(run_dir: str, what: str, count: int, seed: int, genre: str | None = None, seed_b: int = 1,
-                checkpoint: str = trainer.DEFAULT_CHECKPOINT, resample: int = 1) -> dict:
-    """A grid of `count` samples for a seed (what="sample"; with `resample` K > 1, kept from K x count candidates
-    by the run's last discriminator, guided.sample) or an interpolation strip from seed to seed_b, made by the
-    run's best or last generator (trainer.generator_path), as {"image": uint8 array, "png": bytes, "guidance":
-    guided.sample's info or None}; deterministic, so cached per generator and checkpoint file version."""
+                checkpoint: str = trainer.DEFAULT_CHECKPOINT) -> dict:
+    """A grid of `count` samples for a seed (what="sample") or an interpolation strip from seed to seed_b, made
+    by the run's best or last generator (trainer.generator_path), as {"image": uint8 array, "png": bytes};
+    deterministic, so cached per generator file version."""
     path = call(trainer.generator_path, run_dir, checkpoint, failure="Cannot find the run's generator")
-    state_file = Path(run_dir) / store.CHECKPOINT_DIR / trainer.CHECKPOINT_STATE
-    stamp = (modification_time(path), modification_time(state_file) if resample > 1 else 0.0)
-    return call(_gan_picture, run_dir, stamp, what, count, seed, genre, seed_b, checkpoint, int(resample),
+    stamp = modification_time(path)
+    return call(_gan_picture, run_dir, stamp, what, count, seed, genre, seed_b, checkpoint,
                 failure="Cannot generate images")
-
-
-def gan_can_be_guided(run_dir: str) -> bool:
-    """Whether the run keeps the discriminator that discriminator-guided sampling needs (guided.has_discriminator)."""
-    return bool(call(guided.has_discriminator, run_dir, failure="Cannot read the run"))
 
 
 def gan_best(run_dir: str) -> dict | None:

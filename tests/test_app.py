@@ -557,39 +557,6 @@ def test_gan_page_lists_the_runs_kept_scores(isolated_artifacts):
     assert any("Scored again" in item.value for item in app.caption)
 
 
-def test_gan_page_samples_guided_by_the_runs_discriminator_when_it_keeps_one(isolated_artifacts, tiny_dataset_dir):
-    """A run that keeps its checkpoint offers discriminator-guided sampling, and the page shows what
-    guided.sample gives; a run without one (the written demo run) offers it disabled, saying why."""
-    from app_support.testing import write_gan_run
-    from genre_core.gan import guided, trainer
-    from genre_core.runs import store
-    from test_gan import run_config
-
-    write_gan_run("20260101-000000-landscape-gan1", epochs=2, image_size=16)
-    app = page("gan").run()
-    assert not app.exception, app.exception
-    assert app.selectbox(key="gan_resample").disabled
-    assert "keeps no discriminator" in app.selectbox(key="gan_resample").help
-
-    config = run_config(tiny_dataset_dir)
-    run = store.create_run("gan", config.to_dict(), classes=[config.genre])
-    trainer.execute(run)
-    app = page("gan").run()
-    assert not app.exception, app.exception
-    app.selectbox(key="gan_run").set_value(run.id).run()
-    assert not app.selectbox(key="gan_resample").disabled
-    app.number_input(key="gan_sample_n").set_value(4)
-    app.number_input(key="gan_sample_seed").set_value(7)
-    app.selectbox(key="gan_resample").set_value(2).run()
-    assert not app.exception, app.exception
-    images, info = guided.sample(run, 4, seed=7, factor=2)
-    caption = next(image.captions[0] for image in app.image if image.captions[0].startswith("4 samples"))
-    if info["slope"]:
-        assert caption == "4 samples, seed 7, kept from 8 candidates by the discriminator"
-    else:
-        assert caption == "4 samples, seed 7" and any("unguided samples" in item.value for item in app.caption)
-
-
 def test_gan_page_samples_the_best_or_the_last_generator(isolated_artifacts):
     import shutil
 

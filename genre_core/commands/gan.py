@@ -241,12 +241,6 @@ def register(subparsers) -> None:
                              "images; the last epoch when the run kept none); last: the last epoch (default "
                              f"{trainer.DEFAULT_CHECKPOINT}: on new seeds the best epoch was lower on average but "
                              "once above 0.15 where the last was not)")
-    sample.add_argument("--discriminator-resample", type=int, default=1, metavar="K",
-                        help="draw K times as many candidates and keep those the run's own last discriminator "
-                             "finds most real, each in proportion to its calibrated estimate of how much likelier "
-                             "the image is among real paintings than among generated ones (1: off, the default; "
-                             "needs the run's checkpoint/; docs/gan-measurements.md, \"Sampling guided by the run's "
-                             "own discriminator\")")
     sample.set_defaults(func=cmd_sample)
 
     between = commands.add_parser("interpolate", help="write a strip PNG walking the latent space between two seeds")
@@ -279,9 +273,6 @@ def register(subparsers) -> None:
     score.add_argument("--seed", type=int, default=0, help="seed of the latents and of the KID subsets")
     score.add_argument("--checkpoint", default=trainer.DEFAULT_CHECKPOINT, choices=trainer.CHECKPOINTS,
                        help=f"best or last, as for sample (default {trainer.DEFAULT_CHECKPOINT})")
-    score.add_argument("--discriminator-resample", type=int, default=1, metavar="K",
-                       help="score images kept from K times as many candidates by the run's last discriminator, "
-                            "as for sample (1: off, the default); kept in scores.json apart from plain scores")
     score.set_defaults(func=cmd_score)
 
 
@@ -389,12 +380,7 @@ def _default_out(run_ref: str, name: str) -> Path:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from genre_core.gan import guided
-
-    images, guidance = guided.sample(args.run, args.n, args.seed, args.genre, args.checkpoint,
-                                     args.discriminator_resample)
-    if guidance["factor"] > 1:
-        print(_guidance_text(guidance))
+    images = trainer.sample(args.run, args.n, args.seed, args.genre, args.checkpoint)
     columns = args.columns or int(np.ceil(np.sqrt(len(images))))
     out = Path(args.out) if args.out else _default_out(args.run, f"sample_seed{args.seed}.png")
     trainer.write_png(trainer.grid(images, columns), out)
@@ -442,34 +428,18 @@ def cmd_score(args: argparse.Namespace) -> int:
         if "problem" in result:
             print(f"{result['run']}: {result['problem']}", flush=True)
             return
-        for name, item in result["per_genre"].items():
-            if "guidance" in item:
-                print(f"{result['run']} ({name}): {_guidance_text(item['guidance'])}", flush=True)
         history = store.open_run(result["path"], kind="gan").history()
         last = history["kid_fixed"].dropna() if "kid_fixed" in history.columns else []
         genres = "; ".join(f"{name} {item['kid']:.3f} ± {item['kid_std']:.3f} against {item['n_real']} real"
                            for name, item in result["per_genre"].items())
-        guided_by = result.get("discriminator_resample", 1)
-        kept = f", kept 1 in {guided_by} by the discriminator" if guided_by > 1 else ""
-        print(f"{result['run']}: KID (fixed space, {result['checkpoint']} epoch, {result['samples']} samples{kept}) "
+        print(f"{result['run']}: KID (fixed space, {result['checkpoint']} epoch, {result['samples']} samples) "
               f"{result['kid']:.3f}: {genres}; {result['what']}"
               + (f", {result['left_out']} of its files left out as the run's own" if result["left_out"] else "")
               + (f"; history's last epoch {float(last.iloc[-1]):.3f} against the held-out images" if len(last) else ""),
               flush=True)
 
-    results = score.score_runs(args.runs, args.reference, args.samples, args.seed, args.checkpoint, on_result=show,
-                               discriminator_resample=args.discriminator_resample)
+    results = score.score_runs(args.runs, args.reference, args.samples, args.seed, args.checkpoint, on_result=show)
     return 0 if all("problem" not in result for result in results) else 1
-
-
-def _guidance_text(guidance: dict) -> str:
-    """One line on what discriminator-guided sampling did (guided.sample's info)."""
-    if not guidance["slope"]:
-        return (f"discriminator-guided: the discriminator's scores did not tell the training images from the "
-                f"{guidance['candidates']} candidates, so the first ones were kept unguided")
-    return (f"discriminator-guided: kept from {guidance['candidates']} candidates (calibrated slope "
-            f"{guidance['slope']:.2f}; the weights amount to {guidance['effective_candidates']:.0f} candidates; "
-            f"{guidance['kept_first']} of the unguided sample kept)")
 
 
 def _comparison_block(row: dict) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from genre_core.data import cache as cache_module, sources
-from genre_core.gan import guided, quality, trainer
+from genre_core.gan import quality, trainer
 from genre_core.runs import store
 from genre_core.util import fileio
 
@@ -74,27 +74,22 @@ def _held_out_text(config: trainer.GanConfig, held_out_from: dict) -> str:
 
 
 def score_run(run, reference: dict, samples: int = 1024, seed: int = 0,
-              checkpoint: str = trainer.DEFAULT_CHECKPOINT, data: str | None = None,
-              discriminator_resample: int = 1) -> dict:
-    """Fixed-space KID of `samples` images of the run's `checkpoint` generator (latents from `seed`; with
-    `discriminator_resample` K > 1, kept from K x samples candidates by the run's last discriminator,
-    `guided.sample`) against `reference` (`reference_images`, given so that several runs on one dataset share
-    it), per genre and their mean; the entry is also kept in the run's scores.json (replacing one with the same
-    reference, checkpoint, samples, seed and K). The real images' features are kept in `reference["features"]`
-    for the next run."""
+              checkpoint: str = trainer.DEFAULT_CHECKPOINT, data: str | None = None) -> dict:
+    """Fixed-space KID of `samples` images of the run's `checkpoint` generator (latents from `seed`) against
+    `reference` (`reference_images`, given so that several runs on one dataset share it), per genre and their
+    mean; the entry is also kept in the run's scores.json (replacing one with the same reference, checkpoint,
+    samples and seed). The real images' features are kept in `reference["features"]` for the next run."""
     if int(samples) < 2:
         raise ValueError(f"samples must be at least 2, got {samples}")
-    factor = guided.check_factor(discriminator_resample)
     run = store.open_run(run, kind="gan")
     _scores(run)  # a damaged scores.json is named before any work, and never written over
     extractor = quality.feature_extractor("hed_vgg16_fixed")
     conditional = trainer.GanConfig.from_run_config(run.config()).conditional
-    per_genre, guidance = {}, {}
+    per_genre = {}
     for name, real in reference["images"].items():
         if len(real) < 2:
             raise ValueError(f"run {run.id}: only {len(real)} real images of {name!r} to score against")
-        generated, guidance[name] = guided.sample(run, int(samples), seed, name if conditional else None,
-                                                  checkpoint, factor)
+        generated = trainer.sample(run, int(samples), seed, name if conditional else None, checkpoint)
         # The real images' features are computed once per reference, for every run scored against it.
         real_features = reference.setdefault("features", {})
         if name not in real_features:
@@ -102,23 +97,15 @@ def score_run(run, reference: dict, samples: int = 1024, seed: int = 0,
         kid = quality.fixed_kid(extractor(generated), real_features[name], seed=seed)
         per_genre[name] = {"kid": kid["kid"], "kid_std": kid["kid_std"], "n_real": kid["n_real"],
                            "n_generated": kid["n_generated"]}
-        if factor > 1:
-            per_genre[name]["guidance"] = guidance[name]
     entry = {"reference": data or HELD_OUT, "what": reference["what"], "left_out": reference["left_out"],
-             "checkpoint": checkpoint, "samples": int(samples), "seed": int(seed), "discriminator_resample": factor,
+             "checkpoint": checkpoint, "samples": int(samples), "seed": int(seed),
              "feature_space": quality.FIXED_SPACE, "kid": float(np.mean([item["kid"] for item in per_genre.values()])),
              "per_genre": per_genre,
              "scored": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    kept = [old for old in _scores(run) if _entry_key(old) != _entry_key(entry)]
+    same = ("reference", "checkpoint", "samples", "seed")
+    kept = [old for old in _scores(run) if [old.get(key) for key in same] != [entry[key] for key in same]]
     fileio.atomic_write_json(run.path / SCORES_FILE, {"scores": kept + [entry]})
     return entry
-
-
-def _entry_key(entry: dict) -> tuple:
-    """What one scores.json entry is of: a new score replaces the entry with the same key. Entries written
-    before discriminator-guided sampling were of plain samples (K = 1)."""
-    return (entry.get("reference"), entry.get("checkpoint"), entry.get("samples"), entry.get("seed"),
-            entry.get("discriminator_resample", 1))
 
 
 def reference_key(config: trainer.GanConfig, data: str | None = None) -> tuple:
@@ -131,8 +118,7 @@ def reference_key(config: trainer.GanConfig, data: str | None = None) -> tuple:
 
 
 def score_runs(runs, data: str | None = None, samples: int = 1024, seed: int = 0,
-               checkpoint: str = trainer.DEFAULT_CHECKPOINT, on_result=None,
-               discriminator_resample: int = 1) -> list[dict]:
+               checkpoint: str = trainer.DEFAULT_CHECKPOINT, on_result=None) -> list[dict]:
     """Score each run (`score_run`); runs with the same `reference_key` share one reference. One
     entry per run, in order: the score, or {"run", "problem"} for a run that could not be scored
     (the others are still scored). `on_result(entry)` is called as each run's entry is ready."""
@@ -145,7 +131,7 @@ def score_runs(runs, data: str | None = None, samples: int = 1024, seed: int = 0
             if key not in references:
                 references[key] = reference_images(config, data)
             result = {"run": run.id, "path": str(run.path),
-                      **score_run(run, references[key], samples, seed, checkpoint, data, discriminator_resample)}
+                      **score_run(run, references[key], samples, seed, checkpoint, data)}
         except (OSError, ValueError, KeyError) as exc:
             result = {"run": str(name), "problem": str(exc)}
         results.append(result)
@@ -154,8 +140,8 @@ def score_runs(runs, data: str | None = None, samples: int = 1024, seed: int = 0
     return results
 
 
-SCORE_COLUMNS = ("reference", "checkpoint", "samples", "seed", "discriminator_resample", "genre", "kid", "kid_std",
-                 "n_real", "left_out", "scored")
+SCORE_COLUMNS = ("reference", "checkpoint", "samples", "seed", "genre", "kid", "kid_std", "n_real", "left_out",
+                 "scored")
 
 
 def read_scores(run) -> list[dict]:
@@ -164,9 +150,7 @@ def read_scores(run) -> list[dict]:
     rows = []
     for entry in _scores(store.open_run(run, kind="gan")):
         for genre, item in (entry.get("per_genre") or {}).items():
-            rows.append({**{key: entry.get(key) for key in SCORE_COLUMNS},
-                         "discriminator_resample": entry.get("discriminator_resample", 1), "genre": genre,
-                         "kid": item.get("kid"),
+            rows.append({**{key: entry.get(key) for key in SCORE_COLUMNS}, "genre": genre, "kid": item.get("kid"),
                          "kid_std": item.get("kid_std"), "n_real": item.get("n_real")})
     return rows
 
