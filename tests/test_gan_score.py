@@ -161,5 +161,5 @@ def test_the_held_out_reference_says_whether_the_dataset_split_it_or_the_seed_dr
     assert score.reference_images(drawn)["what"] == (
         f"the run's held-out images of {tmp_path / 'unsplit'} (seed 5, random draw)")
     # Genres held out differently are named one by one.
-    assert score._held_out_text(base, {"landscape": "split", "portrait": "drawn"}) == (
+    assert trainer.held_out_text(base, {"landscape": "split", "portrait": "drawn"}) == (
         "landscape: its own val/test split; portrait: seed 5, random draw")

@@ -40,7 +40,7 @@ def reference_images(config: trainer.GanConfig, data: str | None = None) -> dict
         images, _, reference, reference_labels, classes = loaded
         unsplit = reference is images
         what = "the run's training images (its genre had too few to hold any out)" if unsplit else \
-            f"the run's held-out images of {config.data} ({_held_out_text(config, loaded.held_out_from)})"
+            f"the run's held-out images of {config.data} ({trainer.held_out_text(config, loaded.held_out_from)})"
         return {"images": {name: reference[reference_labels == index] for index, name in enumerate(classes)},
                 "what": what, "left_out": 0}
     genres = list(config.genres) if config.conditional else [config.genre]
@@ -60,17 +60,6 @@ def reference_images(config: trainer.GanConfig, data: str | None = None) -> dict
     for name in genres:
         result[name] = cache_module.load_arrays(cache, cache.ok_indices(genre=name))[0]
     return {"images": result, "what": f"images of {data} not in {config.data}", "left_out": int(left_out)}
-
-
-def _held_out_text(config: trainer.GanConfig, held_out_from: dict) -> str:
-    """Where the held-out images came from, in words: the dataset's own val/test split or the seed's draw (per
-    genre when the genres differ)."""
-    words = {"split": "its own val/test split", "drawn": f"seed {config.seed}, {config.holdout} draw",
-             "none": "none held out"}
-    kinds = set(held_out_from.values())
-    if len(kinds) == 1:
-        return words[kinds.pop()]
-    return "; ".join(f"{genre}: {words[kind]}" for genre, kind in held_out_from.items())
 
 
 def score_run(run, reference: dict, samples: int = 1024, seed: int = 0,

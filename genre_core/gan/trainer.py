@@ -624,6 +624,17 @@ class TrainingImages(tuple):
         return result
 
 
+def held_out_text(config: GanConfig, held_out_from: dict) -> str:
+    """Where a run's held-out images came from (`TrainingImages.held_out_from`), in words: the dataset's own val/test
+    split, the seed's draw, or none (per genre when the genres differ)."""
+    words = {"split": "its own val/test split", "drawn": f"seed {config.seed}, {config.holdout} draw",
+             "none": "none held out"}
+    kinds = set(held_out_from.values())
+    if len(kinds) == 1:
+        return words[kinds.pop()]
+    return "; ".join(f"{genre}: {words[kind]}" for genre, kind in held_out_from.items())
+
+
 def load_training_images(config: GanConfig, progress=None) -> TrainingImages:
     """Return (train uint8 (N,S,S,3), train labels int32, reference uint8 images, reference labels, classes), as
     a `TrainingImages` that also says where each genre's reference images came from.
@@ -1403,7 +1414,8 @@ def _execute(run, progress) -> None:
     start_time = clock()
     keras.utils.set_random_seed(config.seed)
     progress({"stage": "prepare", "done": 0, "total": 1, "message": "loading images"})
-    images, labels, reference_images, reference_labels, classes = load_training_images(config, progress=progress)
+    loaded = load_training_images(config, progress=progress)
+    images, labels, reference_images, reference_labels, classes = loaded
     run.write_classes(classes)
     gan = build_gan(config, len(classes), images)  # the spectrum target again on resume (not checkpoint state)
     info = load_checkpoint(gan, run)
@@ -1427,7 +1439,11 @@ def _execute(run, progress) -> None:
     steps_per_epoch = max(len(images) // config.batch_size, config.min_steps_per_epoch)
     print(f"training on {len(images)} images of {', '.join(classes)} at {config.image_size} px "
           f"({config.architecture}, {networks.resolve_precision(config.precision, config.architecture)}), "
-          f"{steps_per_epoch} steps per epoch; {len(reference_images)} held-out images for quality", flush=True)
+          f"{steps_per_epoch} steps per epoch; "
+          + (f"no images held out (too few), so quality is measured against the {len(images)} training images"
+             if reference_images is images else
+             f"{len(reference_images)} held-out images for quality ({held_out_text(config, loaded.held_out_from)})"),
+          flush=True)
     dataset = make_training_dataset(images, labels, config.batch_size, config.horizontal_flip,
                                     config.seed + initial_epoch)
     callback = _epoch_callback_class()(run, config, classes, steps_per_epoch, progress, reference, start_time,
