@@ -83,6 +83,14 @@ def test_score_runs_against_another_datasets_outside_images_and_the_held_out_spl
     assert "against 24 real; images of" in out and "2 of its files left out as the run's own" in out
     assert "history's last epoch 0.120 against the held-out images" in out
     assert "nosuchrun: no run with id 'nosuchrun'" in out
+    # Scoring the kept best epoch's generator prints what the history logged for that epoch, not the last one's.
+    shutil.copy(run / trainer.GENERATOR_FILE, run / trainer.BEST_GENERATOR_FILE)
+    fileio.atomic_write_json(run / trainer.BEST_FILE, {"epoch": 1, "kid": 0.3, "best_by": "train"})
+    assert cli.main(["gan", "score", run.name, "--reference", str(reference), "--samples", "8",
+                     "--checkpoint", "best"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run.name}: KID (fixed space, best epoch, 8 samples)" in out
+    assert "history's epoch 1 (the kept one) 0.500 against the held-out images" in out
 
 
 def test_a_reference_with_too_few_outside_images_or_without_the_genre_is_named(tiny_dataset_dir, tmp_path,
