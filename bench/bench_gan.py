@@ -11,7 +11,7 @@ that `precision="auto"` picks on this machine. A last row times that 128-px step
 float32 (the projected GAN's "auto" precision is mixed bfloat16 where the CPU has native bfloat16); further
 reported rows time the 128-px step with and without optional parts (a wider full-size stage, the spectrum
 penalty, the reconstruction term, the whole-picture head at 64 px, its minibatch standard deviation channel, a
-bilinear doubling into the generator's full-size stage).
+bilinear doubling into the generator's full-size stage, Lookahead-Minmax).
 
 Run with `python3 -m bench` (all benchmarks) or `python3 -m bench gan` (this one), from the repository root.
 """
@@ -186,12 +186,13 @@ def _epoch_row() -> list[dict]:
     # stage at two widths (in the precision auto picks; top16 is the default); the default without its spectrum
     # penalty and without the whole-picture head's reconstruction term; that head at 64 px instead of 32
     # (--global-head-size 64) and with a minibatch std channel (--global-head-mbstd 4); and bilinear upsampling into
-    # the generator's full-size stage (--generator-top-upsample bilinear).
+    # the generator's full-size stage (--generator-top-upsample bilinear); Lookahead-Minmax every 5 steps
+    # (--lookahead 5: its elementwise pull-back is written for every step, as 0 or 1 times the move).
     variants = {precision: {"precision": precision} for precision in ("float32", "mixed_bfloat16")}
     variants.update({f"top{top}": {"generator_top_channels": top} for top in TOP_CHANNELS})
     variants.update(no_spectrum={"spectrum_penalty": 0.0}, no_reconstruction={"discriminator_reconstruction": 0.0},
                     head64={"global_head_size": 64}, mbstd={"global_head_minibatch_std": 4},
-                    top_bilinear={"generator_top_upsample": "bilinear"})
+                    top_bilinear={"generator_top_upsample": "bilinear"}, lookahead={"lookahead": 5})
     models = {}
     for name, overrides in variants.items():
         config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
@@ -239,7 +240,9 @@ def _epoch_row() -> list[dict]:
         _step_row("bilinear doubling into the generator's full-size stage vs nearest", step_s,
                   f"top{TOP_CHANNELS[0]}", "top_bilinear",
                   f"median s/step of {ROUNDS} alternating rounds (--generator-top-upsample bilinear against the "
-                  f"default nearest), in {default}")]
+                  f"default nearest), in {default}"),
+        _step_row("Lookahead-Minmax every 5 steps vs without", step_s, f"top{TOP_CHANNELS[0]}", "lookahead",
+                  f"median s/step of {ROUNDS} alternating rounds (--lookahead 5 against the default 0), in {default}")]
 
 
 def _step_row(what: str, step_s: dict, baseline: str, candidate: str, note: str) -> dict:

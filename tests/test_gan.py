@@ -1139,13 +1139,15 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
 
 def test_one_projected_train_step_with_every_optional_term_on():
     """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, the layout term, a slower
-    discriminator, the whole-picture head on trunk features and its reconstruction term all on at once: it builds,
+    discriminator, the whole-picture head on trunk features, its reconstruction term and Lookahead-Minmax all on at
+    once: it builds,
     changes both networks and the EMA, and reports every term's metric. The tests of each term's arithmetic step
     eagerly (`eager`, `one_step_each`)."""
     config = tiny_model_config(image_size=32)
     config.config.r1, config.config.pseudo_augment, config.config.spectrum_penalty = 1.0, True, 1.0
     config.config.discriminator_lr_scale, config.config.global_head_input = 0.5, "features"
     config.config.discriminator_reconstruction, config.config.layout_mmd = 1.0, 1.0
+    config.config.lookahead = 1  # a sync after every step: the weights still move, by alpha of the step
     model = networks.make_gan(config)
     assert not model.run_eagerly and (model.lecam, model.r1, model.pseudo_augment) == (0.3, 1.0, True)
     images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
@@ -1164,6 +1166,63 @@ def test_one_projected_train_step_with_every_optional_term_on():
     assert all(np.isfinite(float(value)) for value in logs.values())
     assert float(model.discriminator_optimizer.learning_rate) == pytest.approx(
         0.5 * float(model.generator_optimizer.learning_rate))
+
+
+def test_lookahead_pulls_both_networks_back_halfway_every_kth_step_and_is_checkpointed_only_when_on(tmp_path):
+    """Lookahead-Minmax with K = 2, alpha 0.5, from the same weights and seed as a GAN without it: after step 1 the
+    two are alike (no sync yet); after step 2 both networks' trained weights (the reconstruction decoder's too) are
+    halfway between where they started and where the plain GAN's two steps took them, and the slow copies are
+    there too; the EMA follows the synced weights. The slow copies are checkpoint state only when it is on. Bad
+    values are refused by name, runs written before it read as off, and the CLI passes it."""
+    from genre_core.runs import store
+
+    config = tiny_model_config()
+    config.config.lookahead, config.config.lookahead_alpha = 2, 0.5
+    with_la = networks.make_gan(config)
+    plain = networks.make_gan(tiny_model_config())
+    assert with_la.reconstruction and len(with_la.lookahead_slow) == len(with_la._lookahead_fast())
+    assert not plain.lookahead_slow
+    for source, target in ((with_la.generator, plain.generator), (with_la.discriminator, plain.discriminator),
+                           (with_la.ema_generator, plain.ema_generator),
+                           (with_la.reconstruction_decoder, plain.reconstruction_decoder)):
+        target.set_weights(source.get_weights())
+    start = [variable.numpy().copy() for variable in with_la._lookahead_fast()]
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    one_step_each(images, plain, with_la)
+    assert same_weights(plain.generator, with_la.generator) and same_weights(plain.discriminator,
+                                                                              with_la.discriminator)
+    for slow, value in zip(with_la.lookahead_slow, start):
+        np.testing.assert_array_equal(slow.numpy(), value)  # no sync after step 1
+    for gan in (plain, with_la):  # step 2 from the same seed state again
+        gan.seed_generator.state.assign([8, 0])
+        gan.train_on_batch(images, np.zeros(8, np.int32))
+    assert int(with_la.generator_optimizer.iterations) == 2
+    moved = 0
+    for fast, slow, reference, value in zip(with_la._lookahead_fast(), with_la.lookahead_slow, plain._lookahead_fast(),
+                                            start):
+        halfway = value + 0.5 * (reference.numpy() - value)
+        np.testing.assert_allclose(fast.numpy(), halfway, atol=1e-6)
+        np.testing.assert_allclose(slow.numpy(), halfway, atol=1e-6)
+        moved += not np.allclose(reference.numpy(), value)
+    assert moved > len(start) // 2  # the steps moved most variables, so the halfway points are not the start
+    assert not same_weights(plain.ema_generator, with_la.ema_generator)
+
+    assert len(with_la.state_variables()) == len(plain.state_variables()) + len(with_la.lookahead_slow)
+    run = store.Run(tmp_path / "run")
+    trainer.save_checkpoint(with_la, run, 1)
+    fresh = networks.make_gan(config)
+    trainer.load_checkpoint(fresh, run)
+    for restored, slow in zip(fresh.lookahead_slow, with_la.lookahead_slow):
+        np.testing.assert_array_equal(restored.numpy(), slow.numpy())
+    with pytest.raises(ValueError, match="was the config changed"):
+        trainer.load_checkpoint(plain, run)
+    assert (trainer.GanConfig().lookahead, trainer.GanConfig().lookahead_alpha) == (0, 0.5)
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("lookahead", 0, "--lookahead", 5)
+    assert cli.build_parser().parse_args(["gan", "train", "--lookahead-alpha", "0.3"]).lookahead_alpha == 0.3
+    with pytest.raises(ValueError, match="lookahead must be a whole number of steps"):
+        trainer.GanConfig(lookahead=-1).validate()
+    with pytest.raises(ValueError, match="lookahead_alpha must be in 0..1"):
+        trainer.GanConfig(lookahead=5, lookahead_alpha=1.0).validate()
 
 
 def test_margins_split_the_patch_heads_from_the_whole_picture_head():

@@ -96,6 +96,14 @@ def register(subparsers) -> None:
                             "the generated batch and training images drawn at random, both averaged down to 8 px "
                             "(generative moment matching); a target that does not move as the discriminator does "
                             "(default 0: off)")
+    train.add_argument("--lookahead", type=int, default=None, metavar="K",
+                       help="Lookahead-Minmax (Chavdarova et al., ICLR 2021): after every K-th step both networks "
+                            "move back to --lookahead-alpha of the way from their weights K steps before to where the "
+                            "steps took them, and go on from there; damps the circling of the two-player game "
+                            f"(the paper's K is 5; default {trainer.GanConfig.lookahead}: off)")
+    train.add_argument("--lookahead-alpha", type=float, default=None, metavar="A",
+                       help=f"how far toward the new weights a lookahead sync goes (default "
+                            f"{trainer.GanConfig.lookahead_alpha:g}, the paper's)")
     train.add_argument("--rollback", type=float, default=None, metavar="RATIO",
                        help="after a measured epoch whose fixed-space KID against the training sample "
                             "(kid_fixed_train) is above RATIO times the lowest so far (and 0.03 above it), restore "
@@ -347,6 +355,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("discriminator_lr_floor", args.discriminator_lr_floor),
                                            ("layout_freeze", args.layout_freeze),
                                            ("layout_mmd", args.layout_mmd),
+                                           ("lookahead", args.lookahead),
+                                           ("lookahead_alpha", args.lookahead_alpha),
                                            ("rollback", args.rollback), ("rollback_limit", args.rollback_limit),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),
                                            ("spectrum_penalty", args.spectrum_penalty),

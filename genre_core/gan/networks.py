@@ -836,6 +836,8 @@ def make_gan(config):
         reconstruction_decoder=reconstruction_decoder,
         layout_freeze=bool(getattr(config, "layout_freeze", 0.0)),
         layout_mmd=float(getattr(config, "layout_mmd", 0.0)),
+        lookahead=int(getattr(config, "lookahead", 0)),
+        lookahead_alpha=float(getattr(config, "lookahead_alpha", 0.5)),
         seed=config.seed,
     )
     gan.compile(
@@ -862,7 +864,8 @@ def _gan_class():
                      augment_policy=AUGMENT_POLICIES, lecam=0.0, r1=0.0, spectrum_penalty=0.0,
                      spectrum_penalty_kind="level", spectrum_penalty_period=SPECTRUM_PENALTY_PERIOD,
                      pseudo_augment=False, global_head_schedule=False, reconstruction=0.0,
-                     reconstruction_decoder=None, layout_freeze=False, layout_mmd=0.0, **kwargs):
+                     reconstruction_decoder=None, layout_freeze=False, layout_mmd=0.0, lookahead=0,
+                     lookahead_alpha=0.5, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
@@ -963,6 +966,34 @@ def _gan_class():
                 tf.zeros((LAYOUT_MMD_POOL, LAYOUT_MMD_SIZE * LAYOUT_MMD_SIZE * 3)),
                 trainable=False, name="layout_reals")
             self.layout_target_set = False
+            # Lookahead-Minmax (Chavdarova et al., ICLR 2021): the slow copies of what the two optimizers train (the
+            # generator's and `discriminator_variables`), in that order; every `lookahead`-th generator step moves
+            # them `lookahead_alpha` of the way to the trained weights and sets the trained weights to them. Training
+            # state only when on, so other checkpoints keep their variable count.
+            self.lookahead = int(lookahead)
+            self.lookahead_alpha = float(lookahead_alpha)
+            if self.lookahead < 0 or not 0.0 < self.lookahead_alpha < 1.0:
+                raise ValueError(f"lookahead must be 0 (off) or more steps and its alpha in 0..1 (exclusive), got "
+                                 f"{lookahead} and {lookahead_alpha}")
+            self.lookahead_slow = [
+                keras.Variable(variable.numpy(), dtype=variable.dtype, trainable=False, name=f"lookahead_slow_{index}")
+                for index, variable in enumerate(self._lookahead_fast())] if self.lookahead else []
+
+        def _lookahead_fast(self):
+            """What Lookahead-Minmax pulls back: the generator's trainable variables, then the discriminator's
+            optimizer's (`discriminator_variables`)."""
+            return list(self.generator.trainable_variables) + self.discriminator_variables()
+
+        def _lookahead_step(self):
+            """After the generator's step: on every `lookahead`-th one (its optimizer's iteration count), slow +=
+            alpha (fast - slow) and fast = slow, for both networks at once (joint, as in LA-GAN, so that the pair moves
+            back together); on the other steps nothing changes. Without a branch: the step's share is 0 or 1."""
+            due = tf.equal(self.generator_optimizer.iterations % self.lookahead, 0)
+            share = tf.cast(due, "float32")
+            for slow, fast in zip(self.lookahead_slow, self._lookahead_fast()):
+                moved = slow + (share * self.lookahead_alpha) * (fast - slow)
+                slow.assign(moved)
+                fast.assign(fast + share * (moved - fast))
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
@@ -1012,6 +1043,7 @@ def _gan_class():
                 + ([self.spectrum_running, self.spectrum_steps] if self._running_spectrum() else [])
                 + self._noise_states()
                 + (list(self.reconstruction_decoder.weights) if self.reconstruction else [])
+                + list(self.lookahead_slow)
             )
 
         def rollback_variables(self):
@@ -1329,6 +1361,8 @@ def _gan_class():
             # optimizer.
             for variable, previous in zip(layout, before):
                 variable.assign(previous + self.layout_rate_scale * (variable - previous))
+            if self.lookahead:
+                self._lookahead_step()  # before the EMA, which then follows the weights the run goes on from
 
             # The EMA generator follows the trained one, with a shorter memory during the first steps (as in
             # tf.train.ExponentialMovingAverage with num_updates) so that short runs are not dominated by the

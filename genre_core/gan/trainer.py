@@ -221,6 +221,12 @@ class GanConfig:
     # training images drawn at random, both averaged down to 8 px, so that where the colour masses lie follows the
     # training images rather than whatever the discriminator happens to reward mid-run. 0: off.
     layout_mmd: float = 0.0
+    # Lookahead-Minmax (Chavdarova et al., ICLR 2021; networks.Gan): after every `lookahead`-th step, both networks'
+    # trained weights move back to `lookahead_alpha` of the way from the weights of the previous such step to where
+    # the steps took them, and both go on from there (Adam's moments kept): it damps the rotation of the two-player
+    # game, the circling that plain alternating steps follow. 0: off.
+    lookahead: int = 0
+    lookahead_alpha: float = 0.5
     beta_1: float = 0.0
     ema_decay: float = 0.995
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
@@ -329,6 +335,11 @@ class GanConfig:
                              "so it is for unconditional runs")
         if self.layout_mmd and self.image_size < networks.LAYOUT_MMD_SIZE:
             raise ValueError(f"layout_mmd needs images of at least {networks.LAYOUT_MMD_SIZE} px")
+        if int(self.lookahead) < 0 or int(self.lookahead) != self.lookahead:
+            raise ValueError(f"lookahead must be a whole number of steps, 0 (off) or more, got {self.lookahead}")
+        if not 0.0 < float(self.lookahead_alpha) < 1.0:
+            raise ValueError(f"lookahead_alpha must be in 0..1 (exclusive; 1 would be no lookahead), got "
+                             f"{self.lookahead_alpha}")
         if int(self.rollback_limit) < 1:
             raise ValueError(f"rollback_limit must be at least 1, got {self.rollback_limit}")
         if self.layout_freeze and not (self.time_budget_minutes or self.epochs):
