@@ -1140,9 +1140,8 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
 def test_one_projected_train_step_with_every_optional_term_on():
     """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, the layout term, a slower
     discriminator, the whole-picture head on trunk features, its reconstruction term and Lookahead-Minmax all on at
-    once: it builds,
-    changes both networks and the EMA, and reports every term's metric. The tests of each term's arithmetic step
-    eagerly (`eager`, `one_step_each`)."""
+    once: it builds, changes both networks and the EMA, and reports every term's metric. The tests of each term's
+    arithmetic step eagerly (`eager`, `one_step_each`)."""
     config = tiny_model_config(image_size=32)
     config.config.r1, config.config.pseudo_augment, config.config.spectrum_penalty = 1.0, True, 1.0
     config.config.discriminator_lr_scale, config.config.global_head_input = 0.5, "features"
