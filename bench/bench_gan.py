@@ -187,7 +187,7 @@ def _epoch_row() -> list[dict]:
     # penalty and without the whole-picture head's reconstruction term; that head at 64 px instead of 32
     # (--global-head-size 64) and with a minibatch std channel (--global-head-mbstd 4); and bilinear upsampling into
     # the generator's full-size stage (--generator-top-upsample bilinear); Lookahead-Minmax every 5 steps
-    # (--lookahead 5: its elementwise pull-back is written for every step, as 0 or 1 times the move).
+    # (--lookahead 5: the pull-back runs on every fifth step only, so short rounds time mostly the steps between).
     variants = {precision: {"precision": precision} for precision in ("float32", "mixed_bfloat16")}
     variants.update({f"top{top}": {"generator_top_channels": top} for top in TOP_CHANNELS})
     variants.update(no_spectrum={"spectrum_penalty": 0.0}, no_reconstruction={"discriminator_reconstruction": 0.0},

@@ -987,13 +987,17 @@ def _gan_class():
         def _lookahead_step(self):
             """After the generator's step: on every `lookahead`-th one (its optimizer's iteration count), slow +=
             alpha (fast - slow) and fast = slow, for both networks at once (joint, as in LA-GAN, so that the pair moves
-            back together); on the other steps nothing changes. Without a branch: the step's share is 0 or 1."""
-            due = tf.equal(self.generator_optimizer.iterations % self.lookahead, 0)
-            share = tf.cast(due, "float32")
-            for slow, fast in zip(self.lookahead_slow, self._lookahead_fast()):
-                moved = slow + (share * self.lookahead_alpha) * (fast - slow)
-                slow.assign(moved)
-                fast.assign(fast + share * (moved - fast))
+            back together); on the other steps nothing runs (a tf.cond, so the K - 1 steps between syncs do no
+            elementwise work)."""
+
+            def sync():
+                for slow, fast in zip(self.lookahead_slow, self._lookahead_fast()):
+                    moved = slow + self.lookahead_alpha * (fast - slow)
+                    slow.assign(moved)
+                    fast.assign(moved)
+                return tf.constant(True)
+
+            tf.cond(tf.equal(self.generator_optimizer.iterations % self.lookahead, 0), sync, lambda: tf.constant(False))
 
         def compile(self, generator_optimizer, discriminator_optimizer, **kwargs):
             """Attach one optimizer per network and the loss trackers."""
