@@ -522,6 +522,35 @@ def test_the_best_epoch_is_chosen_by_kid_against_the_training_images_by_default(
         assert (trainer.read_best(run)["score_of"], trainer.read_best(run)["epoch"]) == ("kid_fixed_train", 5)
 
 
+def test_best_from_keeps_no_epoch_before_its_share_of_the_run_and_always_the_last_may_count(
+        tiny_dataset_dir, isolated_artifacts, monkeypatch):
+    """With `best_from`, an epoch that ends before that share of the run (`share_done`) is never kept, however low
+    its kid_fixed_train; among the later ones the lowest is, and the last epoch counts even past the share; best.json
+    records the share. Runs written before it keep every epoch; bad shares are refused by name; the CLI passes it."""
+    assert trainer.GanConfig().best_from == 0.0
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("best_from", 0.0, "--best-from", 0.4)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="best_from must be in 0..1"):
+            trainer.GanConfig(best_from=bad).validate()
+    real_measure = trainer.measure
+    scripted = {}
+
+    def measure(generator, *args, **kwargs):
+        return {**real_measure(generator, *args, **kwargs), "kid_fixed_train": next(scripted["kids"])}
+
+    monkeypatch.setattr(trainer, "measure", measure)
+    # Five epochs: share_done 0.2, 0.4, 0.6, 0.8, 1.0; epoch 1 is the lowest of all, epoch 4 of those from 0.5 on.
+    for best_from, kids, kept in ((0.0, [0.1, 0.5, 0.4, 0.3, 0.35], 1), (0.5, [0.1, 0.5, 0.4, 0.3, 0.35], 4),
+                                  (0.9, [0.1, 0.5, 0.4, 0.3, 0.35], 5)):
+        scripted["kids"] = iter(kids)
+        config = run_config(tiny_dataset_dir, epochs=5, kid_samples=6, kid_image_size=32, best_from=best_from)
+        run = store.create_run("gan", config.to_dict(), classes=[config.genre])
+        trainer.execute(run)
+        best = trainer.read_best(run)
+        assert (best["epoch"], best["best_from"], best["score"]) == (kept, best_from, kids[kept - 1])
+        assert list(run.history()["kid_fixed_train"]) == kids
+
+
 def test_the_training_sample_is_seeded_training_images_in_the_runs_own_space(tiny_dataset_dir, isolated_artifacts):
     """prepare_reference with train_images keeps both spaces' features of a sample of them (kid_samples, seeded by
     the run's seed + TRAIN_SAMPLE_SEED_OFFSET) beside the held-out ones, and measure reports kid_train and

@@ -79,6 +79,11 @@ def register(subparsers) -> None:
                             "that sample's RMS (default; history.csv's kid_fixed_train); heldout, the run's own-space "
                             "KID against the held-out images every reported KID compares with (the rule before stop "
                             "61; it makes the chosen epoch's numbers optimistic)")
+    train.add_argument("--best-from", type=float, default=None, metavar="SHARE",
+                       help="keep the best epoch (generator_best.keras, gan sample --checkpoint best) only among the "
+                            "epochs that end after SHARE of the run (of the time budget or of the epochs, the "
+                            "learning-rate schedule's clock); the last epoch always counts, so a short run still "
+                            f"keeps one (default {trainer.GanConfig.best_from:g}: every epoch)")
     train.add_argument("--discriminator-lr-scale", type=float, default=None, metavar="S",
                        help="the discriminator's learning rate is the generator's times S, at every step of the "
                             "schedule (two time-scale updates, TTUR); below 1 the discriminator learns more slowly "
@@ -350,7 +355,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("lr_decay", args.lr_decay), ("lr_decay_power", args.lr_decay_power),
                                            ("ema_decay", args.ema_decay), ("ema_lr_power", args.ema_lr_power),
                                            ("sampled_generator", args.sampled_generator),
-                                           ("best_by", args.best_by), ("holdout", args.holdout),
+                                           ("best_by", args.best_by), ("best_from", args.best_from),
+                                           ("holdout", args.holdout),
                                            ("discriminator_lr_scale", args.discriminator_lr_scale),
                                            ("discriminator_lr_floor", args.discriminator_lr_floor),
                                            ("layout_freeze", args.layout_freeze),

@@ -232,6 +232,9 @@ class GanConfig:
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
     sampled_generator: str = "ema"  # ema | better (SAMPLED_GENERATORS)
     best_by: str = "train"  # the best epoch and "better" are chosen by KID against: train | heldout (BEST_BY)
+    # The kept best epoch (generator_best.keras) is chosen only among the epochs that end after this share of the
+    # run (`share_done`, the learning-rate schedule's clock); the last epoch always counts. 0: every epoch.
+    best_from: float = 0.0
     bn_calibration_samples: int = 1024  # samples (in batches of 256) that re-estimate the EMA generator's BatchNorm
     augment_probability: float = 0.0  # the starting DiffAugment probability
     augment_policy: list[str] = field(default_factory=lambda: list(networks.AUGMENT_POLICIES))  # its transforms
@@ -304,6 +307,9 @@ class GanConfig:
             raise ValueError(f"sampled_generator {self.sampled_generator!r} is not one of {SAMPLED_GENERATORS}")
         if self.best_by not in BEST_BY:
             raise ValueError(f"best_by {self.best_by!r} is not one of {BEST_BY}")
+        if not 0.0 <= float(self.best_from) < 1.0:
+            raise ValueError(f"best_from must be in 0..1 (exclusive of 1; the share of the run before which no epoch "
+                             f"is kept as the best; 0: every epoch), got {self.best_from}")
         if self.lr_decay not in LR_DECAYS:
             raise ValueError(f"lr_decay {self.lr_decay!r} is not one of {LR_DECAYS}")
         if not 0.25 <= float(self.lr_decay_power) <= 4.0:
@@ -460,7 +466,7 @@ class GanConfig:
                               "precision": "float32", "lr_decay": "none", "ema_lr_power": 0.0, "lecam": 0.0,
                               "spectrum_penalty": 0.0, "discriminator_reconstruction": 0.0,
                               "bn_calibration_samples": 256, "head_balance": "patches", "lr_decay_power": 1.0,
-                              "best_by": "heldout", "holdout": "random",
+                              "best_by": "heldout", "best_from": 0.0, "holdout": "random",
                               "augment_policy": list(networks.AUGMENT_POLICIES), **values})
 
     def to_dict(self) -> dict:
@@ -852,13 +858,15 @@ def read_best(run) -> dict | None:
     return {"score_of": "kid_train" if best["best_by"] == "train" else SCORE_OF.get(best["best_by"]), **best}
 
 
-def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=None, best_by: str = "train") -> bool:
+def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=None, best_by: str = "train",
+                  best_from: float = 0.0) -> bool:
     """After a measured epoch: when its `selection_kid` (the fixed-space KID against the training sample with
     best_by "train", the own-space KID against the held-out images with "heldout") is the lowest so far, save the
     epoch's generator (`generator`, by default the EMA one) as generator_best.keras and the epoch's numbers as
     best.json (with which generator it is, `measured["generator"]`, the rule, `best_by`, its number, `score`, and
-    that number's column, `score_of`); True when it did. A best.json that chose by another number (another rule,
-    a record from before `best_by`, or stop 61's own-space "train") is replaced.
+    that number's column, `score_of`, and `best_from`, the share of the run before which the caller kept no epoch);
+    True when it did. A best.json that chose by another number (another rule, a record from before `best_by`, or
+    stop 61's own-space "train") is replaced.
 
     Stop 62: the fixed space against the training sample, scaled by that sample's RMS. Simulated on the grids of
     the 20 default runs of stops 56-61 (36 images an epoch against 256 training images), it picked epochs at
@@ -900,7 +908,7 @@ def _keep_if_best(gan, run: store.Run, epoch: int, measured: dict, generator=Non
         "kid": measured.get("kid"), "kid_train": measured.get("kid_train"),
         "kid_fixed_train": measured.get("kid_fixed_train"), "feature_space": measured.get("feature_space"),
         "kid_fixed": measured.get("kid_fixed"), "recognised": measured.get("recognised"),
-        "generator": measured.get("generator", "ema")})
+        "generator": measured.get("generator", "ema"), "best_from": float(best_from)})
     return True
 
 
@@ -1101,7 +1109,10 @@ def _epoch_callback_class():
             budget_seconds = self.clock() - self.epoch_clock_start
             elapsed = self._elapsed()
             save_generator(gan, self.run, generator=chosen)
-            kept = _keep_if_best(gan, self.run, number, measured, chosen, config.best_by)
+            # An epoch before best_from of the run is not kept (the last one always may be).
+            eligible = last or config.share_done(number, elapsed) >= float(config.best_from)
+            kept = eligible and _keep_if_best(gan, self.run, number, measured, chosen, config.best_by,
+                                              config.best_from)
             # After the generators are saved: a rollback restores the state kept at the best epoch.
             rolled_back_to = self._roll_back_if_risen(gan, number, measured, kept, last)
             row = {
