@@ -83,7 +83,8 @@ def register(subparsers) -> None:
                        help="keep the best epoch (generator_best.keras, gan sample --checkpoint best) only among the "
                             "epochs that end after SHARE of the run (of the time budget or of the epochs, the "
                             "learning-rate schedule's clock); the last epoch always counts, so a short run still "
-                            f"keeps one (default {trainer.GanConfig.best_from:g}: every epoch)")
+                            "keeps one, and --rollback goes back only to a kept epoch (default "
+                            f"{trainer.GanConfig.best_from:g}: every epoch)")
     train.add_argument("--discriminator-lr-scale", type=float, default=None, metavar="S",
                        help="the discriminator's learning rate is the generator's times S, at every step of the "
                             "schedule (two time-scale updates, TTUR); below 1 the discriminator learns more slowly "
