@@ -11,7 +11,8 @@ that `precision="auto"` picks on this machine. A last row times that 128-px step
 float32 (the projected GAN's "auto" precision is mixed bfloat16 where the CPU has native bfloat16); further
 reported rows time the 128-px step with and without optional parts (a wider full-size stage, the spectrum
 penalty, the reconstruction term, the whole-picture head at 64 px, its minibatch standard deviation channel, a
-bilinear doubling into the generator's full-size stage, Lookahead-Minmax).
+bilinear doubling into the generator's full-size stage, Lookahead-Minmax, the generator's step on the
+discriminator's generated batch).
 
 Run with `python3 -m bench` (all benchmarks) or `python3 -m bench gan` (this one), from the repository root.
 """
@@ -187,12 +188,14 @@ def _epoch_row() -> list[dict]:
     # penalty and without the whole-picture head's reconstruction term; that head at 64 px instead of 32
     # (--global-head-size 64) and with a minibatch std channel (--global-head-mbstd 4); and bilinear upsampling into
     # the generator's full-size stage (--generator-top-upsample bilinear); Lookahead-Minmax every 5 steps
-    # (--lookahead 5: the pull-back runs on every fifth step only, so short rounds time mostly the steps between).
+    # (--lookahead 5: the pull-back runs on every fifth step only, so short rounds time mostly the steps between);
+    # the generator's step on the discriminator's generated batch (--generator-fakes shared).
     variants = {precision: {"precision": precision} for precision in ("float32", "mixed_bfloat16")}
     variants.update({f"top{top}": {"generator_top_channels": top} for top in TOP_CHANNELS})
     variants.update(no_spectrum={"spectrum_penalty": 0.0}, no_reconstruction={"discriminator_reconstruction": 0.0},
                     head64={"global_head_size": 64}, mbstd={"global_head_minibatch_std": 4},
-                    top_bilinear={"generator_top_upsample": "bilinear"}, lookahead={"lookahead": 5})
+                    top_bilinear={"generator_top_upsample": "bilinear"}, lookahead={"lookahead": 5},
+                    shared_fakes={"generator_fakes": "shared"})
     models = {}
     for name, overrides in variants.items():
         config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
@@ -242,7 +245,10 @@ def _epoch_row() -> list[dict]:
                   f"median s/step of {ROUNDS} alternating rounds (--generator-top-upsample bilinear against the "
                   f"default nearest), in {default}"),
         _step_row("Lookahead-Minmax every 5 steps vs without", step_s, f"top{TOP_CHANNELS[0]}", "lookahead",
-                  f"median s/step of {ROUNDS} alternating rounds (--lookahead 5 against the default 0), in {default}")]
+                  f"median s/step of {ROUNDS} alternating rounds (--lookahead 5 against the default 0), in {default}"),
+        _step_row("the generator's step on the discriminator's batch vs a fresh one", step_s, f"top{TOP_CHANNELS[0]}",
+                  "shared_fakes", f"median s/step of {ROUNDS} alternating rounds (--generator-fakes shared: one "
+                                  f"generator forward pass a step, against the default fresh: two), in {default}")]
 
 
 def _step_row(what: str, step_s: dict, baseline: str, candidate: str, note: str) -> dict:

@@ -1166,12 +1166,15 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
     assert np.isfinite(logs["d_loss"]) and np.isfinite(logs["g_loss"])
 
 
-def test_one_projected_train_step_with_every_optional_term_on():
+@pytest.mark.parametrize("generator_fakes", trainer.GENERATOR_FAKES)
+def test_one_projected_train_step_with_every_optional_term_on(generator_fakes):
     """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, the layout term, a slower
     discriminator, the whole-picture head on trunk features, its reconstruction term and Lookahead-Minmax all on at
-    once: it builds, changes both networks and the EMA, and reports every term's metric. The tests of each term's
-    arithmetic step eagerly (`eager`, `one_step_each`)."""
+    once, with the generator's step on a fresh batch and on the discriminator's: it builds, changes both networks
+    and the EMA, and reports every term's metric. The tests of each term's arithmetic step eagerly (`eager`,
+    `one_step_each`)."""
     config = tiny_model_config(image_size=32)
+    config.config.generator_fakes = generator_fakes
     config.config.r1, config.config.pseudo_augment, config.config.spectrum_penalty = 1.0, True, 1.0
     config.config.discriminator_lr_scale, config.config.global_head_input = 0.5, "features"
     config.config.discriminator_reconstruction, config.config.layout_mmd = 1.0, 1.0
@@ -1251,6 +1254,57 @@ def test_lookahead_pulls_both_networks_back_halfway_every_kth_step_and_is_checkp
         trainer.GanConfig(lookahead=-1).validate()
     with pytest.raises(ValueError, match="lookahead_alpha must be in 0..1"):
         trainer.GanConfig(lookahead=5, lookahead_alpha=1.0).validate()
+
+
+def test_shared_fakes_call_the_generator_once_a_step_and_take_the_same_discriminator_step():
+    """`generator_fakes` "shared": from the same weights and seed state as the default ("fresh"), one step calls
+    the generator once instead of twice, takes the same discriminator step (both learn from the batch drawn
+    first), and moves the generator differently (its step learns from that batch rather than a new one). A
+    conditional run with mode seeking and APA steps with it too. Bad values are refused by name, runs written
+    before it read as fresh, and the CLI passes it."""
+    config = tiny_model_config()
+    config.config.generator_fakes = "shared"
+    shared, fresh = networks.make_gan(config), networks.make_gan(tiny_model_config())
+    assert shared.shared_fakes and not fresh.shared_fakes
+    for source, target in ((shared.generator, fresh.generator), (shared.discriminator, fresh.discriminator),
+                           (shared.ema_generator, fresh.ema_generator),
+                           (shared.reconstruction_decoder, fresh.reconstruction_decoder)):
+        target.set_weights(source.get_weights())
+    start = [weight.numpy().copy() for weight in shared.generator.trainable_weights]
+    calls = {}
+    for name, gan in (("shared", shared), ("fresh", fresh)):
+        forward = gan.generator.call
+
+        def counted(*args, name=name, forward=forward, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return forward(*args, **kwargs)
+
+        gan.generator.call = counted
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    logs = one_step_each(images, shared, fresh)
+    assert calls == {"shared": 1, "fresh": 2}
+    assert same_weights(shared.discriminator, fresh.discriminator)
+    assert same_weights(shared.reconstruction_decoder, fresh.reconstruction_decoder)
+    assert logs[0]["d_loss"] == logs[1]["d_loss"] and logs[0]["g_loss"] != logs[1]["g_loss"]
+    assert not same_weights(shared.generator, fresh.generator)
+    assert not all(np.allclose(weight.numpy(), value) for weight, value in zip(shared.generator.trainable_weights,
+                                                                               start))
+
+    conditional = tiny_model_config(conditional=True)
+    conditional.config.generator_fakes, conditional.config.pseudo_augment = "shared", True
+    gan = networks.make_gan(conditional)
+    assert gan.mode_seeking > 0 and gan.pseudo_augment
+    before = [weight.numpy().copy() for weight in gan.generator.trainable_weights + gan.discriminator.trainable_weights]
+    eager(gan).train_on_batch(images, np.array([0, 1] * 4, np.int32))
+    after = [weight.numpy() for weight in gan.generator.trainable_weights + gan.discriminator.trainable_weights]
+    assert any(not np.allclose(a, b) for a, b in zip(before[:len(gan.generator.trainable_weights)], after))
+    assert any(not np.allclose(a, b) for a, b in zip(before[len(gan.generator.trainable_weights):],
+                                                     after[len(gan.generator.trainable_weights):]))
+
+    assert trainer.GanConfig().generator_fakes == "fresh"
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("generator_fakes", "fresh", "--generator-fakes", "shared")
+    with pytest.raises(ValueError, match="generator_fakes 'both' is not one of"):
+        trainer.GanConfig(generator_fakes="both").validate()
 
 
 def test_margins_split_the_patch_heads_from_the_whole_picture_head():

@@ -110,6 +110,11 @@ def register(subparsers) -> None:
     train.add_argument("--lookahead-alpha", type=float, default=None, metavar="A",
                        help=f"how far toward the new weights a lookahead sync goes (default "
                             f"{trainer.GanConfig.lookahead_alpha:g}, the paper's)")
+    train.add_argument("--generator-fakes", choices=trainer.GENERATOR_FAKES, default=None,
+                       help="the generated batch the generator's step learns from: fresh (a new one, drawn after the "
+                            "discriminator's step) or shared (the one the discriminator's step just saw: one "
+                            "generator forward pass a step instead of two, so more steps fit in --minutes) "
+                            f"(default {trainer.GanConfig.generator_fakes})")
     train.add_argument("--rollback", type=float, default=None, metavar="RATIO",
                        help="after a measured epoch whose fixed-space KID against the training sample "
                             "(kid_fixed_train) is above RATIO times the lowest so far (and 0.03 above it), restore "
@@ -364,6 +369,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("layout_mmd", args.layout_mmd),
                                            ("lookahead", args.lookahead),
                                            ("lookahead_alpha", args.lookahead_alpha),
+                                           ("generator_fakes", args.generator_fakes),
                                            ("rollback", args.rollback), ("rollback_limit", args.rollback_limit),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),
                                            ("spectrum_penalty", args.spectrum_penalty),

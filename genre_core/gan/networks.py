@@ -838,6 +838,7 @@ def make_gan(config):
         layout_mmd=float(getattr(config, "layout_mmd", 0.0)),
         lookahead=int(getattr(config, "lookahead", 0)),
         lookahead_alpha=float(getattr(config, "lookahead_alpha", 0.5)),
+        shared_fakes=getattr(config, "generator_fakes", "fresh") == "shared",
         seed=config.seed,
     )
     gan.compile(
@@ -865,7 +866,7 @@ def _gan_class():
                      spectrum_penalty_kind="level", spectrum_penalty_period=SPECTRUM_PENALTY_PERIOD,
                      pseudo_augment=False, global_head_schedule=False, reconstruction=0.0,
                      reconstruction_decoder=None, layout_freeze=False, layout_mmd=0.0, lookahead=0,
-                     lookahead_alpha=0.5, **kwargs):
+                     lookahead_alpha=0.5, shared_fakes=False, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
@@ -978,6 +979,10 @@ def _gan_class():
             self.lookahead_slow = [
                 keras.Variable(variable.numpy(), dtype=variable.dtype, trainable=False, name=f"lookahead_slow_{index}")
                 for index, variable in enumerate(self._lookahead_fast())] if self.lookahead else []
+            # The generator's step on the batch the discriminator's step just saw (GanConfig.generator_fakes
+            # "shared", as PyTorch's DCGAN example does): one generator forward pass per step instead of two; the
+            # generator's gradient goes through that pass, the discriminator's step in between taken first.
+            self.shared_fakes = bool(shared_fakes)
 
         def _lookahead_fast(self):
             """What Lookahead-Minmax pulls back: the generator's trainable variables, then the discriminator's
@@ -1300,63 +1305,29 @@ def _gan_class():
             real_images, labels = data[0], data[1]
             batch_size = tf.shape(real_images)[0]
             noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
-
-            # Discriminator step: real images are "1", generated images are "0".
-            with tf.GradientTape() as tape:
-                fake_images = self.generator(self._inputs(noise, labels), training=True)
-                pseudo = tf.zeros((batch_size,), dtype="bool")
-                if self.pseudo_augment:
-                    # APA: some "real" images are generated ones (the same genre label), no gradient to G.
-                    pseudo = keras.random.uniform((batch_size,), seed=self.seed_generator) < self.pseudo_probability
-                    real_images = tf.where(pseudo[:, None, None, None],
-                                           tf.cast(tf.stop_gradient(fake_images), real_images.dtype), real_images)
-                # One discriminator call on real and generated images together (cheaper than two).
-                both = self._augment(tf.concat([real_images, fake_images], axis=0))
-                logits = self.discriminator(self._inputs(both, tf.concat([labels, labels], axis=0)), training=True)
-                real_logits, fake_logits = logits[:batch_size], logits[batch_size:]
-                fake_logits_seen = fake_logits  # the generator's step below reuses the name
-                d_loss = self._discriminator_loss(real_logits, fake_logits)
-                total_d_loss = d_loss
-                if self.lecam:
-                    total_d_loss = d_loss + self.lecam * self._lecam_loss(real_logits, fake_logits)
-                if self.r1:
-                    total_d_loss = total_d_loss + self.r1 * self._r1_penalty(both[:R1_SAMPLES], labels[:R1_SAMPLES])
-                if self.reconstruction:
-                    reconstruction_loss = self._reconstruction_loss(both[:batch_size])
-                    total_d_loss = total_d_loss + self.reconstruction * reconstruction_loss
-            variables = self.discriminator_variables()
-            gradients = tape.gradient(total_d_loss, variables)
-            self.discriminator_optimizer.apply_gradients(zip(gradients, variables))
-
-            # Generator step with the non-saturating loss: make D call the generated images real.
-            noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
-            if self.mode_seeking:
-                # Pairs (i, i + half) share a genre, so the mode-seeking term compares images of one genre.
-                half = batch_size // 2
-                labels = tf.concat([labels[:half], labels[:half], labels[2 * half:]], axis=0)
-            with tf.GradientTape() as tape:
-                fake_images = self.generator(self._inputs(noise, labels), training=True)
-                fake_logits = self.discriminator(self._inputs(self._augment(fake_images), labels), training=False)
-                if self.loss == "hinge":
-                    g_loss = -self._logit_mean(fake_logits)
-                else:
-                    g_loss = self.loss_function(tf.ones_like(fake_logits), fake_logits)
-                total_g_loss = g_loss
+            fake_labels = labels
+            if self.shared_fakes:
                 if self.mode_seeking:
-                    total_g_loss = g_loss + self.mode_seeking * self._mode_seeking_loss(noise, fake_images)
-                if self.spectrum_penalty:
-                    if not self.spectrum_target_set:  # checked while the step is traced
-                        raise ValueError("the spectrum penalty needs its target: call set_spectrum_target(real "
-                                         "images) before training")
-                    spectrum_loss = self._spectrum_loss(fake_images)
-                    total_g_loss = total_g_loss + self.spectrum_penalty * spectrum_loss
-                if self.layout_mmd:
-                    if not self.layout_target_set:  # checked while the step is traced
-                        raise ValueError("the layout term needs its target: call set_layout_target(training images) "
-                                         "before training")
-                    layout_mmd = self._layout_mmd_loss(fake_images)
-                    total_g_loss = total_g_loss + self.layout_mmd * layout_mmd
-            gradients = tape.gradient(total_g_loss, self.generator.trainable_variables)
+                    fake_labels = self._mode_seeking_labels(labels, batch_size)
+                # One generator pass for both steps: its tape pauses for the discriminator's step.
+                with tf.GradientTape() as generator_tape:
+                    fake_images = self.generator(self._inputs(noise, fake_labels), training=True)
+                    with generator_tape.stop_recording():
+                        seen = self._discriminator_step(real_images, labels, fake_images, fake_labels, batch_size)
+                    generator_losses = self._generator_losses(noise, fake_labels, fake_images)
+            else:
+                fake_images = self.generator(self._inputs(noise, labels), training=True)
+                seen = self._discriminator_step(real_images, labels, fake_images, labels, batch_size)
+                # Generator step on a new batch.
+                noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
+                if self.mode_seeking:
+                    fake_labels = self._mode_seeking_labels(labels, batch_size)
+                with tf.GradientTape() as generator_tape:
+                    fake_images = self.generator(self._inputs(noise, fake_labels), training=True)
+                    generator_losses = self._generator_losses(noise, fake_labels, fake_images)
+            d_loss, real_logits, fake_logits_seen, pseudo, reconstruction_loss = seen
+            total_g_loss, g_loss, spectrum_loss, layout_mmd = generator_losses
+            gradients = generator_tape.gradient(total_g_loss, self.generator.trainable_variables)
             layout = self.layout_variables
             before = [tf.identity(variable) for variable in layout]
             self.generator_optimizer.apply_gradients(zip(gradients, self.generator.trainable_variables))
@@ -1413,6 +1384,72 @@ def _gan_class():
                 "margin_patches": self.patch_margin_tracker.result(),
                 **({"margin_global": self.global_margin_tracker.result()} if self.global_columns else {}),
             }
+
+        def _mode_seeking_labels(self, labels, batch_size):
+            """The generated batch's labels with the mode-seeking term: pairs (i, i + half) share a genre, so the
+            term compares images of one genre."""
+            half = batch_size // 2
+            return tf.concat([labels[:half], labels[:half], labels[2 * half:]], axis=0)
+
+        def _discriminator_step(self, real_images, labels, fake_images, fake_labels, batch_size):
+            """One discriminator step (real images are "1", generated ones "0"); (its loss before the extra terms,
+            the logits on real images, those on generated ones, which real images APA replaced, the reconstruction
+            term or None)."""
+            generated = tf.stop_gradient(fake_images)
+            pseudo = tf.zeros((batch_size,), dtype="bool")
+            reconstruction_loss = None
+            with tf.GradientTape() as tape:
+                if self.pseudo_augment:
+                    # APA: some "real" images are generated ones (the same genre label), no gradient to G.
+                    pseudo = keras.random.uniform((batch_size,), seed=self.seed_generator) < self.pseudo_probability
+                    if self.shared_fakes and self.mode_seeking:  # only where the generated image's genre is the same
+                        pseudo = tf.logical_and(pseudo, tf.equal(labels, fake_labels))
+                    real_images = tf.where(pseudo[:, None, None, None], tf.cast(generated, real_images.dtype),
+                                           real_images)
+                # One discriminator call on real and generated images together (cheaper than two).
+                both = self._augment(tf.concat([real_images, generated], axis=0))
+                logits = self.discriminator(self._inputs(both, tf.concat([labels, fake_labels], axis=0)), training=True)
+                real_logits, fake_logits = logits[:batch_size], logits[batch_size:]
+                d_loss = self._discriminator_loss(real_logits, fake_logits)
+                total_d_loss = d_loss
+                if self.lecam:
+                    total_d_loss = d_loss + self.lecam * self._lecam_loss(real_logits, fake_logits)
+                if self.r1:
+                    total_d_loss = total_d_loss + self.r1 * self._r1_penalty(both[:R1_SAMPLES], labels[:R1_SAMPLES])
+                if self.reconstruction:
+                    reconstruction_loss = self._reconstruction_loss(both[:batch_size])
+                    total_d_loss = total_d_loss + self.reconstruction * reconstruction_loss
+            variables = self.discriminator_variables()
+            gradients = tape.gradient(total_d_loss, variables)
+            self.discriminator_optimizer.apply_gradients(zip(gradients, variables))
+            return d_loss, real_logits, fake_logits, pseudo, reconstruction_loss
+
+        def _generator_losses(self, noise, labels, fake_images):
+            """The generator's loss on `fake_images` (the non-saturating or hinge loss: make D call them real) and
+            its extra terms, to be taken under the generator's tape: (the total, the adversarial part, the spectrum
+            term or None, the layout term or None)."""
+            fake_logits = self.discriminator(self._inputs(self._augment(fake_images), labels), training=False)
+            if self.loss == "hinge":
+                g_loss = -self._logit_mean(fake_logits)
+            else:
+                g_loss = self.loss_function(tf.ones_like(fake_logits), fake_logits)
+            total_g_loss = g_loss
+            spectrum_loss = layout_mmd = None
+            if self.mode_seeking:
+                total_g_loss = g_loss + self.mode_seeking * self._mode_seeking_loss(noise, fake_images)
+            if self.spectrum_penalty:
+                if not self.spectrum_target_set:  # checked while the step is traced
+                    raise ValueError("the spectrum penalty needs its target: call set_spectrum_target(real "
+                                     "images) before training")
+                spectrum_loss = self._spectrum_loss(fake_images)
+                total_g_loss = total_g_loss + self.spectrum_penalty * spectrum_loss
+            if self.layout_mmd:
+                if not self.layout_target_set:  # checked while the step is traced
+                    raise ValueError("the layout term needs its target: call set_layout_target(training images) "
+                                     "before training")
+                layout_mmd = self._layout_mmd_loss(fake_images)
+                total_g_loss = total_g_loss + self.layout_mmd * layout_mmd
+            return total_g_loss, g_loss, spectrum_loss, layout_mmd
 
         def _margins(self, real_logits, fake_logits):
             """(patch heads' margin, whole-picture head's margin): the mean logit on real images minus that on

@@ -88,6 +88,10 @@ BEST_BY = ("train", "heldout")
 # kit the random draw moved a generator's KID up to 2.9x from seed to seed and the stratified one halved that spread
 # (docs/gan-measurements.md, "A representative held-out split").
 HOLDOUTS = ("random", "stratified")
+# Which generated batch the generator's step learns from (GENERATOR_FAKES): fresh (a new batch, drawn after the
+# discriminator's step) | shared (the batch the discriminator's step just saw, as PyTorch's DCGAN example does: one
+# generator forward pass a step instead of two).
+GENERATOR_FAKES = ("fresh", "shared")
 HOLDOUT_CLUSTERS = 16
 # The history column each best_by rule chooses by (best.json's `score_of`). Stop 61's "train" runs chose by the
 # own-space `kid_train` (their best.json has no `score_of`); unscaled, it picked worse epochs than the last on fresh
@@ -229,6 +233,9 @@ class GanConfig:
     # game, the circling that plain alternating steps follow. 0: off.
     lookahead: int = 0
     lookahead_alpha: float = 0.5
+    # The generated batch the generator's step learns from (GENERATOR_FAKES): fresh | shared (that of the
+    # discriminator's step: its generator pass serves both steps, so a step costs one generator forward less).
+    generator_fakes: str = "fresh"
     beta_1: float = 0.0
     ema_decay: float = 0.995
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
@@ -381,6 +388,8 @@ class GanConfig:
             raise ValueError(f"epochs must be at least 0, got {self.epochs}")
         if not 0.0 <= self.holdout_fraction < 0.9:
             raise ValueError(f"holdout_fraction must be in 0..0.9, got {self.holdout_fraction}")
+        if self.generator_fakes not in GENERATOR_FAKES:
+            raise ValueError(f"generator_fakes {self.generator_fakes!r} is not one of {GENERATOR_FAKES}")
         if self.holdout not in HOLDOUTS:
             raise ValueError(f"holdout {self.holdout!r} is not one of {HOLDOUTS}")
         if self.budget_clock not in BUDGET_CLOCKS:
@@ -456,7 +465,8 @@ class GanConfig:
         became the default (a config without `spectrum_penalty`) had none, one written before the whole-picture
         head's reconstruction term became the default had none, one written before equal heads and the faster
         fall became the default (a config without `head_balance` or `lr_decay_power`) had patches and a line, one
-        written before `best_by` chose its best epoch by the held-out images, and a conditional run whose config
+        written before `best_by` chose its best epoch by the held-out images, one written before `generator_fakes`
+        drew a fresh batch for the generator's step, and a conditional run whose config
         leaves `mode_seeking` to the default (-1; new runs save the weight they use) trained with
         OLDER_CONDITIONAL_MODE_SEEKING, so it resumes and samples with the networks (and trains with the schedule)
         it was started with."""
@@ -468,7 +478,7 @@ class GanConfig:
                               "precision": "float32", "lr_decay": "none", "ema_lr_power": 0.0, "lecam": 0.0,
                               "spectrum_penalty": 0.0, "discriminator_reconstruction": 0.0,
                               "bn_calibration_samples": 256, "head_balance": "patches", "lr_decay_power": 1.0,
-                              "best_by": "heldout", "best_from": 0.0, "holdout": "random",
+                              "best_by": "heldout", "best_from": 0.0, "holdout": "random", "generator_fakes": "fresh",
                               "augment_policy": list(networks.AUGMENT_POLICIES), **values})
 
     def to_dict(self) -> dict:
