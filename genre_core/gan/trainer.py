@@ -234,7 +234,9 @@ class GanConfig:
     lookahead: int = 0
     lookahead_alpha: float = 0.5
     # The generated batch the generator's step learns from (GENERATOR_FAKES): fresh | shared (that of the
-    # discriminator's step: its generator pass serves both steps, so a step costs one generator forward less).
+    # discriminator's step: its generator pass serves both steps, so a step costs one generator forward less). Fresh
+    # by default: on the kit (stop 75) shared trained 1.095x the steps in 15 minutes but ended higher outside the
+    # small kit on 2 of 3 seeds (docs/gan-measurements.md, "The generator's step on the discriminator's batch").
     generator_fakes: str = "fresh"
     beta_1: float = 0.0
     ema_decay: float = 0.995
