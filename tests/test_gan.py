@@ -1169,8 +1169,8 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
 @pytest.mark.parametrize("generator_fakes", trainer.GENERATOR_FAKES)
 def test_one_projected_train_step_with_every_optional_term_on(generator_fakes):
     """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, the layout term, a slower
-    discriminator, the whole-picture head on trunk features, its reconstruction term and Lookahead-Minmax all on at
-    once, with the generator's step on a fresh batch and on the discriminator's: it builds, changes both networks
+    discriminator, the whole-picture head on trunk features, its reconstruction term, Lookahead-Minmax and top-k
+    training all on at once, with the generator's step on a fresh batch and on the discriminator's: it builds, changes both networks
     and the EMA, and reports every term's metric. The tests of each term's arithmetic step eagerly (`eager`,
     `one_step_each`)."""
     config = tiny_model_config(image_size=32)
@@ -1179,7 +1179,9 @@ def test_one_projected_train_step_with_every_optional_term_on(generator_fakes):
     config.config.discriminator_lr_scale, config.config.global_head_input = 0.5, "features"
     config.config.discriminator_reconstruction, config.config.layout_mmd = 1.0, 1.0
     config.config.lookahead = 1  # a sync after every step: the weights still move, by alpha of the step
+    config.config.top_k = 0.5
     model = networks.make_gan(config)
+    model.top_k_share.assign(0.5)
     assert not model.run_eagerly and (model.lecam, model.r1, model.pseudo_augment) == (0.3, 1.0, True)
     images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
     model.set_spectrum_target(images)
@@ -1305,6 +1307,50 @@ def test_shared_fakes_call_the_generator_once_a_step_and_take_the_same_discrimin
     assert_read_as_off_in_older_runs_and_passed_by_the_cli("generator_fakes", "fresh", "--generator-fakes", "shared")
     with pytest.raises(ValueError, match="generator_fakes 'both' is not one of"):
         trainer.GanConfig(generator_fakes="both").validate()
+
+
+def test_top_k_training_takes_the_generators_loss_on_the_images_d_scores_highest():
+    """`top_k`: `_top_k_rows` keeps the rows of the generated batch's logits whose mean is highest, the share
+    `top_k_share` of the batch (at least one row); from the same weights and seed as the default, a step with the
+    whole batch is the default's step, and then one with half the batch takes the same discriminator step and a
+    different generator step. The share falls on a line over the run from 1 to `top_k`; bad values are refused by name, runs written
+    before it read as off, and the CLI passes it."""
+    import tensorflow as tf
+
+    config = tiny_model_config()
+    config.config.top_k = 0.5
+    top, plain = networks.make_gan(config), networks.make_gan(tiny_model_config())
+    assert top.top_k and not plain.top_k
+    columns = int(top.discriminator.output.shape[-1])
+    logits = np.zeros((4, columns), np.float32)
+    logits[:, 0] = [0.0, 3.0, -1.0, 2.0]  # row means in the order 1, 3, 0, 2
+    for share, rows in ((0.5, [1, 3]), (0.75, [1, 3, 0]), (1.0, [1, 3, 0, 2]), (0.01, [1])):
+        top.top_k_share.assign(share)
+        np.testing.assert_array_equal(top._top_k_rows(tf.constant(logits)).numpy(), logits[rows])
+
+    for source, target in ((top.generator, plain.generator), (top.discriminator, plain.discriminator),
+                           (top.ema_generator, plain.ema_generator),
+                           (top.reconstruction_decoder, plain.reconstruction_decoder)):
+        target.set_weights(source.get_weights())
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)
+    top.top_k_share.assign(1.0)
+    logs = one_step_each(images, top, plain)
+    assert same_weights(top.generator, plain.generator) and same_weights(top.discriminator, plain.discriminator)
+    assert logs[0]["g_loss"] == pytest.approx(logs[1]["g_loss"], abs=1e-6)
+    top.top_k_share.assign(0.5)  # the next step from the same state
+    logs = one_step_each(images, top, plain)
+    assert same_weights(top.discriminator, plain.discriminator)
+    assert logs[0]["d_loss"] == pytest.approx(logs[1]["d_loss"], abs=1e-6)
+    assert not same_weights(top.generator, plain.generator) and logs[0]["g_loss"] != logs[1]["g_loss"]
+
+    schedule = trainer.GanConfig(top_k=0.5, time_budget_minutes=10)
+    assert [schedule.top_k_share_at(0, seconds) for seconds in (0, 300, 600)] == [1.0, 0.75, 0.5]
+    assert trainer.GanConfig().top_k_share_at(3, 300) == 1.0
+    assert trainer.GanConfig().top_k == 0.0
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("top_k", 0.0, "--top-k", 0.5)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="top_k must be 0 \\(off\\) or a share"):
+            trainer.GanConfig(top_k=bad).validate()
 
 
 def test_margins_split_the_patch_heads_from_the_whole_picture_head():

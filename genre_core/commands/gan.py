@@ -115,6 +115,10 @@ def register(subparsers) -> None:
                             "discriminator's step) or shared (the one the discriminator's step just saw: one "
                             "generator forward pass a step instead of two, so more steps fit in --minutes) "
                             f"(default {trainer.GanConfig.generator_fakes})")
+    train.add_argument("--top-k", type=float, default=None, metavar="NU",
+                       help="Top-k training: the generator's adversarial loss learns only from the generated images "
+                            "of its batch that the discriminator scores as most real, a share falling over the run "
+                            "from the whole batch to NU (0..1, e.g. 0.5) (default 0: every image)")
     train.add_argument("--rollback", type=float, default=None, metavar="RATIO",
                        help="after a measured epoch whose fixed-space KID against the training sample "
                             "(kid_fixed_train) is above RATIO times the lowest so far (and 0.03 above it), restore "
@@ -370,6 +374,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("lookahead", args.lookahead),
                                            ("lookahead_alpha", args.lookahead_alpha),
                                            ("generator_fakes", args.generator_fakes),
+                                           ("top_k", args.top_k),
                                            ("rollback", args.rollback), ("rollback_limit", args.rollback_limit),
                                            ("mode_seeking", args.mode_seeking), ("lecam", args.lecam), ("r1", args.r1),
                                            ("spectrum_penalty", args.spectrum_penalty),

@@ -839,6 +839,7 @@ def make_gan(config):
         lookahead=int(getattr(config, "lookahead", 0)),
         lookahead_alpha=float(getattr(config, "lookahead_alpha", 0.5)),
         shared_fakes=getattr(config, "generator_fakes", "fresh") == "shared",
+        top_k=bool(getattr(config, "top_k", 0.0)),
         seed=config.seed,
     )
     gan.compile(
@@ -866,7 +867,7 @@ def _gan_class():
                      spectrum_penalty_kind="level", spectrum_penalty_period=SPECTRUM_PENALTY_PERIOD,
                      pseudo_augment=False, global_head_schedule=False, reconstruction=0.0,
                      reconstruction_decoder=None, layout_freeze=False, layout_mmd=0.0, lookahead=0,
-                     lookahead_alpha=0.5, shared_fakes=False, **kwargs):
+                     lookahead_alpha=0.5, shared_fakes=False, top_k=False, **kwargs):
             super().__init__(**kwargs)
             if loss not in LOSSES:
                 raise ValueError(f"unknown GAN loss {loss!r}; choose one of {LOSSES}")
@@ -937,6 +938,11 @@ def _gan_class():
                                  "(global_head > 0, projected architecture)")
             self.global_head_schedule = bool(global_head_schedule)
             self.global_head_weight = keras.Variable(1.0, trainable=False, name="global_head_weight")
+            # Top-k training (Sinha et al., NeurIPS 2020; `_top_k_rows`): the generator's adversarial loss takes only
+            # the share `top_k_share` of its batch that D scores as most real. The trainer sets the share before
+            # every step (GanConfig.top_k_share_at); not training state, so checkpoints keep their variable count.
+            self.top_k = bool(top_k)
+            self.top_k_share = keras.Variable(1.0, trainable=False, name="top_k_share")
             # FastGAN's self-supervised discriminator on the whole-picture head (`_reconstruction_loss`): the
             # encoder is D's own path to the head's last map; the decoder's weights are D's, trained by its
             # optimizer, and training state only when the term is on (other checkpoints keep their variable count).
@@ -1096,10 +1102,15 @@ def _gan_class():
             """The hinge losses' mean over a batch's logits: plain, or with the scheduled head weight."""
             if not self.global_head_schedule:
                 return tf.reduce_mean(values)
+            return weighted_logit_mean(values, self._column_weights())
+
+        def _column_weights(self):
+            """Each logit column's weight in the losses: 1, and the scheduled weight for the whole-picture head's."""
             total = int(self.discriminator.output.shape[-1])
-            weights = tf.concat([tf.ones((total - self.global_columns,)),
-                                 tf.fill((self.global_columns,), self.global_head_weight.value)], axis=0)
-            return weighted_logit_mean(values, weights)
+            if not self.global_head_schedule:
+                return tf.ones((total,))
+            return tf.concat([tf.ones((total - self.global_columns,)),
+                              tf.fill((self.global_columns,), self.global_head_weight.value)], axis=0)
 
         def _inputs(self, images_or_noise, labels):
             """Pair a tensor with its labels when the model is conditional."""
@@ -1429,6 +1440,8 @@ def _gan_class():
             its extra terms, to be taken under the generator's tape: (the total, the adversarial part, the spectrum
             term or None, the layout term or None)."""
             fake_logits = self.discriminator(self._inputs(self._augment(fake_images), labels), training=False)
+            if self.top_k:
+                fake_logits = self._top_k_rows(fake_logits)
             if self.loss == "hinge":
                 g_loss = -self._logit_mean(fake_logits)
             else:
@@ -1450,6 +1463,18 @@ def _gan_class():
                 layout_mmd = self._layout_mmd_loss(fake_images)
                 total_g_loss = total_g_loss + self.layout_mmd * layout_mmd
             return total_g_loss, g_loss, spectrum_loss, layout_mmd
+
+        def _top_k_rows(self, fake_logits):
+            """The rows of (batch, logits) `fake_logits` of the generated images D scores as most real: the
+            `top_k_share` of the batch (at least one), by each image's logits averaged as the loss weighs them.
+            The generator's adversarial loss then learns from those only (Top-k training: the images D already
+            rejects most pull the generator toward the mean of the modes rather than toward any one)."""
+            weights = self._column_weights()
+            scores = tf.reduce_sum(tf.cast(fake_logits, "float32") * weights, axis=-1) / tf.reduce_sum(weights)
+            batch = tf.shape(scores)[0]
+            k = tf.cast(tf.round(tf.cast(self.top_k_share.value, "float32") * tf.cast(batch, "float32")), "int32")
+            _, rows = tf.math.top_k(scores, tf.clip_by_value(k, 1, batch))
+            return tf.gather(fake_logits, rows)
 
         def _margins(self, real_logits, fake_logits):
             """(patch heads' margin, whole-picture head's margin): the mean logit on real images minus that on

@@ -238,6 +238,11 @@ class GanConfig:
     # by default: on the kit (stop 75) shared trained 1.095x the steps in 15 minutes but ended higher outside the
     # small kit on 2 of 3 seeds (docs/gan-measurements.md, "The generator's step on the discriminator's batch").
     generator_fakes: str = "fresh"
+    # Top-k training (Sinha et al., NeurIPS 2020; networks.Gan._top_k_rows): the generator's adversarial loss
+    # learns only from the generated images of its batch that the discriminator scores as most real; their share
+    # falls on a line over the run (`share_done`, the learning rate's clock) from the whole batch to `top_k` (the
+    # paper's nu; it decays k per epoch, and these runs have twenty-odd epochs). 0: off, every image.
+    top_k: float = 0.0
     beta_1: float = 0.0
     ema_decay: float = 0.995
     ema_lr_power: float = 0.5  # the EMA's per-step share is times (lr / learning_rate) ** this; 0: a fixed share
@@ -390,6 +395,8 @@ class GanConfig:
             raise ValueError(f"epochs must be at least 0, got {self.epochs}")
         if not 0.0 <= self.holdout_fraction < 0.9:
             raise ValueError(f"holdout_fraction must be in 0..0.9, got {self.holdout_fraction}")
+        if not (self.top_k == 0 or 0.0 < float(self.top_k) < 1.0):
+            raise ValueError(f"top_k must be 0 (off) or a share of the batch in 0..1 (exclusive), got {self.top_k}")
         if self.generator_fakes not in GENERATOR_FAKES:
             raise ValueError(f"generator_fakes {self.generator_fakes!r} is not one of {GENERATOR_FAKES}")
         if self.holdout not in HOLDOUTS:
@@ -568,6 +575,13 @@ class GanConfig:
             return float(self.global_head)
         done = self.share_done(epoch, elapsed_seconds)
         return float(self.global_head) + (float(self.global_head_end) - float(self.global_head)) * done
+
+    def top_k_share_at(self, epoch: float, elapsed_seconds: float) -> float:
+        """The share of the generated batch the generator's adversarial loss learns from for the step that starts
+        now: 1 without `top_k`; with it, a line from 1 to `top_k` over the run (`share_done`)."""
+        if not self.top_k:
+            return 1.0
+        return 1.0 - (1.0 - float(self.top_k)) * self.share_done(epoch, elapsed_seconds)
 
     @property
     def mode_seeking_weight(self) -> float:
@@ -1015,6 +1029,8 @@ def _epoch_callback_class():
                 self.model.layout_rate_scale.assign(self.config.layout_rate_scale(position, elapsed))
             if self.config.global_head_end:
                 self.model.set_global_head_share(self.config.global_head_share_at(position, elapsed))
+            if self.config.top_k:
+                self.model.top_k_share.assign(self.config.top_k_share_at(position, elapsed))
 
         def on_train_batch_end(self, batch, logs=None):
             self.steps_done = batch + 1
@@ -1162,6 +1178,8 @@ def _epoch_callback_class():
                 "spectrum_loss": float(logs["spectrum_loss"]) if "spectrum_loss" in logs else None,
                 # With a scheduled whole-picture head, its share at the epoch's last step.
                 **({"global_head_share": round(gan.global_head_share(), 4)} if config.global_head_end else {}),
+                # With top-k training, the share of the generated batch its adversarial loss took at the last step.
+                **({"top_k_share": round(float(gan.top_k_share.numpy()), 4)} if config.top_k else {}),
                 **({"reconstruction_loss": float(logs["reconstruction_loss"])}
                    if "reconstruction_loss" in logs else {}),
                 **({"rolled_back_to": rolled_back_to} if config.rollback else {}),
