@@ -241,7 +241,9 @@ class GanConfig:
     # Top-k training (Sinha et al., NeurIPS 2020; networks.Gan._top_k_rows): the generator's adversarial loss
     # learns only from the generated images of its batch that the discriminator scores as most real; their share
     # falls on a line over the run (`share_done`, the learning rate's clock) from the whole batch to `top_k` (the
-    # paper's nu; it decays k per epoch, and these runs have twenty-odd epochs). 0: off, every image.
+    # paper's nu; it decays k per epoch, and these runs have twenty-odd epochs). 0: off, every image. Off by default:
+    # on the kit (stop 76) 0.5 ended lower outside the small kit on 4 of 5 seeds but not on the mean, 0.085 against
+    # 0.084 (docs/gan-measurements.md, "Top-k training for the generator").
     top_k: float = 0.0
     beta_1: float = 0.0
     ema_decay: float = 0.995
