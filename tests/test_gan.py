@@ -1170,8 +1170,8 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
 def test_one_projected_train_step_with_every_optional_term_on(generator_fakes):
     """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, the layout term, a slower
     discriminator, the whole-picture head on trunk features, its reconstruction term, Lookahead-Minmax and top-k
-    training all on at once, with the generator's step on a fresh batch and on the discriminator's: it builds, changes both networks
-    and the EMA, and reports every term's metric. The tests of each term's arithmetic step eagerly (`eager`,
+    training all on at once, with the generator's step on a fresh batch and on the discriminator's: it builds,
+    changes both networks and the EMA, and reports every term's metric. The tests of each term's arithmetic step eagerly (`eager`,
     `one_step_each`)."""
     config = tiny_model_config(image_size=32)
     config.config.generator_fakes = generator_fakes
@@ -1313,8 +1313,8 @@ def test_top_k_training_takes_the_generators_loss_on_the_images_d_scores_highest
     """`top_k`: `_top_k_rows` keeps the rows of the generated batch's logits whose mean is highest, the share
     `top_k_share` of the batch (at least one row); from the same weights and seed as the default, a step with the
     whole batch is the default's step, and then one with half the batch takes the same discriminator step and a
-    different generator step. The share falls on a line over the run from 1 to `top_k`; bad values are refused by name, runs written
-    before it read as off, and the CLI passes it."""
+    different generator step. The share falls on a line over the run from 1 to `top_k`; bad values are refused by
+    name, runs written before it read as off, and the CLI passes it."""
     import tensorflow as tf
 
     config = tiny_model_config()
