@@ -1169,8 +1169,8 @@ def test_one_projected_train_step_changes_both_networks_but_not_the_trunk():
 @pytest.mark.parametrize("generator_fakes", trainer.GENERATOR_FAKES)
 def test_one_projected_train_step_with_every_optional_term_on(generator_fakes):
     """The traced (tf.function) train step with LeCam, R1, APA, the spectrum penalty, the layout term, a slower
-    discriminator, the whole-picture head on trunk features, its reconstruction term, Lookahead-Minmax and top-k
-    training all on at once, with the generator's step on a fresh batch and on the discriminator's: it builds,
+    discriminator, the whole-picture head on trunk features, its reconstruction term, Lookahead-Minmax, top-k
+    training and feature diffusion all on at once, with the generator's step on a fresh batch and on the discriminator's: it builds,
     changes both networks and the EMA, and reports every term's metric. The tests of each term's arithmetic step eagerly (`eager`,
     `one_step_each`)."""
     config = tiny_model_config(image_size=32)
@@ -1179,7 +1179,7 @@ def test_one_projected_train_step_with_every_optional_term_on(generator_fakes):
     config.config.discriminator_lr_scale, config.config.global_head_input = 0.5, "features"
     config.config.discriminator_reconstruction, config.config.layout_mmd = 1.0, 1.0
     config.config.lookahead = 1  # a sync after every step: the weights still move, by alpha of the step
-    config.config.top_k = 0.5
+    config.config.top_k, config.config.feature_diffusion = 0.5, 0.5
     model = networks.make_gan(config)
     model.top_k_share.assign(0.5)
     assert not model.run_eagerly and (model.lecam, model.r1, model.pseudo_augment) == (0.3, 1.0, True)
@@ -1351,6 +1351,70 @@ def test_top_k_training_takes_the_generators_loss_on_the_images_d_scores_highest
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="top_k must be 0 \\(off\\) or a share"):
             trainer.GanConfig(top_k=bad).validate()
+
+
+def test_feature_diffusion_diffuses_the_trunk_maps_by_the_adaptive_strength():
+    """`FeatureDiffusion` (Diffusion-GAN on the projected discriminator's trunk maps): at strength 0 a map passes
+    unchanged; at strength 1, about 3 in 4 (image, channel) pairs are diffused, each to sqrt(abar_t) x +- sqrt(1 -
+    abar_t) sigma with abar_t the product of (1 - beta) over the chain's first t betas and t drawn with P(t)
+    proportional to t - 1, the signs of the noise even. A GAN built with it has one such layer on each trunk map,
+    whose strength is the augmentation probability the step starts with, and its step differs from the default's
+    from the same weights and seed; bad values are refused by name, runs written before it read as off, and the
+    CLI passes it."""
+    import keras
+
+    from genre_core.models import layers
+
+    layer = layers.layer_classes()["FeatureDiffusion"](0.5, t_min=4, t_max=4, seed=3)
+    x = np.full((64, 2, 2, 32), 0.8, np.float32)
+    np.testing.assert_array_equal(layer(x).numpy(), x)  # strength 0
+    layer.strength.assign(1.0)
+    betas = np.linspace(1e-4, 1e-2, 4)
+    alpha_bar = np.cumprod(1.0 - betas)
+    np.testing.assert_allclose(layer.alpha_bar(np.arange(5, dtype=np.float32), 4.0).numpy(),
+                               [1.0, *alpha_bar], rtol=1e-6)
+    y = layer(x).numpy()
+    pairs = y.transpose(0, 3, 1, 2).reshape(-1, 4)  # (image, channel) pairs, their 2x2 values
+    steps, signs = np.zeros(len(pairs), int), []
+    for t in (2, 3, 4):  # a pair diffused t steps has every value at sqrt(abar_t) 0.8 +- sqrt(1 - abar_t) 0.5
+        level, spread = np.sqrt(alpha_bar[t - 1]) * 0.8, np.sqrt(1.0 - alpha_bar[t - 1]) * 0.5
+        hit = np.all(np.isclose(np.abs(pairs - level), spread, atol=1e-5), axis=1)
+        steps[hit] = t
+        signs.append(np.sign(pairs[hit] - level))
+    unchanged = np.all(pairs == 0.8, axis=1)
+    assert np.all(unchanged != (steps > 0))  # every pair either passed unchanged or was diffused t steps
+    assert 0.68 < np.mean(steps > 0) < 0.82  # the diffused share min(strength, 0.75)
+    counts = np.array([(steps == t).sum() for t in (2, 3, 4)]) / (steps > 0).sum()
+    np.testing.assert_allclose(counts, [1 / 6, 2 / 6, 3 / 6], atol=0.06)  # P(t) proportional to t - 1
+    assert abs(np.concatenate(signs).mean()) < 0.1  # the noise's signs even
+
+    config = tiny_model_config(image_size=32)
+    config.config.feature_diffusion = 0.5
+    diffusing, plain = networks.make_gan(config), networks.make_gan(tiny_model_config(image_size=32))
+    assert len(diffusing.diffusion_layers) == 3 and not plain.diffusion_layers
+    for source, target in ((diffusing.generator, plain.generator), (diffusing.ema_generator, plain.ema_generator),
+                           (diffusing.reconstruction_decoder, plain.reconstruction_decoder)):
+        target.set_weights(source.get_weights())
+    for layer in plain.discriminator.layers:
+        if layer.weights:
+            layer.set_weights(diffusing.discriminator.get_layer(layer.name).get_weights())
+    for gan in (diffusing, plain):
+        gan.augment_probability.assign(0.4)
+    images = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32)
+    logs = one_step_each(images, diffusing, plain)
+    assert all(float(layer.strength.numpy()) == pytest.approx(0.4) for layer in diffusing.diffusion_layers)
+    assert logs[0]["d_loss"] != logs[1]["d_loss"]
+    assert not same_weights(diffusing.discriminator, plain.discriminator)
+    assert not same_weights(diffusing.generator, plain.generator)
+    assert keras.saving.get_registered_object("genre_core>FeatureDiffusion") is not None
+
+    assert trainer.GanConfig().feature_diffusion == 0.0
+    assert_read_as_off_in_older_runs_and_passed_by_the_cli("feature_diffusion", 0.0, "--feature-diffusion", 0.5)
+    for bad in (-0.1, 5.0):
+        with pytest.raises(ValueError, match="feature_diffusion must be in 0..4"):
+            trainer.GanConfig(feature_diffusion=bad).validate()
+    with pytest.raises(ValueError, match="feature_diffusion diffuses the projected discriminator"):
+        trainer.GanConfig(architecture="dcgan", feature_diffusion=0.5).validate()
 
 
 def test_margins_split_the_patch_heads_from_the_whole_picture_head():

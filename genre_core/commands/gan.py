@@ -179,6 +179,11 @@ def register(subparsers) -> None:
     train.add_argument("--feature-mixing", default=None, choices=FEATURE_MIXINGS,
                        help="fixed random 1x1 projections of the projected discriminator's trunk maps before its heads "
                             "(Projected GAN): channels (CCM), channels_scales (CCM and CSM), none (default none)")
+    train.add_argument("--feature-diffusion", type=float, default=None, metavar="SIGMA",
+                       help="Diffusion-GAN's instance noise on the projected discriminator's trunk maps: each map is "
+                            "diffused by a random number of forward diffusion steps with noise of standard deviation "
+                            "SIGMA (e.g. 0.5), the chain growing with the adaptive augmentation probability, in both "
+                            "networks' steps; 0 turns it off (default 0)")
     train.add_argument("--head-balance", default=None, choices=HEAD_BALANCES,
                        help="how the projected discriminator's patch heads (pixels and three trunk depths) share its "
                             "loss: patches (each patch logit alike, so the heads on large maps weigh most and the "
@@ -382,6 +387,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            ("spectrum_penalty_period", args.spectrum_penalty_period),
                                            ("conditional_norm", args.conditional_norm),
                                            ("feature_mixing", args.feature_mixing),
+                                           ("feature_diffusion", args.feature_diffusion),
                                            ("augment_target", args.augment_target),
                                            ("augment_speed", args.augment_speed),
                                            ("augment_hold", args.augment_hold),

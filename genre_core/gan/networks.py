@@ -314,7 +314,7 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
                                  downsample: str = "average", mixing: str = "none", mixing_seed: int = 0,
                                  global_input: str = "pixels", global_size: int = GLOBAL_HEAD_SIZE,
                                  head_balance: str = "patches", global_minibatch_std: int = 0,
-                                 global_gain: float = 1.0):
+                                 global_gain: float = 1.0, feature_diffusion: float = 0.0, diffusion_seed: int = 0):
     """Build the Projected-GAN-style discriminator: image in [-1, 1] -> (batch, patch logits of all heads).
 
     The frozen HED-VGG16 trunk (block1_conv1 .. block3_conv2) sees the image shrunk to `feature_size`
@@ -342,7 +342,11 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     `global_minibatch_std` > 1 gives the whole-picture head a minibatch standard deviation channel over groups of
     that many images (`MinibatchStdDev`) before its dense logit, so that it sees how alike the pictures of a batch
     are; 0: none. `global_gain` multiplies that head's logit (a fixed `Rescaling`; 1: none), so that its hinge loss
-    and the generator's gradient from it see a larger logit than its spectrally normalised layers give."""
+    and the generator's gradient from it see a larger logit than its spectrally normalised layers give.
+
+    `feature_diffusion` > 0 diffuses each scaled trunk map before the heads (`FeatureDiffusion`, Diffusion-GAN's
+    Projected-GAN form) with that noise standard deviation (the maps are of order one; the paper's 0.5), by a
+    strength the `Gan` sets before each step; 0: no such layer."""
     import keras
     from keras import layers
 
@@ -371,6 +375,12 @@ def make_projected_discriminator(image_size: int, num_classes: int = 0, base_cha
     trunk.trainable = False
     maps = [layers.Rescaling(1.0 / scale, name=f"{layer_name}_scale")(feature_map)
             for (layer_name, scale), feature_map in zip(PROJECTED_LAYERS, trunk(x, training=False))]
+    if feature_diffusion:
+        if not 0.0 < float(feature_diffusion) <= 4.0:
+            raise ValueError(f"feature diffusion's noise standard deviation must be in 0..4, got {feature_diffusion}")
+        maps = [layer_classes()["FeatureDiffusion"](float(feature_diffusion), seed=int(diffusion_seed) * 8 + index,
+                                                    name=f"{layer_name}_diffusion")(feature_map)
+                for index, ((layer_name, _), feature_map) in enumerate(zip(PROJECTED_LAYERS, maps))]
     if mixing != "none":
         maps = _mix_features(maps, scales=mixing == "channels_scales", seed=mixing_seed)
     width = int(base_channels)
@@ -803,7 +813,9 @@ def make_gan(config):
                 global_input=getattr(config, "global_head_input", "pixels"),
                 global_size=head_size, head_balance=getattr(config, "head_balance", "patches"),
                 global_minibatch_std=int(getattr(config, "global_head_minibatch_std", 0)),
-                global_gain=float(getattr(config, "global_head_gain", 1.0)))
+                global_gain=float(getattr(config, "global_head_gain", 1.0)),
+                feature_diffusion=float(getattr(config, "feature_diffusion", 0.0)),
+                diffusion_seed=int(getattr(config, "seed", 0)))
             reconstruction_decoder = None
             if float(getattr(config, "discriminator_reconstruction", 0.0)):
                 reconstruction_decoder = reconstruction_decoder_for(discriminator, config.base_channels, head_size)
@@ -943,6 +955,11 @@ def _gan_class():
             # every step (GanConfig.top_k_share_at); not training state, so checkpoints keep their variable count.
             self.top_k = bool(top_k)
             self.top_k_share = keras.Variable(1.0, trainable=False, name="top_k_share")
+            # Diffusion-GAN's feature diffusion (`FeatureDiffusion` layers in a projected discriminator built with
+            # feature_diffusion > 0): their strength is the adaptive augmentation probability, copied in before
+            # every step, as the paper's chain length follows the same sign of D's overfitting as ADA's p.
+            self.diffusion_layers = [layer for layer in discriminator.layers
+                                     if isinstance(layer, layer_classes()["FeatureDiffusion"])]
             # FastGAN's self-supervised discriminator on the whole-picture head (`_reconstruction_loss`): the
             # encoder is D's own path to the head's last map; the decoder's weights are D's, trained by its
             # optimizer, and training state only when the term is on (other checkpoints keep their variable count).
@@ -1315,6 +1332,8 @@ def _gan_class():
             # fit() passes (images, labels); train_on_batch adds a sample weight, which a GAN ignores.
             real_images, labels = data[0], data[1]
             batch_size = tf.shape(real_images)[0]
+            for layer in self.diffusion_layers:
+                layer.strength.assign(tf.cast(self.augment_probability, layer.strength.dtype))
             noise = keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
             fake_labels = labels
             if self.shared_fakes:

@@ -168,6 +168,11 @@ class GanConfig:
     precision: str = "auto"  # projected: auto (mixed_bfloat16 where the CPU/GPU has bfloat16) | float32 | mixed_bfloat16
     discriminator_downsample: str = "average"  # projected D shrinks images by: average (pooling) | blur (BlurPool2D)
     feature_mixing: str = "none"  # projected D: fixed random projections before the heads (networks.FEATURE_MIXINGS)
+    # Projected D: Diffusion-GAN's feature diffusion (Wang et al., ICLR 2023; FeatureDiffusion in
+    # genre_core.models.layers): each trunk map, in both networks' steps, is diffused by a random number of forward
+    # diffusion steps with this noise standard deviation (the paper's 0.5), the chain as long as the adaptive
+    # augmentation probability says. 0: off.
+    feature_diffusion: float = 0.0
     # Projected D: how its patch heads share the patch part of the losses (networks.HEAD_BALANCES): patches (each
     # logit alike, so block3's head carries 2.7% at 128 px) | heads (each head alike; the default since stop 55,
     # with lr_decay_power 2: lower than the old default on 5 of 6 seeds run side by side, docs/gan-measurements.md).
@@ -288,6 +293,11 @@ class GanConfig:
             raise ValueError(f"generator_convs {self.generator_convs!r} is not one of {networks.GENERATOR_CONVS}")
         if self.feature_mixing not in networks.FEATURE_MIXINGS:
             raise ValueError(f"feature_mixing {self.feature_mixing!r} is not one of {networks.FEATURE_MIXINGS}")
+        if not 0.0 <= float(self.feature_diffusion) <= 4.0:
+            raise ValueError(f"feature_diffusion must be in 0..4 (0: off), got {self.feature_diffusion}")
+        if float(self.feature_diffusion) and self.architecture != "projected":
+            raise ValueError("feature_diffusion diffuses the projected discriminator's trunk maps; the "
+                             f"{self.architecture!r} architecture has none")
         if self.head_balance not in networks.HEAD_BALANCES:
             raise ValueError(f"head_balance {self.head_balance!r} is not one of {networks.HEAD_BALANCES}")
         if self.discriminator_downsample not in networks.DOWNSAMPLINGS:
