@@ -171,7 +171,8 @@ class GanConfig:
     # Projected D: Diffusion-GAN's feature diffusion (Wang et al., ICLR 2023; FeatureDiffusion in
     # genre_core.models.layers): each trunk map, in both networks' steps, is diffused by a random number of forward
     # diffusion steps with this noise standard deviation (the paper's 0.5), the chain as long as the adaptive
-    # augmentation probability says. 0: off.
+    # augmentation probability says. 0: off (measured at 0.5 on the kit in stop 77 and not kept: higher than the
+    # default outside the small kit on 4 of 5 seeds, 0.118 against 0.084; docs/gan-measurements.md).
     feature_diffusion: float = 0.0
     # Projected D: how its patch heads share the patch part of the losses (networks.HEAD_BALANCES): patches (each
     # logit alike, so block3's head carries 2.7% at 128 px) | heads (each head alike; the default since stop 55,
