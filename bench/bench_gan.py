@@ -189,13 +189,14 @@ def _epoch_row() -> list[dict]:
     # (--global-head-size 64) and with a minibatch std channel (--global-head-mbstd 4); and bilinear upsampling into
     # the generator's full-size stage (--generator-top-upsample bilinear); Lookahead-Minmax every 5 steps
     # (--lookahead 5: the pull-back runs on every fifth step only, so short rounds time mostly the steps between);
-    # the generator's step on the discriminator's generated batch (--generator-fakes shared).
+    # the generator's step on the discriminator's generated batch (--generator-fakes shared); Diffusion-GAN's noise
+    # on the trunk maps (--feature-diffusion 0.5, at the augmentation probability 0.5 every variant is timed at).
     variants = {precision: {"precision": precision} for precision in ("float32", "mixed_bfloat16")}
     variants.update({f"top{top}": {"generator_top_channels": top} for top in TOP_CHANNELS})
     variants.update(no_spectrum={"spectrum_penalty": 0.0}, no_reconstruction={"discriminator_reconstruction": 0.0},
                     head64={"global_head_size": 64}, mbstd={"global_head_minibatch_std": 4},
                     top_bilinear={"generator_top_upsample": "bilinear"}, lookahead={"lookahead": 5},
-                    shared_fakes={"generator_fakes": "shared"})
+                    shared_fakes={"generator_fakes": "shared"}, feature_diffusion={"feature_diffusion": 0.5})
     models = {}
     for name, overrides in variants.items():
         config = trainer.GanConfig(image_size=EPOCH_IMAGE_SIZE, batch_size=EPOCH_BATCH_SIZE, augment_probability=0.5,
@@ -248,7 +249,11 @@ def _epoch_row() -> list[dict]:
                   f"median s/step of {ROUNDS} alternating rounds (--lookahead 5 against the default 0), in {default}"),
         _step_row("the generator's step on the discriminator's batch vs a fresh one", step_s, f"top{TOP_CHANNELS[0]}",
                   "shared_fakes", f"median s/step of {ROUNDS} alternating rounds (--generator-fakes shared: one "
-                                  f"generator forward pass a step, against the default fresh: two), in {default}")]
+                                  f"generator forward pass a step, against the default fresh: two), in {default}"),
+        _step_row("feature diffusion on the trunk maps vs without", step_s, f"top{TOP_CHANNELS[0]}",
+                  "feature_diffusion", f"median s/step of {ROUNDS} alternating rounds (--feature-diffusion 0.5 at "
+                                       f"augmentation probability 0.5: a chain of 253 steps, half the (image, channel) "
+                                       f"pairs diffused, against the default 0), in {default}")]
 
 
 def _step_row(what: str, step_s: dict, baseline: str, candidate: str, note: str) -> dict:
