@@ -1355,12 +1355,12 @@ def test_top_k_training_takes_the_generators_loss_on_the_images_d_scores_highest
 
 def test_feature_diffusion_diffuses_the_trunk_maps_by_the_adaptive_strength():
     """`FeatureDiffusion` (Diffusion-GAN on the projected discriminator's trunk maps): at strength 0 a map passes
-    unchanged; at strength 1, about 3 in 4 (image, channel) pairs are diffused, each to sqrt(abar_t) x +- sqrt(1 -
-    abar_t) sigma with abar_t the product of (1 - beta) over the chain's first t betas and t drawn with P(t)
-    proportional to t - 1, the signs of the noise even. A GAN built with it has one such layer on each trunk map,
-    whose strength is the augmentation probability the step starts with, and its step differs from the default's
-    from the same weights and seed; bad values are refused by name, runs written before it read as off, and the
-    CLI passes it."""
+    unchanged, and a map whose channels are not a multiple of 16 is refused; at strength 1, about 3 in 4 (image,
+    channel) pairs are diffused, each to sqrt(abar_t) x +- sqrt(1 - abar_t) sigma with abar_t the product of (1 -
+    beta) over the chain's first t betas and t drawn with P(t) proportional to t - 1, the signs of the noise even. A
+    GAN built with it has one such layer on each trunk map, whose strength is the augmentation probability the step
+    starts with, and its step differs from the default's from the same weights and seed; bad values are refused by
+    name, runs written before it read as off, and the CLI passes it."""
     import keras
 
     from genre_core.models import layers
@@ -1368,6 +1368,8 @@ def test_feature_diffusion_diffuses_the_trunk_maps_by_the_adaptive_strength():
     layer = layers.layer_classes()["FeatureDiffusion"](0.5, t_min=4, t_max=4, seed=3)
     x = np.full((64, 2, 2, 32), 0.8, np.float32)
     np.testing.assert_array_equal(layer(x).numpy(), x)  # strength 0
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        layers.layer_classes()["FeatureDiffusion"](0.5)(np.zeros((1, 2, 2, 24), np.float32))
     layer.strength.assign(1.0)
     betas = np.linspace(1e-4, 1e-2, 4)
     alpha_bar = np.cumprod(1.0 - betas)
